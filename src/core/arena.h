@@ -1,0 +1,93 @@
+// A bump allocator: one aligned block, handed out in aligned slices, all
+// freed at once. Activation buffers come from here, sized once per shape,
+// so a training step allocates nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/check.h"
+
+namespace sy {
+
+class Arena {
+ public:
+  static constexpr size_t kAlign = 64;
+
+  Arena() = default;
+  explicit Arena(size_t bytes) { reserve(bytes); }
+
+  // Drops everything handed out and makes room for `bytes`.
+  void reserve(size_t bytes) {
+    bytes = round_up(bytes);
+    block_.reset(static_cast<std::byte*>(::operator new[](bytes, std::align_val_t{kAlign})));
+    capacity_ = bytes;
+    used_ = 0;
+  }
+
+  template <class T>
+  T* alloc(size_t count) {
+    size_t bytes = round_up(count * sizeof(T));
+    SY_CHECK(used_ + bytes <= capacity_,
+             "arena exhausted: asked for {} bytes with {} of {} used (a size estimate is wrong)",
+             bytes, used_, capacity_);
+    T* p = reinterpret_cast<T*>(block_.get() + used_);
+    used_ += bytes;
+    return p;
+  }
+
+  void clear() { used_ = 0; }
+  size_t used() const { return used_; }
+  size_t capacity() const { return capacity_; }
+  static size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+ private:
+  struct Free {
+    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{kAlign}); }
+  };
+  std::unique_ptr<std::byte[], Free> block_;
+  size_t capacity_ = 0, used_ = 0;
+};
+
+// Counts bytes the way Arena::alloc will, to size an Arena before use.
+class ArenaPlan {
+ public:
+  template <class T>
+  void add(size_t count) { bytes_ += Arena::round_up(count * sizeof(T)); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  size_t bytes_ = 0;
+};
+
+// An aligned, zero-initialised, owning float buffer.
+class FloatBuffer {
+ public:
+  FloatBuffer() = default;
+  explicit FloatBuffer(size_t n) { resize(n); }
+  void resize(size_t n) {
+    data_.reset(static_cast<float*>(
+        ::operator new[](Arena::round_up(n * sizeof(float)), std::align_val_t{Arena::kAlign})));
+    size_ = n;
+    zero();
+  }
+  void zero() {
+    for (size_t i = 0; i < size_; ++i) data_[i] = 0.f;
+  }
+  float* data() { return data_.get(); }
+  const float* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+  float& operator[](size_t i) { return data_[i]; }
+  float operator[](size_t i) const { return data_[i]; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{Arena::kAlign}); }
+  };
+  std::unique_ptr<float[], Free> data_;
+  size_t size_ = 0;
+};
+
+}  // namespace sy

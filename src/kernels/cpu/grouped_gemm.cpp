@@ -1,0 +1,30 @@
+#include "kernels/cpu/grouped_gemm.h"
+
+#include "kernels/cpu/blas.h"
+
+namespace sy {
+
+// Each group is one multi-threaded sgemm. Groups with no rows still get their
+// (zero) weight gradient left untouched.
+void grouped_linear_forward(float* out, const float* inp, const float* const* w,
+                            const int64_t* offsets, int64_t groups, int64_t I, int64_t O) {
+  for (int64_t e = 0; e < groups; ++e) {
+    int64_t n = offsets[e + 1] - offsets[e];
+    if (n > 0) sgemm(false, true, n, O, I, 1.f, inp + offsets[e] * I, I, w[e], I, 0.f, out + offsets[e] * O, O);
+  }
+}
+
+void grouped_linear_backward(float* dinp, float* const* dw, const float* dout, const float* inp,
+                             const float* const* w, const int64_t* offsets, int64_t groups,
+                             int64_t I, int64_t O) {
+  for (int64_t e = 0; e < groups; ++e) {
+    int64_t n = offsets[e + 1] - offsets[e];
+    if (n == 0) continue;
+    const float* dout_e = dout + offsets[e] * O;
+    const float* inp_e = inp + offsets[e] * I;
+    sgemm(false, false, n, I, O, 1.f, dout_e, O, w[e], I, 0.f, dinp + offsets[e] * I, I);
+    sgemm(true, false, O, I, n, 1.f, dout_e, O, inp_e, I, 1.f, dw[e], I);
+  }
+}
+
+}  // namespace sy
