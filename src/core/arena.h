@@ -51,11 +51,16 @@ class Arena {
   size_t capacity_ = 0, used_ = 0;
 };
 
-// Counts bytes the way Arena::alloc will, to size an Arena before use.
+// Counts bytes the way Arena::alloc will, to size an Arena before use. It has
+// the same alloc<T>() as Arena (returning null), so one templated function
+// that binds buffers can be run first on a plan, then on the arena.
 class ArenaPlan {
  public:
   template <class T>
-  void add(size_t count) { bytes_ += Arena::round_up(count * sizeof(T)); }
+  T* alloc(size_t count) {
+    bytes_ += Arena::round_up(count * sizeof(T));
+    return nullptr;
+  }
   size_t bytes() const { return bytes_; }
 
  private:

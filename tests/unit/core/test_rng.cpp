@@ -41,8 +41,8 @@ TEST(DType, Bf16RoundsToNearestEven) {
 
 TEST(Arena, AlignsAndRefusesOverflow) {
   ArenaPlan plan;
-  plan.add<float>(3);
-  plan.add<int32_t>(100);
+  EXPECT_EQ(plan.alloc<float>(3), nullptr);
+  plan.alloc<int32_t>(100);
   Arena a(plan.bytes());
   float* f = a.alloc<float>(3);
   int32_t* i = a.alloc<int32_t>(100);

@@ -1,0 +1,93 @@
+// The attention half and the dense-FFN half of a transformer block.
+// Shapes per micro-batch (Dims): N tokens, width C.
+#pragma once
+
+#include <algorithm>
+
+#include "core/arena.h"
+#include "model/dims.h"
+#include "model/layout.h"
+
+namespace sy {
+
+// Scratch buffers shared by all blocks in backward (one set per model).
+struct Scratch {
+  float* tmp;    // (N, C)
+  float* dh;     // (N, C) gradient at a norm's output
+  float* dqkv;   // (N, R)
+  float* datt;   // (N, H*D)
+  float* dup;    // (max(N*2Fd, N*K*2F, N*2S)) gradient at an up-projection output
+  float* dact;   // (max(N*Fd, N*K*F, N*S))
+  float* dxp;    // (N*K, C)
+  float* dy;     // (N*K, C)
+  float* drl;    // (N, E) router logits gradient
+  float* dgates; // (N, K)
+  template <class A>
+  void bind(A& a, const Dims& d);
+};
+
+template <class A>
+void Scratch::bind(A& a, const Dims& d) {
+  int64_t up = std::max({d.N * 2 * d.Fd, d.N * d.K * 2 * d.F, d.N * 2 * d.S});
+  int64_t act = std::max({d.N * d.Fd, d.N * d.K * d.F, d.N * d.S});
+  tmp = a.template alloc<float>(d.N * d.C);
+  dh = a.template alloc<float>(d.N * d.C);
+  dqkv = a.template alloc<float>(d.N * d.R);
+  datt = a.template alloc<float>(d.N * d.H * d.D);
+  dup = a.template alloc<float>(up);
+  dact = a.template alloc<float>(act);
+  dxp = a.template alloc<float>(d.N * d.K * d.C);
+  dy = a.template alloc<float>(d.N * d.K * d.C);
+  drl = a.template alloc<float>(d.N * d.E);
+  dgates = a.template alloc<float>(d.N * d.K);
+}
+
+struct RopeTables {
+  const float* cos;  // (T, D/2)
+  const float* sin;
+};
+
+struct AttnActs {
+  float* h1;     // (N, C) attn_norm(x_in)
+  float* rstd1;  // (N)
+  float* qkv;    // (N, R) q and k rotated
+  float* att;    // (N, H*D) attention output before wo
+  float* lse;    // (B, H, T)
+  template <class A>
+  void bind(A& a, const Dims& d) {
+    h1 = a.template alloc<float>(d.N * d.C);
+    rstd1 = a.template alloc<float>(d.N);
+    qkv = a.template alloc<float>(d.N * d.R);
+    att = a.template alloc<float>(d.N * d.H * d.D);
+    lse = a.template alloc<float>(d.B * d.H * d.T);
+  }
+};
+
+// x_mid = x_in + wo(attention(rope(wqkv(norm(x_in)))))
+void attention_block_forward(AttnActs& a, float* x_mid, const float* x_in, const float* params,
+                             const BlockOffsets& o, const Dims& d, const RopeTables& rope,
+                             float eps, Scratch& s);
+// dres: in = dL/dx_mid, out = dL/dx_in (the residual passes straight through).
+void attention_block_backward(float* dres, float* grads, const AttnActs& a, const float* x_in,
+                              const float* params, const BlockOffsets& o, const Dims& d,
+                              const RopeTables& rope, Scratch& s);
+
+struct DenseActs {
+  float* up;   // (N, 2Fd) [gate | up]
+  float* act;  // (N, Fd) silu(gate) * up
+  template <class A>
+  void bind(A& a, const Dims& d) {
+    up = a.template alloc<float>(d.N * 2 * d.Fd);
+    act = a.template alloc<float>(d.N * d.Fd);
+  }
+};
+
+// out (N, C) = w2(swiglu(w13(h)))  (overwritten)
+void dense_ffn_forward(DenseActs& a, float* out, const float* h, const float* params,
+                       const BlockOffsets& o, const Dims& d);
+// dh (N, C) overwritten with dL/dh, given dout = dL/dout.
+void dense_ffn_backward(float* dh, float* grads, const DenseActs& a, const float* dout,
+                        const float* h, const float* params, const BlockOffsets& o, const Dims& d,
+                        Scratch& s);
+
+}  // namespace sy

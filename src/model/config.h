@@ -1,0 +1,54 @@
+// Model hyper-parameters: plain data, filled from TOML by train/config.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cpu/router.h"
+
+namespace sy {
+
+struct MoeConfig {
+  int64_t experts = 8;           // E routed experts per MoE layer
+  int64_t top_k = 2;             // K experts per token
+  int64_t expert_hidden = 256;   // F, hidden width of each routed expert
+  int64_t shared_experts = 0;    // always-active experts of width F (DeepSeek-V3)
+  ScoreFn score = ScoreFn::softmax;
+  bool renormalize = true;       // divide the chosen scores by their sum
+  double aux_loss_coef = 0.01;   // Switch load-balancing loss, 0 = off
+  double z_loss_coef = 0.0;      // router z-loss, 0 = off
+  double entropy_coef = 0.0;     // mean routing entropy; > 0 sharpens, < 0 spreads
+  double bias_update_rate = 0.0; // aux-loss-free balancing bias step, 0 = off
+  double capacity_factor = 0.0;  // 0 = dropless
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 256;   // V
+  int64_t seq_len = 128;      // T
+  int64_t d_model = 128;      // C
+  int64_t n_layers = 4;       // L
+  int64_t n_heads = 4;        // H
+  int64_t n_kv_heads = 4;     // Hkv, divides H
+  int64_t head_dim = 0;       // D; 0 = d_model / n_heads
+  int64_t dense_layers = 1;   // the first blocks use a dense SwiGLU FFN
+  int64_t dense_hidden = 0;   // 0 = 8/3 * d_model rounded up to a multiple of 64
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  bool tie_embeddings = false;
+  double init_std = 0.02;
+  MoeConfig moe;
+
+  int64_t head_size() const { return head_dim > 0 ? head_dim : d_model / n_heads; }
+  int64_t dense_width() const {
+    return dense_hidden > 0 ? dense_hidden : (8 * d_model / 3 + 63) / 64 * 64;
+  }
+  int64_t qkv_width() const { return (n_heads + 2 * n_kv_heads) * head_size(); }
+  bool is_moe_layer(int64_t layer) const { return layer >= dense_layers; }
+  int64_t moe_layers() const { return n_layers - dense_layers; }
+};
+
+// Cross-key checks; throws ConfigError naming the key. `where` names the
+// config file for the message.
+void validate(const ModelConfig& m, const std::string& where);
+
+}  // namespace sy

@@ -1,0 +1,88 @@
+// The decoder-only MoE transformer, forward and backward over one
+// micro-batch of B sequences of T tokens, on flat parameter / gradient
+// buffers laid out by ParamLayout.
+//
+//   x0 = embed[inputs]
+//   per block l: x_mid = x + attn(norm(x)); x = x_mid + ffn_l(norm(x_mid))
+//                (ffn = dense SwiGLU for l < dense_layers, else MoE)
+//   logits = lm_head(norm(x_L)); loss = mean cross-entropy
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/arena.h"
+#include "kernels/cpu/router.h"
+#include "model/blocks.h"
+#include "model/config.h"
+#include "model/dims.h"
+#include "model/layout.h"
+#include "model/moe_block.h"
+
+namespace sy {
+
+struct MicroBatchStats {
+  double loss_sum = 0;                      // sum of per-token cross-entropy
+  int64_t tokens = 0;
+  std::vector<RouterLosses> router;         // per MoE layer (unweighted values)
+  std::vector<std::vector<int64_t>> load;   // per MoE layer: (E) picks before dropping
+  int64_t dropped = 0, picks = 0;           // routed picks dropped / made
+  double flops = 0;                         // forward FLOPs (GEMMs and attention)
+};
+
+class Transformer {
+ public:
+  Transformer(const ModelConfig& cfg, int64_t micro_batch);
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  const Dims& dims() const { return d_; }
+  size_t activation_bytes() const { return arena_.capacity(); }
+
+  // inputs, targets: (B, T) token ids. expert_bias: (moe_layers, E) or null.
+  // With `train`, keeps the activations backward() needs and the gradient
+  // of loss_scale * mean CE w.r.t. the logits (logits() then holds it).
+  MicroBatchStats forward(const float* params, const float* expert_bias, const int32_t* inputs,
+                          const int32_t* targets, bool train, double loss_scale = 1.0);
+
+  // Adds d(loss_scale * (mean CE + weighted balance terms)) / d params into
+  // grads, for the micro-batch of the last training forward.
+  void backward(const float* params, float* grads);
+
+  const float* logits() const { return logits_; }    // (N, V) after forward
+  const float* losses() const { return losses_; }    // (N) per-token CE
+
+ private:
+  struct Layer {
+    AttnActs attn;
+    float* x_mid;   // (N, C)
+    float* h2;      // (N, C) ffn_norm(x_mid)
+    float* rstd2;   // (N)
+    DenseActs dense;
+    MoeActs moe;
+  };
+  template <class A>
+  void bind(A& a);
+
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  Dims d_;
+  Arena arena_;
+  std::vector<Layer> layers_;
+  std::vector<float*> x_;   // (L + 1) residual stream (N, C) entering each block / leaving the last
+  float* hf_;               // (N, C) final_norm(x_L)
+  float* rstdf_;            // (N)
+  float* logits_;           // (N, V); after a training forward, the loss gradient
+  float* losses_;           // (N)
+  float* dres_;             // (N, C) gradient of the residual stream
+  int32_t* tokens_;         // (N) inputs of the last forward
+  float* rope_cos_;         // (T, D/2)
+  float* rope_sin_;
+  Scratch scratch_;
+  double loss_scale_ = 1.0;
+  bool have_train_forward_ = false;
+};
+
+}  // namespace sy
