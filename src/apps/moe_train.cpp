@@ -1,0 +1,57 @@
+// moe-train: train a model from a TOML config (or the built-in tiny one).
+//   moe-train [CONFIG] [--set section.key=value ...] [--print-config] [--help-config]
+// Exit codes: 0 success, 2 bad configuration or data, 1 any other failure.
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "comm/comm.h"
+#include "core/check.h"
+#include "kernels/cpu/blas.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+int main(int argc, char** argv) {
+  sy::prefer_fast_blas_kernels(argv);  // may re-exec; must come before MPI_Init
+  CLI::App app{"Switchyard: train a Mixture-of-Experts transformer"};
+  std::string config_path;
+  std::vector<std::string> overrides;
+  bool print_config = false, help_config = false;
+  app.add_option("config", config_path, "TOML config (default: the built-in configs/tiny.toml)");
+  app.add_option("--set", overrides, "override a key: --set train.steps=10 (repeatable)");
+  app.add_flag("--print-config", print_config, "print the resolved configuration and exit");
+  app.add_flag("--help-config", help_config, "list every config key and exit");
+  CLI11_PARSE(app, argc, argv);
+
+  sy::MpiEnv mpi(&argc, &argv);
+  sy::Comm world = sy::Comm::world();
+  auto fail = [&](const char* kind, const sy::Error& e, int code) {
+    std::cerr << fmt::format("moe-train: {}{}: {}\n", kind,
+                             world.size() > 1 ? fmt::format(" on rank {}", world.rank()) : "", e.what())
+              << fmt::format("  (raised at {})\n", e.where()) << std::flush;
+    if (world.size() > 1) world.abort(code);
+    return code;
+  };
+  try {
+    if (help_config) {
+      if (world.rank() == 0) std::cout << sy::describe_keys();
+      return 0;
+    }
+    sy::RunConfig cfg = config_path.empty()
+                            ? sy::parse_config(sy::default_config_text(), "configs/tiny.toml (built in)", overrides)
+                            : sy::load_config(config_path, overrides);
+    if (print_config) {
+      if (world.rank() == 0) std::cout << sy::to_toml(cfg);
+      return 0;
+    }
+    sy::Trainer trainer(std::move(cfg), world);
+    trainer.train();
+    return 0;
+  } catch (const sy::ConfigError& e) {
+    return fail("configuration error", e, 2);
+  } catch (const sy::Error& e) {
+    return fail("error", e, 1);
+  } catch (const std::exception& e) {
+    return fail("error", sy::Error(e.what(), "?"), 1);
+  }
+}

@@ -1,0 +1,364 @@
+#include "train/config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <sstream>
+
+#include "core/check.h"
+
+namespace sy::embedded {
+extern const char* const tiny_toml;
+}
+
+namespace sy {
+
+namespace {
+
+// ---------------------------------------------------------------- schema
+
+struct Where {
+  std::string source;
+  int64_t line = 0;  // 0 = no line (command line)
+  std::string str() const { return line > 0 ? fmt::format("{}:{}", source, line) : source; }
+};
+
+struct Key {
+  std::string section, name, type, doc;
+  bool textual = false;  // takes strings: a bare --set value is a string
+  std::function<void(RunConfig&, const toml::node&, const Where&)> set;
+  std::function<std::string(const RunConfig&)> show;  // TOML literal
+  std::string full() const { return section + "." + name; }
+};
+
+const char* type_name(const toml::node& v) {
+  switch (v.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    default: return "a date/time";
+  }
+}
+
+[[noreturn]] void bad_type(const Key& k, const toml::node& v, const Where& w) {
+  std::ostringstream os;
+  v.visit([&](auto&& x) { os << x; });
+  SY_CONFIG_FAIL("{}: {} must be {}, got {} ({})", w.str(), k.full(), k.type, os.str(), type_name(v));
+}
+
+Key integer(std::string sec, std::string name, int64_t& (*ref)(RunConfig&), int64_t lo, int64_t hi,
+            std::string doc) {
+  Key k{std::move(sec), std::move(name), "an integer", std::move(doc), false, nullptr, nullptr};
+  k.set = [k, ref, lo, hi](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_integer()) bad_type(k, v, w);
+    int64_t x = v.as_integer()->get();
+    SY_CONFIG_CHECK(x >= lo && x <= hi, "{}: {} = {} is out of range [{}, {}]", w.str(), k.full(), x, lo, hi);
+    ref(c) = x;
+  };
+  k.show = [ref](const RunConfig& c) { return fmt::format("{}", ref(const_cast<RunConfig&>(c))); };
+  return k;
+}
+
+Key real(std::string sec, std::string name, double& (*ref)(RunConfig&), double lo, double hi,
+         std::string doc) {
+  Key k{std::move(sec), std::move(name), "a number", std::move(doc), false, nullptr, nullptr};
+  k.set = [k, ref, lo, hi](RunConfig& c, const toml::node& v, const Where& w) {
+    double x;
+    if (v.is_floating_point())
+      x = v.as_floating_point()->get();
+    else if (v.is_integer())
+      x = static_cast<double>(v.as_integer()->get());
+    else
+      bad_type(k, v, w);
+    SY_CONFIG_CHECK(std::isfinite(x) && x >= lo && x <= hi, "{}: {} = {} is out of range [{}, {}]",
+                    w.str(), k.full(), x, lo, hi);
+    ref(c) = x;
+  };
+  k.show = [ref](const RunConfig& c) {
+    double x = ref(const_cast<RunConfig&>(c));
+    std::string s = fmt::format("{}", x);
+    if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // stay a TOML float
+    return s;
+  };
+  return k;
+}
+
+Key boolean(std::string sec, std::string name, bool& (*ref)(RunConfig&), std::string doc) {
+  Key k{std::move(sec), std::move(name), "true or false", std::move(doc), false, nullptr, nullptr};
+  k.set = [k, ref](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_boolean()) bad_type(k, v, w);
+    ref(c) = v.as_boolean()->get();
+  };
+  k.show = [ref](const RunConfig& c) { return ref(const_cast<RunConfig&>(c)) ? "true" : "false"; };
+  return k;
+}
+
+std::string quote(const std::string& s) {
+  std::ostringstream os;
+  os << toml::value<std::string>(s);
+  return os.str();
+}
+
+Key string(std::string sec, std::string name, std::string& (*ref)(RunConfig&),
+           std::vector<std::string> allowed, std::string doc) {
+  std::string type = allowed.empty() ? "a string" : fmt::format("one of \"{}\"", fmt::join(allowed, "\", \""));
+  Key k{std::move(sec), std::move(name), type, std::move(doc), true, nullptr, nullptr};
+  k.set = [k, ref, allowed](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_string()) bad_type(k, v, w);
+    std::string x = v.as_string()->get();
+    SY_CONFIG_CHECK(allowed.empty() || std::find(allowed.begin(), allowed.end(), x) != allowed.end(),
+                    "{}: {} = \"{}\" is not {}", w.str(), k.full(), x, k.type);
+    ref(c) = x;
+  };
+  k.show = [ref](const RunConfig& c) { return quote(ref(const_cast<RunConfig&>(c))); };
+  return k;
+}
+
+Key strings(std::string sec, std::string name, std::vector<std::string>& (*ref)(RunConfig&), std::string doc) {
+  Key k{std::move(sec), std::move(name), "a string or an array of strings", std::move(doc), true, nullptr, nullptr};
+  k.set = [k, ref](RunConfig& c, const toml::node& v, const Where& w) {
+    std::vector<std::string> out;
+    if (v.is_string()) {
+      out.push_back(v.as_string()->get());
+    } else if (v.is_array()) {
+      for (const toml::node& e : *v.as_array()) {
+        if (!e.is_string()) bad_type(k, v, w);
+        out.push_back(e.as_string()->get());
+      }
+    } else {
+      bad_type(k, v, w);
+    }
+    ref(c) = std::move(out);
+  };
+  k.show = [ref](const RunConfig& c) {
+    std::vector<std::string> q;
+    for (const std::string& s : ref(const_cast<RunConfig&>(c))) q.push_back(quote(s));
+    return fmt::format("[{}]", fmt::join(q, ", "));
+  };
+  return k;
+}
+
+Key score_fn() {
+  Key k{"moe", "score", "one of \"softmax\", \"sigmoid\"",
+        "router score function (DeepSeek-V3 uses sigmoid)", true, nullptr, nullptr};
+  k.set = [k](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_string()) bad_type(k, v, w);
+    std::string x = v.as_string()->get();
+    if (x == "softmax")
+      c.model.moe.score = ScoreFn::softmax;
+    else if (x == "sigmoid")
+      c.model.moe.score = ScoreFn::sigmoid;
+    else
+      SY_CONFIG_FAIL("{}: moe.score = \"{}\" is not {}", w.str(), x, k.type);
+  };
+  k.show = [](const RunConfig& c) {
+    return std::string(c.model.moe.score == ScoreFn::softmax ? "\"softmax\"" : "\"sigmoid\"");
+  };
+  return k;
+}
+
+#define SY_REF(T, field) [](RunConfig& c) -> T& { return c.field; }
+constexpr int64_t kBig = int64_t{1} << 40;
+
+const std::vector<Key>& schema() {
+  static const std::vector<Key> keys = [] {
+    std::vector<Key> k;
+    // run
+    k.push_back(string("run", "name", SY_REF(std::string, run.name), {}, "run name"));
+    k.push_back(string("run", "dir", SY_REF(std::string, run.dir), {}, "run directory; \"\" = runs/<name>"));
+    // model
+    k.push_back(integer("model", "vocab_size", SY_REF(int64_t, model.vocab_size), 2, 1 << 24, "vocabulary size V"));
+    k.push_back(integer("model", "seq_len", SY_REF(int64_t, model.seq_len), 1, 1 << 20, "sequence length T"));
+    k.push_back(integer("model", "d_model", SY_REF(int64_t, model.d_model), 1, 1 << 16, "model width C"));
+    k.push_back(integer("model", "n_layers", SY_REF(int64_t, model.n_layers), 1, 1024, "transformer blocks L"));
+    k.push_back(integer("model", "n_heads", SY_REF(int64_t, model.n_heads), 1, 1024, "attention heads H"));
+    k.push_back(integer("model", "n_kv_heads", SY_REF(int64_t, model.n_kv_heads), 1, 1024, "key/value heads (GQA), divides n_heads"));
+    k.push_back(integer("model", "head_dim", SY_REF(int64_t, model.head_dim), 0, 4096, "head size D; 0 = d_model / n_heads"));
+    k.push_back(integer("model", "dense_layers", SY_REF(int64_t, model.dense_layers), 0, 1024, "leading blocks with a dense SwiGLU FFN"));
+    k.push_back(integer("model", "dense_hidden", SY_REF(int64_t, model.dense_hidden), 0, 1 << 20, "dense FFN width; 0 = 8/3 d_model rounded to 64"));
+    k.push_back(real("model", "rope_theta", SY_REF(double, model.rope_theta), 1.0, 1e12, "RoPE base"));
+    k.push_back(real("model", "norm_eps", SY_REF(double, model.norm_eps), 0.0, 1.0, "RMSNorm epsilon"));
+    k.push_back(boolean("model", "tie_embeddings", SY_REF(bool, model.tie_embeddings), "share the embedding with the LM head"));
+    k.push_back(real("model", "init_std", SY_REF(double, model.init_std), 0.0, 10.0, "init standard deviation of matrices"));
+    // moe
+    k.push_back(integer("moe", "experts", SY_REF(int64_t, model.moe.experts), 1, 4096, "routed experts E"));
+    k.push_back(integer("moe", "top_k", SY_REF(int64_t, model.moe.top_k), 1, 64, "experts per token K"));
+    k.push_back(integer("moe", "expert_hidden", SY_REF(int64_t, model.moe.expert_hidden), 1, 1 << 20, "expert hidden width F"));
+    k.push_back(integer("moe", "shared_experts", SY_REF(int64_t, model.moe.shared_experts), 0, 64, "always-active experts of width F"));
+    k.push_back(score_fn());
+    k.push_back(boolean("moe", "renormalize", SY_REF(bool, model.moe.renormalize), "divide the top-k gate weights by their sum"));
+    k.push_back(real("moe", "aux_loss_coef", SY_REF(double, model.moe.aux_loss_coef), 0.0, 100.0, "Switch load-balancing loss weight, 0 = off"));
+    k.push_back(real("moe", "z_loss_coef", SY_REF(double, model.moe.z_loss_coef), 0.0, 100.0, "router z-loss weight, 0 = off"));
+    k.push_back(real("moe", "entropy_coef", SY_REF(double, model.moe.entropy_coef), -100.0, 100.0, "routing entropy weight (> 0 sharpens, < 0 spreads), 0 = off"));
+    k.push_back(real("moe", "bias_update_rate", SY_REF(double, model.moe.bias_update_rate), 0.0, 1.0, "aux-loss-free balancing bias step per update, 0 = off"));
+    k.push_back(real("moe", "capacity_factor", SY_REF(double, model.moe.capacity_factor), 0.0, 1e6, "expert capacity factor; 0 = dropless"));
+    // data
+    k.push_back(string("data", "format", SY_REF(std::string, data.format), {"text", "bin"}, "text = bytes of text files (vocab 256); bin = llm.c uint16 shards"));
+    k.push_back(strings("data", "train", SY_REF(std::vector<std::string>, data.train), "training files or glob patterns"));
+    k.push_back(strings("data", "val", SY_REF(std::vector<std::string>, data.val), "validation files; empty = the last val_fraction of each train file"));
+    k.push_back(real("data", "val_fraction", SY_REF(double, data.val_fraction), 0.0, 0.9, "share of each train file held out when data.val is empty"));
+    // train
+    k.push_back(integer("train", "steps", SY_REF(int64_t, train.steps), 0, kBig, "optimizer steps"));
+    k.push_back(integer("train", "seed", SY_REF(int64_t, train.seed), 0, kBig, "seed of init and data order"));
+    k.push_back(integer("train", "micro_batch", SY_REF(int64_t, train.micro_batch), 1, 1 << 20, "sequences per rank per micro-batch"));
+    k.push_back(integer("train", "grad_accum", SY_REF(int64_t, train.grad_accum), 1, 1 << 20, "micro-batches per step"));
+    k.push_back(real("train", "lr", SY_REF(double, train.lr), 0.0, 10.0, "peak learning rate"));
+    k.push_back(real("train", "min_lr_ratio", SY_REF(double, train.min_lr_ratio), 0.0, 1.0, "final lr as a fraction of lr (cosine decay)"));
+    k.push_back(integer("train", "warmup_steps", SY_REF(int64_t, train.warmup_steps), 0, kBig, "linear warm-up steps"));
+    k.push_back(real("train", "beta1", SY_REF(double, train.beta1), 0.0, 0.999999, "AdamW beta1"));
+    k.push_back(real("train", "beta2", SY_REF(double, train.beta2), 0.0, 0.999999, "AdamW beta2"));
+    k.push_back(real("train", "eps", SY_REF(double, train.eps), 0.0, 1.0, "AdamW epsilon"));
+    k.push_back(real("train", "weight_decay", SY_REF(double, train.weight_decay), 0.0, 10.0, "decoupled weight decay (matrices only)"));
+    k.push_back(real("train", "grad_clip", SY_REF(double, train.grad_clip), 0.0, 1e9, "global gradient-norm clip, 0 = off"));
+    k.push_back(integer("train", "log_every", SY_REF(int64_t, train.log_every), 1, kBig, "steps between log lines"));
+    k.push_back(integer("train", "val_every", SY_REF(int64_t, train.val_every), 0, kBig, "steps between validations, 0 = never"));
+    k.push_back(integer("train", "val_batches", SY_REF(int64_t, train.val_batches), 1, 1 << 20, "micro-batches per validation"));
+    k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank, 0 = OpenMP default"));
+    // parallel
+    k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 1, 1 << 20, "data-parallel ranks"));
+    k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 1, 1 << 20, "expert-parallel ranks (divides dp)"));
+    k.push_back(integer("parallel", "pp", SY_REF(int64_t, parallel.pp), 1, 1 << 20, "pipeline stages"));
+    // precision
+    k.push_back(string("precision", "recipe", SY_REF(std::string, precision.recipe), {"fp32"}, "numeric recipe of the linear layers"));
+    return k;
+  }();
+  return keys;
+}
+#undef SY_REF
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1] ? 1 : 0)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string suggest(const std::string& wanted) {
+  std::string best;
+  size_t best_d = 4;
+  for (const Key& k : schema()) {
+    size_t d = edit_distance(wanted, k.full());
+    if (d < best_d) best_d = d, best = k.full();
+  }
+  return best.empty() ? "" : fmt::format(" (did you mean '{}'?)", best);
+}
+
+const Key* find_key(const std::string& section, const std::string& name) {
+  for (const Key& k : schema())
+    if (k.section == section && k.name == name) return &k;
+  return nullptr;
+}
+
+bool known_section(const std::string& s) {
+  return std::any_of(schema().begin(), schema().end(), [&](const Key& k) { return k.section == s; });
+}
+
+void apply_table(RunConfig& cfg, const toml::table& root, const std::string& source) {
+  for (auto&& [sk, sv] : root) {
+    std::string section(sk.str());
+    Where w{source, static_cast<int64_t>(sv.source().begin.line)};
+    SY_CONFIG_CHECK(known_section(section), "{}: unknown section [{}]{}", w.str(), section, suggest(section));
+    SY_CONFIG_CHECK(sv.is_table(), "{}: '{}' must be a section [{}], not a value", w.str(), section, section);
+    for (auto&& [kk, kv] : *sv.as_table()) {
+      std::string name(kk.str());
+      Where kw{source, static_cast<int64_t>(kv.source().begin.line)};
+      const Key* key = find_key(section, name);
+      SY_CONFIG_CHECK(key, "{}: unknown key '{}.{}'{}", kw.str(), section, name, suggest(section + "." + name));
+      key->set(cfg, kv, kw);
+    }
+  }
+}
+
+void apply_override(RunConfig& cfg, const std::string& ov) {
+  Where w{fmt::format("--set {}", ov), 0};
+  auto eq = ov.find('=');
+  SY_CONFIG_CHECK(eq != std::string::npos && eq > 0, "{}: expected section.key=value", w.str());
+  std::string path = ov.substr(0, eq), value = ov.substr(eq + 1);
+  auto dot = path.find('.');
+  SY_CONFIG_CHECK(dot != std::string::npos, "{}: expected section.key=value", w.str());
+  const Key* key = find_key(path.substr(0, dot), path.substr(dot + 1));
+  SY_CONFIG_CHECK(key, "{}: unknown key '{}'{}", w.str(), path, suggest(path));
+  // The value is TOML ("4", "1e-3", "true", "[\"a\", \"b\"]"); for keys
+  // that take strings, anything that is not a TOML string or array is
+  // taken as the bare string itself (--set run.name=foo).
+  toml::table t;
+  bool parsed = true;
+  try {
+    t = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    parsed = false;
+  }
+  if (!parsed || (key->textual && !t.get("v")->is_string() && !t.get("v")->is_array())) {
+    t = toml::table{};
+    t.insert("v", value);
+  }
+  key->set(cfg, *t.get("v"), w);
+}
+
+}  // namespace
+
+const char* default_config_text() { return embedded::tiny_toml; }
+
+RunConfig parse_config(const std::string& text, const std::string& source,
+                       const std::vector<std::string>& overrides) {
+  RunConfig cfg;
+  cfg.source = source;
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    SY_CONFIG_FAIL("{}:{}:{}: TOML syntax error: {}", source, e.source().begin.line,
+                   e.source().begin.column, e.description());
+  }
+  apply_table(cfg, root, source);
+  for (const std::string& ov : overrides) apply_override(cfg, ov);
+  validate(cfg.model, source);
+  SY_CONFIG_CHECK(!cfg.data.train.empty(), "{}: data.train is empty: name the training files", source);
+  SY_CONFIG_CHECK(cfg.train.warmup_steps <= cfg.train.steps || cfg.train.steps == 0,
+                  "{}: train.warmup_steps = {} exceeds train.steps = {}", source,
+                  cfg.train.warmup_steps, cfg.train.steps);
+  SY_CONFIG_CHECK(cfg.data.format != "text" || cfg.model.vocab_size >= 256,
+                  "{}: data.format = \"text\" has byte tokens 0..255 but model.vocab_size = {}; "
+                  "set model.vocab_size >= 256", source, cfg.model.vocab_size);
+  return cfg;
+}
+
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  SY_CONFIG_CHECK(in.good(), "cannot read config file '{}': {}", path, std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path, overrides);
+}
+
+std::string to_toml(const RunConfig& cfg) {
+  std::string out, section;
+  for (const Key& k : schema()) {
+    if (k.section != section) {
+      out += fmt::format("{}[{}]\n", section.empty() ? "" : "\n", k.section);
+      section = k.section;
+    }
+    out += fmt::format("{} = {}\n", k.name, k.show(cfg));
+  }
+  return out;
+}
+
+std::string describe_keys() {
+  std::string out;
+  for (const Key& k : schema())
+    out += fmt::format("  {:<24} {:<34} {}\n", k.full(), k.type, k.doc);
+  return out;
+}
+
+}  // namespace sy

@@ -1,0 +1,81 @@
+// The run configuration: TOML file -> validated RunConfig. Every key is
+// declared once in a schema (name, type, range, doc); an unknown section or
+// key, a wrong type or an out-of-range value is a ConfigError naming the
+// file, the line and the key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace sy {
+
+struct RunSection {
+  std::string name = "tiny";
+  std::string dir;  // "" = runs/<name>
+};
+
+struct DataSection {
+  std::string format = "text";        // "text" (bytes) or "bin" (llm.c uint16 shards)
+  std::vector<std::string> train;     // files or glob patterns
+  std::vector<std::string> val;       // optional; empty = the tail of each train file
+  double val_fraction = 0.1;
+};
+
+struct TrainSection {
+  int64_t steps = 200;
+  int64_t seed = 1337;
+  int64_t micro_batch = 8;     // sequences per rank per micro-batch
+  int64_t grad_accum = 1;      // micro-batches per step
+  double lr = 3e-3;            // peak learning rate
+  double min_lr_ratio = 0.1;   // cosine decays to lr * min_lr_ratio
+  int64_t warmup_steps = 20;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;      // global-norm clipping, 0 = off
+  int64_t log_every = 10;
+  int64_t val_every = 50;      // 0 = no validation
+  int64_t val_batches = 4;
+  int64_t threads = 0;         // CPU threads per rank, 0 = OpenMP's default
+};
+
+struct ParallelSection {
+  int64_t dp = 1, ep = 1, pp = 1;
+};
+
+struct PrecisionSection {
+  std::string recipe = "fp32";
+};
+
+struct RunConfig {
+  RunSection run;
+  ModelConfig model;
+  DataSection data;
+  TrainSection train;
+  ParallelSection parallel;
+  PrecisionSection precision;
+  std::string source;  // where it came from, for messages
+
+  std::string run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }
+  int64_t global_batch() const { return train.micro_batch * train.grad_accum * parallel.dp; }
+};
+
+// The built-in default (configs/tiny.toml, compiled in).
+const char* default_config_text();
+
+// Parses TOML text; `source` names it in errors. Applies `overrides`
+// ("section.key=value", `--set` on the command line) after the file.
+RunConfig parse_config(const std::string& text, const std::string& source,
+                       const std::vector<std::string>& overrides = {});
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The whole resolved configuration as TOML (every key, defaults included),
+// which parse_config reads back to the same RunConfig.
+std::string to_toml(const RunConfig& cfg);
+
+// One line per key: name, type, default, doc (for --help-config).
+std::string describe_keys();
+
+}  // namespace sy

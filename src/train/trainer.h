@@ -1,0 +1,75 @@
+// The training loop on one rank: data -> micro-batches -> forward/backward
+// -> clip -> AdamW -> balancing bias -> metrics, and validation.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/comm.h"
+#include "core/arena.h"
+#include "data/dataset.h"
+#include "model/transformer.h"
+#include "train/config.h"
+#include "train/optimizer.h"
+
+namespace sy {
+
+struct StepStats {
+  int64_t step = 0;
+  double loss = 0;              // mean cross-entropy over the global batch
+  double lr = 0;
+  double grad_norm = 0;         // before clipping
+  double seconds = 0;           // wall time of the step
+  double tokens_per_s = 0;
+  double gflops = 0;            // achieved model GFLOP/s (3x forward FLOPs / time)
+  double gemm_seconds = 0;      // time inside top-level sgemm calls
+  double gemm_gflops = 0;       // FLOP rate inside them
+  double dropped_frac = 0;
+  std::vector<std::vector<int64_t>> load;  // per MoE layer, per expert (before dropping)
+  std::vector<double> imbalance;           // per MoE layer: max / mean load
+  std::vector<RouterLosses> router;        // per MoE layer, mean over micro-batches
+  double val_loss = -1;                    // < 0: not computed this step
+};
+
+class Trainer {
+ public:
+  Trainer(RunConfig cfg, Comm world);
+  ~Trainer();
+
+  // Runs train.steps steps, logging on rank 0 and writing metrics.jsonl.
+  void train();
+  // One optimizer step (0-based); exposed for tests and benchmarks.
+  StepStats step(int64_t step);
+  // Mean cross-entropy over the fixed validation batches.
+  double validate();
+
+  const RunConfig& config() const { return cfg_; }
+  const Transformer& model() const { return *model_; }
+  const std::vector<float>& expert_bias() const { return expert_bias_; }
+  float* params() { return params_.data(); }
+  const float* grads() const { return grads_.data(); }
+  // Human-readable summary of model, data, layout and threads.
+  std::string describe() const;
+
+ private:
+  void fill_batch(const TokenDataset& data, int64_t first_window_index, bool val, int64_t step);
+  void update_bias(const std::vector<std::vector<int64_t>>& load);
+  void log_step(const StepStats& s, double eta_seconds);
+  void write_metrics(const StepStats& s);
+
+  RunConfig cfg_;
+  Comm world_;
+  std::unique_ptr<Transformer> model_;
+  std::unique_ptr<DataFiles> data_;
+  FloatBuffer params_, grads_;
+  std::unique_ptr<AdamW> opt_;
+  std::vector<float> expert_bias_;     // (moe_layers, E)
+  std::vector<int32_t> window_, inputs_, targets_;
+  std::ofstream metrics_;
+  bool rank0_ = true;
+};
+
+}  // namespace sy
