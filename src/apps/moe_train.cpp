@@ -1,18 +1,21 @@
 // moe-train: train a model from a TOML config (or the built-in tiny one).
 //   moe-train [CONFIG] [--set section.key=value ...] [--print-config] [--help-config]
-// Exit codes: 0 success, 2 bad configuration or data, 1 any other failure.
+// Exit codes: 0 success; 2 bad input (config, flags, data files): running
+// again will not help; 1 any other failure (divergence, I/O, MPI).
 #include <CLI/CLI.hpp>
 
 #include <iostream>
 
 #include "comm/comm.h"
 #include "core/check.h"
+#include "core/cpu.h"
 #include "kernels/cpu/blas.h"
 #include "train/config.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
   sy::prefer_fast_blas_kernels(argv);  // may re-exec; must come before MPI_Init
+  sy::flush_denormals();
   CLI::App app{"Switchyard: train a Mixture-of-Experts transformer"};
   std::string config_path;
   std::vector<std::string> overrides;
@@ -48,7 +51,7 @@ int main(int argc, char** argv) {
     trainer.train();
     return 0;
   } catch (const sy::ConfigError& e) {
-    return fail("configuration error", e, 2);
+    return fail("bad input", e, 2);
   } catch (const sy::Error& e) {
     return fail("error", e, 1);
   } catch (const std::exception& e) {

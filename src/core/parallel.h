@@ -1,7 +1,10 @@
 // Deterministic CPU parallelism. Work over n items is cut into chunks whose
 // boundaries depend only on n (never on the thread count), and reductions
-// combine per-chunk partials in chunk order, so results are bitwise the same
-// on 1 or 16 threads.
+// combine per-chunk partials in chunk order, so our own loops give bitwise
+// the same results on 1 or 16 threads. (OpenBLAS sgemm is reproducible for
+// a fixed thread count, but its K blocking can change with the thread
+// count, e.g. K = 517 rows of an expert: runs on different thread counts
+// agree to rounding, not to the bit.)
 #pragma once
 
 #include <omp.h>

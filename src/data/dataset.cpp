@@ -37,7 +37,7 @@ std::vector<std::string> expand_patterns(const std::vector<std::string>& pattern
     int rc = glob(p.c_str(), GLOB_NOSORT | GLOB_ERR, nullptr, &g);
     std::vector<std::string> hits(g.gl_pathv, g.gl_pathv + g.gl_pathc);
     globfree(&g);
-    SY_CHECK(rc == 0 && !hits.empty(), "{}: no file matches '{}'{}", what, p,
+    SY_CONFIG_CHECK(rc == 0 && !hits.empty(), "{}: no file matches '{}'{}", what, p,
              rc == GLOB_ABORTED ? " (a directory could not be read)" : "");
     std::sort(hits.begin(), hits.end());
     out.insert(out.end(), hits.begin(), hits.end());
@@ -51,10 +51,10 @@ std::unique_ptr<DataFiles::File> read_text(const std::string& path) {
   auto f = std::make_unique<DataFiles::File>();
   f->path = path;
   std::ifstream in(path, std::ios::binary);
-  SY_CHECK(in.good(), "data file '{}' cannot be read: {}", path, std::strerror(errno));
+  SY_CONFIG_CHECK(in.good(), "data file '{}' cannot be read: {}", path, std::strerror(errno));
   f->text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  SY_CHECK(!in.bad(), "data file '{}': read error: {}", path, std::strerror(errno));
-  SY_CHECK(!f->text.empty(), "data file '{}' is empty", path);
+  SY_CONFIG_CHECK(!in.bad(), "data file '{}': read error: {}", path, std::strerror(errno));
+  SY_CONFIG_CHECK(!f->text.empty(), "data file '{}' is empty", path);
   f->count = static_cast<int64_t>(f->text.size());
   return f;
 }
@@ -63,30 +63,30 @@ std::unique_ptr<DataFiles::File> map_shard(const std::string& path) {
   auto f = std::make_unique<DataFiles::File>();
   f->path = path;
   int fd = open(path.c_str(), O_RDONLY);
-  SY_CHECK(fd >= 0, "data shard '{}' cannot be opened: {}", path, std::strerror(errno));
+  SY_CONFIG_CHECK(fd >= 0, "data shard '{}' cannot be opened: {}", path, std::strerror(errno));
   struct stat sb{};
   fstat(fd, &sb);
   size_t bytes = static_cast<size_t>(sb.st_size);
   size_t header = kShardHeaderInts * sizeof(int32_t);
   if (bytes < header) {
     close(fd);
-    SY_FAIL("data shard '{}' is {} bytes, shorter than its {}-byte header", path, bytes, header);
+    SY_CONFIG_FAIL("data shard '{}' is {} bytes, shorter than its {}-byte header", path, bytes, header);
   }
   void* m = mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
   int err = errno;
   close(fd);
-  SY_CHECK(m != MAP_FAILED, "data shard '{}' cannot be mapped: {}", path, std::strerror(err));
+  SY_CONFIG_CHECK(m != MAP_FAILED, "data shard '{}' cannot be mapped: {}", path, std::strerror(err));
   f->map = m;
   f->map_bytes = bytes;
   const int32_t* h = static_cast<const int32_t*>(m);
-  SY_CHECK(h[0] == kShardMagic, "data shard '{}': bad magic {} in header (expected {}: an llm.c .bin token shard)",
+  SY_CONFIG_CHECK(h[0] == kShardMagic, "data shard '{}': bad magic {} in header (expected {}: an llm.c .bin token shard)",
            path, h[0], kShardMagic);
-  SY_CHECK(h[1] == kShardVersion, "data shard '{}': header version {} is not supported (expected {})", path,
+  SY_CONFIG_CHECK(h[1] == kShardVersion, "data shard '{}': header version {} is not supported (expected {})", path,
            h[1], kShardVersion);
   int64_t n = h[2];
   size_t want = header + static_cast<size_t>(n) * sizeof(uint16_t);
-  SY_CHECK(n > 0, "data shard '{}' holds no tokens (header token count {})", path, n);
-  SY_CHECK(bytes == want, "data shard '{}': header says {} tokens ({} bytes) but the file has {} bytes (truncated?)",
+  SY_CONFIG_CHECK(n > 0, "data shard '{}' holds no tokens (header token count {})", path, n);
+  SY_CONFIG_CHECK(bytes == want, "data shard '{}': header says {} tokens ({} bytes) but the file has {} bytes (truncated?)",
            path, n, want, bytes);
   f->tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(m) + header);
   f->count = n;
@@ -109,7 +109,7 @@ Segment segment_of(const DataFiles::File& f, int64_t begin, int64_t end) {
 
 DataFiles::DataFiles(const std::string& format, const std::vector<std::string>& train_patterns,
                      const std::vector<std::string>& val_patterns, double val_fraction) {
-  SY_CHECK(format == "text" || format == "bin", "data.format '{}' is neither \"text\" nor \"bin\"", format);
+  SY_CONFIG_CHECK(format == "text" || format == "bin", "data.format '{}' is neither \"text\" nor \"bin\"", format);
   auto load = [&](const std::string& path) {
     files_.push_back(format == "text" ? read_text(path) : map_shard(path));
     return files_.back().get();
@@ -151,7 +151,7 @@ void TokenDataset::window(int64_t w, int64_t len, int32_t* out, int64_t vocab) c
     }
     for (int64_t i = 0; i < len; ++i) {
       int32_t t = s.u16 ? int32_t{s.u16[w + i]} : int32_t{s.bytes[w + i]};
-      SY_CHECK(t < vocab, "data file '{}': token {} at position {} is outside the vocabulary "
+      SY_CONFIG_CHECK(t < vocab, "data file '{}': token {} at position {} is outside the vocabulary "
                "(model.vocab_size = {})", s.file, t, s.begin + w + i, vocab);
       out[i] = t;
     }

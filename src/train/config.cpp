@@ -244,14 +244,17 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return prev[b.size()];
 }
 
+// The closest known key ("section.key") or, for a bare name, section.
 std::string suggest(const std::string& wanted) {
+  bool section = wanted.find('.') == std::string::npos;
   std::string best;
   size_t best_d = 4;
   for (const Key& k : schema()) {
-    size_t d = edit_distance(wanted, k.full());
-    if (d < best_d) best_d = d, best = k.full();
+    std::string cand = section ? k.section : k.full();
+    size_t d = edit_distance(wanted, cand);
+    if (d < best_d) best_d = d, best = cand;
   }
-  return best.empty() ? "" : fmt::format(" (did you mean '{}'?)", best);
+  return best.empty() ? "" : fmt::format(" (did you mean '{}'?)", section ? "[" + best + "]" : best);
 }
 
 const Key* find_key(const std::string& section, const std::string& name) {
@@ -325,9 +328,6 @@ RunConfig parse_config(const std::string& text, const std::string& source,
   for (const std::string& ov : overrides) apply_override(cfg, ov);
   validate(cfg.model, source);
   SY_CONFIG_CHECK(!cfg.data.train.empty(), "{}: data.train is empty: name the training files", source);
-  SY_CONFIG_CHECK(cfg.train.warmup_steps <= cfg.train.steps || cfg.train.steps == 0,
-                  "{}: train.warmup_steps = {} exceeds train.steps = {}", source,
-                  cfg.train.warmup_steps, cfg.train.steps);
   SY_CONFIG_CHECK(cfg.data.format != "text" || cfg.model.vocab_size >= 256,
                   "{}: data.format = \"text\" has byte tokens 0..255 but model.vocab_size = {}; "
                   "set model.vocab_size >= 256", source, cfg.model.vocab_size);

@@ -73,7 +73,9 @@ Trainer::Trainer(RunConfig cfg, Comm world) : cfg_(std::move(cfg)), world_(world
   opt_ = std::make_unique<AdamW>(layout, cfg_.train);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
-  window_.resize(static_cast<size_t>(len));
+  batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
+                                       cfg_.parallel.dp, cfg_.train.val_batches,
+                                       static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
   inputs_.resize(static_cast<size_t>(N));
   targets_.resize(static_cast<size_t>(N));
 }
@@ -111,24 +113,10 @@ std::string Trainer::describe() const {
       static_cast<double>(model_->activation_bytes()) / (1 << 20));
 }
 
-void Trainer::fill_batch(const TokenDataset& data, int64_t first, bool val, int64_t step) {
-  const int64_t T = cfg_.model.seq_len, B = cfg_.train.micro_batch, len = T + 1;
-  const int64_t windows = data.windows(len);
-  const int64_t val_count = cfg_.train.val_batches * B * cfg_.parallel.dp;
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t sample = first + b;
-    int64_t w = val ? val_window(sample, val_count, windows)
-                    : train_window(static_cast<uint64_t>(cfg_.train.seed), step, sample, windows);
-    data.window(w, len, window_.data(), cfg_.model.vocab_size);
-    std::copy(window_.begin(), window_.begin() + T, inputs_.begin() + b * T);
-    std::copy(window_.begin() + 1, window_.end(), targets_.begin() + b * T);
-  }
-}
-
 StepStats Trainer::step(int64_t step) {
   const double t0 = now_seconds();
   reset_gemm_counters();
-  const int64_t A = cfg_.train.grad_accum, B = cfg_.train.micro_batch, dp = cfg_.parallel.dp;
+  const int64_t A = cfg_.train.grad_accum;
   const int64_t dp_rank = 0;
   const ParamLayout& layout = model_->layout();
   grads_.zero();
@@ -138,8 +126,7 @@ StepStats Trainer::step(int64_t step) {
   double loss_sum = 0, flops = 0;
   int64_t tokens = 0, dropped = 0, picks = 0;
   for (int64_t a = 0; a < A; ++a) {
-    // Global sample index of this rank's first sequence in micro-batch a.
-    fill_batch(data_->train(), a * dp * B + dp_rank * B, false, step);
+    batcher_->train_batch(step, a, dp_rank, inputs_.data(), targets_.data());
     MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(),
                                          targets_.data(), true, 1.0 / static_cast<double>(A));
     SY_CHECK(std::isfinite(mb.loss_sum), "the loss is {} at step {} (micro-batch {}): training diverged; "
@@ -208,11 +195,11 @@ void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
 }
 
 double Trainer::validate() {
-  const int64_t B = cfg_.train.micro_batch, dp = cfg_.parallel.dp, dp_rank = 0;
+  const int64_t dp_rank = 0;
   double sum = 0;
   int64_t tokens = 0;
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {
-    fill_batch(data_->val(), a * dp * B + dp_rank * B, true, 0);
+    batcher_->val_batch(a, dp_rank, inputs_.data(), targets_.data());
     MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), false);
     sum += mb.loss_sum;
     tokens += mb.tokens;

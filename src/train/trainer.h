@@ -10,6 +10,7 @@
 
 #include "comm/comm.h"
 #include "core/arena.h"
+#include "data/batcher.h"
 #include "data/dataset.h"
 #include "model/transformer.h"
 #include "train/config.h"
@@ -51,11 +52,11 @@ class Trainer {
   const std::vector<float>& expert_bias() const { return expert_bias_; }
   float* params() { return params_.data(); }
   const float* grads() const { return grads_.data(); }
+  Batcher& batcher() { return *batcher_; }
   // Human-readable summary of model, data, layout and threads.
   std::string describe() const;
 
  private:
-  void fill_batch(const TokenDataset& data, int64_t first_window_index, bool val, int64_t step);
   void update_bias(const std::vector<std::vector<int64_t>>& load);
   void log_step(const StepStats& s, double eta_seconds);
   void write_metrics(const StepStats& s);
@@ -64,10 +65,11 @@ class Trainer {
   Comm world_;
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<DataFiles> data_;
+  std::unique_ptr<Batcher> batcher_;
   FloatBuffer params_, grads_;
   std::unique_ptr<AdamW> opt_;
   std::vector<float> expert_bias_;     // (moe_layers, E)
-  std::vector<int32_t> window_, inputs_, targets_;
+  std::vector<int32_t> inputs_, targets_;
   std::ofstream metrics_;
   bool rank0_ = true;
 };
