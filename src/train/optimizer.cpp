@@ -25,7 +25,8 @@ GradNorm grad_norm(const float* grads, const ParamLayout& layout) {
     std::vector<double> part(static_cast<size_t>(chunks), 0.0);
     parallel_chunks(n, chunks, [&](int64_t b, int64_t e, int64_t c) {
       double s = 0;
-      for (int64_t i = b; i < e; ++i) s += static_cast<double>(g[i]) * g[i];
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = b; i < e; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
       part[static_cast<size_t>(c)] = s;
     });
     double s = 0;
@@ -37,24 +38,19 @@ GradNorm grad_norm(const float* grads, const ParamLayout& layout) {
   return out;
 }
 
-double clip_grads(float* grads, int64_t n, double norm, double max_norm) {
+double clip_coef(double norm, double max_norm) {
   if (max_norm <= 0) return 1.0;
-  double coef = max_norm / (norm + 1e-6);
-  if (coef >= 1.0) return 1.0;
-  float c = static_cast<float>(coef);
-  parallel_chunks(n, chunk_count(n, 1 << 15), [&](int64_t b, int64_t e, int64_t) {
-    for (int64_t i = b; i < e; ++i) grads[i] *= c;
-  });
-  return coef;
+  return std::min(1.0, max_norm / (norm + 1e-6));
 }
 
 AdamW::AdamW(const ParamLayout& layout, const TrainSection& t)
     : layout_(layout), t_(t), m_(static_cast<size_t>(layout.total())), v_(static_cast<size_t>(layout.total())) {}
 
-void AdamW::update(float* params, const float* grads, int64_t step, double lr) {
+void AdamW::update(float* params, const float* grads, int64_t step, double lr, double grad_scale) {
   for (const ParamInfo& p : layout_.params()) {
     AdamWParams a{static_cast<float>(lr), static_cast<float>(t_.beta1), static_cast<float>(t_.beta2),
-                  static_cast<float>(t_.eps), p.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1};
+                  static_cast<float>(t_.eps), p.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
+                  static_cast<float>(grad_scale)};
     adamw_update(params + p.offset, grads + p.offset, m_.data() + p.offset, v_.data() + p.offset, p.numel(), a);
   }
 }

@@ -23,16 +23,16 @@ struct GradNorm {
 // Per-tensor sums of squares in double, in layout order.
 GradNorm grad_norm(const float* grads, const ParamLayout& layout);
 
-// Scales grads so their global norm is at most max_norm (PyTorch's
-// clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when < 1).
-// Returns the factor applied (1 when not clipped).
-double clip_grads(float* grads, int64_t n, double norm, double max_norm);
+// PyTorch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)); 1 when
+// max_norm <= 0 (clipping off). AdamW::update applies it.
+double clip_coef(double norm, double max_norm);
 
 class AdamW {
  public:
   AdamW(const ParamLayout& layout, const TrainSection& t);
-  // One update at 0-based `step` with learning rate lr.
-  void update(float* params, const float* grads, int64_t step, double lr);
+  // One update at 0-based `step` with learning rate lr, on grads * grad_scale
+  // (the clipping factor, applied in the same pass).
+  void update(float* params, const float* grads, int64_t step, double lr, double grad_scale = 1.0);
   const FloatBuffer& m() const { return m_; }
   const FloatBuffer& v() const { return v_; }
   FloatBuffer& m() { return m_; }

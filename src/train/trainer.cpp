@@ -154,9 +154,8 @@ StepStats Trainer::step(int64_t step) {
   GradNorm gn = grad_norm(grads_.data(), layout);
   SY_CHECK(gn.nonfinite.empty(), "the gradient of '{}' is not finite at step {}: training diverged; lower "
            "train.lr or enable train.grad_clip", gn.nonfinite, step);
-  clip_grads(grads_.data(), layout.total(), gn.norm, cfg_.train.grad_clip);
   s.lr = lr_at(cfg_.train, step);
-  opt_->update(params_.data(), grads_.data(), step, s.lr);
+  opt_->update(params_.data(), grads_.data(), step, s.lr, clip_coef(gn.norm, cfg_.train.grad_clip));
   update_bias(s.load);
 
   s.loss = loss_sum / static_cast<double>(tokens);

@@ -1,5 +1,6 @@
 // AdamW with decoupled weight decay, in exactly PyTorch's order of
-// operations (torch.optim.AdamW, single-tensor path):
+// operations (torch.optim.AdamW, single-tensor path), on g = grad * grad_scale
+// (gradient clipping folded into the same pass):
 //   p *= 1 - lr * wd
 //   m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
 //   p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
@@ -13,6 +14,7 @@ namespace sy {
 struct AdamWParams {
   float lr, beta1, beta2, eps, weight_decay;
   int64_t step;  // 1-based step count, for bias correction
+  float grad_scale = 1.f;
 };
 
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a);
@@ -23,9 +25,10 @@ void adamw_update_ref(T* p, const T* g, T* m, T* v, int64_t n, const AdamWParams
   double bc2 = 1.0 - std::pow(double(a.beta2), double(a.step));
   T step_size = T(a.lr / bc1), bc2_sqrt = T(std::sqrt(bc2));
   for (int64_t i = 0; i < n; ++i) {
+    T gi = g[i] * T(a.grad_scale);
     p[i] *= T(1) - T(a.lr) * T(a.weight_decay);
-    m[i] = T(a.beta1) * m[i] + (T(1) - T(a.beta1)) * g[i];
-    v[i] = T(a.beta2) * v[i] + (T(1) - T(a.beta2)) * g[i] * g[i];
+    m[i] = T(a.beta1) * m[i] + (T(1) - T(a.beta1)) * gi;
+    v[i] = T(a.beta2) * v[i] + (T(1) - T(a.beta2)) * gi * gi;
     p[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + T(a.eps));
   }
 }

@@ -38,9 +38,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(AttnShape{1, 1, 1, 1, 2}, AttnShape{2, 7, 4, 2, 8},
                                            AttnShape{1, 64, 2, 2, 16}, AttnShape{2, 65, 4, 1, 6},
                                            AttnShape{1, 130, 8, 2, 32}, AttnShape{3, 200, 4, 4, 10}),
-                         [](const auto& info) {
+                         [](const auto& param_info) {
                            std::ostringstream os;
-                           os << info.param;
+                           os << param_info.param;
                            return os.str();
                          });
 

@@ -65,7 +65,7 @@ TEST(AdamW, FastMatchesReferenceOverSteps) {
   std::vector<float> m(n, 0.f), v(n, 0.f), mr(n, 0.f), vr(n, 0.f);
   for (int64_t step = 1; step <= 5; ++step) {
     auto g = randn(n, 10 + step);
-    AdamWParams a{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step};
+    AdamWParams a{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, step == 3 ? 0.25f : 1.f};  // step 3 clipped
     adamw_update(p.data(), g.data(), m.data(), v.data(), n, a);
     adamw_update_ref(pr.data(), g.data(), mr.data(), vr.data(), n, a);
   }

@@ -48,13 +48,10 @@ TEST(Schedule, WarmupThenCosineToMinimum) {
   EXPECT_DOUBLE_EQ(lr_at(t, 0), 1.0);
 }
 
-TEST(Clip, ScalesToMaxNormLikePyTorch) {
-  std::vector<float> g = {3.f, 4.f};
-  EXPECT_EQ(clip_grads(g.data(), 2, 5.0, 10.0), 1.0);
-  EXPECT_EQ(g[0], 3.f);
-  double c = clip_grads(g.data(), 2, 5.0, 1.0);
-  EXPECT_NEAR(c, 1.0 / (5.0 + 1e-6), 1e-15);
-  EXPECT_NEAR(std::hypot(g[0], g[1]), 1.0, 1e-6);
+TEST(Clip, FactorMatchesPyTorchClipGradNorm) {
+  EXPECT_EQ(clip_coef(5.0, 10.0), 1.0);
+  EXPECT_EQ(clip_coef(5.0, 0.0), 1.0);  // off
+  EXPECT_NEAR(clip_coef(5.0, 1.0), 1.0 / (5.0 + 1e-6), 1e-15);
 }
 
 TEST(GradNorm, NamesTheFirstNonFiniteTensor) {
