@@ -1,0 +1,102 @@
+// sy-bench-train CONFIG [--set k=v ...] [--steps N] [--warmup W] [--json]
+// Times training steps of a config and, in the same process on the same
+// threads, the OpenBLAS sgemm peak (square n = 2048, best of 5), and prints
+// tokens/s, achieved model GFLOP/s, the FLOP rate inside the GEMMs and both
+// as fractions of the peak. Never pass/fail.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "comm/comm.h"
+#include "core/check.h"
+#include "core/cpu.h"
+#include "core/timer.h"
+#include "kernels/cpu/blas.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace {
+
+double sgemm_peak(int64_t n) {
+  std::vector<float> a(static_cast<size_t>(n * n), 0.5f), b(static_cast<size_t>(n * n), 0.25f),
+      c(static_cast<size_t>(n * n));
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    double t0 = sy::now_seconds();
+    sy::sgemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    best = std::min(best, sy::now_seconds() - t0);
+  }
+  return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sy::prefer_fast_blas_kernels(argv);
+  sy::flush_denormals();
+  CLI::App app{"time Switchyard training steps against the sgemm peak"};
+  std::string config;
+  std::vector<std::string> overrides;
+  int64_t steps = 10, warmup = 3;
+  bool json = false;
+  app.add_option("config", config, "TOML config (default: built-in tiny)");
+  app.add_option("--set", overrides);
+  app.add_option("--steps", steps, "timed steps");
+  app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_flag("--json", json, "one JSON object instead of text");
+  CLI11_PARSE(app, argc, argv);
+  sy::MpiEnv mpi(&argc, &argv);
+  try {
+    sy::RunConfig cfg = config.empty() ? sy::parse_config(sy::default_config_text(), "tiny", overrides)
+                                       : sy::load_config(config, overrides);
+    cfg.train.steps = warmup + steps;
+    cfg.train.val_every = 0;
+    sy::Trainer trainer(cfg, sy::Comm::world());
+    double peak_before = sgemm_peak(2048);
+    std::vector<double> secs, tok, model, gemm, gemm_frac;
+    for (int64_t s = 0; s < warmup + steps; ++s) {
+      sy::StepStats st = trainer.step(s);
+      if (s < warmup) continue;
+      secs.push_back(st.seconds);
+      tok.push_back(st.tokens_per_s);
+      model.push_back(st.gflops);
+      gemm.push_back(st.gemm_gflops);
+      gemm_frac.push_back(st.gemm_seconds / st.seconds);
+    }
+    double peak = std::max(peak_before, sgemm_peak(2048));  // before and after the steps
+    sy::BlasInfo blas = sy::blas_info();
+    nlohmann::json r = {{"config", config.empty() ? "tiny (built in)" : config},
+                        {"threads", blas.threads},
+                        {"blas_core", blas.core},
+                        {"step_seconds", median(secs)},
+                        {"tokens_per_s", median(tok)},
+                        {"model_gflops", median(model)},
+                        {"gemm_gflops", median(gemm)},
+                        {"gemm_time_frac", median(gemm_frac)},
+                        {"sgemm_peak_gflops", peak}};
+    if (json) {
+      std::cout << r.dump() << "\n";
+    } else {
+      std::cout << fmt::format(
+          "{}: {:.0f} tokens/s (median of {} steps, {:.3f} s/step) | model {:.1f} GFLOP/s = {:.0f}% of "
+          "peak | GEMMs {:.1f} GFLOP/s = {:.0f}% of peak, {:.0f}% of step time | sgemm peak {:.1f} "
+          "GFLOP/s (OpenBLAS {}, {} threads)\n",
+          r["config"].get<std::string>(), median(tok), steps, median(secs), median(model),
+          100 * median(model) / peak, median(gemm), 100 * median(gemm) / peak, 100 * median(gemm_frac), peak,
+          blas.core, blas.threads);
+    }
+    return 0;
+  } catch (const sy::Error& e) {
+    std::cerr << "sy-bench-train: " << e.what() << "\n";
+    return 1;
+  }
+}
