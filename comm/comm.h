@@ -1,12 +1,20 @@
 // The communicator: moves typed buffers between ranks and knows nothing of
-// the model. MPI backend.
+// the model. MPI backend. A default-constructed Comm is a group of one
+// (no MPI needed): every collective is then a local copy or a no-op, so
+// single-process code and tests run the same paths without MPI.
+//
+// Every blocking call, and Request::wait, is timed by the watchdog (see
+// watchdog.h): a peer that never arrives becomes an abort naming the group,
+// the operation and the silent rank, not a hang.
 #pragma once
 
 #include <mpi.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace sy {
 
@@ -17,6 +25,7 @@ class MpiEnv {
   ~MpiEnv();
   MpiEnv(const MpiEnv&) = delete;
   MpiEnv& operator=(const MpiEnv&) = delete;
+  static bool thread_multiple();  // MPI_THREAD_MULTIPLE was granted
 };
 
 template <class T>
@@ -27,15 +36,52 @@ template <> inline MPI_Datatype mpi_type<int32_t>() { return MPI_INT32_T; }
 template <> inline MPI_Datatype mpi_type<int64_t>() { return MPI_INT64_T; }
 template <> inline MPI_Datatype mpi_type<uint8_t>() { return MPI_UINT8_T; }
 
+class Comm;
+
+// A pending non-blocking operation. wait() blocks (under the watchdog);
+// test() makes progress and says whether it finished. Destroying a pending
+// request waits for it, so buffers are never freed under MPI's feet.
+class Request {
+ public:
+  using Counts = std::vector<std::vector<int>>;
+  Request() = default;
+  // `counts`: count / displacement arrays MPI reads until completion.
+  Request(MPI_Request r, std::string what, const Comm* comm, Counts counts = {});
+  Request(Request&& o) noexcept;
+  Request& operator=(Request&& o) noexcept;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request();
+  bool test();
+  void wait();
+  bool pending() const { return req_ != MPI_REQUEST_NULL; }
+
+ private:
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  std::string what_;
+  const Comm* comm_ = nullptr;
+  Counts counts_;
+};
+
+void wait_all(std::vector<Request>& reqs);
+
 class Comm {
  public:
-  Comm() : comm_(MPI_COMM_NULL) {}
-  explicit Comm(MPI_Comm c) : comm_(c) {}
-  static Comm world() { return Comm(MPI_COMM_WORLD); }
+  Comm() = default;  // a group of one
+  Comm(MPI_Comm c, std::string name);
+  static Comm world();
 
-  int rank() const;
-  int size() const;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::string& name() const { return name_; }
+  // World ranks of the members, in group order (for messages).
+  const std::vector<int>& world_ranks() const { return world_ranks_; }
+  std::string describe() const;  // "ep[1] (world ranks 4-7)"
   MPI_Comm raw() const { return comm_; }
+  bool solo() const { return comm_ == MPI_COMM_NULL; }
+
+  // Members with the same color form a new group, ordered by key.
+  Comm split(int color, int key, const std::string& name) const;
 
   void barrier() const;
   template <class T>
@@ -43,8 +89,42 @@ class Comm {
   template <class T>
   void allreduce_max(T* data, size_t n) const { allreduce(data, n, mpi_type<T>(), MPI_MAX); }
   template <class T>
+  void allreduce_min(T* data, size_t n) const { allreduce(data, n, mpi_type<T>(), MPI_MIN); }
+  template <class T>
   void bcast(T* data, size_t n, int root) const { bcast_bytes(data, n * sizeof(T), root); }
   void bcast_bytes(void* data, size_t bytes, int root) const;
+  // recv (size * n) = every member's n elements, in rank order.
+  template <class T>
+  void allgather(const T* send, size_t n, T* recv) const { allgather_bytes(send, n * sizeof(T), recv); }
+  void allgather_bytes(const void* send, size_t bytes, void* recv) const;
+  // Variable-size gather of elements of T: counts / displs per member.
+  template <class T>
+  void allgatherv(const T* send, int64_t n, T* recv, const std::vector<int64_t>& counts,
+                  const std::vector<int64_t>& displs) const {
+    allgatherv_typed(send, n, recv, counts, displs, mpi_type<T>(), sizeof(T));
+  }
+  // recv[i * n .. ] = member i's send[rank * n ..].
+  template <class T>
+  void alltoall(const T* send, size_t n, T* recv) const { alltoall_bytes(send, n * sizeof(T), recv); }
+  void alltoall_bytes(const void* send, size_t bytes_per_rank, void* recv) const;
+
+  // All-to-all of float rows of `row` floats; counts and displacements in rows.
+  void alltoallv_rows(const float* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl,
+                      float* recv, const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl,
+                      int64_t row, const char* what) const;
+  Request ialltoallv_rows(const float* send, const std::vector<int64_t>& scount,
+                          const std::vector<int64_t>& sdispl, float* recv, const std::vector<int64_t>& rcount,
+                          const std::vector<int64_t>& rdispl, int64_t row, const char* what) const;
+
+  // In-place sum over the group.
+  Request iallreduce_sum(float* data, int64_t n, const char* what) const;
+  // data (sum of counts) is summed over the group and member i receives
+  // block i (counts[i] floats) into recv.
+  Request ireduce_scatter_sum(const float* data, float* recv, const std::vector<int64_t>& counts,
+                              const char* what) const;
+  // In place: member i's block (counts[i] floats at displs[i]) goes to all.
+  Request iallgatherv(float* data, const std::vector<int64_t>& counts, const std::vector<int64_t>& displs,
+                      const char* what) const;
 
   // Ends every rank of the job (a rank that throws while others wait in a
   // collective would otherwise hang them).
@@ -52,9 +132,20 @@ class Comm {
 
  private:
   void allreduce(void* data, size_t n, MPI_Datatype t, MPI_Op op) const;
-  MPI_Comm comm_;
+  void allgatherv_typed(const void* send, int64_t n, void* recv, const std::vector<int64_t>& counts,
+                        const std::vector<int64_t>& displs, MPI_Datatype t, size_t elem) const;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  std::string name_ = "self";
+  std::vector<int> world_ranks_{0};
 };
 
 std::string host_name();
+
+// Ranks of this job on this node (the members of `world` sharing memory).
+int node_ranks(const Comm& world);
+// CPU threads each rank should use: the CPUs this process may run on,
+// divided among the job's ranks on this node (at least 1).
+int default_threads(const Comm& world);
 
 }  // namespace sy

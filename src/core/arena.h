@@ -3,6 +3,7 @@
 // so a training step allocates nothing.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -93,6 +94,32 @@ class FloatBuffer {
   };
   std::unique_ptr<float[], Free> data_;
   size_t size_ = 0;
+};
+
+// A buffer that only grows (contents are not kept when it does). For sizes
+// that depend on the data, such as the rows an expert receives: after the
+// first steps it stops allocating.
+template <class T>
+class GrowBuffer {
+ public:
+  T* ensure(size_t n) {
+    if (n > capacity_) {
+      size_t cap = std::max(n, capacity_ + capacity_ / 2);
+      data_.reset(static_cast<T*>(::operator new[](Arena::round_up(cap * sizeof(T)), std::align_val_t{Arena::kAlign})));
+      capacity_ = cap;
+    }
+    return data_.get();
+  }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  size_t capacity() const { return capacity_; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t{Arena::kAlign}); }
+  };
+  std::unique_ptr<T[], Free> data_;
+  size_t capacity_ = 0;
 };
 
 }  // namespace sy

@@ -16,10 +16,8 @@ struct Scratch {
   float* dh;     // (N, C) gradient at a norm's output
   float* dqkv;   // (N, R)
   float* datt;   // (N, H*D)
-  float* dup;    // (max(N*2Fd, N*K*2F, N*2S)) gradient at an up-projection output
-  float* dact;   // (max(N*Fd, N*K*F, N*S))
-  float* dxp;    // (N*K, C)
-  float* dy;     // (N*K, C)
+  float* dup;    // (max(N*2Fd, N*2S)) gradient at a dense / shared up-projection output
+  float* dact;   // (max(N*Fd, N*S))
   float* drl;    // (N, E) router logits gradient
   float* dgates; // (N, K)
   template <class A>
@@ -28,16 +26,12 @@ struct Scratch {
 
 template <class A>
 void Scratch::bind(A& a, const Dims& d) {
-  int64_t up = std::max({d.N * 2 * d.Fd, d.N * d.K * 2 * d.F, d.N * 2 * d.S});
-  int64_t act = std::max({d.N * d.Fd, d.N * d.K * d.F, d.N * d.S});
   tmp = a.template alloc<float>(d.N * d.C);
   dh = a.template alloc<float>(d.N * d.C);
   dqkv = a.template alloc<float>(d.N * d.R);
   datt = a.template alloc<float>(d.N * d.H * d.D);
-  dup = a.template alloc<float>(up);
-  dact = a.template alloc<float>(act);
-  dxp = a.template alloc<float>(d.N * d.K * d.C);
-  dy = a.template alloc<float>(d.N * d.K * d.C);
+  dup = a.template alloc<float>(std::max(d.N * 2 * d.Fd, d.N * 2 * d.S));
+  dact = a.template alloc<float>(std::max(d.N * d.Fd, d.N * d.S));
   drl = a.template alloc<float>(d.N * d.E);
   dgates = a.template alloc<float>(d.N * d.K);
 }

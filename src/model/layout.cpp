@@ -9,8 +9,11 @@
 namespace sy {
 
 int64_t ParamLayout::add(std::string name, Shape shape, ParamKind kind, int64_t layer,
-                         int64_t expert, bool ones, double std) {
+                         int64_t expert, bool ones, double std, bool local) {
+  int64_t index = index_++;
+  if (!local) return -1;
   ParamInfo p;
+  p.index = index;
   p.name = std::move(name);
   p.shape = std::move(shape);
   p.kind = kind;
@@ -25,7 +28,11 @@ int64_t ParamLayout::add(std::string name, Shape shape, ParamKind kind, int64_t 
   return params_.back().offset;
 }
 
-ParamLayout::ParamLayout(const ModelConfig& m) {
+ParamLayout::ParamLayout(const ModelConfig& m, ExpertSlice experts) : experts_(experts) {
+  if (experts_.count < 0) experts_ = {0, m.moe.experts};
+  SY_CHECK(experts_.begin >= 0 && experts_.begin + experts_.count <= m.moe.experts,
+           "expert slice [{}, {}) is outside the model's {} experts", experts_.begin,
+           experts_.begin + experts_.count, m.moe.experts);
   const int64_t C = m.d_model, V = m.vocab_size, D = m.head_size();
   const double std = m.init_std;
   // Residual-branch output projections are scaled down by depth (GPT-2).
@@ -53,13 +60,30 @@ ParamLayout::ParamLayout(const ModelConfig& m) {
       b.shared_w2 = add(pre + "moe.shared.w2", {C, S}, ParamKind::shared_w2, l, -1, false, out_std);
     }
     for (int64_t x = 0; x < e.experts; ++x) {
+      bool local = x >= experts_.begin && x < experts_.begin + experts_.count;
       std::string ep = fmt::format("{}moe.experts.{}.", pre, x);
-      b.expert_w13.push_back(add(ep + "w13", {2 * e.expert_hidden, C}, ParamKind::expert_w13, l, x, false, std));
-      b.expert_w2.push_back(add(ep + "w2", {C, e.expert_hidden}, ParamKind::expert_w2, l, x, false, out_std));
+      int64_t w13 = add(ep + "w13", {2 * e.expert_hidden, C}, ParamKind::expert_w13, l, x, false, std, local);
+      int64_t w2 = add(ep + "w2", {C, e.expert_hidden}, ParamKind::expert_w2, l, x, false, out_std, local);
+      if (local) b.expert_w13.push_back(w13), b.expert_w2.push_back(w2);
     }
   }
   final_norm_ = add("final_norm.weight", {C}, ParamKind::final_norm, -1, -1, true, 0);
   lm_head_ = m.tie_embeddings ? embed_ : add("lm_head.weight", {V, C}, ParamKind::lm_head, -1, -1, false, std);
+
+  // Buckets, in backward order.
+  buckets_.push_back({"head", final_norm_, total_, false, m.n_layers});
+  for (int64_t l = m.n_layers - 1; l >= 0; --l) {
+    const BlockOffsets& b = blocks_[static_cast<size_t>(l)];
+    int64_t dense_end = b.expert_w13.empty() ? (l + 1 < m.n_layers ? blocks_[static_cast<size_t>(l + 1)].attn_norm
+                                                                  : final_norm_)
+                                             : b.expert_w13.front();
+    buckets_.push_back({fmt::format("layers.{}", l), b.attn_norm, dense_end, false, l});
+    if (!b.expert_w13.empty()) {
+      int64_t end = l + 1 < m.n_layers ? blocks_[static_cast<size_t>(l + 1)].attn_norm : final_norm_;
+      buckets_.push_back({fmt::format("layers.{}.experts", l), b.expert_w13.front(), end, true, l});
+    }
+  }
+  buckets_.push_back({"embed", embed_, blocks_.empty() ? final_norm_ : blocks_.front().attn_norm, false, -1});
 }
 
 const ParamInfo& ParamLayout::find(std::string_view name) const {

@@ -22,7 +22,7 @@ enum class ParamKind : uint8_t {
 };
 
 struct ParamInfo {
-  std::string name;
+  std::string name;     // global name: the same on every rank and in checkpoints
   Shape shape;
   ParamKind kind;
   int64_t layer = -1;   // -1 for embedding, final norm and head
@@ -30,8 +30,27 @@ struct ParamInfo {
   bool decay = true;    // weight decay applies (matrices yes, norm gains no)
   bool ones = false;    // initialised to 1 (norm gains), else normal(0, init_std)
   double init_std = 0;
-  int64_t offset = 0;   // into the flat buffer
+  int64_t offset = 0;   // into this rank's flat buffer
+  int64_t index = 0;    // position in the full model's table (all experts)
   int64_t numel() const { return shape.numel(); }
+};
+
+// A contiguous range of the flat buffer whose gradients are final at one
+// point of backward and are reduced together: the head (final norm, LM
+// head), then per block from the last: its dense tensors and its routed
+// experts, then the embedding. Dense buckets reduce over the data-parallel
+// group, expert buckets over the expert-data-parallel group.
+struct Bucket {
+  std::string name;
+  int64_t begin = 0, end = 0;
+  bool expert = false;
+  int64_t ready = 0;  // backward readiness key: n_layers = head, l = block l, -1 = embedding
+};
+
+// Which routed experts this rank holds: [begin, begin + count).
+struct ExpertSlice {
+  int64_t begin = 0;
+  int64_t count = -1;  // -1: all
 };
 
 // Offsets of one block's tensors in the flat buffer (-1 if absent).
@@ -39,12 +58,12 @@ struct BlockOffsets {
   int64_t attn_norm = -1, wqkv = -1, wo = -1, ffn_norm = -1;
   int64_t mlp_w13 = -1, mlp_w2 = -1;                 // dense FFN
   int64_t router = -1, shared_w13 = -1, shared_w2 = -1;
-  std::vector<int64_t> expert_w13, expert_w2;        // per routed expert
+  std::vector<int64_t> expert_w13, expert_w2;        // per local routed expert
 };
 
 class ParamLayout {
  public:
-  explicit ParamLayout(const ModelConfig& cfg);
+  explicit ParamLayout(const ModelConfig& cfg, ExpertSlice experts = {});
 
   const std::vector<ParamInfo>& params() const { return params_; }
   int64_t total() const { return total_; }
@@ -53,13 +72,18 @@ class ParamLayout {
   int64_t embed() const { return embed_; }
   int64_t final_norm() const { return final_norm_; }
   int64_t lm_head() const { return lm_head_; }  // == embed() when tied
+  const ExpertSlice& experts() const { return experts_; }
+  // Buckets in the order backward finishes them.
+  const std::vector<Bucket>& buckets() const { return buckets_; }
 
  private:
   int64_t add(std::string name, Shape shape, ParamKind kind, int64_t layer, int64_t expert,
-              bool ones, double std);
+              bool ones, double std, bool local = true);
   std::vector<ParamInfo> params_;
   std::vector<BlockOffsets> blocks_;
-  int64_t total_ = 0, embed_ = -1, final_norm_ = -1, lm_head_ = -1;
+  std::vector<Bucket> buckets_;
+  ExpertSlice experts_;
+  int64_t total_ = 0, index_ = 0, embed_ = -1, final_norm_ = -1, lm_head_ = -1;
 };
 
 // Fills params (layout.total() floats) from the counter-based RNG keyed by

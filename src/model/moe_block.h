@@ -1,14 +1,29 @@
-// The MoE FFN: router -> top-k (+ balancing bias) -> capacity plan ->
-// gather rows in expert order -> grouped expert GEMMs (SwiGLU) -> gate-weighted
-// combine, plus always-active shared experts.
+// The MoE FFN: router -> top-k (+ balancing bias) -> global capacity
+// decision -> expert-parallel dispatch -> grouped expert GEMMs (SwiGLU) on
+// each received segment -> back -> gate-weighted combine, plus always-active
+// shared experts (computed while the dispatch is in flight when overlapping).
+//
+// Router statistics (loads, probability sums, z and entropy sums) are summed
+// over the data-parallel group, so the balance terms, the capacity and the
+// bias update see the whole micro-batch, as one rank would.
 #pragma once
 
+#include "comm/comm.h"
 #include "core/arena.h"
 #include "kernels/cpu/router.h"
 #include "model/blocks.h"
-#include "moe/dispatch_plan.h"
+#include "moe/ep_dispatch.h"
 
 namespace sy {
+
+// How MoE layers reach other ranks. The default is one rank.
+struct MoeContext {
+  Comm dp;                  // data-parallel group: router statistics, capacity
+  Comm ep;                  // expert-parallel group: token all-to-all
+  int64_t token_offset = 0; // global index of this rank's first token in a micro-batch
+  int chunks = 1;           // dispatch chunks
+  bool overlap = false;     // post all chunks at once and compute while they fly
+};
 
 struct MoeActs {
   float* logits;   // (N, E) router logits
@@ -16,14 +31,16 @@ struct MoeActs {
   float* probs;    // (N, E) scores normalised per token
   int32_t* idx;    // (N, K) chosen experts
   float* gates;    // (N, K) gate weights
-  float* xp;       // (N*K, C) inputs in expert order (plan.rows() used)
-  float* up;       // (N*K, 2F)
-  float* act;      // (N*K, F)
-  float* y;        // (N*K, C) expert outputs
+  uint8_t* keep;   // (N, K) pick survives capacity
   float* s_up;     // (N, 2S) shared experts
   float* s_act;    // (N, S)
-  DispatchPlan plan;
-  RouterSums sums;
+  EpDispatch plan;
+  RouterSums sums;  // over the data-parallel group
+  int64_t Ntot = 0, dropped = 0;
+  GrowBuffer<float> x_recv;  // (M_recv, C) expert inputs
+  GrowBuffer<float> up;      // (M_recv, 2F)
+  GrowBuffer<float> act;     // (M_recv, F)
+  GrowBuffer<float> y_send;  // (M_send, C) expert outputs back at their tokens
 
   template <class A>
   void bind(A& a, const Dims& d) {
@@ -32,27 +49,33 @@ struct MoeActs {
     probs = a.template alloc<float>(d.N * d.E);
     idx = a.template alloc<int32_t>(d.N * d.K);
     gates = a.template alloc<float>(d.N * d.K);
-    xp = a.template alloc<float>(d.N * d.K * d.C);
-    up = a.template alloc<float>(d.N * d.K * 2 * d.F);
-    act = a.template alloc<float>(d.N * d.K * d.F);
-    y = a.template alloc<float>(d.N * d.K * d.C);
+    keep = a.template alloc<uint8_t>(d.N * d.K);
     s_up = a.template alloc<float>(d.N * 2 * d.S);
     s_act = a.template alloc<float>(d.N * d.S);
   }
 };
 
+// Transfer and backward buffers shared by all MoE layers of a model.
+struct MoeScratch {
+  GrowBuffer<float> send, recv;        // (M, C) rows in flight
+  GrowBuffer<float> send2, recv2;      // (M, C) the second direction in backward
+  GrowBuffer<float> dact, dup;         // (M_recv, F), (M_recv, 2F)
+};
+
 // out (N, C) = shared(h) + sum_k gate_k * expert_k(h)   (overwritten).
-// bias (E) shifts expert choice only; may be null.
-void moe_block_forward(MoeActs& a, float* out, const float* h, const float* params,
-                       const float* bias, const BlockOffsets& o, const Dims& d, const MoeConfig& cfg);
+// bias (E) shifts expert choice only; may be null. `experts` weights of this
+// rank's local experts come from params at o.expert_w13 / o.expert_w2.
+void moe_block_forward(MoeActs& a, float* out, const float* h, const float* params, const float* bias,
+                       const BlockOffsets& o, const Dims& d, const MoeConfig& cfg, const MoeContext& ctx,
+                       MoeScratch& scratch);
 
 // dh (N, C) overwritten with dL/dh. The balance terms enter with their
 // coefficients times loss_scale.
-void moe_block_backward(float* dh, float* grads, const MoeActs& a, const float* dout,
-                        const float* h, const float* params, const BlockOffsets& o, const Dims& d,
-                        const MoeConfig& cfg, double loss_scale, Scratch& s);
+void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
+                        const float* params, const BlockOffsets& o, const Dims& d, const MoeConfig& cfg,
+                        double loss_scale, const MoeContext& ctx, MoeScratch& scratch, Scratch& s);
 
-// Forward FLOPs of the block for its current plan.
+// Forward FLOPs this rank spent in the block (its local experts' rows).
 double moe_block_flops(const MoeActs& a, const Dims& d);
 
 }  // namespace sy

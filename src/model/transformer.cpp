@@ -40,8 +40,15 @@ void Transformer::bind(A& a) {
   scratch_.bind(a, d);
 }
 
-Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch)
-    : cfg_(cfg), layout_(cfg), d_(cfg, micro_batch) {
+namespace {
+ExpertSlice local_experts(const ModelConfig& cfg, const MoeContext& ctx) {
+  int64_t per_rank = cfg.moe.experts / ctx.ep.size();
+  return {ctx.ep.rank() * per_rank, per_rank};
+}
+}  // namespace
+
+Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx)
+    : cfg_(cfg), ctx_(std::move(ctx)), layout_(cfg, local_experts(cfg, ctx_)), d_(cfg, micro_batch) {
   ArenaPlan plan;
   bind(plan);
   arena_.reserve(plan.bytes());
@@ -77,10 +84,10 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
     if (cfg_.is_moe_layer(l)) {
       int64_t m = l - cfg_.dense_layers;
       moe_block_forward(L.moe, ffn_out, L.h2, params, expert_bias ? expert_bias + m * d.E : nullptr,
-                        o, d, cfg_.moe);
-      st.router.push_back(router_losses(L.moe.sums, d.N, d.E, d.K));
-      st.load.push_back(L.moe.plan.load);
-      st.dropped += L.moe.plan.dropped;
+                        o, d, cfg_.moe, ctx_, moe_scratch_);
+      st.router.push_back(router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
+      st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
+      st.dropped += L.moe.dropped;
       st.picks += d.N * d.K;
       st.flops += moe_block_flops(L.moe, d);
     } else {
@@ -99,7 +106,8 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
   rmsnorm_forward(hf_, rstdf_, x_[cfg_.n_layers], params + layout_.final_norm(), d.N, d.C, eps);
   linear_forward(logits_, hf_, params + layout_.lm_head(), d.N, d.C, d.V);
   st.flops += 2.0 * d.N * d.C * d.V;
-  float dscale = static_cast<float>(loss_scale / static_cast<double>(d.N));
+  // Mean over the tokens of the whole data-parallel micro-batch.
+  float dscale = static_cast<float>(loss_scale / static_cast<double>(d.N * ctx_.dp.size()));
   cross_entropy(losses_, train ? logits_ : nullptr, logits_, targets, d.N, d.V, dscale);
   for (int64_t n = 0; n < d.N; ++n) st.loss_sum += losses_[n];
   loss_scale_ = loss_scale;
@@ -107,7 +115,7 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
   return st;
 }
 
-void Transformer::backward(const float* params, float* grads) {
+void Transformer::backward(const float* params, float* grads, const std::function<void(int64_t)>& ready) {
   SY_CHECK(have_train_forward_, "Transformer::backward needs a forward with train = true first");
   have_train_forward_ = false;
   const Dims& d = d_;
@@ -119,19 +127,23 @@ void Transformer::backward(const float* params, float* grads) {
   std::memset(dres_, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
   rmsnorm_backward(dres_, grads + layout_.final_norm(), s.dh, x_[cfg_.n_layers],
                    params + layout_.final_norm(), rstdf_, d.N, d.C);
+  if (ready) ready(cfg_.n_layers);
 
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
     Layer& L = layers_[static_cast<size_t>(l)];
     const BlockOffsets& o = layout_.block(l);
     // dres = dL/dx_{l+1} = dL/d ffn_out; the residual carries it to x_mid.
     if (cfg_.is_moe_layer(l))
-      moe_block_backward(s.dh, grads, L.moe, dres_, L.h2, params, o, d, cfg_.moe, loss_scale_, s);
+      moe_block_backward(s.dh, grads, L.moe, dres_, L.h2, params, o, d, cfg_.moe, loss_scale_, ctx_,
+                         moe_scratch_, s);
     else
       dense_ffn_backward(s.dh, grads, L.dense, dres_, L.h2, params, o, d, s);
     rmsnorm_backward(dres_, grads + o.ffn_norm, s.dh, L.x_mid, params + o.ffn_norm, L.rstd2, d.N, d.C);
     attention_block_backward(dres_, grads, L.attn, x_[l], params, o, d, rope, s);
+    if (ready) ready(l);
   }
   embedding_backward(grads + layout_.embed(), dres_, tokens_, d.N, d.C);
+  if (ready) ready(-1);
 }
 
 }  // namespace sy

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/arena.h"
@@ -32,7 +33,10 @@ struct MicroBatchStats {
 
 class Transformer {
  public:
-  Transformer(const ModelConfig& cfg, int64_t micro_batch);
+  // micro_batch: sequences on this rank. With a multi-rank context the
+  // rank holds the routed experts of its expert-parallel rank, and losses
+  // and balance terms are normalised over the whole data-parallel micro-batch.
+  Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx = {});
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
@@ -48,8 +52,10 @@ class Transformer {
                           const int32_t* targets, bool train, double loss_scale = 1.0);
 
   // Adds d(loss_scale * (mean CE + weighted balance terms)) / d params into
-  // grads, for the micro-batch of the last training forward.
-  void backward(const float* params, float* grads);
+  // grads, for the micro-batch of the last training forward. `ready(key)` is
+  // called as soon as the gradients of a bucket are complete (see
+  // Bucket::ready: n_layers = head, l = block l, -1 = embedding).
+  void backward(const float* params, float* grads, const std::function<void(int64_t)>& ready = {});
 
   const float* logits() const { return logits_; }    // (N, V) after forward
   const float* losses() const { return losses_; }    // (N) per-token CE
@@ -67,8 +73,10 @@ class Transformer {
   void bind(A& a);
 
   ModelConfig cfg_;
+  MoeContext ctx_;
   ParamLayout layout_;
   Dims d_;
+  MoeScratch moe_scratch_;
   Arena arena_;
   std::vector<Layer> layers_;
   std::vector<float*> x_;   // (L + 1) residual stream (N, C) entering each block / leaving the last

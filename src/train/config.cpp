@@ -221,9 +221,13 @@ const std::vector<Key>& schema() {
     k.push_back(integer("train", "val_batches", SY_REF(int64_t, train.val_batches), 1, 1 << 20, "micro-batches per validation"));
     k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank, 0 = OpenMP default"));
     // parallel
-    k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 1, 1 << 20, "data-parallel ranks"));
-    k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 1, 1 << 20, "expert-parallel ranks (divides dp)"));
+    k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 0, 1 << 20, "data-parallel ranks; 0 = job ranks / pp"));
+    k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));
     k.push_back(integer("parallel", "pp", SY_REF(int64_t, parallel.pp), 1, 1 << 20, "pipeline stages"));
+    k.push_back(boolean("parallel", "zero1", SY_REF(bool, parallel.zero1), "shard AdamW state over data-parallel ranks (ZeRO-1)"));
+    k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts"));
+    k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
+    k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
     k.push_back(string("precision", "recipe", SY_REF(std::string, precision.recipe), {"fp32"}, "numeric recipe of the linear layers"));
     return k;

@@ -42,7 +42,11 @@ struct TrainSection {
 };
 
 struct ParallelSection {
-  int64_t dp = 1, ep = 1, pp = 1;
+  int64_t dp = 0, ep = 0, pp = 1;  // dp, ep = 0: from the job (dp = ranks / pp, ep = gcd(dp, experts))
+  bool zero1 = false;              // shard AdamW state over the data-parallel group
+  bool overlap = true;             // chunked dispatch overlapping all-to-all with expert compute
+  int64_t dispatch_chunks = 4;     // chunks per MoE dispatch when overlapping
+  double timeout = 300;            // seconds a collective may wait before the watchdog aborts, 0 = off
 };
 
 struct PrecisionSection {

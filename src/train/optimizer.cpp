@@ -15,12 +15,11 @@ double lr_at(const TrainSection& t, int64_t step) {
   return min_lr + 0.5 * (t.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-GradNorm grad_norm(const float* grads, const ParamLayout& layout) {
-  GradNorm out;
-  double total = 0;
-  for (const ParamInfo& p : layout.params()) {
-    const float* g = grads + p.offset;
-    int64_t n = p.numel();
+GradNormPart grad_norm_part(const float* grads, const std::vector<OptRange>& owned, const ParamLayout& layout) {
+  GradNormPart out;
+  for (const OptRange& r : owned) {
+    const float* g = grads + r.state;
+    int64_t n = r.end - r.begin;
     int64_t chunks = chunk_count(n, 1 << 15);
     std::vector<double> part(static_cast<size_t>(chunks), 0.0);
     parallel_chunks(n, chunks, [&](int64_t b, int64_t e, int64_t c) {
@@ -31,10 +30,10 @@ GradNorm grad_norm(const float* grads, const ParamLayout& layout) {
     });
     double s = 0;
     for (double x : part) s += x;
-    if (!std::isfinite(s) && out.nonfinite.empty()) out.nonfinite = p.name;
-    total += s;
+    int64_t index = layout.params()[static_cast<size_t>(r.param)].index;
+    if (!std::isfinite(s) && (out.nonfinite < 0 || index < out.nonfinite)) out.nonfinite = index;
+    out.sumsq += s;
   }
-  out.norm = std::sqrt(total);
   return out;
 }
 
@@ -43,15 +42,15 @@ double clip_coef(double norm, double max_norm) {
   return std::min(1.0, max_norm / (norm + 1e-6));
 }
 
-AdamW::AdamW(const ParamLayout& layout, const TrainSection& t)
-    : layout_(layout), t_(t), m_(static_cast<size_t>(layout.total())), v_(static_cast<size_t>(layout.total())) {}
+AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t)
+    : ranges_(std::move(ranges)), t_(t), m_(static_cast<size_t>(state_size)), v_(static_cast<size_t>(state_size)) {}
 
 void AdamW::update(float* params, const float* grads, int64_t step, double lr, double grad_scale) {
-  for (const ParamInfo& p : layout_.params()) {
+  for (const OptRange& r : ranges_) {
     AdamWParams a{static_cast<float>(lr), static_cast<float>(t_.beta1), static_cast<float>(t_.beta2),
-                  static_cast<float>(t_.eps), p.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
+                  static_cast<float>(t_.eps), r.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
                   static_cast<float>(grad_scale)};
-    adamw_update(params + p.offset, grads + p.offset, m_.data() + p.offset, v_.data() + p.offset, p.numel(), a);
+    adamw_update(params + r.begin, grads + r.state, m_.data() + r.state, v_.data() + r.state, r.end - r.begin, a);
   }
 }
 

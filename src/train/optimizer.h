@@ -1,5 +1,5 @@
-// Learning-rate schedule, gradient norm and clipping, AdamW over the
-// parameter layout (FP32 master weights, FP32 moments).
+// Learning-rate schedule, gradient norm and clipping, AdamW on the ranges a
+// rank updates (FP32 master weights, FP32 moments).
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include "core/arena.h"
 #include "model/layout.h"
 #include "train/config.h"
+#include "train/grad_sync.h"
 
 namespace sy {
 
@@ -16,12 +17,14 @@ namespace sy {
 // lr * min_lr_ratio at the last step. `step` is 0-based.
 double lr_at(const TrainSection& t, int64_t step);
 
-struct GradNorm {
-  double norm = 0;            // global L2 norm
-  std::string nonfinite;      // first parameter with a NaN/Inf gradient, "" if none
+struct GradNormPart {
+  double sumsq = 0;            // this rank's share of the squared global norm
+  int64_t nonfinite = -1;      // smallest full-model index (ParamInfo::index) of a tensor with NaN/Inf, or -1
 };
-// Per-tensor sums of squares in double, in layout order.
-GradNorm grad_norm(const float* grads, const ParamLayout& layout);
+// Sums squares over `owned` (gradients found at their state offsets), in
+// double, per tensor, in a fixed order.
+GradNormPart grad_norm_part(const float* grads_by_state, const std::vector<OptRange>& owned,
+                            const ParamLayout& layout);
 
 // PyTorch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)); 1 when
 // max_norm <= 0 (clipping off). AdamW::update applies it.
@@ -29,17 +32,16 @@ double clip_coef(double norm, double max_norm);
 
 class AdamW {
  public:
-  AdamW(const ParamLayout& layout, const TrainSection& t);
-  // One update at 0-based `step` with learning rate lr, on grads * grad_scale
-  // (the clipping factor, applied in the same pass).
-  void update(float* params, const float* grads, int64_t step, double lr, double grad_scale = 1.0);
-  const FloatBuffer& m() const { return m_; }
-  const FloatBuffer& v() const { return v_; }
+  AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t);
+  // One update at 0-based `step` with learning rate lr, on gradients
+  // (found at state offsets) times grad_scale, the clipping factor.
+  void update(float* params, const float* grads_by_state, int64_t step, double lr, double grad_scale = 1.0);
   FloatBuffer& m() { return m_; }
   FloatBuffer& v() { return v_; }
+  const std::vector<OptRange>& ranges() const { return ranges_; }
 
  private:
-  const ParamLayout& layout_;
+  std::vector<OptRange> ranges_;
   TrainSection t_;
   FloatBuffer m_, v_;
 };

@@ -1,7 +1,6 @@
 #include "train/trainer.h"
 
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "comm/watchdog.h"
 #include "core/check.h"
 #include "core/timer.h"
 #include "kernels/cpu/blas.h"
@@ -36,23 +36,19 @@ std::string human_time(double s) {
   return fmt::format("{}s", t);
 }
 
+GridShape shape_of(const ParallelSection& p) { return {p.pp, p.dp, p.ep}; }
+
 }  // namespace
 
-Trainer::Trainer(RunConfig cfg, Comm world) : cfg_(std::move(cfg)), world_(world) {
-  rank0_ = world_.rank() == 0;
-  const ParallelSection& par = cfg_.parallel;
-  SY_CONFIG_CHECK(par.dp * par.pp == world_.size(),
-                  "{}: parallel.pp x parallel.dp = {} x {} = {} ranks, but the job has {} rank{}; "
-                  "run with {} rank{} or set parallel.dp = {}",
-                  cfg_.source, par.pp, par.dp, par.pp * par.dp, world_.size(), world_.size() == 1 ? "" : "s",
-                  par.pp * par.dp, par.pp * par.dp == 1 ? "" : "s", world_.size() / par.pp);
-  SY_CONFIG_CHECK(par.dp == 1 && par.ep == 1 && par.pp == 1,
-                  "{}: parallel.dp/ep/pp = {}/{}/{}: multi-rank layouts are not implemented in this "
-                  "build yet; use dp = ep = pp = 1", cfg_.source, par.dp, par.ep, par.pp);
-  if (cfg_.train.threads > 0) {
-    omp_set_num_threads(static_cast<int>(cfg_.train.threads));
-    openblas_set_num_threads(static_cast<int>(cfg_.train.threads));
-  }
+Trainer::Trainer(RunConfig cfg, const Comm& world)
+    : cfg_(std::move(cfg)),
+      grid_(world, shape_of(cfg_.parallel), cfg_.model.moe_layers() > 0 ? cfg_.model.moe.experts : 0, cfg_.source) {
+  rank0_ = world.rank() == 0;
+  cfg_.parallel.dp = grid_.dp_size();
+  cfg_.parallel.ep = grid_.ep_size();
+  int threads = cfg_.train.threads > 0 ? static_cast<int>(cfg_.train.threads) : default_threads(world);
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
 
   data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction);
   const int64_t len = cfg_.model.seq_len + 1;
@@ -64,18 +60,22 @@ Trainer::Trainer(RunConfig cfg, Comm world) : cfg_(std::move(cfg)), world_(world
                     "{}: validation is on (train.val_every = {}) but the validation data ({}) has no "
                     "window of {} tokens; raise data.val_fraction, name data.val, or set train.val_every = 0",
                     cfg_.source, cfg_.train.val_every, data_->val().describe(), len);
+  batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
+                                       grid_.dp_size(), cfg_.train.val_batches,
+                                       static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
 
-  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch);
+  MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
+                 static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap};
+  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx);
+  full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
   const ParamLayout& layout = model_->layout();
   params_.resize(static_cast<size_t>(layout.total()));
   grads_.resize(static_cast<size_t>(layout.total()));
   init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
-  opt_ = std::make_unique<AdamW>(layout, cfg_.train);
+  sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
+  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
-  batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
-                                       cfg_.parallel.dp, cfg_.train.val_batches,
-                                       static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
   inputs_.resize(static_cast<size_t>(N));
   targets_.resize(static_cast<size_t>(N));
 }
@@ -84,12 +84,11 @@ Trainer::~Trainer() = default;
 
 std::string Trainer::describe() const {
   const ModelConfig& m = cfg_.model;
-  const ParamLayout& layout = model_->layout();
-  // Active parameters per token: everything but the routed experts not chosen.
+  const ParamLayout& full = *full_layout_;
   int64_t expert = 0;
-  for (const ParamInfo& p : layout.params())
+  for (const ParamInfo& p : full.params())
     if (p.expert >= 0) expert += p.numel();
-  int64_t active = layout.total() - expert + (m.moe.experts > 0 ? expert / m.moe.experts * m.moe.top_k : 0);
+  int64_t active = full.total() - expert + (m.moe.experts > 0 ? expert / m.moe.experts * m.moe.top_k : 0);
   BlasInfo blas = blas_info();
   std::string moe = m.moe_layers() == 0
                         ? "no MoE layers"
@@ -99,16 +98,19 @@ std::string Trainer::describe() const {
                                       m.moe.score == ScoreFn::softmax ? "softmax" : "sigmoid",
                                       m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
                                                                 : std::string("dropless"));
+  const ParallelSection& p = cfg_.parallel;
   return fmt::format(
       "model  : L={} C={} H={}/{} D={} T={} V={} | {} | {} params, {} active per token\n"
-      "layout : world {} = pp {} x dp {} (ep {})\n"
+      "layout : {} | {}{} | {} params on rank 0\n"
       "data   : train {}, val {}\n"
       "batch  : {} seq x {} accum x {} dp = {} tokens/step\n"
-      "cpu    : {} threads | OpenBLAS {} kernels ({}), activations {:.1f} MiB",
+      "cpu    : {} threads per rank | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank",
       m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
-      human_count(static_cast<double>(layout.total())), human_count(static_cast<double>(active)),
-      world_.size(), cfg_.parallel.pp, cfg_.parallel.dp, cfg_.parallel.ep, data_->train().describe(),
-      data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, cfg_.parallel.dp,
+      human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
+      grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
+      p.overlap ? fmt::format(", overlapped dispatch ({} chunks)", p.dispatch_chunks) : std::string(", plain dispatch"),
+      human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
+      data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
       cfg_.global_batch() * m.seq_len, omp_get_max_threads(), blas.core, blas.parallel,
       static_cast<double>(model_->activation_bytes()) / (1 << 20));
 }
@@ -116,27 +118,32 @@ std::string Trainer::describe() const {
 StepStats Trainer::step(int64_t step) {
   const double t0 = now_seconds();
   reset_gemm_counters();
+  watchdog::set_step(step);
   const int64_t A = cfg_.train.grad_accum;
-  const int64_t dp_rank = 0;
   const ParamLayout& layout = model_->layout();
   grads_.zero();
 
   StepStats s;
   s.step = step;
-  double loss_sum = 0, flops = 0;
-  int64_t tokens = 0, dropped = 0, picks = 0;
+  // Summed over ranks at the end: CE sum, tokens, dropped, picks, flops.
+  double sums[5] = {0, 0, 0, 0, 0};
   for (int64_t a = 0; a < A; ++a) {
-    batcher_->train_batch(step, a, dp_rank, inputs_.data(), targets_.data());
-    MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(),
-                                         targets_.data(), true, 1.0 / static_cast<double>(A));
-    SY_CHECK(std::isfinite(mb.loss_sum), "the loss is {} at step {} (micro-batch {}): training diverged; "
-             "lower train.lr or check the data", mb.loss_sum, step, a);
-    model_->backward(params_.data(), grads_.data());
-    loss_sum += mb.loss_sum;
-    tokens += mb.tokens;
-    dropped += mb.dropped;
-    picks += mb.picks;
-    flops += mb.flops;
+    batcher_->train_batch(step, a, grid_.dp_rank(), inputs_.data(), targets_.data());
+    watchdog::set_phase("forward");
+    MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), true,
+                                         1.0 / static_cast<double>(A));
+    SY_CHECK(std::isfinite(mb.loss_sum), "the loss is {} at step {} (micro-batch {}, rank {}): training diverged; "
+             "lower train.lr or check the data", mb.loss_sum, step, a, grid_.world().rank());
+    watchdog::set_phase("backward");
+    bool last = a + 1 == A;
+    model_->backward(params_.data(), grads_.data(), [&](int64_t key) {
+      if (last) sync_->ready(key, grads_.data());
+    });
+    sums[0] += mb.loss_sum;
+    sums[1] += static_cast<double>(mb.tokens);
+    sums[2] += static_cast<double>(mb.dropped);
+    sums[3] += static_cast<double>(mb.picks);
+    sums[4] += mb.flops;
     if (s.load.empty()) {
       s.load = mb.load;
       s.router = mb.router;
@@ -150,25 +157,34 @@ StepStats Trainer::step(int64_t step) {
     }
   }
   for (RouterLosses& r : s.router) r.aux /= A, r.z /= A, r.entropy /= A;
+  watchdog::set_phase("optimizer");
+  sync_->finish();
 
-  GradNorm gn = grad_norm(grads_.data(), layout);
-  SY_CHECK(gn.nonfinite.empty(), "the gradient of '{}' is not finite at step {}: training diverged; lower "
-           "train.lr or enable train.grad_clip", gn.nonfinite, step);
+  // Global gradient norm: every rank's owned share, summed.
+  GradNormPart gn = grad_norm_part(sync_->reduced(grads_.data()), sync_->owned(), layout);
+  double norm_in[2] = {gn.sumsq, 0}, bad = gn.nonfinite < 0 ? 1e300 : static_cast<double>(gn.nonfinite);
+  grid_.world().allreduce_sum(norm_in, 1);
+  grid_.world().allreduce_min(&bad, 1);
+  SY_CHECK(bad >= 1e300, "the gradient of '{}' is not finite at step {}: training diverged; lower train.lr or "
+           "enable train.grad_clip", full_layout_->params()[static_cast<size_t>(bad)].name, step);
+  s.grad_norm = std::sqrt(norm_in[0]);
   s.lr = lr_at(cfg_.train, step);
-  opt_->update(params_.data(), grads_.data(), step, s.lr, clip_coef(gn.norm, cfg_.train.grad_clip));
+  opt_->update(params_.data(), sync_->reduced(grads_.data()), step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
+  sync_->gather_params(params_.data());
   update_bias(s.load);
 
-  s.loss = loss_sum / static_cast<double>(tokens);
-  s.grad_norm = gn.norm;
-  s.dropped_frac = picks > 0 ? static_cast<double>(dropped) / static_cast<double>(picks) : 0.0;
+  grid_.dp().allreduce_sum(sums, 5);
+  s.loss = sums[0] / sums[1];
+  s.dropped_frac = sums[3] > 0 ? sums[2] / sums[3] : 0.0;
   for (const auto& l : s.load) {
     int64_t mx = 0, sum = 0;
     for (int64_t c : l) mx = std::max(mx, c), sum += c;
     s.imbalance.push_back(sum > 0 ? static_cast<double>(mx) * static_cast<double>(l.size()) / static_cast<double>(sum) : 1.0);
   }
   s.seconds = now_seconds() - t0;
-  s.tokens_per_s = static_cast<double>(tokens) / s.seconds;
-  s.gflops = 3.0 * flops / s.seconds / 1e9;
+  grid_.world().allreduce_max(&s.seconds, 1);
+  s.tokens_per_s = sums[1] / s.seconds;
+  s.gflops = 3.0 * sums[4] / s.seconds / 1e9;
   GemmCounters gc = gemm_counters();
   s.gemm_seconds = gc.seconds;
   s.gemm_gflops = gc.seconds > 0 ? gc.flops / gc.seconds / 1e9 : 0;
@@ -177,7 +193,8 @@ StepStats Trainer::step(int64_t step) {
 
 void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
   // DeepSeek-V3's auxiliary-loss-free balancing: raise the bias of
-  // under-loaded experts, lower the over-loaded, by a fixed step.
+  // under-loaded experts, lower the over-loaded, by a fixed step. Loads are
+  // global, so every rank makes the same update.
   const double rate = cfg_.model.moe.bias_update_rate;
   if (rate == 0) return;
   const int64_t E = cfg_.model.moe.experts;
@@ -194,16 +211,16 @@ void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
 }
 
 double Trainer::validate() {
-  const int64_t dp_rank = 0;
-  double sum = 0;
-  int64_t tokens = 0;
+  watchdog::set_phase("validation");
+  double sums[2] = {0, 0};
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {
-    batcher_->val_batch(a, dp_rank, inputs_.data(), targets_.data());
+    batcher_->val_batch(a, grid_.dp_rank(), inputs_.data(), targets_.data());
     MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), false);
-    sum += mb.loss_sum;
-    tokens += mb.tokens;
+    sums[0] += mb.loss_sum;
+    sums[1] += static_cast<double>(mb.tokens);
   }
-  return sum / static_cast<double>(tokens);
+  grid_.dp().allreduce_sum(sums, 2);
+  return sums[0] / sums[1];
 }
 
 void Trainer::log_step(const StepStats& s, double eta) {
@@ -253,6 +270,7 @@ void Trainer::train() {
     std::cout << fmt::format("switchyard | config {} | run dir {}\n{}\n", cfg_.source, dir.string(), describe())
               << std::flush;
   }
+  watchdog::start({(dir / "heartbeat").string(), grid_.world().rank(), cfg_.parallel.timeout, 1.0});
   double avg = 0;
   const int64_t steps = cfg_.train.steps;
   for (int64_t i = 0; i < steps; ++i) {
@@ -266,6 +284,9 @@ void Trainer::train() {
         log_step(s, avg * static_cast<double>(steps - i - 1));
     }
   }
+  watchdog::set_phase("done");
+  grid_.world().barrier();
+  watchdog::stop();
 }
 
 }  // namespace sy

@@ -1,5 +1,7 @@
-// The training loop on one rank: data -> micro-batches -> forward/backward
-// -> clip -> AdamW -> balancing bias -> metrics, and validation.
+// The training loop on one rank of the grid: data -> micro-batches ->
+// forward/backward (gradients reduced in buckets as backward finishes them)
+// -> global norm and clipping -> AdamW (ZeRO-1 optional) -> balancing bias
+// -> metrics (summed over ranks) and validation.
 #pragma once
 
 #include <cstdint>
@@ -9,11 +11,13 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "comm/grid.h"
 #include "core/arena.h"
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "model/transformer.h"
 #include "train/config.h"
+#include "train/grad_sync.h"
 #include "train/optimizer.h"
 
 namespace sy {
@@ -23,13 +27,13 @@ struct StepStats {
   double loss = 0;              // mean cross-entropy over the global batch
   double lr = 0;
   double grad_norm = 0;         // before clipping
-  double seconds = 0;           // wall time of the step
-  double tokens_per_s = 0;
-  double gflops = 0;            // achieved model GFLOP/s (3x forward FLOPs / time)
-  double gemm_seconds = 0;      // time inside top-level sgemm calls
-  double gemm_gflops = 0;       // FLOP rate inside them
+  double seconds = 0;           // wall time of the step (slowest rank)
+  double tokens_per_s = 0;      // global tokens / seconds
+  double gflops = 0;            // achieved model GFLOP/s of the job (3x forward FLOPs / time)
+  double gemm_seconds = 0;      // time inside top-level sgemm calls (this rank)
+  double gemm_gflops = 0;       // FLOP rate inside them (this rank)
   double dropped_frac = 0;
-  std::vector<std::vector<int64_t>> load;  // per MoE layer, per expert (before dropping)
+  std::vector<std::vector<int64_t>> load;  // per MoE layer, per expert (before dropping), global
   std::vector<double> imbalance;           // per MoE layer: max / mean load
   std::vector<RouterLosses> router;        // per MoE layer, mean over micro-batches
   double val_loss = -1;                    // < 0: not computed this step
@@ -37,7 +41,7 @@ struct StepStats {
 
 class Trainer {
  public:
-  Trainer(RunConfig cfg, Comm world);
+  Trainer(RunConfig cfg, const Comm& world);
   ~Trainer();
 
   // Runs train.steps steps, logging on rank 0 and writing metrics.jsonl.
@@ -48,6 +52,7 @@ class Trainer {
   double validate();
 
   const RunConfig& config() const { return cfg_; }
+  const Grid& grid() const { return grid_; }
   const Transformer& model() const { return *model_; }
   const std::vector<float>& expert_bias() const { return expert_bias_; }
   float* params() { return params_.data(); }
@@ -62,16 +67,18 @@ class Trainer {
   void write_metrics(const StepStats& s);
 
   RunConfig cfg_;
-  Comm world_;
+  Grid grid_;
+  bool rank0_ = true;
   std::unique_ptr<Transformer> model_;
+  std::unique_ptr<ParamLayout> full_layout_;  // all experts: names for messages
   std::unique_ptr<DataFiles> data_;
   std::unique_ptr<Batcher> batcher_;
   FloatBuffer params_, grads_;
+  std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
-  std::vector<float> expert_bias_;     // (moe_layers, E)
+  std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;
   std::ofstream metrics_;
-  bool rank0_ = true;
 };
 
 }  // namespace sy

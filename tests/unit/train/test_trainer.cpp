@@ -8,6 +8,7 @@
 #include "data/dataset.h"
 #include "testing.h"
 #include "train/config.h"
+#include "train/grad_sync.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
@@ -58,12 +59,28 @@ TEST(GradNorm, NamesTheFirstNonFiniteTensor) {
   ModelConfig m;
   m.d_model = 8, m.n_layers = 2, m.n_heads = 2, m.n_kv_heads = 2, m.moe.experts = 2, m.moe.expert_hidden = 4;
   ParamLayout layout(m);
+  GradSync sync(layout, Grid(), false);
   std::vector<float> g(layout.total(), 1.f);
-  EXPECT_NEAR(grad_norm(g.data(), layout).norm, std::sqrt(double(layout.total())), 1e-9);
+  EXPECT_NEAR(grad_norm_part(g.data(), sync.owned(), layout).sumsq, double(layout.total()), 1e-9);
   const ParamInfo& p = layout.find("layers.1.moe.experts.1.w2");
   g[p.offset + 3] = NAN;
   g[layout.find("lm_head.weight").offset] = INFINITY;
-  EXPECT_EQ(grad_norm(g.data(), layout).nonfinite, "layers.1.moe.experts.1.w2");
+  EXPECT_EQ(grad_norm_part(g.data(), sync.owned(), layout).nonfinite, p.index);
+}
+
+TEST(GradSync, SingleRankBucketsCoverEveryParameterOnce) {
+  ModelConfig m;
+  m.d_model = 8, m.n_layers = 3, m.n_heads = 2, m.n_kv_heads = 2, m.moe.experts = 4, m.moe.expert_hidden = 4;
+  for (bool tied : {false, true}) {
+    m.tie_embeddings = tied;
+    ParamLayout layout(m);
+    std::vector<int> covered(layout.total(), 0);
+    for (const Bucket& b : layout.buckets())
+      for (int64_t i = b.begin; i < b.end; ++i) ++covered[i];
+    for (int64_t i = 0; i < layout.total(); ++i) ASSERT_EQ(covered[i], 1) << "element " << i;
+    GradSync sync(layout, Grid(), true);
+    EXPECT_EQ(sync.state_size(), layout.total());  // one rank owns everything
+  }
 }
 
 RunConfig small_config(const TempDir& dir) {

@@ -1,0 +1,214 @@
+// Expert-parallel dispatch and the global capacity decision on several
+// ranks (run by ctest under mpiexec with 2 and 4 ranks). Every rank can
+// regenerate every rank's routing, so each checks what it received.
+#include <gtest/gtest.h>
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <map>
+
+#include "comm/comm.h"
+#include "comm/grid.h"
+#include "core/rng.h"
+#include "moe/capacity.h"
+#include "moe/ep_dispatch.h"
+
+namespace sy {
+namespace {
+
+constexpr int64_t K = 2, C = 6;
+
+// Rank r's routing: N tokens, each picking K distinct experts; some picks
+// dropped. Rows carry (sender rank, token, expert, k, noise...).
+struct Routing {
+  int64_t N, E;
+  std::vector<int32_t> idx;
+  std::vector<uint8_t> keep;
+  std::vector<float> rows;  // (N, C)
+  Routing(int rank, int64_t N_, int64_t E_, uint64_t seed) : N(N_), E(E_), idx(N_ * K), keep(N_ * K), rows(N_ * C) {
+    uint64_t key = stream_key(seed, fmt::format("routing.{}", rank));
+    for (int64_t t = 0; t < N; ++t) {
+      int32_t a = static_cast<int32_t>(u64_at(key, t, 0) % E);
+      int32_t b = static_cast<int32_t>((a + 1 + u64_at(key, t, 1) % (E - 1)) % E);
+      idx[t * K] = a, idx[t * K + 1] = b;
+      keep[t * K] = u64_at(key, t, 2) % 7 != 0;  // ~1/7 dropped
+      keep[t * K + 1] = u64_at(key, t, 3) % 5 != 0;
+      rows[t * C] = static_cast<float>(rank);
+      rows[t * C + 1] = static_cast<float>(t);
+      for (int64_t c = 2; c < C; ++c) rows[t * C + c] = normal_at(key, static_cast<uint64_t>(t * C + c));
+    }
+  }
+};
+
+struct EpCase {
+  int ep;  // 0 = the whole world
+  int chunks;
+};
+
+class Dispatch : public ::testing::TestWithParam<EpCase> {};
+
+TEST_P(Dispatch, RowsReachTheRightExpertsInPlanOrderAndComeBackUnchanged) {
+  Comm world = Comm::world();
+  int ep_size = GetParam().ep == 0 ? world.size() : GetParam().ep;
+  if (world.size() % ep_size != 0) GTEST_SKIP() << "ep " << ep_size << " does not divide " << world.size();
+  Grid grid(world, {1, 0, ep_size}, 4 * ep_size, "test");
+  const Comm& ep = grid.ep();
+  const int P = ep.size(), me = ep.rank(), chunks = GetParam().chunks;
+  const int64_t E = 4 * P, El = 4, N = 37 + 5 * world.rank();  // uneven token counts per rank
+  Routing mine(world.rank(), N, E, 7);
+
+  EpDispatch plan;
+  plan.plan(ep, mine.idx.data(), mine.keep.data(), N, K, E, chunks);
+  std::vector<float> send(plan.send_rows() * C), recv(plan.recv_rows() * C), back(plan.send_rows() * C);
+  for (int64_t r = 0; r < plan.send_rows(); ++r)
+    std::copy_n(mine.rows.begin() + plan.send_token()[r] * C, C, send.begin() + r * C);
+  std::vector<Request> reqs;
+  for (int c = 0; c < chunks; ++c) reqs.push_back(plan.to_experts(ep, c, send.data(), recv.data(), C, "test dispatch"));
+  wait_all(reqs);
+
+  // Every received row: from the source the segment says, a kept pick of
+  // one of my experts, in the plan's order; and nothing is missing.
+  int64_t checked = 0;
+  for (int c = 0; c < chunks; ++c) {
+    const auto& segs = plan.segments(c);
+    ASSERT_EQ(static_cast<int>(segs.size()), P * El);
+    for (int src = 0; src < P; ++src) {
+      int src_world = ep.world_ranks()[src];
+      int64_t src_N = 37 + 5 * src_world;
+      Routing theirs(src_world, src_N, E, 7);
+      for (int64_t le = 0; le < El; ++le) {
+        const ExpertSegment& seg = segs[src * El + le];
+        EXPECT_EQ(seg.expert, le);
+        int64_t global_e = me * El + le;
+        std::vector<int64_t> want;  // tokens of chunk c at src that kept a pick of global_e
+        for (int64_t t = 0; t < src_N; ++t)
+          for (int64_t k = 0; k < K; ++k)
+            if (theirs.idx[t * K + k] == global_e && theirs.keep[t * K + k] && t * chunks / src_N == c) want.push_back(t);
+        ASSERT_EQ(seg.rows, static_cast<int64_t>(want.size())) << "chunk " << c << " src " << src << " expert " << le;
+        for (int64_t i = 0; i < seg.rows; ++i) {
+          const float* row = recv.data() + (seg.offset + i) * C;
+          EXPECT_EQ(row[0], static_cast<float>(src_world));
+          EXPECT_EQ(row[1], static_cast<float>(want[i]));
+          for (int64_t x = 2; x < C; ++x) EXPECT_EQ(row[x], theirs.rows[want[i] * C + x]);
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, plan.recv_rows());
+
+  // Round trip: the identity expert sends every row home unchanged.
+  for (int c = 0; c < chunks; ++c) reqs.push_back(plan.from_experts(ep, c, recv.data(), back.data(), C, "test combine"));
+  wait_all(reqs);
+  EXPECT_EQ(back, send);
+
+  // A plain MPI_Alltoallv of the same picks (no chunks) delivers the same
+  // rows per (source, expert), in the same order.
+  std::vector<int> sc(P, 0), sd(P, 0), rc(P), rd(P);
+  std::vector<std::vector<float>> by_dst(P);
+  for (int dst = 0; dst < P; ++dst)
+    for (int64_t le = 0; le < El; ++le)
+      for (int64_t t = 0; t < N; ++t)
+        for (int64_t k = 0; k < K; ++k)
+          if (mine.keep[t * K + k] && mine.idx[t * K + k] == dst * El + le) {
+            by_dst[dst].insert(by_dst[dst].end(), mine.rows.begin() + t * C, mine.rows.begin() + (t + 1) * C);
+            sc[dst] += C;
+          }
+  std::vector<float> flat;
+  for (int d = 0; d < P; ++d) sd[d] = static_cast<int>(flat.size()), flat.insert(flat.end(), by_dst[d].begin(), by_dst[d].end());
+  MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, ep.raw());
+  int total = 0;
+  for (int s = 0; s < P; ++s) rd[s] = total, total += rc[s];
+  std::vector<float> ref(total);
+  MPI_Alltoallv(flat.data(), sc.data(), sd.data(), MPI_FLOAT, ref.data(), rc.data(), rd.data(), MPI_FLOAT, ep.raw());
+  // Reassemble ours as (source, expert, chunk) to compare with (source, expert).
+  std::vector<float> ours;
+  for (int src = 0; src < P; ++src)
+    for (int64_t le = 0; le < El; ++le)
+      for (int c = 0; c < chunks; ++c) {
+        const ExpertSegment& seg = plan.segments(c)[src * El + le];
+        ours.insert(ours.end(), recv.begin() + seg.offset * C, recv.begin() + (seg.offset + seg.rows) * C);
+      }
+  EXPECT_EQ(ours, ref);
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, Dispatch,
+                         ::testing::Values(EpCase{0, 1}, EpCase{0, 3}, EpCase{2, 1}, EpCase{2, 4}, EpCase{1, 2}),
+                         [](const auto& p) {
+                           return fmt::format("ep{}_chunks{}", p.param.ep == 0 ? std::string("all") : std::to_string(p.param.ep),
+                                              p.param.chunks);
+                         });
+
+TEST(Capacity, DistributedDecisionEqualsOneRankOverAllTokens) {
+  Comm world = Comm::world();
+  const int P = world.size();
+  const int64_t E = 5, N = 23;
+  // Every rank's tokens; scores quantised so that ties happen.
+  std::vector<std::vector<int32_t>> idx(P);
+  std::vector<std::vector<float>> scores(P);
+  for (int r = 0; r < P; ++r) {
+    uint64_t key = stream_key(11, fmt::format("cap.{}", r));
+    for (int64_t t = 0; t < N; ++t) {
+      int32_t a = static_cast<int32_t>(u64_at(key, t, 0) % 2);  // experts 0 and 1 are popular
+      idx[r].push_back(a);
+      idx[r].push_back(static_cast<int32_t>(2 + u64_at(key, t, 1) % 3));
+      for (int64_t e = 0; e < E; ++e) scores[r].push_back(static_cast<float>(u64_at(key, t, 2 + e) % 4) * 0.25f);
+    }
+  }
+  std::vector<double> load(E, 0.0);
+  for (int r = 0; r < P; ++r)
+    for (int32_t e : idx[r]) load[e] += 1;
+  const int64_t cap = expert_capacity(0.8, N * P, E, K);
+  const int me = world.rank();
+  std::vector<uint8_t> keep(N * K);
+  decide_keep(keep.data(), idx[me].data(), scores[me].data(), N, E, K, cap, load, world, me * N);
+  // One rank holding all P * N tokens.
+  std::vector<int32_t> all_idx;
+  std::vector<float> all_scores;
+  for (int r = 0; r < P; ++r) {
+    all_idx.insert(all_idx.end(), idx[r].begin(), idx[r].end());
+    all_scores.insert(all_scores.end(), scores[r].begin(), scores[r].end());
+  }
+  std::vector<uint8_t> all_keep(P * N * K);
+  decide_keep(all_keep.data(), all_idx.data(), all_scores.data(), P * N, E, K, cap, load, Comm(), 0);
+  EXPECT_EQ(keep, std::vector<uint8_t>(all_keep.begin() + me * N * K, all_keep.begin() + (me + 1) * N * K));
+  int64_t kept0 = 0;
+  for (int64_t i = 0; i < P * N * K; ++i) kept0 += all_idx[i] == 0 && all_keep[i];
+  EXPECT_EQ(kept0, std::min<int64_t>(cap, static_cast<int64_t>(load[0])));
+}
+
+TEST(Grid, GroupsFollowTheDocumentedRankMap) {
+  Comm world = Comm::world();
+  const int P = world.size();
+  for (int ep : {1, 2, P}) {
+    if (P % ep) continue;
+    Grid g(world, {1, 0, ep}, 4 * P, "test");
+    const int w = world.rank();
+    EXPECT_EQ(g.dp_rank(), w);
+    EXPECT_EQ(g.ep().size(), ep);
+    EXPECT_EQ(g.ep().rank(), w % ep);
+    EXPECT_EQ(g.edp().size(), P / ep);
+    EXPECT_EQ(g.edp().rank(), w / ep);
+    for (int i = 0; i < ep; ++i) EXPECT_EQ(g.ep().world_ranks()[i], (w / ep) * ep + i);
+  }
+}
+
+}  // namespace
+}  // namespace sy
+
+int main(int argc, char** argv) {
+  sy::MpiEnv mpi(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) {  // one report; any rank's failure still fails the run
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int rc = RUN_ALL_TESTS();
+  int worst = rc;
+  MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (rank == 0 && worst != rc) std::cerr << "a test failed on another rank\n";
+  return worst;
+}
