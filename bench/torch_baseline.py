@@ -97,7 +97,8 @@ def main():
                             lr=t["lr"], betas=(t["beta1"], t["beta2"]), eps=t["eps"])
     files = sorted(f for p in cfg["data"].get("train", []) for f in glob.glob(p))
     data = np.frombuffer(b"".join(Path(f).read_bytes() for f in files), dtype=np.uint8)
-    B, T = t["micro_batch"], model.T
+    # The global batch on one process (Switchyard's micro_batch = 0 means "derived").
+    B, T = t.get("global_batch") or t["micro_batch"] * t.get("grad_accum", 1), model.T
     rng = np.random.default_rng(0)
     bias = torch.zeros(max(model.L - model.dense_layers, 0), model.E)
     times = []

@@ -153,9 +153,11 @@ Comm Comm::split(int color, int key, const std::string& name) const {
   return Comm(c, name);
 }
 
-void Comm::barrier() const {
+void Comm::barrier() const { barrier_as("barrier"); }
+
+void Comm::barrier_as(const char* what) const {
   if (solo()) return;
-  watchdog::Scope scope("barrier", describe(), world_ranks_);
+  watchdog::Scope scope(what, describe(), world_ranks_);
   SY_MPI_CHECK(MPI_Barrier(comm_));
 }
 

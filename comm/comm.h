@@ -84,6 +84,7 @@ class Comm {
   Comm split(int color, int key, const std::string& name) const;
 
   void barrier() const;
+  void barrier_as(const char* what) const;  // a barrier the watchdog names `what`
   template <class T>
   void allreduce_sum(T* data, size_t n) const { allreduce(data, n, mpi_type<T>(), MPI_SUM); }
   template <class T>

@@ -80,7 +80,7 @@ void write_heartbeat(State& s, double now) {
 std::string describe_peers(const State& s, const std::vector<int>& members, double now) {
   if (s.cfg.dir.empty()) return "  (no heartbeat directory: peers unknown)\n";
   std::ostringstream os;
-  double stale = std::max(5.0 * s.cfg.interval, 3.0);
+  double stale = std::max(3.0 * s.cfg.interval, 2.5);  // about three missed beats
   int named = 0;
   for (int r : members) {
     if (r == s.cfg.rank) continue;

@@ -1,17 +1,36 @@
 #include "model/moe_block.h"
 
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/swiglu.h"
+#include "core/timer.h"
 #include "moe/capacity.h"
 
 namespace sy {
 
 namespace {
+
+// Adds the lifetime of the scope to *slot (if the context times at all).
+class Timed {
+ public:
+  Timed(const MoeContext& ctx, double MoeTimers::*field) : slot_(ctx.timers ? &(ctx.timers->*field) : nullptr) {
+    if (slot_) t0_ = now_seconds();
+  }
+  ~Timed() {
+    if (slot_) *slot_ += now_seconds() - t0_;
+  }
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  double* slot_;
+  double t0_ = 0;
+};
 
 // Grouped-GEMM arguments for the segments of one chunk: contiguous row
 // offsets and, per segment, its local expert's weights (or gradients).
@@ -35,12 +54,117 @@ struct ChunkGemm {
   }
 };
 
+void shared_forward(MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
+                    const Dims& d, const MoeContext& ctx) {
+  Timed t(ctx, &MoeTimers::shared);
+  if (d.S > 0) {
+    linear_forward(a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
+    swiglu_forward(a.s_act, a.s_up, d.N, d.S);
+    linear_forward(out, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
+  } else {
+    std::memset(out, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
+  }
+}
+
+void shared_backward(float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
+                     const BlockOffsets& o, const Dims& d, const MoeContext& ctx, Scratch& s) {
+  Timed t(ctx, &MoeTimers::shared);
+  if (d.S > 0) {
+    linear_backward(s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
+    swiglu_backward(s.dup, s.dact, a.s_up, d.N, d.S);
+    linear_backward(dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
+  } else {
+    std::memset(dh, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
+  }
+}
+
+// Shared-memory transport (the ep group on one node). Rows are written
+// straight into the expert rank's receive segment and expert outputs read
+// straight from its segment: one copy each way, no staging. Fences order
+// the phases; the comments say why each buffer is free to reuse when it is.
+void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
+                     const Dims& d, const MoeContext& ctx) {
+  const EpDispatch& plan = a.plan;
+  const int64_t C = d.C, F = d.F, Ms = plan.send_rows(), Mr = plan.recv_rows();
+  // This layer's expert inputs and outputs stay in their windows until
+  // backward has used them: every sender reads its outputs there when
+  // combining and again for the gate gradients. The next write to them (the
+  // next micro-batch's forward of this layer) comes after every rank has
+  // passed this layer's backward fences.
+  a.x_win.ensure(ctx.ep, Mr * C);
+  a.y_win.ensure(ctx.ep, Mr * C);
+  a.up.ensure(static_cast<size_t>(Mr * 2 * F));
+  a.act.ensure(static_cast<size_t>(Mr * F));
+  RowMap to_x = RowMap::scattered(a.x_win.peers(), plan.dest_rank(), plan.dest_row());
+  RowMap from_y = RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row());
+  {
+    Timed t(ctx, &MoeTimers::permute);
+    moe_gather(to_x, h, plan.send_token().data(), Ms, d.C);
+  }
+  shared_forward(a, out, h, params, o, d, ctx);  // while the others are still writing
+  {
+    Timed t(ctx, &MoeTimers::wait);
+    a.x_win.fence(ctx.ep, "moe dispatch (shared memory)");
+  }
+  {
+    Timed t(ctx, &MoeTimers::experts);
+    ChunkGemm g(plan, 0, params, nullptr, o);
+    grouped_linear_forward(a.up.data(), a.x_win.local(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F);
+    swiglu_forward(a.act.data(), a.up.data(), Mr, F);
+    grouped_linear_forward(a.y_win.local(), a.act.data(), g.w2.data(), g.offsets.data(), g.groups(), F, C);
+  }
+  {
+    Timed t(ctx, &MoeTimers::wait);
+    a.y_win.fence(ctx.ep, "moe combine (shared memory)");
+  }
+  Timed t(ctx, &MoeTimers::permute);
+  moe_combine(out, from_y, nullptr, a.gates, plan.send_pos().data(), d.N, d.K, C);
+}
+
+void moe_backward_shm(float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
+                      const BlockOffsets& o, const Dims& d, const MoeContext& ctx, MoeScratch& scratch, Scratch& s) {
+  const EpDispatch& plan = a.plan;
+  const int64_t C = d.C, F = d.F, Mr = plan.recv_rows();
+  scratch.dy_win.ensure(ctx.ep, Mr * C);
+  scratch.dx_win.ensure(ctx.ep, Mr * C);
+  float* dact = scratch.dact.ensure(static_cast<size_t>(Mr * F));
+  float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
+  {
+    Timed t(ctx, &MoeTimers::permute);
+    moe_combine_backward(RowMap::scattered(scratch.dy_win.peers(), plan.dest_rank(), plan.dest_row()), s.dgates, dout,
+                         RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row()), a.gates,
+                         plan.send_pos().data(), d.N, d.K, C);
+  }
+  shared_backward(dh, grads, a, dout, h, params, o, d, ctx, s);
+  {
+    Timed t(ctx, &MoeTimers::wait);
+    scratch.dy_win.fence(ctx.ep, "moe dispatch (backward, shared memory)");
+  }
+  {
+    Timed t(ctx, &MoeTimers::experts);
+    ChunkGemm g(plan, 0, params, grads, o);
+    grouped_linear_backward(dact, g.dw2.data(), scratch.dy_win.local(), a.act.data(), g.w2.data(), g.offsets.data(),
+                            g.groups(), F, C);
+    swiglu_backward(dup, dact, a.up.data(), Mr, F);
+    grouped_linear_backward(scratch.dx_win.local(), g.dw13.data(), dup, a.x_win.local(), g.w13.data(),
+                            g.offsets.data(), g.groups(), C, 2 * F);
+  }
+  {
+    Timed t(ctx, &MoeTimers::wait);
+    scratch.dx_win.fence(ctx.ep, "moe combine (backward, shared memory)");
+  }
+  Timed t(ctx, &MoeTimers::permute);
+  moe_gather_backward(dh, RowMap::scattered(scratch.dx_win.peers(), plan.dest_rank(), plan.dest_row()),
+                      plan.send_pos().data(), d.N, d.K, C);
+}
+
 }  // namespace
 
 void moe_block_forward(MoeActs& a, float* out, const float* h, const float* params, const float* bias,
                        const BlockOffsets& o, const Dims& d, const MoeConfig& cfg, const MoeContext& ctx,
                        MoeScratch& scratch) {
   const int64_t N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
+  std::optional<Timed> timed(std::in_place, ctx, &MoeTimers::router);
   // Router on the local tokens.
   linear_forward(a.logits, h, params + o.router, N, C, E);
   router_scores(a.scores, a.probs, a.logits, N, E, cfg.score);
@@ -64,7 +188,10 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
               ctx.dp, ctx.token_offset);
   a.dropped = 0;
   for (int64_t i = 0; i < N * K; ++i) a.dropped += a.keep[i] ? 0 : 1;
-  a.plan.plan(ctx.ep, a.idx, a.keep, N, K, E, ctx.overlap ? ctx.chunks : 1);
+  timed.emplace(ctx, &MoeTimers::plan);
+  a.plan.plan(ctx.ep, a.idx, a.keep, N, K, E, ctx.overlap && !ctx.shm ? ctx.chunks : 1, ctx.shm);
+  timed.reset();
+  if (ctx.shm) return moe_forward_shm(a, out, h, params, o, d, ctx);
 
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
@@ -75,38 +202,44 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
   a.y_send.ensure(static_cast<size_t>(Ms * C));
   float* x_send = solo ? a.x_recv.data() : scratch.send.ensure(static_cast<size_t>(Ms * C));
   float* y_recv = solo ? a.y_send.data() : scratch.recv.ensure(static_cast<size_t>(Mr * C));
-  moe_gather(x_send, h, plan.send_token().data(), Ms, C);
+  {
+    Timed t(ctx, &MoeTimers::permute);
+    moe_gather(RowMap::contiguous(x_send), h, plan.send_token().data(), Ms, C);
+  }
 
-  auto shared = [&] {
-    if (d.S > 0) {
-      linear_forward(a.s_up, h, params + o.shared_w13, N, C, 2 * d.S);
-      swiglu_forward(a.s_act, a.s_up, N, d.S);
-      linear_forward(out, a.s_act, params + o.shared_w2, N, d.S, C);
-    } else {
-      std::memset(out, 0, static_cast<size_t>(N * C) * sizeof(float));
-    }
-  };
+  auto shared = [&] { shared_forward(a, out, h, params, o, d, ctx); };
   const int nc = plan.chunks();
   std::vector<Request> to(nc), back(nc);
   if (ctx.overlap)
     for (int c = 0; c < nc; ++c) to[c] = plan.to_experts(ctx.ep, c, x_send, a.x_recv.data(), C, "moe dispatch");
   shared();  // while the rows travel, when overlapping
   for (int c = 0; c < nc; ++c) {
-    if (ctx.overlap)
-      to[c].wait();
-    else
-      plan.to_experts(ctx.ep, c, x_send, a.x_recv.data(), C, "moe dispatch").wait();
-    ChunkGemm g(plan, c, params, nullptr, o);
-    const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-    grouped_linear_forward(a.up.data(), a.x_recv.data(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F);
-    swiglu_forward(a.act.data() + b * F, a.up.data() + b * 2 * F, rows, F);
-    grouped_linear_forward(y_recv, a.act.data(), g.w2.data(), g.offsets.data(), g.groups(), F, C);
+    {
+      Timed t(ctx, &MoeTimers::wait);
+      if (ctx.overlap)
+        to[c].wait();
+      else
+        plan.to_experts(ctx.ep, c, x_send, a.x_recv.data(), C, "moe dispatch").wait();
+    }
+    {
+      Timed t(ctx, &MoeTimers::experts);
+      ChunkGemm g(plan, c, params, nullptr, o);
+      const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
+      grouped_linear_forward(a.up.data(), a.x_recv.data(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F);
+      swiglu_forward(a.act.data() + b * F, a.up.data() + b * 2 * F, rows, F);
+      grouped_linear_forward(y_recv, a.act.data(), g.w2.data(), g.offsets.data(), g.groups(), F, C);
+    }
     back[c] = plan.from_experts(ctx.ep, c, y_recv, a.y_send.data(), C, "moe combine");
+    Timed t(ctx, &MoeTimers::wait);
     if (!ctx.overlap) back[c].wait();
     for (int q = c + 1; q < nc; ++q) to[q].test();  // progress the chunks still in flight
   }
-  wait_all(back);
-  moe_combine(out, a.y_send.data(), a.gates, plan.send_pos().data(), N, K, C);
+  {
+    Timed t(ctx, &MoeTimers::wait);
+    wait_all(back);
+  }
+  Timed t(ctx, &MoeTimers::permute);
+  moe_combine(out, RowMap::contiguous(a.y_send.data()), nullptr, a.gates, plan.send_pos().data(), N, K, C);
 }
 
 void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
@@ -115,6 +248,9 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
   const int64_t N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
+  if (ctx.shm) {
+    moe_backward_shm(dh, grads, a, dout, h, params, o, d, ctx, scratch, s);
+  } else {
   const bool solo = ctx.ep.solo();
   float* dy_send = scratch.send.ensure(static_cast<size_t>(Ms * C));
   float* dy_recv = solo ? dy_send : scratch.recv.ensure(static_cast<size_t>(Mr * C));
@@ -123,40 +259,52 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
   float* dact = scratch.dact.ensure(static_cast<size_t>(Mr * F));
   float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
 
-  moe_combine_backward(dy_send, s.dgates, dout, a.y_send.data(), a.gates, plan.send_pos().data(), N, K, C);
-  auto shared = [&] {
-    if (d.S > 0) {
-      linear_backward(s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, N, d.S, C);
-      swiglu_backward(s.dup, s.dact, a.s_up, N, d.S);
-      linear_backward(dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, N, C, 2 * d.S);
-    } else {
-      std::memset(dh, 0, static_cast<size_t>(N * C) * sizeof(float));
-    }
-  };
+  {
+    Timed t(ctx, &MoeTimers::permute);
+    moe_combine_backward(RowMap::contiguous(dy_send), s.dgates, dout, RowMap::contiguous(a.y_send.data()), a.gates,
+                         plan.send_pos().data(), N, K, C);
+  }
+  auto shared = [&] { shared_backward(dh, grads, a, dout, h, params, o, d, ctx, s); };
   const int nc = plan.chunks();
   std::vector<Request> to(nc), back(nc);
   if (ctx.overlap)
     for (int c = 0; c < nc; ++c) to[c] = plan.to_experts(ctx.ep, c, dy_send, dy_recv, C, "moe dispatch (backward)");
   shared();
   for (int c = 0; c < nc; ++c) {
-    if (ctx.overlap)
-      to[c].wait();
-    else
-      plan.to_experts(ctx.ep, c, dy_send, dy_recv, C, "moe dispatch (backward)").wait();
-    ChunkGemm g(plan, c, params, grads, o);
-    const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-    grouped_linear_backward(dact, g.dw2.data(), dy_recv, a.act.data(), g.w2.data(), g.offsets.data(), g.groups(), F, C);
-    swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F);
-    grouped_linear_backward(dx_recv, g.dw13.data(), dup, a.x_recv.data(), g.w13.data(), g.offsets.data(), g.groups(),
-                            C, 2 * F);
+    {
+      Timed t(ctx, &MoeTimers::wait);
+      if (ctx.overlap)
+        to[c].wait();
+      else
+        plan.to_experts(ctx.ep, c, dy_send, dy_recv, C, "moe dispatch (backward)").wait();
+    }
+    {
+      Timed t(ctx, &MoeTimers::experts);
+      ChunkGemm g(plan, c, params, grads, o);
+      const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
+      grouped_linear_backward(dact, g.dw2.data(), dy_recv, a.act.data(), g.w2.data(), g.offsets.data(), g.groups(),
+                              F, C);
+      swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F);
+      grouped_linear_backward(dx_recv, g.dw13.data(), dup, a.x_recv.data(), g.w13.data(), g.offsets.data(),
+                              g.groups(), C, 2 * F);
+    }
     back[c] = plan.from_experts(ctx.ep, c, dx_recv, dx_send, C, "moe combine (backward)");
+    Timed t(ctx, &MoeTimers::wait);
     if (!ctx.overlap) back[c].wait();
     for (int q = c + 1; q < nc; ++q) to[q].test();
   }
-  wait_all(back);
-  moe_gather_backward(dh, dx_send, plan.send_pos().data(), N, K, C);
+  {
+    Timed t(ctx, &MoeTimers::wait);
+    wait_all(back);
+  }
+  {
+    Timed t(ctx, &MoeTimers::permute);
+    moe_gather_backward(dh, RowMap::contiguous(dx_send), plan.send_pos().data(), N, K, C);
+  }
+  }
 
   // Router: gate gradients plus the balance terms over the whole micro-batch.
+  Timed t(ctx, &MoeTimers::router);
   RouterCoefs coefs{static_cast<float>(cfg.aux_loss_coef * loss_scale), static_cast<float>(cfg.z_loss_coef * loss_scale),
                     static_cast<float>(cfg.entropy_coef * loss_scale)};
   router_backward(s.drl, s.dgates, a.idx, a.logits, a.scores, a.probs, a.sums, N, a.Ntot, E, K, cfg.score,

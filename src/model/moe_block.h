@@ -9,12 +9,25 @@
 #pragma once
 
 #include "comm/comm.h"
+#include "comm/shm.h"
 #include "core/arena.h"
 #include "kernels/cpu/router.h"
 #include "model/blocks.h"
 #include "moe/ep_dispatch.h"
 
 namespace sy {
+
+// Seconds spent in each part of the MoE layers (forward and backward), when
+// a MoeContext carries a pointer to one.
+struct MoeTimers {
+  double router = 0;    // router GEMM, scores, top-k, statistics all-reduce, capacity, router backward
+  double plan = 0;      // dispatch plan and the all-to-all of counts
+  double permute = 0;   // gather rows to send order, combine back to tokens (and their backward)
+  double wait = 0;      // waiting for row all-to-alls to finish
+  double experts = 0;   // grouped expert GEMMs and SwiGLU
+  double shared = 0;    // shared experts
+  double total() const { return router + plan + permute + wait + experts + shared; }
+};
 
 // How MoE layers reach other ranks. The default is one rank.
 struct MoeContext {
@@ -23,6 +36,8 @@ struct MoeContext {
   int64_t token_offset = 0; // global index of this rank's first token in a micro-batch
   int chunks = 1;           // dispatch chunks
   bool overlap = false;     // post all chunks at once and compute while they fly
+  bool shm = false;         // ep group on one node: rows move through shared memory
+  MoeTimers* timers = nullptr;
 };
 
 struct MoeActs {
@@ -37,10 +52,12 @@ struct MoeActs {
   EpDispatch plan;
   RouterSums sums;  // over the data-parallel group
   int64_t Ntot = 0, dropped = 0;
-  GrowBuffer<float> x_recv;  // (M_recv, C) expert inputs
+  GrowBuffer<float> x_recv;  // (M_recv, C) expert inputs (MPI transport)
+  SharedWindow x_win;        // (M_recv, C) expert inputs (shared-memory transport)
+  SharedWindow y_win;        // (M_recv, C) expert outputs, read in place by the senders (shared-memory transport)
   GrowBuffer<float> up;      // (M_recv, 2F)
   GrowBuffer<float> act;     // (M_recv, F)
-  GrowBuffer<float> y_send;  // (M_send, C) expert outputs back at their tokens
+  GrowBuffer<float> y_send;  // (M_send, C) expert outputs back at their tokens (MPI transport)
 
   template <class A>
   void bind(A& a, const Dims& d) {
@@ -60,6 +77,7 @@ struct MoeScratch {
   GrowBuffer<float> send, recv;        // (M, C) rows in flight
   GrowBuffer<float> send2, recv2;      // (M, C) the second direction in backward
   GrowBuffer<float> dact, dup;         // (M_recv, F), (M_recv, 2F)
+  SharedWindow dy_win, dx_win;         // expert-side backward rows other ranks write or read (shared memory)
 };
 
 // out (N, C) = shared(h) + sum_k gate_k * expert_k(h)   (overwritten).

@@ -5,7 +5,7 @@
 namespace sy {
 
 void EpDispatch::plan(const Comm& ep, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K, int64_t E,
-                      int chunks) {
+                      int chunks, bool destinations) {
   const int64_t P = ep.size(), El = E / P, picks = N * K;
   chunks_ = chunks;
   // counts[(c * P + dst) * El + le]: kept picks of chunk c for expert le of rank dst.
@@ -63,6 +63,24 @@ void EpDispatch::plan(const Comm& ep, const int32_t* idx, const uint8_t* keep, i
   }
   recv_begin_[chunks] = off;
   recv_rows_ = off;
+  if (!destinations) return;
+
+  // Tell every source where its blocks start in this rank's receive buffer.
+  std::vector<int64_t> offs(P * chunks * El), theirs(P * chunks * El);
+  for (int c = 0; c < chunks; ++c)
+    for (int64_t s = 0; s < P; ++s)
+      for (int64_t le = 0; le < El; ++le) offs[(s * chunks + c) * El + le] = segments_[c][s * El + le].offset;
+  ep.alltoall(offs.data(), static_cast<size_t>(chunks * El), theirs.data());
+  dest_rank_.resize(rows);
+  dest_row_.resize(rows);
+  int64_t r = 0;
+  for (int c = 0; c < chunks; ++c)
+    for (int64_t d = 0; d < P; ++d)
+      for (int64_t le = 0; le < El; ++le)
+        for (int64_t j = 0, n = counts[(c * P + d) * El + le], at = theirs[(d * chunks + c) * El + le]; j < n; ++j, ++r) {
+          dest_rank_[r] = static_cast<int32_t>(d);
+          dest_row_[r] = static_cast<int32_t>(at + j);
+        }
 }
 
 Request EpDispatch::to_experts(const Comm& ep, int c, const float* send, float* recv, int64_t row,

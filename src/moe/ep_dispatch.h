@@ -27,7 +27,10 @@ struct ExpertSegment {
 class EpDispatch {
  public:
   // idx (N, K) global expert ids, keep (N, K) 0/1. Collective over ep.
-  void plan(const Comm& ep, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K, int64_t E, int chunks);
+  // With `destinations`, also learns where each send row lands (rank and
+  // row of the expert side's receive buffer), for direct shared-memory writes.
+  void plan(const Comm& ep, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K, int64_t E, int chunks,
+            bool destinations = false);
 
   int chunks() const { return chunks_; }
   int64_t send_rows() const { return static_cast<int64_t>(send_token_.size()); }
@@ -42,6 +45,9 @@ class EpDispatch {
   int64_t recv_end(int c) const { return recv_begin_[c + 1]; }
   // Rows each local expert received in all chunks.
   const std::vector<int64_t>& expert_rows() const { return expert_rows_; }
+  // With destinations: the ep rank and receive-buffer row of each send row.
+  const int32_t* dest_rank() const { return dest_rank_.data(); }
+  const int32_t* dest_row() const { return dest_row_.data(); }
 
   // Chunk c's rows from senders to experts (send buffer -> receive buffer)
   // and back (receive buffer -> send buffer); `row` floats per row.
@@ -51,7 +57,7 @@ class EpDispatch {
  private:
   int chunks_ = 1;
   int64_t recv_rows_ = 0;
-  std::vector<int32_t> send_pos_, send_token_;
+  std::vector<int32_t> send_pos_, send_token_, dest_rank_, dest_row_;
   // Per chunk, per peer rank: rows and absolute row offsets.
   std::vector<std::vector<int64_t>> scount_, sdispl_, rcount_, rdispl_;
   std::vector<std::vector<ExpertSegment>> segments_;

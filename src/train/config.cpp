@@ -206,7 +206,8 @@ const std::vector<Key>& schema() {
     // train
     k.push_back(integer("train", "steps", SY_REF(int64_t, train.steps), 0, kBig, "optimizer steps"));
     k.push_back(integer("train", "seed", SY_REF(int64_t, train.seed), 0, kBig, "seed of init and data order"));
-    k.push_back(integer("train", "micro_batch", SY_REF(int64_t, train.micro_batch), 1, 1 << 20, "sequences per rank per micro-batch"));
+    k.push_back(integer("train", "global_batch", SY_REF(int64_t, train.global_batch), 0, 1 << 30, "sequences per step over all ranks; 0 = micro_batch x grad_accum x dp"));
+    k.push_back(integer("train", "micro_batch", SY_REF(int64_t, train.micro_batch), 0, 1 << 20, "sequences per rank per micro-batch; 0 = global_batch / (dp x grad_accum)"));
     k.push_back(integer("train", "grad_accum", SY_REF(int64_t, train.grad_accum), 1, 1 << 20, "micro-batches per step"));
     k.push_back(real("train", "lr", SY_REF(double, train.lr), 0.0, 10.0, "peak learning rate"));
     k.push_back(real("train", "min_lr_ratio", SY_REF(double, train.min_lr_ratio), 0.0, 1.0, "final lr as a fraction of lr (cosine decay)"));
@@ -225,7 +226,8 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));
     k.push_back(integer("parallel", "pp", SY_REF(int64_t, parallel.pp), 1, 1 << 20, "pipeline stages"));
     k.push_back(boolean("parallel", "zero1", SY_REF(bool, parallel.zero1), "shard AdamW state over data-parallel ranks (ZeRO-1)"));
-    k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts"));
+    k.push_back(string("parallel", "transport", SY_REF(std::string, parallel.transport), {"auto", "shm", "mpi"}, "MoE row transport: shared memory (ep group on one node), MPI all-to-all-v, or auto"));
+    k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts (mpi transport)"));
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
@@ -316,6 +318,25 @@ void apply_override(RunConfig& cfg, const std::string& ov) {
 }  // namespace
 
 const char* default_config_text() { return embedded::tiny_toml; }
+
+void RunConfig::resolve_batch(int64_t dp) {
+  TrainSection& t = train;
+  SY_CONFIG_CHECK(t.micro_batch > 0 || t.global_batch > 0,
+                  "{}: set train.global_batch or train.micro_batch (both are 0)", source);
+  if (t.micro_batch == 0) {
+    SY_CONFIG_CHECK(t.global_batch % (dp * t.grad_accum) == 0,
+                    "{}: train.global_batch = {} does not split over {} data-parallel rank{} x train.grad_accum = {}; "
+                    "use a multiple of {}", source, t.global_batch, dp, dp == 1 ? "" : "s", t.grad_accum,
+                    dp * t.grad_accum);
+    t.micro_batch = t.global_batch / (dp * t.grad_accum);
+  } else if (t.global_batch == 0) {
+    t.global_batch = t.micro_batch * t.grad_accum * dp;
+  }
+  SY_CONFIG_CHECK(t.global_batch == t.micro_batch * t.grad_accum * dp,
+                  "{}: train.global_batch = {} but train.micro_batch x train.grad_accum x dp = {} x {} x {} = {}; "
+                  "set train.micro_batch = 0 to derive it", source, t.global_batch, t.micro_batch, t.grad_accum, dp,
+                  t.micro_batch * t.grad_accum * dp);
+}
 
 RunConfig parse_config(const std::string& text, const std::string& source,
                        const std::vector<std::string>& overrides) {

@@ -27,7 +27,8 @@ struct DataSection {
 struct TrainSection {
   int64_t steps = 200;
   int64_t seed = 1337;
-  int64_t micro_batch = 8;     // sequences per rank per micro-batch
+  int64_t global_batch = 0;    // sequences per step over all ranks; 0 = micro_batch * grad_accum * dp
+  int64_t micro_batch = 8;     // sequences per rank per micro-batch; 0 = global_batch / (dp * grad_accum)
   int64_t grad_accum = 1;      // micro-batches per step
   double lr = 3e-3;            // peak learning rate
   double min_lr_ratio = 0.1;   // cosine decays to lr * min_lr_ratio
@@ -44,7 +45,8 @@ struct TrainSection {
 struct ParallelSection {
   int64_t dp = 0, ep = 0, pp = 1;  // dp, ep = 0: from the job (dp = ranks / pp, ep = gcd(dp, experts))
   bool zero1 = false;              // shard AdamW state over the data-parallel group
-  bool overlap = true;             // chunked dispatch overlapping all-to-all with expert compute
+  std::string transport = "auto";  // MoE rows: "shm" (ep group on one node), "mpi" (all-to-all-v), "auto"
+  bool overlap = false;            // chunked dispatch overlapping all-to-all with expert compute (mpi transport)
   int64_t dispatch_chunks = 4;     // chunks per MoE dispatch when overlapping
   double timeout = 300;            // seconds a collective may wait before the watchdog aborts, 0 = off
 };
@@ -63,7 +65,9 @@ struct RunConfig {
   std::string source;  // where it came from, for messages
 
   std::string run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }
-  int64_t global_batch() const { return train.micro_batch * train.grad_accum * parallel.dp; }
+  // Fixes train.global_batch and train.micro_batch for `dp` data-parallel
+  // ranks (ConfigError, saying what would fit, if they cannot agree).
+  void resolve_batch(int64_t dp);
 };
 
 // The built-in default (configs/tiny.toml, compiled in).

@@ -8,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "comm/shm.h"
 #include "comm/watchdog.h"
 #include "core/check.h"
 #include "core/timer.h"
@@ -46,6 +47,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   rank0_ = world.rank() == 0;
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
+  cfg_.resolve_batch(grid_.dp_size());
   int threads = cfg_.train.threads > 0 ? static_cast<int>(cfg_.train.threads) : default_threads(world);
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
@@ -64,8 +66,14 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                                        grid_.dp_size(), cfg_.train.val_batches,
                                        static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
 
+  const std::string& transport = cfg_.parallel.transport;
+  bool one_node = grid_.ep_size() > 1 && same_node(grid_.ep());
+  SY_CONFIG_CHECK(transport != "shm" || one_node || grid_.ep_size() == 1,
+                  "{}: parallel.transport = \"shm\" needs every expert-parallel group on one node, and {} spans "
+                  "several; use \"mpi\" or \"auto\"", cfg_.source, grid_.ep().describe());
+  shm_ = one_node && transport != "mpi";
   MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
-                 static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap};
+                 static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap, shm_};
   model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx);
   full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
   const ParamLayout& layout = model_->layout();
@@ -108,10 +116,13 @@ std::string Trainer::describe() const {
       m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
       human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
       grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
-      p.overlap ? fmt::format(", overlapped dispatch ({} chunks)", p.dispatch_chunks) : std::string(", plain dispatch"),
+      grid_.ep_size() == 1 ? std::string(", no dispatch")
+      : shm_               ? std::string(", shared-memory dispatch")
+      : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)
+                           : std::string(", MPI dispatch"),
       human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
       data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
-      cfg_.global_batch() * m.seq_len, omp_get_max_threads(), blas.core, blas.parallel,
+      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), blas.core, blas.parallel,
       static_cast<double>(model_->activation_bytes()) / (1 << 20));
 }
 

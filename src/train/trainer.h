@@ -69,6 +69,7 @@ class Trainer {
   RunConfig cfg_;
   Grid grid_;
   bool rank0_ = true;
+  bool shm_ = false;  // MoE rows through shared memory
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<ParamLayout> full_layout_;  // all experts: names for messages
   std::unique_ptr<DataFiles> data_;

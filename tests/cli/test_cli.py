@@ -19,7 +19,7 @@ TRAIN = BIN / "moe-train"
 # A model small enough that a few steps take a second.
 SMALL = ["--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
          "--set", "model.n_kv_heads=1", "--set", "model.seq_len=32", "--set", "moe.experts=4",
-         "--set", "moe.expert_hidden=32", "--set", "model.dense_hidden=64", "--set", "train.micro_batch=4",
+         "--set", "moe.expert_hidden=32", "--set", "model.dense_hidden=64", "--set", "train.global_batch=4",
          "--set", "train.val_every=0", "--set", "train.log_every=1"]
 
 

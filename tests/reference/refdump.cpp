@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     sy::Trainer trainer(cfg, sy::Comm::world());
     const sy::ParamLayout& layout = trainer.model().layout();
     const sy::Dims& d = trainer.model().dims();
-    const int64_t A = cfg.train.grad_accum;
+    const int64_t A = trainer.config().train.grad_accum;
     Dump dump(out);
     nlohmann::json meta;
     meta["config_toml"] = sy::to_toml(cfg);
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
       }
 
     // Step 0 on a separate model instance: logits and raw gradients.
-    sy::Transformer model(cfg.model, cfg.train.micro_batch);
+    sy::Transformer model(cfg.model, trainer.config().train.micro_batch);
     std::vector<float> grads(layout.total(), 0.f);
     std::vector<float> zero_bias(trainer.expert_bias().size(), 0.f);
     nlohmann::json mb_meta = nlohmann::json::array();

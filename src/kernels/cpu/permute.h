@@ -1,22 +1,38 @@
 // Moving token rows to expert order and back (the local half of MoE dispatch).
-//   row_token (M): the token each expert-ordered row comes from
-//   pos (N, K): the row of token t's k-th pick, or -1 if that pick was dropped
-//   gather:   xp (M, C) = x (N, C) [row_token]
-//   gather backward: dx (N, C) += sum_k dxp[pos[t][k]]      (token-major, no races)
-//   combine:  out (N, C) += sum_k gates[t][k] * y[pos[t][k]]
-//   combine backward: dy (M, C) = gates * dout[token], dgates (N, K) = <dout[t], y[pos]>
+//   row_token (M): the token each send row comes from
+//   pos (N, K): the send row of token t's k-th pick, or -1 if that pick was dropped
+// The expert-side copy of send row r is found through a RowMap: either a
+// contiguous buffer (row r at r * C), or rows scattered over other ranks'
+// shared-memory segments (base[rank[r]] + row[r] * C), so that a gather
+// writes a token row straight into the expert's buffer and a combine reads
+// expert outputs straight from it.
+//   gather:   y-side[r] = x (N, C) [row_token[r]]
+//   gather backward: dx (N, C) += sum_k y-side[pos[t][k]]      (token-major, no races)
+//   combine:  out (N, C) += sum_k gates[t][k] * y-side[pos[t][k]]   (optionally copying the rows out)
+//   combine backward: y-side[pos] = gates * dout[token], dgates (N, K) = <dout[t], y[pos]>
 #pragma once
 
 #include <cstdint>
 
 namespace sy {
 
-void moe_gather(float* xp, const float* x, const int32_t* row_token, int64_t M, int64_t C);
-void moe_gather_backward(float* dx, const float* dxp, const int32_t* pos, int64_t N, int64_t K, int64_t C);
-void moe_combine(float* out, const float* y, const float* gates, const int32_t* pos, int64_t N,
-                 int64_t K, int64_t C);
-void moe_combine_backward(float* dy, float* dgates, const float* dout, const float* y,
-                          const float* gates, const int32_t* pos, int64_t N, int64_t K, int64_t C);
+struct RowMap {
+  float* local = nullptr;                // contiguous rows, or
+  float* const* base = nullptr;          // per-rank segment bases
+  const int32_t* rank = nullptr;         // per send row
+  const int32_t* row = nullptr;          // per send row, within its rank's segment
+  static RowMap contiguous(float* p) { return {p, nullptr, nullptr, nullptr}; }
+  static RowMap scattered(float* const* b, const int32_t* rk, const int32_t* rw) { return {nullptr, b, rk, rw}; }
+  float* at(int64_t r, int64_t C) const { return local ? local + r * C : base[rank[r]] + int64_t{row[r]} * C; }
+};
+
+void moe_gather(RowMap dst, const float* x, const int32_t* row_token, int64_t M, int64_t C);
+void moe_gather_backward(float* dx, RowMap src, const int32_t* pos, int64_t N, int64_t K, int64_t C);
+// y_copy (M, C), if not null, receives a contiguous copy of every row read.
+void moe_combine(float* out, RowMap y, float* y_copy, const float* gates, const int32_t* pos, int64_t N, int64_t K,
+                 int64_t C);
+void moe_combine_backward(RowMap dy, float* dgates, const float* dout, RowMap y, const float* gates,
+                          const int32_t* pos, int64_t N, int64_t K, int64_t C);
 
 template <class T>
 void moe_gather_ref(T* xp, const T* x, const int32_t* row_token, int64_t M, int64_t C) {

@@ -90,7 +90,7 @@ RunConfig small_config(const TempDir& dir) {
   RunConfig c = parse_config(default_config_text(), "test",
                              {"model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
                               "model.seq_len=16", "model.dense_hidden=48", "moe.experts=4",
-                              "moe.expert_hidden=16", "train.micro_batch=4", "train.steps=5",
+                              "moe.expert_hidden=16", "train.global_batch=4", "train.steps=5",
                               "train.val_every=0", "data.train=" + data, "moe.bias_update_rate=0.01"});
   return c;
 }

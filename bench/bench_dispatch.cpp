@@ -1,0 +1,222 @@
+// sy-bench-dispatch: expert-parallel dispatch + combine, nccl-tests style.
+//   mpirun -np P sy-bench-dispatch [--tokens 4096] [--iters 10] [--warmup 2]
+// For each shape (C in {512, 1024}, E in {8, 16}, K = 2, tokens per rank):
+//  - raw: MPI_Alltoallv of the same rows there and back (the baseline);
+//  - ours: plan (counts all-to-all) + gather + all-to-all-v + back + combine,
+//    the data path of an MoE layer without its GEMMs;
+//  - the MoE layer (F = C, one shared expert) forward + backward, plain and
+//    overlapped (4 chunks), with the share of permute/unpermute in it.
+// Bytes are the rows each rank sends, both directions; algbw = bytes / time,
+// busbw = algbw * (P - 1) / P (nccl-tests' all-to-all factor). Times are
+// medians over the iterations of the slowest rank. Never pass/fail, except
+// that every rank checks its rows came back intact (the #wrong column).
+#include <CLI/CLI.hpp>
+#include <omp.h>
+
+#include <algorithm>
+#include <iostream>
+#include <vector>
+
+#include "comm/comm.h"
+#include "comm/grid.h"
+#include "comm/shm.h"
+#include "core/cpu.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/permute.h"
+#include "model/layout.h"
+#include "model/moe_block.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace {
+
+using namespace sy;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Times f over iterations (after warm-up), slowest rank per iteration.
+template <class F>
+double time_it(const Comm& world, int warmup, int iters, F&& f) {
+  std::vector<double> t;
+  for (int i = 0; i < warmup + iters; ++i) {
+    world.barrier();
+    double t0 = now_seconds();
+    f();
+    double dt = now_seconds() - t0;
+    world.allreduce_max(&dt, 1);
+    if (i >= warmup) t.push_back(dt);
+  }
+  return median(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  prefer_fast_blas_kernels(argv);
+  flush_denormals();
+  CLI::App app{"expert-parallel dispatch + combine against MPI_Alltoallv"};
+  int64_t tokens = 4096;
+  int iters = 10, warmup = 2;
+  app.add_option("--tokens", tokens, "tokens per rank");
+  app.add_option("--iters", iters);
+  app.add_option("--warmup", warmup);
+  CLI11_PARSE(app, argc, argv);
+  MpiEnv mpi(&argc, &argv);
+  Comm world = Comm::world();
+  const int P = world.size();
+  const bool root = world.rank() == 0;
+  const int threads = default_threads(world);  // collective: every rank
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+  try {
+    if (root)
+      std::cout << fmt::format(
+          "# sy-bench-dispatch: {} ranks, {} tokens per rank, K = 2, {} threads per rank, times in ms (median of {}, "
+          "slowest rank)\n"
+          "#{:>5} {:>4} {:>8} | {:>7} {:>6} {:>6} | {:>7} {:>5} | {:>7} {:>6} {:>6} {:>5} {:>6} | {:>8} {:>8} {:>5} "
+          "{:>8} {:>5} | {:>7}\n",
+          P, tokens, threads, iters, "C", "E", "MB/rank", "raw", "algbw", "busbw", "mpi", "ratio", "shm", "algbw",
+          "busbw", "ratio", "#wrong", "layer", "overlap", "speed", "shm", "speed", "permute")
+                << std::flush;
+    const int64_t K = 2;
+    for (int64_t C : {512, 1024})
+      for (int64_t E : {8, 16}) {
+        if (E % P) continue;
+        Grid grid(world, {1, 0, P}, E, "bench");
+        ModelConfig m;
+        m.d_model = C, m.n_layers = 1, m.dense_layers = 0, m.n_heads = 8, m.n_kv_heads = 8, m.seq_len = tokens;
+        m.moe.experts = E, m.moe.top_k = K, m.moe.expert_hidden = C, m.moe.shared_experts = 1;
+        m.moe.aux_loss_coef = 0.01;
+        const int64_t N = tokens;
+        Dims d(m, 1);
+        ParamLayout layout(m, {grid.ep_rank() * (E / P), E / P});
+        std::vector<float> params(layout.total()), grads(layout.total(), 0.f);
+        init_params(params.data(), layout, 1);
+        std::vector<float> h(N * C);
+        uint64_t key = stream_key(world.rank(), "bench.h");
+        for (int64_t i = 0; i < N * C; ++i) h[i] = normal_at(key, i);
+
+        // Routing for the data-path measurements: the layer's own router.
+        MoeContext plain{grid.dp(), grid.ep(), grid.dp_rank() * N, 1, false};
+        MoeScratch scratch;
+        MoeActs acts;
+        Arena arena;
+        {
+          ArenaPlan ap;
+          acts.bind(ap, d);
+          arena.reserve(ap.bytes());
+          acts.bind(arena, d);
+        }
+        std::vector<float> out(N * C), dh(N * C);
+        moe_block_forward(acts, out.data(), h.data(), params.data(), nullptr, layout.block(0), d, m.moe, plain, scratch);
+        const EpDispatch& plan = acts.plan;
+        const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
+        std::vector<float> send(Ms * C), recv(Mr * C), back(Ms * C), combined(N * C);
+        double bytes = 2.0 * static_cast<double>(Ms * C) * sizeof(float);
+        world.allreduce_max(&bytes, 1);
+
+        // Raw MPI_Alltoallv of the same rows, there and back.
+        std::vector<int64_t> sc(P), sd(P), rc(P), rd(P);
+        {
+          std::vector<int64_t> counts(P, 0), in(P);
+          for (int64_t i = 0; i < N * K; ++i)
+            if (acts.keep[i]) ++counts[acts.idx[i] / (E / P)];
+          world.alltoall(counts.data(), 1, in.data());
+          for (int p = 0, so = 0, ro = 0; p < P; ++p) sc[p] = counts[p], sd[p] = so, so += counts[p], rc[p] = in[p], rd[p] = ro, ro += in[p];
+        }
+        double raw = time_it(world, warmup, iters, [&] {
+          grid.ep().alltoallv_rows(send.data(), sc, sd, recv.data(), rc, rd, C, "raw");
+          grid.ep().alltoallv_rows(recv.data(), rc, rd, back.data(), sc, sd, C, "raw back");
+        });
+
+        // MPI transport: plan + gather + all-to-all-v + back + combine (identity experts).
+        EpDispatch p2;
+        int64_t wrong = 0;
+        double mpi_path = time_it(world, warmup, iters, [&] {
+          p2.plan(grid.ep(), acts.idx, acts.keep, N, K, E, 1);
+          moe_gather(RowMap::contiguous(send.data()), h.data(), p2.send_token().data(), p2.send_rows(), C);
+          p2.to_experts(grid.ep(), 0, send.data(), recv.data(), C, "dispatch").wait();
+          p2.from_experts(grid.ep(), 0, recv.data(), back.data(), C, "combine").wait();
+          std::fill(combined.begin(), combined.end(), 0.f);
+          moe_combine(combined.data(), RowMap::contiguous(back.data()), nullptr, acts.gates, p2.send_pos().data(), N,
+                      K, C);
+        });
+        for (int64_t r = 0; r < Ms; ++r)
+          for (int64_t c = 0; c < C; ++c) wrong += back[r * C + c] != h[p2.send_token()[r] * C + c];
+
+        // Shared-memory transport: plan + rows written into the expert's
+        // segment + fence + combine reading them there (identity experts).
+        SharedWindow win;
+        std::vector<float> combined_shm(N * C), copy(Ms * C);
+        double shm_path = time_it(world, warmup, iters, [&] {
+          p2.plan(grid.ep(), acts.idx, acts.keep, N, K, E, 1, true);
+          win.ensure(grid.ep(), p2.recv_rows() * C);
+          RowMap at = RowMap::scattered(win.peers(), p2.dest_rank(), p2.dest_row());
+          moe_gather(at, h.data(), p2.send_token().data(), p2.send_rows(), C);
+          win.fence(grid.ep(), "dispatch");
+          std::fill(combined_shm.begin(), combined_shm.end(), 0.f);
+          moe_combine(combined_shm.data(), at, nullptr, acts.gates, p2.send_pos().data(), N, K, C);
+          win.fence(grid.ep(), "combine");
+        });
+        {  // the rows as the combine saw them (outside the timing)
+          std::vector<float> scratch_out(N * C, 0.f);
+          moe_combine(scratch_out.data(), RowMap::scattered(win.peers(), p2.dest_rank(), p2.dest_row()), copy.data(),
+                      acts.gates, p2.send_pos().data(), N, K, C);
+        }
+        for (int64_t r = 0; r < Ms; ++r)
+          for (int64_t c = 0; c < C; ++c) wrong += copy[r * C + c] != h[p2.send_token()[r] * C + c];
+        for (int64_t i = 0; i < N * C; ++i) wrong += combined_shm[i] != combined[i];
+        world.allreduce_sum(&wrong, 1);
+
+        // The whole MoE layer, forward + backward, plain and overlapped.
+        auto layer = [&](MoeContext& ctx) {
+          moe_block_forward(acts, out.data(), h.data(), params.data(), nullptr, layout.block(0), d, m.moe, ctx, scratch);
+          Scratch s;
+          ArenaPlan sp;
+          s.bind(sp, d);
+          static Arena sa;
+          if (sa.capacity() < sp.bytes()) sa.reserve(sp.bytes());
+          sa.clear();
+          s.bind(sa, d);
+          moe_block_backward(dh.data(), grads.data(), acts, out.data(), h.data(), params.data(), layout.block(0), d,
+                             m.moe, 1.0, ctx, scratch, s);
+        };
+        MoeTimers tp;
+        plain.timers = &tp;
+        double t_plain = time_it(world, warmup, iters, [&] { layer(plain); });
+        MoeContext over{grid.dp(), grid.ep(), grid.dp_rank() * N, 4, true};
+        double t_over = time_it(world, warmup, iters, [&] { layer(over); });
+        MoeContext shm{grid.dp(), grid.ep(), grid.dp_rank() * N, 1, false, true};
+        double t_shm = time_it(world, warmup, iters, [&] { layer(shm); });
+        double permute_share = tp.permute / tp.total();
+        world.allreduce_max(&permute_share, 1);
+
+        auto bw = [&](double t) { return bytes / t / 1e9; };
+        double bus = static_cast<double>(P - 1) / P;
+        if (root)
+          std::cout << fmt::format(
+                           " {:>5} {:>4} {:>8.2f} | {:>7.2f} {:>6.2f} {:>6.2f} | {:>7.2f} {:>5.2f} | {:>7.2f} {:>6.2f} "
+                           "{:>6.2f} {:>5.2f} {:>6} | {:>8.1f} {:>8.1f} {:>4.2f}x {:>8.1f} {:>4.2f}x | {:>6.1f}%\n",
+                           C, E, bytes / 2 / 1e6, raw * 1e3, bw(raw), bw(raw) * bus, mpi_path * 1e3, raw / mpi_path,
+                           shm_path * 1e3, bw(shm_path), bw(shm_path) * bus, raw / shm_path, wrong, t_plain * 1e3,
+                           t_over * 1e3, t_plain / t_over, t_shm * 1e3, t_plain / t_shm, 100 * permute_share)
+                    << std::flush;
+      }
+    if (root)
+      std::cout << "# raw = MPI_Alltoallv of the same rows there and back; mpi / shm = the whole dispatch + combine\n"
+                   "# path (plan with its count exchange, gather, transfer, return, gate-weighted combine) over the MPI\n"
+                   "# all-to-all-v / shared-memory transport; ratio = raw / path. layer = MoE forward + backward (F = C,\n"
+                   "# one shared expert) with the plain MPI dispatch; overlap = 4-chunk overlapped MPI dispatch; shm =\n"
+                   "# shared-memory transport; speed = layer / that; permute = gather + combine and their backward,\n"
+                   "# share of the plain layer's time.\n";
+    return 0;
+  } catch (const Error& e) {
+    std::cerr << "sy-bench-dispatch: " << e.what() << "\n";
+    world.abort(1);
+  }
+}
