@@ -1,8 +1,9 @@
 // sy-bench-train CONFIG [--set k=v ...] [--steps N] [--warmup W] [--json]
-// Times training steps of a config and, in the same process on the same
-// threads, the OpenBLAS sgemm peak (square n = 2048, best of 5), and prints
-// tokens/s, achieved model GFLOP/s, the FLOP rate inside the GEMMs and both
-// as fractions of the peak. Never pass/fail.
+//   (or mpirun -np P sy-bench-train ...)
+// Times training steps of a config and, in the same processes on the same
+// threads, the OpenBLAS sgemm peak (square n = 2048, best of 5, all ranks at
+// once, summed), and prints tokens/s, achieved model GFLOP/s, the FLOP rate
+// inside the GEMMs and both as fractions of the peak. Never pass/fail.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -60,8 +61,15 @@ int main(int argc, char** argv) {
                                        : sy::load_config(config, overrides);
     cfg.train.steps = warmup + steps;
     cfg.train.val_every = 0;
-    sy::Trainer trainer(cfg, sy::Comm::world());
-    double peak_before = sgemm_peak(2048);
+    sy::Comm world = sy::Comm::world();
+    sy::Trainer trainer(cfg, world);
+    auto job_peak = [&] {  // every rank at once, on its threads; the job's sum
+      world.barrier();
+      double p = sgemm_peak(2048);
+      world.allreduce_sum(&p, 1);
+      return p;
+    };
+    double peak_before = job_peak();
     std::vector<double> secs, tok, model, gemm, gemm_frac;
     for (int64_t s = 0; s < warmup + steps; ++s) {
       sy::StepStats st = trainer.step(s);
@@ -69,12 +77,16 @@ int main(int argc, char** argv) {
       secs.push_back(st.seconds);
       tok.push_back(st.tokens_per_s);
       model.push_back(st.gflops);
-      gemm.push_back(st.gemm_gflops);
+      double g = st.gemm_gflops;  // this rank's rate inside its GEMMs; the job's is the sum
+      world.allreduce_sum(&g, 1);
+      gemm.push_back(g);
       gemm_frac.push_back(st.gemm_seconds / st.seconds);
     }
-    double peak = std::max(peak_before, sgemm_peak(2048));  // before and after the steps
+    double peak = std::max(peak_before, job_peak());  // before and after the steps
     sy::BlasInfo blas = sy::blas_info();
+    if (world.rank() != 0) return 0;
     nlohmann::json r = {{"config", config.empty() ? "tiny (built in)" : config},
+                        {"ranks", world.size()},
                         {"threads", blas.threads},
                         {"blas_core", blas.core},
                         {"step_seconds", median(secs)},
@@ -87,12 +99,12 @@ int main(int argc, char** argv) {
       std::cout << r.dump() << "\n";
     } else {
       std::cout << fmt::format(
-          "{}: {:.0f} tokens/s (median of {} steps, {:.3f} s/step) | model {:.1f} GFLOP/s = {:.0f}% of "
-          "peak | GEMMs {:.1f} GFLOP/s = {:.0f}% of peak, {:.0f}% of step time | sgemm peak {:.1f} "
-          "GFLOP/s (OpenBLAS {}, {} threads)\n",
-          r["config"].get<std::string>(), median(tok), steps, median(secs), median(model),
-          100 * median(model) / peak, median(gemm), 100 * median(gemm) / peak, 100 * median(gemm_frac), peak,
-          blas.core, blas.threads);
+          "{} on {} rank{}: {:.0f} tokens/s (median of {} steps, {:.3f} s/step) | model {:.1f} GFLOP/s = {:.0f}% "
+          "of peak | GEMMs {:.1f} GFLOP/s = {:.0f}% of peak, {:.0f}% of step time | sgemm peak {:.1f} GFLOP/s "
+          "(OpenBLAS {}, {} threads per rank)\n",
+          r["config"].get<std::string>(), world.size(), world.size() == 1 ? "" : "s", median(tok), steps,
+          median(secs), median(model), 100 * median(model) / peak, median(gemm), 100 * median(gemm) / peak,
+          100 * median(gemm_frac), peak, blas.core, blas.threads);
     }
     return 0;
   } catch (const sy::Error& e) {
