@@ -1,7 +1,9 @@
 // moe-train: train a model from a TOML config (or the built-in tiny one).
 //   moe-train [CONFIG] [--set section.key=value ...] [--print-config] [--help-config]
-// Exit codes: 0 success; 2 bad input (config, flags, data files): running
-// again will not help; 1 any other failure (divergence, I/O, MPI).
+// Exit codes: 0 success; 1 a failure (divergence, I/O, MPI); 2 bad input
+// (config, flags, data files, an unusable checkpoint): running again will not
+// help; 3 the watchdog aborted a stuck collective; 4 stopped by SIGTERM/SIGINT
+// after saving a checkpoint (resumable).
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -48,8 +50,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     sy::Trainer trainer(std::move(cfg), world);
-    trainer.train();
-    return 0;
+    return trainer.train();
   } catch (const sy::ConfigError& e) {
     return fail("bad input", e, 2);
   } catch (const sy::Error& e) {

@@ -205,6 +205,7 @@ const std::vector<Key>& schema() {
     k.push_back(real("data", "val_fraction", SY_REF(double, data.val_fraction), 0.0, 0.9, "share of each train file held out when data.val is empty"));
     // train
     k.push_back(integer("train", "steps", SY_REF(int64_t, train.steps), 0, kBig, "optimizer steps"));
+    k.push_back(integer("train", "stop_after", SY_REF(int64_t, train.stop_after), 0, kBig, "end this run with a checkpoint once this many steps are done (the schedule still spans train.steps); 0 = off"));
     k.push_back(integer("train", "seed", SY_REF(int64_t, train.seed), 0, kBig, "seed of init and data order"));
     k.push_back(integer("train", "global_batch", SY_REF(int64_t, train.global_batch), 0, 1 << 30, "sequences per step over all ranks; 0 = micro_batch x grad_accum x dp"));
     k.push_back(integer("train", "micro_batch", SY_REF(int64_t, train.micro_batch), 0, 1 << 20, "sequences per rank per micro-batch; 0 = global_batch / (dp x grad_accum)"));
@@ -232,6 +233,15 @@ const std::vector<Key>& schema() {
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
     k.push_back(string("precision", "recipe", SY_REF(std::string, precision.recipe), {"fp32"}, "numeric recipe of the linear layers"));
+    // checkpoint
+    k.push_back(integer("checkpoint", "interval", SY_REF(int64_t, checkpoint.interval), 0, kBig, "save every N steps, at the end and on SIGUSR1/SIGTERM; 0 = on signal only"));
+    k.push_back(integer("checkpoint", "keep", SY_REF(int64_t, checkpoint.keep), 1, 1 << 20, "newest checkpoints to keep"));
+    k.push_back(integer("checkpoint", "keep_every", SY_REF(int64_t, checkpoint.keep_every), 0, kBig, "also keep every step that is a multiple of this; 0 = none"));
+    k.push_back(string("checkpoint", "resume", SY_REF(std::string, checkpoint.resume), {}, "\"auto\" (from latest), \"none\", or a checkpoint directory"));
+    k.push_back(boolean("checkpoint", "fallback", SY_REF(bool, checkpoint.fallback), "on an unusable checkpoint, resume from the newest intact one"));
+    k.push_back(boolean("checkpoint", "async", SY_REF(bool, checkpoint.async), "write checkpoints in the background"));
+    k.push_back(integer("checkpoint", "staging_mb", SY_REF(int64_t, checkpoint.staging_mb), 0, 1 << 30, "staging memory per rank for async saves (MiB); larger shards save synchronously"));
+    k.push_back(string("checkpoint", "dir", SY_REF(std::string, checkpoint.dir), {}, "checkpoint directory; \"\" = <run dir>/checkpoints"));
     return k;
   }();
   return keys;
@@ -375,6 +385,17 @@ std::string to_toml(const RunConfig& cfg) {
       section = k.section;
     }
     out += fmt::format("{} = {}\n", k.name, k.show(cfg));
+  }
+  return out;
+}
+
+std::vector<std::string> differing_keys(const RunConfig& a, const RunConfig& b,
+                                        const std::vector<std::string>& sections) {
+  std::vector<std::string> out;
+  for (const Key& k : schema()) {
+    if (std::find(sections.begin(), sections.end(), k.section) == sections.end()) continue;
+    std::string va = k.show(a), vb = k.show(b);
+    if (va != vb) out.push_back(fmt::format("{} = {} there, {} here", k.full(), va, vb));
   }
   return out;
 }

@@ -26,6 +26,7 @@ struct DataSection {
 
 struct TrainSection {
   int64_t steps = 200;
+  int64_t stop_after = 0;      // end this run (with a checkpoint) once this many steps are done; 0 = run to `steps`
   int64_t seed = 1337;
   int64_t global_batch = 0;    // sequences per step over all ranks; 0 = micro_batch * grad_accum * dp
   int64_t micro_batch = 8;     // sequences per rank per micro-batch; 0 = global_batch / (dp * grad_accum)
@@ -55,6 +56,17 @@ struct PrecisionSection {
   std::string recipe = "fp32";
 };
 
+struct CheckpointSection {
+  int64_t interval = 0;        // save every N steps, at the end, and on SIGUSR1 / SIGTERM; 0 = on signal only
+  int64_t keep = 3;            // newest checkpoints kept
+  int64_t keep_every = 0;      // plus every step that is a multiple of this, forever; 0 = none
+  std::string resume = "auto"; // "auto" (from `latest` if any), "none", or a checkpoint directory
+  bool fallback = false;       // an unusable checkpoint falls back to the newest intact one
+  bool async = true;           // write in the background while training goes on
+  int64_t staging_mb = 4096;   // staging memory per rank for async saves; bigger shards save synchronously
+  std::string dir;             // "" = <run dir>/checkpoints
+};
+
 struct RunConfig {
   RunSection run;
   ModelConfig model;
@@ -62,6 +74,7 @@ struct RunConfig {
   TrainSection train;
   ParallelSection parallel;
   PrecisionSection precision;
+  CheckpointSection checkpoint;
   std::string source;  // where it came from, for messages
 
   std::string run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }
@@ -85,5 +98,9 @@ std::string to_toml(const RunConfig& cfg);
 
 // One line per key: name, type, default, doc (for --help-config).
 std::string describe_keys();
+
+// Keys of the given sections whose values differ: "model.d_model = 128 in a, 64 in b".
+std::vector<std::string> differing_keys(const RunConfig& a, const RunConfig& b,
+                                        const std::vector<std::string>& sections);
 
 }  // namespace sy

@@ -38,6 +38,8 @@ class AdamW {
   void update(float* params, const float* grads_by_state, int64_t step, double lr, double grad_scale = 1.0);
   FloatBuffer& m() { return m_; }
   FloatBuffer& v() { return v_; }
+  const FloatBuffer& m() const { return m_; }
+  const FloatBuffer& v() const { return v_; }
   const std::vector<OptRange>& ranges() const { return ranges_; }
 
  private:

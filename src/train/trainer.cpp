@@ -8,10 +8,13 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
+
 #include "comm/shm.h"
 #include "comm/watchdog.h"
 #include "core/check.h"
 #include "core/timer.h"
+#include "core/version.h"
 #include "kernels/cpu/blas.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -82,6 +85,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
   sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
   opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train);
+  ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
   inputs_.resize(static_cast<size_t>(N));
@@ -268,7 +272,77 @@ void Trainer::write_metrics(const StepStats& s) {
   metrics_.flush();
 }
 
-void Trainer::train() {
+namespace {
+
+// SIGUSR1: checkpoint after this step. SIGTERM / SIGINT: checkpoint and stop.
+std::atomic<int> g_save_signal{0}, g_stop_signal{0};
+void on_signal(int sig) { (sig == SIGUSR1 ? g_save_signal : g_stop_signal) = 1; }
+
+struct SignalScope {
+  struct sigaction old_usr1{}, old_term{}, old_int{};
+  SignalScope() {
+    struct sigaction sa{};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, &old_usr1);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
+  }
+  ~SignalScope() {
+    sigaction(SIGUSR1, &old_usr1, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+    sigaction(SIGINT, &old_int, nullptr);
+  }
+};
+
+}  // namespace
+
+int64_t Trainer::resume() {
+  std::vector<std::string> candidates = ckpt_->resume_candidates();
+  for (size_t c = 0; c < candidates.size(); ++c) {
+    try {
+      TrainState st = ckpt_->load(candidates[c], params_.data(), *opt_);
+      if (!st.expert_bias.empty()) expert_bias_ = st.expert_bias;
+      tokens_seen_ = static_cast<int64_t>(st.metrics["tokens_seen"]);
+      if (st.seed != cfg_.train.seed) {
+        if (rank0_)
+          std::cout << fmt::format("note: continuing with the checkpoint's seed {} (this config says {}) so the data "
+                                   "order carries on\n", st.seed, cfg_.train.seed);
+        cfg_.train.seed = st.seed;
+        batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
+                                             grid_.dp_size(), cfg_.train.val_batches,
+                                             static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
+      }
+      if (rank0_) std::cout << fmt::format("resumed from {} (step {})\n", candidates[c], st.step) << std::flush;
+      return st.step;
+    } catch (const ConfigError& e) {
+      if (!cfg_.checkpoint.fallback || c + 1 == candidates.size()) throw;
+      if (rank0_)
+        std::cout << fmt::format("checkpoint {} is unusable: {}\n  falling back to the next older one\n",
+                                 candidates[c], e.what()) << std::flush;
+    }
+  }
+  return 0;
+}
+
+void Trainer::save_checkpoint(int64_t steps_done, const StepStats& s) {
+  TrainState st;
+  st.step = steps_done;
+  st.seed = cfg_.train.seed;
+  st.expert_bias = expert_bias_;
+  st.expert_load = s.load;
+  st.metrics = {{"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
+                {"tokens_seen", static_cast<double>(tokens_seen_)}};
+  if (s.val_loss >= 0) st.metrics["val_loss"] = s.val_loss;
+  watchdog::set_phase("checkpoint");
+  std::string where = ckpt_->save(st, params_.data(), *opt_);
+  if (rank0_)
+    std::cout << fmt::format("checkpoint step {} -> {} ({}; training paused {:.2f} s)\n", steps_done, where,
+                             cfg_.checkpoint.async ? "writing in the background" : "written", ckpt_->last_stall())
+              << std::flush;
+}
+
+int Trainer::train() {
   const fs::path dir = cfg_.run_dir();
   if (rank0_) {
     std::error_code ec;
@@ -276,28 +350,65 @@ void Trainer::train() {
     SY_CHECK(!ec, "cannot create run directory '{}': {}", dir.string(), ec.message());
     std::ofstream(dir / "config.toml") << "# resolved configuration of this run (from " << cfg_.source << ")\n"
                                        << to_toml(cfg_);
-    metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
-    SY_CHECK(metrics_.good(), "cannot write '{}'", (dir / "metrics.jsonl").string());
-    std::cout << fmt::format("switchyard | config {} | run dir {}\n{}\n", cfg_.source, dir.string(), describe())
+    std::cout << fmt::format("switchyard {} | config {} | run dir {}\n{}\n", version(), cfg_.source, dir.string(),
+                             describe())
               << std::flush;
   }
   watchdog::start({(dir / "heartbeat").string(), grid_.world().rank(), cfg_.parallel.timeout, 1.0});
-  double avg = 0;
+  SignalScope signals;
   const int64_t steps = cfg_.train.steps;
-  for (int64_t i = 0; i < steps; ++i) {
+  const int64_t start = resume();
+  if (rank0_) {
+    // Keep the metrics of the steps the checkpoint covers, drop any after it.
+    const fs::path path = dir / "metrics.jsonl";
+    std::vector<std::string> kept;
+    if (start > 0) {
+      std::ifstream in(path);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty() && nlohmann::json::parse(line, nullptr, false).value("step", INT64_MAX) <= start)
+          kept.push_back(line);
+    }
+    metrics_.open(path, std::ios::trunc);
+    SY_CHECK(metrics_.good(), "cannot write '{}'", path.string());
+    for (const std::string& line : kept) metrics_ << line << '\n';
+    metrics_.flush();
+    if (start >= steps) std::cout << fmt::format("nothing to do: already at step {} of {}\n", start, steps);
+  }
+  double avg = 0;
+  int exit_code = 0;
+  for (int64_t i = start; i < steps; ++i) {
     StepStats s = step(i);
+    tokens_seen_ += cfg_.train.global_batch * cfg_.model.seq_len;
     bool last = i + 1 == steps;
     if (cfg_.train.val_every > 0 && ((i + 1) % cfg_.train.val_every == 0 || last)) s.val_loss = validate();
-    avg = i == 0 ? s.seconds : 0.9 * avg + 0.1 * s.seconds;
+    avg = i == start ? s.seconds : 0.9 * avg + 0.1 * s.seconds;
     if (rank0_) {
       write_metrics(s);
-      if ((i + 1) % cfg_.train.log_every == 0 || i == 0 || last || s.val_loss >= 0)
+      if ((i + 1) % cfg_.train.log_every == 0 || i == start || last || s.val_loss >= 0)
         log_step(s, avg * static_cast<double>(steps - i - 1));
     }
+    ckpt_->poll();
+    int flags[2] = {g_save_signal.exchange(0), g_stop_signal.exchange(0)};
+    grid_.world().allreduce_max(flags, 2);
+    const int64_t every = cfg_.checkpoint.interval;
+    const bool planned_stop = cfg_.train.stop_after > 0 && i + 1 >= cfg_.train.stop_after && !last;
+    if ((every > 0 && ((i + 1) % every == 0 || last)) || flags[0] || flags[1] || planned_stop)
+      save_checkpoint(i + 1, s);
+    if (flags[1] || planned_stop) {
+      ckpt_->finish();
+      if (rank0_)
+        std::cout << (planned_stop ? fmt::format("stopping after step {} as train.stop_after asks; run again to "
+                                                 "resume\n", i + 1)
+                                   : fmt::format("stopped by a signal after step {}; the checkpoint is saved\n", i + 1));
+      exit_code = planned_stop ? 0 : kInterruptedExitCode;
+      break;
+    }
   }
+  ckpt_->finish();
   watchdog::set_phase("done");
   grid_.world().barrier();
   watchdog::stop();
+  return exit_code;
 }
 
 }  // namespace sy

@@ -16,11 +16,17 @@
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "model/transformer.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
 
 namespace sy {
+
+// moe-train's exit code when SIGTERM/SIGINT stopped it after saving a
+// checkpoint: the run can be resumed (0 success, 1 error, 2 bad input,
+// 3 watchdog abort).
+inline constexpr int kInterruptedExitCode = 4;
 
 struct StepStats {
   int64_t step = 0;
@@ -44,8 +50,12 @@ class Trainer {
   Trainer(RunConfig cfg, const Comm& world);
   ~Trainer();
 
-  // Runs train.steps steps, logging on rank 0 and writing metrics.jsonl.
-  void train();
+  // Runs from the checkpoint checkpoint.resume names (if any) to train.steps,
+  // logging on rank 0, writing metrics.jsonl and checkpoints. Returns the
+  // exit code: 0, or kInterruptedExitCode after a signal stopped it.
+  int train();
+  // Loads the checkpoint to resume from, if any; returns steps completed.
+  int64_t resume();
   // One optimizer step (0-based); exposed for tests and benchmarks.
   StepStats step(int64_t step);
   // Mean cross-entropy over the fixed validation batches.
@@ -63,6 +73,7 @@ class Trainer {
 
  private:
   void update_bias(const std::vector<std::vector<int64_t>>& load);
+  void save_checkpoint(int64_t steps_done, const StepStats& s);
   void log_step(const StepStats& s, double eta_seconds);
   void write_metrics(const StepStats& s);
 
@@ -77,6 +88,8 @@ class Trainer {
   FloatBuffer params_, grads_;
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<Checkpointer> ckpt_;
+  int64_t tokens_seen_ = 0;
   std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;
   std::ofstream metrics_;

@@ -1,0 +1,289 @@
+// moe-ckpt: inspect, check, compare and convert Switchyard checkpoints.
+//   moe-ckpt ls CKPT | info CKPT | loads CKPT | show CKPT NAME | verify CKPT | diff A B
+//   moe-ckpt consolidate CKPT OUT.h5 | reshard CKPT OUT --dp N [--ep N] [--pp N] [--zero1]
+//   moe-ckpt export CKPT OUTDIR --format safetensors
+// CKPT is a checkpoint directory (or a consolidated file). --json for scripts.
+// Exit codes: 0 ok (diff: identical), 1 a problem (verify: damage; diff: differences), 2 bad usage.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "ckpt/inspect.h"
+#include "ckpt/reader.h"
+#include "ckpt/repack.h"
+#include "comm/grid.h"
+#include "core/check.h"
+#include "model/layout.h"
+#include "train/config.h"
+#include "train/export.h"
+
+namespace {
+
+using namespace sy;
+using json = nlohmann::ordered_json;
+
+std::string shape_str(const std::vector<int64_t>& s) { return fmt::format("({})", fmt::join(s, ", ")); }
+
+int cmd_ls(const std::string& path, bool as_json) {
+  ckpt::Reader r(path);
+  json rows = json::array();
+  double total = 0;
+  for (const ckpt::TensorEntry& t : r.manifest().tensors) {
+    double mib = 3.0 * static_cast<double>(t.numel()) * 4 / (1 << 20);
+    total += mib;
+    rows.push_back({{"name", t.name}, {"shape", t.shape}, {"dtype", "f32"}, {"file", t.file}, {"numel", t.numel()},
+                    {"bytes", 12 * t.numel()}});
+  }
+  if (as_json) {
+    std::cout << rows.dump(1) << "\n";
+    return 0;
+  }
+  size_t w = 4;
+  for (const auto& t : r.manifest().tensors) w = std::max(w, t.name.size());
+  std::cout << fmt::format("{:<{}}  {:<16} {:<5} {:<16} {:>10}\n", "name", w, "shape", "dtype", "file", "MiB");
+  for (const ckpt::TensorEntry& t : r.manifest().tensors)
+    std::cout << fmt::format("{:<{}}  {:<16} {:<5} {:<16} {:>10.2f}\n", t.name, w, shape_str(t.shape), "f32", t.file,
+                             3.0 * static_cast<double>(t.numel()) * 4 / (1 << 20));
+  std::cout << fmt::format("{} tensors, {:.1f} MiB (weights + AdamW moments) in {} shard file{}\n",
+                           r.manifest().tensors.size(), total, r.manifest().shards, r.manifest().shards == 1 ? "" : "s");
+  return 0;
+}
+
+json load_stats(const ckpt::Manifest& m) {
+  json layers = json::array();
+  if (m.bias_shape.size() != 2) return layers;
+  int64_t L = m.bias_shape[0], E = m.bias_shape[1];
+  for (int64_t l = 0; l < L; ++l) {
+    std::vector<int64_t> load(m.expert_load.begin() + l * E, m.expert_load.begin() + (l + 1) * E);
+    std::vector<float> bias(m.expert_bias.begin() + l * E, m.expert_bias.begin() + (l + 1) * E);
+    int64_t sum = 0, mx = 0;
+    for (int64_t c : load) sum += c, mx = std::max(mx, c);
+    layers.push_back({{"moe_layer", l},
+                      {"load", load},
+                      {"imbalance", sum > 0 ? static_cast<double>(mx) * static_cast<double>(E) / static_cast<double>(sum) : 1.0},
+                      {"bias", bias}});
+  }
+  return layers;
+}
+
+int cmd_info(const std::string& path, bool as_json) {
+  ckpt::Reader r(path);
+  const ckpt::Manifest& m = r.manifest();
+  int64_t params = 0;
+  for (const auto& t : m.tensors) params += t.numel();
+  json j = {{"path", path},           {"step", m.step},
+            {"tokens_seen", m.tokens_seen}, {"saved_at", m.saved_at},
+            {"software_version", m.software_version}, {"format_version", m.format_version},
+            {"layout", {{"world", m.world}, {"pp", m.pp}, {"dp", m.dp}, {"ep", m.ep}, {"zero1", m.zero1 != 0}}},
+            {"shards", m.shards},     {"parameters", params},
+            {"seed", m.seed},         {"metrics", m.metrics},
+            {"expert_load", load_stats(m)}, {"config", m.config_toml}};
+  if (as_json) {
+    std::cout << j.dump(1) << "\n";
+    return 0;
+  }
+  std::cout << fmt::format(
+      "checkpoint  {}\nstep        {}\ntokens seen {}\nsaved at    {} by switchyard {}\nlayout      world {} = pp {} x dp {}, "
+      "ep {}, {}\nshards      {}\nparameters  {}\nseed        {}\n",
+      path, m.step, m.tokens_seen, m.saved_at, m.software_version, m.world, m.pp, m.dp, m.ep,
+      m.zero1 ? "ZeRO-1" : "replicated optimizer", m.shards, params, m.seed);
+  for (const auto& [k, v] : m.metrics) std::cout << fmt::format("{:<11} {:.6g}\n", k, v);
+  for (const json& l : j["expert_load"])
+    std::cout << fmt::format("moe layer {} load imbalance {:.2f} (max / mean)\n", l["moe_layer"].get<int64_t>(),
+                             l["imbalance"].get<double>());
+  std::cout << "config:\n" << m.config_toml;
+  return 0;
+}
+
+int cmd_loads(const std::string& path, bool as_json) {
+  ckpt::Reader r(path);
+  json layers = load_stats(r.manifest());
+  if (as_json) {
+    std::cout << layers.dump(1) << "\n";
+    return 0;
+  }
+  std::cout << fmt::format("expert loads recorded at step {} (picks per expert before dropping; bias = balancing "
+                           "bias)\n", r.manifest().step);
+  for (const json& l : layers) {
+    auto load = l["load"].get<std::vector<int64_t>>();
+    auto bias = l["bias"].get<std::vector<float>>();
+    int64_t sum = 0;
+    for (int64_t c : load) sum += c;
+    std::cout << fmt::format("moe layer {}: imbalance {:.2f}\n", l["moe_layer"].get<int64_t>(), l["imbalance"].get<double>());
+    for (size_t e = 0; e < load.size(); ++e) {
+      double share = sum > 0 ? static_cast<double>(load[e]) / static_cast<double>(sum) : 0;
+      std::cout << fmt::format("  expert {:>3} {:>8} {:>6.1f}% {:<30} bias {:+.4f}\n", e, load[e], 100 * share,
+                               std::string(static_cast<size_t>(std::lround(share * 30 * static_cast<double>(load.size()) / 4)), '#'),
+                               bias[e]);
+    }
+  }
+  return 0;
+}
+
+int cmd_show(const std::string& path, const std::string& name, const std::string& group, const std::string& slice,
+             int bins, bool as_json) {
+  ckpt::Reader r(path);
+  const ckpt::TensorEntry& t = r.tensor(name);
+  std::vector<float> v = r.read_all(group, t);
+  ckpt::TensorStats s = ckpt::tensor_stats(v, bins);
+  int64_t b = 0, e = std::min<int64_t>(static_cast<int64_t>(v.size()), 8);
+  if (!slice.empty()) {
+    auto colon = slice.find(':');
+    SY_CONFIG_CHECK(colon != std::string::npos, "--slice wants BEGIN:END (flat element indices), got '{}'", slice);
+    b = std::stoll(slice.substr(0, colon)), e = std::stoll(slice.substr(colon + 1));
+    SY_CONFIG_CHECK(0 <= b && b <= e && e <= static_cast<int64_t>(v.size()), "--slice {} is outside [0, {}]", slice,
+                    v.size());
+  }
+  std::vector<float> vals(v.begin() + b, v.begin() + e);
+  json j = {{"name", name}, {"group", group}, {"shape", t.shape}, {"file", t.file}, {"count", s.count},
+            {"min", s.min}, {"max", s.max}, {"mean", s.mean}, {"std", s.std}, {"norm", s.norm}, {"nan", s.nan},
+            {"inf", s.inf}, {"histogram", s.histogram}, {"slice", {b, e}}, {"values", vals}};
+  if (as_json) {
+    std::cout << j.dump(1) << "\n";
+    return 0;
+  }
+  std::cout << fmt::format("{} [{}] {} in {}\n  min {:.6g}  max {:.6g}  mean {:.6g}  std {:.6g}  norm {:.6g}  NaN {}  Inf {}\n",
+                           name, group, shape_str(t.shape), t.file, s.min, s.max, s.mean, s.std, s.norm, s.nan, s.inf);
+  int64_t peak = 1;
+  for (int64_t c : s.histogram) peak = std::max(peak, c);
+  for (size_t i = 0; i < s.histogram.size(); ++i) {
+    double lo = s.min + (s.max - s.min) * static_cast<double>(i) / static_cast<double>(s.histogram.size());
+    std::cout << fmt::format("  {:>+12.5g} | {:<40} {}\n", lo, std::string(static_cast<size_t>(40 * s.histogram[i] / peak), '#'),
+                             s.histogram[i]);
+  }
+  std::cout << fmt::format("  [{}:{}] {}\n", b, e, fmt::join(vals, " "));
+  return 0;
+}
+
+int cmd_verify(const std::string& path, bool as_json) {
+  std::vector<std::string> problems = ckpt::verify(path);
+  size_t tensors = 0;
+  if (problems.empty()) tensors = ckpt::Reader(path).manifest().tensors.size();
+  if (as_json) {
+    std::cout << json({{"path", path}, {"ok", problems.empty()}, {"problems", problems}}).dump(1) << "\n";
+  } else if (problems.empty()) {
+    std::cout << fmt::format("{}: OK ({} tensors, {} datasets, every checksum matches)\n", path, tensors, 3 * tensors);
+  } else {
+    std::cout << fmt::format("{}: {} problem{}\n", path, problems.size(), problems.size() == 1 ? "" : "s");
+    for (const std::string& p : problems) std::cout << "  " << p << "\n";
+  }
+  return problems.empty() ? 0 : 1;
+}
+
+int cmd_diff(const std::string& a, const std::string& b, bool moments, bool as_json) {
+  ckpt::Reader ra(a), rb(b);
+  ckpt::Diff d = ckpt::diff(ra, rb, moments);
+  bool same = d.only_a.empty() && d.only_b.empty();
+  for (const auto& row : d.rows) same = same && !row.shape_differs && row.max_abs == 0;
+  if (as_json) {
+    json rows = json::array();
+    for (const auto& row : d.rows)
+      rows.push_back({{"name", row.name}, {"group", row.group}, {"max_abs", row.max_abs}, {"max_rel", row.max_rel},
+                      {"shape_differs", row.shape_differs}});
+    std::cout << json({{"identical", same}, {"only_in_a", d.only_a}, {"only_in_b", d.only_b}, {"tensors", rows}}).dump(1)
+              << "\n";
+    return same ? 0 : 1;
+  }
+  std::sort(d.rows.begin(), d.rows.end(), [](const auto& x, const auto& y) { return x.max_rel > y.max_rel; });
+  size_t w = 4;
+  for (const auto& row : d.rows) w = std::max(w, row.name.size());
+  std::cout << fmt::format("{:<{}}  {:<7} {:>12} {:>12}\n", "name", w, "group", "max abs", "max rel");
+  for (const auto& row : d.rows)
+    std::cout << (row.shape_differs ? fmt::format("{:<{}}  {:<7} shapes differ\n", row.name, w, row.group)
+                                    : fmt::format("{:<{}}  {:<7} {:>12.4g} {:>12.4g}\n", row.name, w, row.group,
+                                                  row.max_abs, row.max_rel));
+  for (const auto& n : d.only_a) std::cout << "only in " << a << ": " << n << "\n";
+  for (const auto& n : d.only_b) std::cout << "only in " << b << ": " << n << "\n";
+  std::cout << (same ? "identical\n" : "the checkpoints differ\n");
+  return same ? 0 : 1;
+}
+
+int cmd_repack(const std::string& path, const std::string& out, bool single, GridShape shape, bool zero1) {
+  ckpt::Reader r(path);
+  ckpt::Manifest m = r.manifest();
+  std::vector<std::string> files(m.tensors.size(), ".");
+  if (single) {
+    m.world = m.pp = m.dp = m.ep = 1;
+  } else {
+    RunConfig cfg = parse_config(m.config_toml, path + " (its config)");
+    const int64_t experts = cfg.model.moe_layers() > 0 ? cfg.model.moe.experts : 0;
+    const int64_t world = shape.pp * shape.dp;
+    GridShape s = Grid::resolve(world, shape, experts, "--pp/--dp/--ep");
+    ParamLayout full(cfg.model);
+    std::vector<ckpt::TensorHome> homes;
+    for (const ParamInfo& p : full.params()) homes.push_back({p.numel(), p.expert});
+    std::vector<int64_t> writers = ckpt::assign_writers(homes, world, s.dp, s.ep, cfg.model.moe.experts);
+    for (size_t i = 0; i < m.tensors.size(); ++i) files[i] = ckpt::shard_file_name(writers[m.tensors[i].index]);
+    m.world = world, m.pp = s.pp, m.dp = s.dp, m.ep = s.ep;
+  }
+  m.zero1 = zero1 ? 1 : 0;
+  ckpt::repack(r, out, m, files);
+  std::cout << fmt::format("wrote {} ({})\n", out,
+                           single ? "one file" : fmt::format("shards for pp {} x dp {}, ep {}", m.pp, m.dp, m.ep));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"moe-ckpt: inspect, check, compare and convert Switchyard checkpoints"};
+  app.require_subcommand(1);
+  bool as_json = false;
+  app.add_flag("--json", as_json, "machine-readable output");
+  std::string ckpt, other, name, out, group = "params", slice, format = "safetensors";
+  int bins = 20;
+  bool moments = false, zero1 = false;
+  int64_t pp = 1, dp = 0, ep = 0;
+  auto* ls = app.add_subcommand("ls", "tensors: shape, dtype, shard file, bytes");
+  auto* info = app.add_subcommand("info", "step, tokens, layout, config, version, timestamps, metrics");
+  auto* loads = app.add_subcommand("loads", "expert-load statistics recorded at the checkpoint's step");
+  auto* show = app.add_subcommand("show", "one tensor: min/max/mean/std/norm, NaN/Inf, histogram, a slice");
+  auto* verify = app.add_subcommand("verify", "checksums, completeness, shapes");
+  auto* diff = app.add_subcommand("diff", "per-tensor max abs / rel differences, missing and extra tensors");
+  auto* consolidate = app.add_subcommand("consolidate", "write one unsharded file");
+  auto* reshard = app.add_subcommand("reshard", "rewrite the shards for another layout");
+  auto* exp = app.add_subcommand("export", "export the weights (Hugging Face Mixtral names)");
+  for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp})
+    c->add_option("checkpoint", ckpt, "checkpoint directory or consolidated file")->required();
+  show->add_option("name", name, "tensor name (see ls)")->required();
+  show->add_option("--group", group, "params, adam_m or adam_v")->check(CLI::IsMember({"params", "adam_m", "adam_v"}));
+  show->add_option("--slice", slice, "BEGIN:END flat elements to print");
+  show->add_option("--bins", bins, "histogram bins");
+  diff->add_option("other", other, "second checkpoint")->required();
+  diff->add_flag("--moments", moments, "compare the AdamW moments too");
+  consolidate->add_option("out", out, "output file")->required();
+  reshard->add_option("out", out, "output directory")->required();
+  reshard->add_option("--pp", pp, "pipeline stages");
+  reshard->add_option("--dp", dp, "data-parallel ranks")->required();
+  reshard->add_option("--ep", ep, "expert-parallel ranks (0: gcd(dp, experts))");
+  reshard->add_flag("--zero1", zero1, "record the layout as ZeRO-1");
+  exp->add_option("out", out, "output directory")->required();
+  exp->add_option("--format", format, "safetensors")->check(CLI::IsMember({"safetensors"}));
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*ls) return cmd_ls(ckpt, as_json);
+    if (*info) return cmd_info(ckpt, as_json);
+    if (*loads) return cmd_loads(ckpt, as_json);
+    if (*show) return cmd_show(ckpt, name, group, slice, bins, as_json);
+    if (*verify) return cmd_verify(ckpt, as_json);
+    if (*diff) return cmd_diff(ckpt, other, moments, as_json);
+    if (*consolidate) return cmd_repack(ckpt, out, true, {}, false);
+    if (*reshard) return cmd_repack(ckpt, out, false, {pp, dp, ep}, zero1);
+    if (*exp) {
+      ckpt::Reader r(ckpt);
+      sy::export_hf_safetensors(r, out);
+      std::cout << fmt::format("wrote {}/model.safetensors and {}/config.json\n", out, out);
+      return 0;
+    }
+  } catch (const sy::ConfigError& e) {
+    std::cerr << "moe-ckpt: " << e.what() << "\n";
+    return 2;
+  } catch (const sy::Error& e) {
+    std::cerr << "moe-ckpt: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}

@@ -1,0 +1,90 @@
+// The checkpoint format (version 1), one directory per checkpoint:
+//
+//   <run dir>/checkpoints/step_00000100/
+//     manifest.h5       written last by rank 0: what the checkpoint is and
+//                       where every tensor lives
+//     shard_00000.h5    one file per writing rank
+//     shard_00001.h5 ...
+//   <run dir>/checkpoints/latest   "step_00000100", updated after the rename
+//
+// Every model tensor is stored whole, under its global name and global
+// shape, in exactly one shard file, as three float32 datasets:
+// params/<name> (the FP32 master weights), adam_m/<name>, adam_v/<name>
+// (the AdamW moments). Each dataset carries attributes `crc32c` (one
+// CRC-32C per block of `crc_block` elements, row-major) and `crc_block`. The
+// writer of a tensor is one of the ranks that hold it, chosen to balance
+// bytes, so any layout can read any checkpoint: resharding is reading.
+//
+// manifest.h5 root attributes: format, format_version, software_version,
+// saved_at, step (optimizer steps completed), tokens_seen, seed (the data
+// order and every random stream derive from (seed, step)), layout_world /
+// layout_pp / layout_dp / layout_ep / zero1 (how it was written), config
+// (the run's resolved TOML), shards, and metrics_* of the last step.
+// Datasets: expert_bias (moe_layers, E), expert_load (moe_layers, E) of the
+// last step. Group tensors/<name> per tensor: attributes shape, file, index.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ckpt/h5.h"
+
+namespace sy::ckpt {
+
+inline constexpr int64_t kFormatVersion = 1;
+inline constexpr int64_t kCrcBlock = int64_t{1} << 20;  // elements per checksum block
+inline constexpr const char* kManifest = "manifest.h5";
+inline constexpr const char* kLatest = "latest";
+inline constexpr const char* kGroups[3] = {"params", "adam_m", "adam_v"};
+
+std::string step_dir_name(int64_t step);    // "step_00000100"
+std::string shard_file_name(int64_t rank);  // "shard_00003.h5"
+// Step of a directory name, or -1 if it is not one of ours.
+int64_t parse_step_dir(const std::string& name);
+
+// CRC-32C of each kCrcBlock-element block.
+std::vector<int64_t> block_crcs(const float* data, int64_t n);
+
+// group/<name> with its shape and checksums.
+void write_tensor(h5::File& f, const std::string& group, const std::string& name, const float* data,
+                  const std::vector<int64_t>& shape);
+// Elements [begin, end) of group/<name>, verifying every block the range
+// touches (a mismatch names the file and dataset).
+void read_verified(const h5::File& f, const std::string& group, const std::string& name, float* out, int64_t begin,
+                   int64_t end);
+// Checks every block of group/<name>; returns "" or what is wrong.
+std::string verify_tensor(const h5::File& f, const std::string& group, const std::string& name);
+
+struct TensorEntry {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string file;   // shard file name within the checkpoint directory
+  int64_t index = 0;  // position in the model's parameter table
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+struct Manifest {
+  int64_t format_version = kFormatVersion;
+  std::string software_version, saved_at, config_toml;
+  int64_t step = 0, tokens_seen = 0, seed = 0;
+  int64_t world = 1, pp = 1, dp = 1, ep = 1, zero1 = 0, shards = 1;
+  std::vector<int64_t> bias_shape;      // (moe_layers, E)
+  std::vector<float> expert_bias;
+  std::vector<int64_t> expert_load;
+  std::map<std::string, double> metrics;
+  std::vector<TensorEntry> tensors;
+  const TensorEntry* find(const std::string& name) const;
+};
+
+void write_manifest(const std::string& path, const Manifest& m);
+// The same into a file that also holds the tensors (a consolidated checkpoint).
+void write_manifest_into(h5::File& f, const Manifest& m);
+Manifest read_manifest(const std::string& path);
+
+}  // namespace sy::ckpt

@@ -1,0 +1,76 @@
+#include "ckpt/repack.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <numeric>
+
+#include "core/check.h"
+
+namespace sy::ckpt {
+
+namespace fs = std::filesystem;
+
+std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int64_t world, int64_t dp, int64_t ep,
+                                    int64_t experts) {
+  std::vector<int64_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return tensors[a].numel > tensors[b].numel; });
+  const int64_t per_rank = ep > 0 && experts > 0 ? experts / ep : 1;
+  std::vector<int64_t> load(world, 0), writer(tensors.size(), -1);
+  for (int64_t i : order) {
+    int64_t best = -1;
+    for (int64_t r = 0; r < world; ++r) {
+      bool holds = tensors[i].expert < 0 || (r % dp) % ep == tensors[i].expert / per_rank;
+      if (holds && (best < 0 || load[r] < load[best])) best = r;
+    }
+    SY_CHECK(best >= 0, "no rank of a {}-rank layout holds tensor {}", world, i);
+    writer[i] = best;
+    load[best] += tensors[i].numel;
+  }
+  return writer;
+}
+
+void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files) {
+  SY_CHECK(files.size() == m.tensors.size(), "repack: {} file names for {} tensors", files.size(), m.tensors.size());
+  const bool single = std::all_of(files.begin(), files.end(), [](const std::string& f) { return f == "."; });
+  SY_CHECK(!fs::exists(out), "'{}' already exists; choose a new output path", out);
+  const std::string tmp = out + ".tmp";
+  fs::remove_all(tmp);
+  if (!single) fs::create_directories(tmp);
+  std::map<std::string, h5::File> open;
+  auto file = [&](const std::string& name) -> h5::File& {
+    auto it = open.find(name);
+    if (it == open.end())
+      it = open.emplace(name, h5::File::create(single ? tmp : (fs::path(tmp) / name).string())).first;
+    return it->second;
+  };
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    TensorEntry& t = m.tensors[i];
+    const TensorEntry& from = src.tensor(t.name);
+    for (const char* g : kGroups) {
+      std::vector<float> data = src.read_all(g, from);
+      write_tensor(file(files[i]), g, t.name, data.data(), t.shape);
+    }
+    t.file = files[i];
+  }
+  std::vector<std::string> names;
+  for (auto& [name, f] : open) names.push_back(name);
+  m.shards = single ? 1 : static_cast<int64_t>(names.size());
+  if (single) {
+    write_manifest_into(file("."), m);
+  } else {
+    write_manifest((fs::path(tmp) / kManifest).string(), m);
+  }
+  for (auto& [name, f] : open) f.close();
+  if (single) {
+    h5::sync_path(tmp);
+  } else {
+    for (const std::string& n : names) h5::sync_path((fs::path(tmp) / n).string());
+    h5::sync_path((fs::path(tmp) / kManifest).string());
+    h5::sync_path(tmp);
+  }
+  fs::rename(tmp, out);
+}
+
+}  // namespace sy::ckpt

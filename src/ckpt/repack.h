@@ -1,0 +1,30 @@
+// Choosing shard writers, and rewriting a checkpoint with another file
+// arrangement (moe-ckpt consolidate / reshard).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ckpt/reader.h"
+
+namespace sy::ckpt {
+
+struct TensorHome {
+  int64_t numel;
+  int64_t expert;  // routed expert index, -1 if every data-parallel rank holds the tensor
+};
+
+// World rank that writes each tensor: among the ranks that hold it (rank r
+// holds expert x when (r % dp) % ep == x / (experts / ep)), the least
+// loaded one, biggest tensors first (ties to the lower rank).
+std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int64_t world, int64_t dp, int64_t ep,
+                                    int64_t experts);
+
+// Writes src's tensors (weights and moments) and manifest `m` (its layout
+// fields as the caller set them) to `out`. files[i] names the shard of
+// m.tensors[i]; all "." makes `out` a single consolidated file. Written
+// under out + ".tmp" and renamed when complete.
+void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files);
+
+}  // namespace sy::ckpt

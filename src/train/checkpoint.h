@@ -1,0 +1,99 @@
+// Saving and loading training state (format: ckpt/format.h).
+//
+// Save: every tensor has one writer among the ranks that hold it (balanced
+// by bytes). Each rank stages what it writes (its tensors' weights and AdamW
+// moments; with ZeRO-1 the moment parts travel to the writer first), then a
+// background thread writes its shard file under step_XXXXXXXX.tmp/ and
+// fsyncs it while training goes on. When every rank's shard is on disk,
+// rank 0 writes the manifest, fsyncs, renames the directory into place and
+// only then moves `latest`: a crash at any moment leaves the previous
+// checkpoint and `latest` intact. Retention keeps the newest
+// checkpoint.keep, plus every checkpoint.keep_every-th step.
+//
+// Load: every rank reads exactly the tensors and moment ranges its own
+// layout needs, from whichever shards hold them, verifying checksums; any
+// layout loads any checkpoint. All ranks agree on success or on the first
+// error (which names the file and dataset).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/grid.h"
+#include "model/layout.h"
+#include "train/config.h"
+#include "train/grad_sync.h"
+#include "train/optimizer.h"
+
+namespace sy {
+
+// Everything besides tensors a checkpoint restores.
+struct TrainState {
+  int64_t step = 0;                         // optimizer steps completed
+  int64_t seed = 0;                         // data order and random streams derive from (seed, step)
+  std::vector<float> expert_bias;           // (moe_layers, E)
+  std::vector<std::vector<int64_t>> expert_load;  // last step's loads
+  std::map<std::string, double> metrics;    // last step's loss, lr, grad_norm, val_loss
+};
+
+class Checkpointer {
+ public:
+  Checkpointer(const RunConfig& cfg, const Grid& grid, const ParamLayout& local, const ParamLayout& full,
+               const GradSync& sync);
+  ~Checkpointer();
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+
+  const std::string& dir() const { return dir_; }
+
+  // Saves the state after st.step steps; collective. With checkpoint.async it
+  // returns once the state is staged (a save still in flight is finished
+  // first). Returns the checkpoint's directory.
+  std::string save(const TrainState& st, const float* params, const AdamW& opt);
+  // Commits a finished background save; collective, cheap when idle.
+  void poll();
+  // Finishes any pending save; collective.
+  void finish();
+  // Seconds the last save() kept the caller (staging, or the whole write when synchronous).
+  double last_stall() const { return last_stall_; }
+
+  // Checkpoints to try, best first, per checkpoint.resume and .fallback.
+  std::vector<std::string> resume_candidates() const;
+  // Loads into this rank's buffers; collective. Throws ConfigError with the
+  // same message on every rank if the checkpoint is unusable here.
+  TrainState load(const std::string& dir, float* params, AdamW& opt);
+
+ private:
+  struct Item {
+    int64_t local;  // index into local_.params()
+    const float* data[3];
+  };
+  void commit();
+  void write_shard(const std::string& path, const std::vector<Item>& items) const;
+  std::vector<float> gather_moments(const AdamW& opt, std::map<int64_t, int64_t>& where) const;
+  void retain() const;
+
+  RunConfig cfg_;
+  const Grid& grid_;
+  const ParamLayout& local_;
+  const ParamLayout& full_;
+  const GradSync& sync_;
+  std::string dir_;
+  std::vector<int64_t> writer_;  // full-table index -> world rank that writes it
+  // The save in flight.
+  std::thread thread_;
+  std::atomic<bool> done_{true};
+  std::string error_;             // set by the writer thread
+  bool pending_ = false;
+  std::string pending_dir_;
+  TrainState pending_state_;
+  std::vector<float> staging_;
+  double last_stall_ = 0;
+};
+
+}  // namespace sy

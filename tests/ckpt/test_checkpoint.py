@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""Checkpoints as users meet them: exact resume, resharding, bad files,
+crashes during saves, signals, retention, h5py access and moe-ckpt.
+
+usage: test_checkpoint.py BIN_DIR CASE
+"""
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+BIN = Path(sys.argv[1])
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1")
+SMALL = ["model.d_model=32", "model.n_layers=3", "model.n_heads=4", "model.n_kv_heads=2", "model.seq_len=32",
+         "model.dense_hidden=64", "moe.experts=8", "moe.expert_hidden=24", "moe.shared_experts=1",
+         "moe.bias_update_rate=0.01", "train.global_batch=8", "train.micro_batch=0", "train.val_every=0",
+         "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-2"]
+
+
+def moe_train(run_dir, sets, ranks=1, expect=0, timeout=600):
+    args = []
+    for s in SMALL + [f"run.dir={run_dir}"] + sets:
+        args += ["--set", s]
+    cmd = ([str(BIN / "moe-train")] if ranks == 1 else ["mpiexec", "-n", str(ranks), str(BIN / "moe-train")]) + args
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="1" if ranks > 1 else "2"),
+                       timeout=timeout)
+    out = p.stdout + p.stderr
+    assert p.returncode == expect, f"exit {p.returncode}, expected {expect}:\n{out[-3000:]}"
+    return out
+
+
+def ckpt(*args, expect=0):
+    p = subprocess.run([str(BIN / "moe-ckpt"), *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == expect, f"moe-ckpt {args}: exit {p.returncode}, expected {expect}:\n{p.stdout}\n{p.stderr}"
+    return p.stdout + p.stderr
+
+
+def metrics(run_dir):
+    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest(run_dir):
+    d = Path(run_dir) / "checkpoints"
+    return d / (d / "latest").read_text().strip()
+
+
+# ---------------------------------------------------------------- resume
+
+def exact_resume(tmp, ranks, sets):
+    a, b = Path(tmp) / "straight", Path(tmp) / "split"
+    common = sets + ["train.steps=12", "checkpoint.interval=4", "moe.capacity_factor=1.0"]
+    moe_train(a, common, ranks)
+    out = moe_train(b, common + ["train.stop_after=6"], ranks)
+    assert "stopping after step 6" in out
+    out = moe_train(b, common, ranks)
+    assert "resumed from" in out and "(step 6)" in out, out[-2000:]
+    ma, mb = metrics(a), metrics(b)
+    assert [r["step"] for r in mb] == list(range(1, 13)), "metrics must hold each step once"
+    assert [r["loss"] for r in ma] == [r["loss"] for r in mb], "losses must match to the bit"
+    assert "identical" in ckpt("diff", latest(a), latest(b), "--moments")
+
+
+def test_exact_resume(tmp):
+    exact_resume(tmp, 1, [])
+
+
+def test_exact_resume_4_ranks_zero1(tmp):
+    exact_resume(tmp, 4, ["parallel.ep=2", "parallel.zero1=true"])
+
+
+def test_async_equals_sync(tmp):
+    moe_train(Path(tmp) / "a", ["train.steps=4", "checkpoint.interval=4", "checkpoint.async=true"], 2)
+    moe_train(Path(tmp) / "s", ["train.steps=4", "checkpoint.interval=4", "checkpoint.async=false"], 2)
+    assert "identical" in ckpt("diff", latest(Path(tmp) / "a"), latest(Path(tmp) / "s"), "--moments")
+
+
+def test_reshard_on_load(tmp):
+    common = ["train.steps=10", "checkpoint.interval=5", "moe.capacity_factor=1.0"]
+    for src_ranks, src_sets, targets in [
+        (4, ["parallel.ep=4", "parallel.zero1=true"], [(1, 1, "false"), (2, 1, "true"), (2, 2, "false"), (4, 2, "true")]),
+        (1, [], [(4, 4, "true"), (2, 2, "true")]),
+    ]:
+        base, src = Path(tmp) / f"base{src_ranks}", Path(tmp) / f"src{src_ranks}"
+        moe_train(base, common + src_sets, src_ranks)
+        moe_train(src, common + src_sets + ["train.stop_after=5"], src_ranks)
+        want = [r["loss"] for r in metrics(base)]
+        for ranks, ep, zero1 in targets:
+            d = Path(tmp) / f"from{src_ranks}_to{ranks}_{ep}_{zero1}"
+            shutil.copytree(src, d)
+            out = moe_train(d, common + [f"parallel.ep={ep}", f"parallel.zero1={zero1}"], ranks)
+            assert "resumed from" in out
+            got = [r["loss"] for r in metrics(d)]
+            worst = max(abs(g - w) / w for g, w in zip(got, want))
+            print(f"written on {src_ranks} rank(s) {src_sets}, loaded on {ranks} ranks ep {ep} zero1 {zero1}: "
+                  f"worst relative loss difference {worst:.2e}")
+            assert len(got) == 10 and worst <= 1e-5
+
+
+# ---------------------------------------------------------------- bad checkpoints
+
+def two_checkpoints(tmp):
+    run = Path(tmp) / "run"
+    moe_train(run, ["train.steps=8", "checkpoint.interval=4"], 2)
+    return run, latest(run)
+
+
+def flip_byte(path, dataset):
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_offset()
+    with open(path, "r+b") as f:
+        f.seek(offset + 13)
+        b = f.read(1)
+        f.seek(offset + 13)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_flipped_byte(tmp):
+    run, last = two_checkpoints(tmp)
+    with h5py.File(last / "manifest.h5", "r") as m:
+        shard = m["tensors/layers.1.attn.wqkv"].attrs["file"]
+    flip_byte(last / shard, "params/layers.1.attn.wqkv")
+    out = ckpt("verify", last, expect=1)
+    assert shard in out and "params/layers.1.attn.wqkv" in out and "checksum" in out, out
+    out = moe_train(run, ["train.steps=12", "checkpoint.interval=4"], 2, expect=2)
+    assert shard in out and "params/layers.1.attn.wqkv" in out and "checksum" in out, out[-2000:]
+    out = moe_train(run, ["train.steps=12", "checkpoint.interval=4", "checkpoint.fallback=true"], 2)
+    assert "falling back" in out and "resumed from" in out and "step_00000004 (step 4)" in out, out[-2000:]
+
+
+def test_truncated_and_missing_shard(tmp):
+    run, last = two_checkpoints(tmp)
+    shard = sorted(last.glob("shard_*.h5"))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2)
+    out = moe_train(run, ["train.steps=12"], 2, expect=2)
+    assert shard.name in out, out[-2000:]
+    shard.unlink()
+    out = moe_train(run, ["train.steps=12"], 2, expect=2)
+    assert "is missing" in out and shard.name in out, out[-2000:]
+    assert "missing" in ckpt("verify", last, expect=1)
+
+
+def test_model_mismatch(tmp):
+    run, last = two_checkpoints(tmp)
+    out = moe_train(run, ["train.steps=12", "model.d_model=48"], 2, expect=2)
+    assert "holds a different model" in out and "model.d_model = 32 there, 48 here" in out, out[-2000:]
+
+
+def test_sigkill_during_save(tmp):
+    # A model big enough that a synchronous save takes a while; kill -9 while
+    # step_*.tmp exists, then resume: the previous checkpoint must be intact.
+    run = Path(tmp) / "run"
+    big = ["model.d_model=384", "model.dense_hidden=1024", "moe.expert_hidden=768", "train.global_batch=2",
+           "model.seq_len=16", "train.steps=1000", "checkpoint.interval=3", "checkpoint.async=false"]
+    args = []
+    for s in SMALL + [f"run.dir={run}"] + big:
+        args += ["--set", s]
+    p = subprocess.Popen([str(BIN / "moe-train")] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(ENV, OMP_NUM_THREADS="2"))
+    ck = run / "checkpoints"
+    killed_during = None
+    t0 = time.time()
+    while time.time() - t0 < 240 and killed_during is None:
+        if (ck / "latest").exists():
+            for d in ck.glob("step_*.tmp"):
+                if any(d.glob("shard_*.h5")):
+                    p.kill()
+                    killed_during = d.name
+                    break
+        time.sleep(0.005)
+    p.wait()
+    assert killed_during, "never caught a save in progress"
+    print(f"killed during {killed_during}; latest is {(ck / 'latest').read_text().strip()}")
+    assert "OK" in ckpt("verify", latest(run))
+    resumed = int((ck / "latest").read_text().strip()[5:])
+    out = moe_train(run, big[:-3] + [f"train.steps={resumed + 3}", "checkpoint.interval=3"])
+    assert f"(step {resumed})" in out, out[-2000:]
+    assert not list(ck.glob("*.tmp")), "the interrupted save's directory must be cleaned up"
+    steps = [r["step"] for r in metrics(run)]
+    assert steps == list(range(1, resumed + 4)), steps
+
+
+def test_signals(tmp):
+    run = Path(tmp) / "run"
+    args = []
+    for s in SMALL + [f"run.dir={run}", "train.steps=100000", "checkpoint.interval=0"]:
+        args += ["--set", s]
+    p = subprocess.Popen([str(BIN / "moe-train")] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=dict(ENV, OMP_NUM_THREADS="2"))
+    while not (run / "metrics.jsonl").exists() or len(metrics(run)) < 3:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGUSR1)  # checkpoint, keep going
+    while not (run / "checkpoints" / "latest").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert p.poll() is None, "SIGUSR1 must not stop training"
+    p.send_signal(signal.SIGTERM)  # checkpoint and stop
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 4, f"exit {p.returncode}\n{out[-2000:]}"
+    assert "stopped by a signal" in out
+    stopped = int((run / "checkpoints" / "latest").read_text().strip()[5:])
+    assert stopped == len(metrics(run)) and stopped > 3
+    out = moe_train(run, [f"train.steps={stopped + 2}"])
+    assert f"(step {stopped})" in out
+
+
+def test_retention(tmp):
+    run = Path(tmp) / "run"
+    moe_train(run, ["train.steps=12", "checkpoint.interval=2", "checkpoint.keep=2", "checkpoint.keep_every=4"])
+    kept = sorted(d.name for d in (run / "checkpoints").iterdir() if d.is_dir())
+    assert kept == ["step_00000004", "step_00000008", "step_00000010", "step_00000012"], kept
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000012"
+
+
+# ---------------------------------------------------------------- plain HDF5 and moe-ckpt
+
+def test_h5py_reads_it(tmp):
+    run = Path(tmp) / "run"
+    moe_train(run, ["train.steps=3", "checkpoint.interval=3", "parallel.ep=2", "parallel.zero1=true"], 4)
+    last = latest(run)
+    with h5py.File(last / "manifest.h5", "r") as m:
+        assert m.attrs["format"] == "switchyard-checkpoint" and m.attrs["step"] == 3
+        assert m.attrs["layout_dp"] == 4 and m.attrs["layout_ep"] == 2 and m.attrs["zero1"] == 1
+        cfg = tomllib.loads(m.attrs["config"])
+        assert cfg["model"]["d_model"] == 32
+        assert m["expert_bias"].shape == (2, 8) and m["expert_load"].shape == (2, 8)
+        assert m["expert_load"][...].sum() == 2 * 8 * 32 * 2  # top-2 picks of 8 x 32 tokens, per MoE layer
+        names = list(m["tensors"])
+        files = {n: m["tensors"][n].attrs["file"] for n in names}
+        shapes = {n: tuple(m["tensors"][n].attrs["shape"]) for n in names}
+    assert len(set(files.values())) == 4, "four ranks share the writing"
+    for n in names:
+        with h5py.File(last / files[n], "r") as f:
+            for g in ("params", "adam_m", "adam_v"):
+                assert f[g][n].shape == shapes[n], (g, n)
+    show = json.loads(ckpt("--json", "show", last, "layers.2.moe.experts.5.w13"))
+    with h5py.File(last / files["layers.2.moe.experts.5.w13"], "r") as f:
+        w = f["params/layers.2.moe.experts.5.w13"][...]
+    assert w.shape == (48, 32)
+    assert abs(show["mean"] - float(w.mean())) < 1e-6 and abs(show["std"] - float(w.std())) < 1e-6
+    assert np.allclose(show["values"], w.reshape(-1)[:8])
+
+
+def test_moe_ckpt_tools(tmp):
+    run = Path(tmp) / "run"
+    moe_train(run, ["train.steps=4", "checkpoint.interval=4", "parallel.ep=4", "parallel.zero1=true"], 4)
+    last = latest(run)
+    info = json.loads(ckpt("--json", "info", last))
+    assert info["step"] == 4 and info["tokens_seen"] == 4 * 8 * 32 and info["layout"]["ep"] == 4
+    assert len(info["expert_load"]) == 2 and "loss" in info["metrics"]
+    assert "imbalance" in ckpt("loads", last)
+    rows = json.loads(ckpt("--json", "ls", last))
+    assert any(r["name"] == "layers.1.moe.router" and r["shape"] == [8, 32] for r in rows)
+    assert "OK" in ckpt("verify", last)
+    # consolidate: one file, loadable by training
+    one = Path(tmp) / "one.h5"
+    ckpt("consolidate", last, one)
+    assert "OK" in ckpt("verify", one) and "identical" in ckpt("diff", last, one, "--moments")
+    # reshard: shards for another layout
+    two = Path(tmp) / "two"
+    ckpt("reshard", last, two, "--dp", "2", "--ep", "2")
+    assert len(list(two.glob("shard_*.h5"))) == 2 and "OK" in ckpt("verify", two)
+    assert json.loads(ckpt("--json", "info", two))["layout"]["dp"] == 2
+    assert "identical" in ckpt("diff", last, two, "--moments")
+    # diff sees a difference: the same model trained from another seed
+    other = Path(tmp) / "other"
+    moe_train(other, ["train.steps=4", "checkpoint.interval=4", "train.seed=7"], 1)
+    d = json.loads(ckpt("--json", "diff", last, latest(other), expect=1))
+    assert not d["identical"] and all(r["max_abs"] > 0 for r in d["tensors"]) and not d["only_in_a"]
+    # an edited value without its checksum is refused, naming the dataset
+    flip = Path(tmp) / "flip"
+    shutil.copytree(last, flip)
+    with h5py.File(flip / "manifest.h5", "r") as m:
+        shard = m["tensors/final_norm.weight"].attrs["file"]
+    with h5py.File(flip / shard, "r+") as f:
+        f["params/final_norm.weight"][3] += 1.0
+    assert "params/final_norm.weight" in ckpt("diff", last, flip, expect=1)
+    # training continues from the consolidated file and from the reshard
+    for src, ranks in ((one, 1), (two, 2)):
+        out = moe_train(Path(tmp) / f"cont_{ranks}", ["train.steps=5", f"checkpoint.resume={src}"], ranks)
+        assert "(step 4)" in out
+
+
+def test_export_safetensors(tmp):
+    run = Path(tmp) / "run"
+    moe_train(run, ["train.steps=2", "checkpoint.interval=2"], 1)
+    last, out = latest(run), Path(tmp) / "hf"
+    ckpt("export", last, out, "--format", "safetensors")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["MixtralForCausalLM"] and cfg["num_local_experts"] == 8
+    assert cfg["hidden_size"] == 32 and cfg["num_key_value_heads"] == 2 and cfg["head_dim"] == 8
+    # Read the file back with a few lines of plain Python.
+    raw = (out / "model.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    def tensor(name):
+        h = header[name]
+        b, e = h["data_offsets"]
+        return np.frombuffer(raw[8 + n + b: 8 + n + e], dtype=np.float32).reshape(h["shape"])
+    with h5py.File(last / "manifest.h5", "r") as m:
+        file = m["tensors/layers.1.attn.wqkv"].attrs["file"]
+    with h5py.File(last / file, "r") as f:
+        P = lambda name: f["params/" + name][...]
+        wqkv = P("layers.1.attn.wqkv")
+        assert np.array_equal(tensor("model.layers.1.self_attn.q_proj.weight"), wqkv[:32])
+        assert np.array_equal(tensor("model.layers.1.self_attn.k_proj.weight"), wqkv[32:48])
+        assert np.array_equal(tensor("model.layers.1.self_attn.v_proj.weight"), wqkv[48:])
+        w13 = P("layers.2.moe.experts.3.w13")
+        assert np.array_equal(tensor("model.layers.2.block_sparse_moe.experts.3.w1.weight"), w13[:24])
+        assert np.array_equal(tensor("model.layers.2.block_sparse_moe.experts.3.w3.weight"), w13[24:])
+        assert np.array_equal(tensor("model.layers.2.block_sparse_moe.experts.3.w2.weight"), P("layers.2.moe.experts.3.w2"))
+        assert np.array_equal(tensor("model.layers.0.mlp.down_proj.weight"), P("layers.0.mlp.w2"))
+        assert np.array_equal(tensor("model.embed_tokens.weight"), P("embed.weight"))
+        assert np.array_equal(tensor("lm_head.weight"), P("lm_head.weight"))
+    names = [k for k in header if k != "__metadata__"]
+    assert len(names) == len(set(names)) and "model.norm.weight" in names
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as tmp:
+        globals()[sys.argv[2]](tmp)
+    print(f"{sys.argv[2]}: ok")
