@@ -18,9 +18,13 @@ int64_t parse_step_dir(const std::string& name) {
 }
 
 std::vector<int64_t> block_crcs(const float* data, int64_t n) {
-  std::vector<int64_t> out;
-  for (int64_t b = 0; b < n; b += kCrcBlock)
-    out.push_back(crc32c(data + b, static_cast<size_t>(std::min(kCrcBlock, n - b)) * sizeof(float)));
+  // Blocks are independent: all threads, one block each.
+  std::vector<int64_t> out((n + kCrcBlock - 1) / kCrcBlock);
+#pragma omp parallel for schedule(dynamic, 1) if (out.size() > 1)
+  for (int64_t i = 0; i < static_cast<int64_t>(out.size()); ++i) {
+    int64_t b = i * kCrcBlock;
+    out[i] = crc32c(data + b, static_cast<size_t>(std::min(kCrcBlock, n - b)) * sizeof(float));
+  }
   return out;
 }
 
@@ -37,13 +41,18 @@ void write_tensor(h5::File& f, const std::string& group, const std::string& name
 namespace {
 void check_blocks(const h5::File& f, const std::string& path, const float* data, int64_t first_block, int64_t nblocks,
                   int64_t n, const std::vector<int64_t>& crcs, int64_t block) {
+  std::vector<uint32_t> got(static_cast<size_t>(nblocks));
+#pragma omp parallel for schedule(dynamic, 1) if (nblocks > 1)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    int64_t begin = (first_block + b) * block;
+    got[b] = crc32c(data + b * block, static_cast<size_t>(std::min(block, n - begin)) * sizeof(float));
+  }
   for (int64_t b = 0; b < nblocks; ++b) {
     int64_t idx = first_block + b, begin = idx * block, len = std::min(block, n - begin);
-    uint32_t got = crc32c(data + b * block, static_cast<size_t>(len) * sizeof(float));
-    SY_CHECK(idx < static_cast<int64_t>(crcs.size()) && got == static_cast<uint32_t>(crcs[idx]),
+    SY_CHECK(idx < static_cast<int64_t>(crcs.size()) && got[b] == static_cast<uint32_t>(crcs[idx]),
              "{}: dataset '{}' fails its checksum in elements [{}, {}) (stored {:08x}, computed {:08x}): the file "
              "is corrupt", f.path(), path, begin, begin + len,
-             idx < static_cast<int64_t>(crcs.size()) ? static_cast<uint32_t>(crcs[idx]) : 0u, got);
+             idx < static_cast<int64_t>(crcs.size()) ? static_cast<uint32_t>(crcs[idx]) : 0u, got[b]);
   }
 }
 }  // namespace

@@ -87,6 +87,10 @@ void read_dataset(const File& f, const std::string& name, T* out, int64_t begin,
   SY_CHECK(begin >= 0 && begin <= end && end <= numel, "{}: dataset '{}' has {} elements, asked for [{}, {})", f.path(),
            name, numel, begin, end);
   if (end == begin) return;
+  if (begin == 0 && end == numel) {  // the whole dataset: HDF5's direct path
+    SY_H5(H5Dread(d.id, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "{}: cannot read dataset '{}'", f.path(), name);
+    return;
+  }
   hsize_t n = static_cast<hsize_t>(end - begin);
   Handle ms{H5Screate_simple(1, &n, nullptr), H5Sclose};
   if (rank <= 1) {

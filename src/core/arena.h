@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -68,14 +69,16 @@ class ArenaPlan {
   size_t bytes_ = 0;
 };
 
-// An aligned, zero-initialised, owning float buffer.
+// An aligned, zero-initialised, owning float buffer. Large buffers (the
+// parameters, gradients, optimizer state, checkpoint staging) are 2 MiB
+// aligned and ask for transparent huge pages: fewer page faults when first
+// touched and fewer TLB misses after.
 class FloatBuffer {
  public:
   FloatBuffer() = default;
   explicit FloatBuffer(size_t n) { resize(n); }
   void resize(size_t n) {
-    data_.reset(static_cast<float*>(
-        ::operator new[](Arena::round_up(n * sizeof(float)), std::align_val_t{Arena::kAlign})));
+    data_.reset(static_cast<float*>(allocate_pages(n * sizeof(float))));
     size_ = n;
     zero();
   }
@@ -90,8 +93,9 @@ class FloatBuffer {
 
  private:
   struct Free {
-    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{Arena::kAlign}); }
+    void operator()(float* p) const { std::free(p); }
   };
+  static void* allocate_pages(size_t bytes);
   std::unique_ptr<float[], Free> data_;
   size_t size_ = 0;
 };

@@ -1,5 +1,9 @@
 #include "train/checkpoint.h"
 
+#include <omp.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <climits>
 #include <cstring>
@@ -12,6 +16,7 @@
 #include "ckpt/reader.h"
 #include "ckpt/repack.h"
 #include "core/check.h"
+#include "core/parallel.h"
 #include "core/timer.h"
 #include "core/version.h"
 
@@ -64,6 +69,12 @@ Checkpointer::Checkpointer(const RunConfig& cfg, const Grid& grid, const ParamLa
   std::vector<ckpt::TensorHome> homes;
   for (const ParamInfo& p : full.params()) homes.push_back({p.numel(), p.expert});
   writer_ = ckpt::assign_writers(homes, grid.world().size(), grid.dp_size(), grid.ep_size(), cfg.model.moe.experts);
+  // Staging for async saves, bounded by checkpoint.staging_mb, paid for now
+  // (first touch of fresh pages is slow) rather than inside the first save.
+  for (const ParamInfo& p : local.params())
+    if (writer_[p.index] == grid.world().rank()) staged_floats_ += 3 * p.numel();
+  staged_ = cfg.checkpoint.async && staged_floats_ * 4 <= cfg.checkpoint.staging_mb * (int64_t{1} << 20);
+  if (staged_) staging_.resize(static_cast<size_t>(staged_floats_));
 }
 
 Checkpointer::~Checkpointer() {
@@ -160,55 +171,75 @@ std::string Checkpointer::save(const TrainState& st, const float* params, const 
   std::string err = agree_on_error(world, setup_error, &who);
   SY_CHECK(err.empty(), "{}", err);
 
-  // What this rank writes, staged unless that would exceed the bound.
+  // What this rank writes: its tensors' weights and moments.
   std::map<int64_t, int64_t> where;
-  std::vector<float> moments;
-  if (sync_.zero1()) moments = gather_moments(opt, where);
+  if (sync_.zero1()) moments_ = gather_moments(opt, where);
   std::vector<Item> items;
-  int64_t floats = 0;
   for (size_t i = 0; i < local_.params().size(); ++i) {
     const ParamInfo& p = local_.params()[i];
     if (writer_[p.index] != me) continue;
-    const float* m = sync_.zero1() ? moments.data() + where.at(p.index) : opt.m().data() + p.offset;
+    const float* m = sync_.zero1() ? moments_.data() + where.at(p.index) : opt.m().data() + p.offset;
     const float* v = sync_.zero1() ? m + p.numel() : opt.v().data() + p.offset;
     items.push_back({static_cast<int64_t>(i), {params + p.offset, m, v}});
-    floats += 3 * p.numel();
-  }
-  const bool async = cfg_.checkpoint.async && floats * 4 <= cfg_.checkpoint.staging_mb * (int64_t{1} << 20);
-  if (async) {
-    staging_.resize(static_cast<size_t>(floats));
-    int64_t at = 0;
-    for (Item& it : items) {
-      const int64_t n = local_.params()[it.local].numel();
-      for (int g = 0; g < 3; ++g) {
-        std::memcpy(staging_.data() + at, it.data[g], static_cast<size_t>(n) * sizeof(float));
-        it.data[g] = staging_.data() + at;
-        at += n;
-      }
-    }
   }
   pending_ = true;
   pending_dir_ = final_dir.string();
   pending_state_ = st;
   error_.clear();
   const std::string path = (tmp / ckpt::shard_file_name(me)).string();
-  auto work = [this, path, items] {
+  done_ = false;
+  if (staged_) {
+    // The writer copies the live buffers first (the caller may not change
+    // them until wait_staged() returns), then writes from the copy.
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      copying_ = true;
+    }
+    thread_ = std::thread([this, path, items]() mutable {
+      // Background work yields the CPU to training: one thread (no OpenMP
+      // team of its own for the checksums) at a lower priority.
+      omp_set_num_threads(1);
+      setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+      int64_t at = 0;
+      for (Item& it : items) {
+        const int64_t n = local_.params()[it.local].numel();
+        for (int g = 0; g < 3; ++g) {
+          std::memcpy(staging_.data() + at, it.data[g], static_cast<size_t>(n) * sizeof(float));
+          it.data[g] = staging_.data() + at;
+          at += n;
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        copying_ = false;
+      }
+      staged_cv_.notify_all();
+      try {
+        if (!items.empty()) write_shard(path, items);
+      } catch (const std::exception& e) {
+        error_ = e.what();
+      }
+      done_ = true;
+    });
+  } else {
     try {
       if (!items.empty()) write_shard(path, items);
     } catch (const std::exception& e) {
       error_ = e.what();
     }
     done_ = true;
-  };
-  done_ = false;
-  if (async) {
-    thread_ = std::thread(work);
-  } else {
-    work();
     finish();
   }
   last_stall_ = now_seconds() - t0;
   return final_dir.string();
+}
+
+void Checkpointer::wait_staged() {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!copying_) return;
+  const double t0 = now_seconds();
+  staged_cv_.wait(lk, [this] { return !copying_; });
+  last_stall_ += now_seconds() - t0;
 }
 
 void Checkpointer::poll() {
@@ -347,12 +378,18 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
                Shape(t.shape).str(), p.shape.str());
       return t;
     };
-    for (const ParamInfo& p : local_.params()) r.read("params", entry(p), params + p.offset, 0, p.numel());
-    for (const OptRange& range : opt.ranges()) {
-      const ParamInfo& p = local_.params()[range.param];
+    // Tensor by tensor, its weights then its moment ranges: the order the
+    // shard files were written in, so reads stay sequential.
+    std::vector<std::vector<const OptRange*>> ranges_of(local_.params().size());
+    for (const OptRange& range : opt.ranges()) ranges_of[range.param].push_back(&range);
+    for (size_t i = 0; i < local_.params().size(); ++i) {
+      const ParamInfo& p = local_.params()[i];
       const ckpt::TensorEntry& t = entry(p);
-      r.read("adam_m", t, opt.m().data() + range.state, range.begin - p.offset, range.end - p.offset);
-      r.read("adam_v", t, opt.v().data() + range.state, range.begin - p.offset, range.end - p.offset);
+      r.read("params", t, params + p.offset, 0, p.numel());
+      for (const char* g : {"adam_m", "adam_v"})
+        for (const OptRange* range : ranges_of[i])
+          r.read(g, t, (g[5] == 'm' ? opt.m() : opt.v()).data() + range->state, range->begin - p.offset,
+                 range->end - p.offset);
     }
     st.step = m.step;
     st.seed = m.seed;

@@ -1,10 +1,13 @@
 // Saving and loading training state (format: ckpt/format.h).
 //
 // Save: every tensor has one writer among the ranks that hold it (balanced
-// by bytes). Each rank stages what it writes (its tensors' weights and AdamW
-// moments; with ZeRO-1 the moment parts travel to the writer first), then a
-// background thread writes its shard file under step_XXXXXXXX.tmp/ and
-// fsyncs it while training goes on. When every rank's shard is on disk,
+// by bytes). With ZeRO-1 the moment parts travel to the writer first. A
+// background thread then copies the rank's tensors (weights and AdamW
+// moments) into a staging buffer and writes its shard file under
+// step_XXXXXXXX.tmp/, fsyncing it, while training goes on: forward and
+// backward only read the weights and moments, so the copy overlaps the next
+// step's compute, and the trainer calls wait_staged() before its next
+// optimizer update, the first moment they change. When every rank's shard is on disk,
 // rank 0 writes the manifest, fsyncs, renames the directory into place and
 // only then moves `latest`: a crash at any moment leaves the previous
 // checkpoint and `latest` intact. Retention keeps the newest
@@ -17,6 +20,8 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -55,11 +60,15 @@ class Checkpointer {
   // returns once the state is staged (a save still in flight is finished
   // first). Returns the checkpoint's directory.
   std::string save(const TrainState& st, const float* params, const AdamW& opt);
+  // Blocks until a background save has copied the live state it writes
+  // (call before changing weights or moments). Cheap when idle.
+  void wait_staged();
   // Commits a finished background save; collective, cheap when idle.
   void poll();
   // Finishes any pending save; collective.
   void finish();
-  // Seconds the last save() kept the caller (staging, or the whole write when synchronous).
+  // Seconds the last save() kept the caller (setup, or the whole write when
+  // synchronous); wait_staged() adds what it waits.
   double last_stall() const { return last_stall_; }
 
   // Checkpoints to try, best first, per checkpoint.resume and .fallback.
@@ -88,11 +97,17 @@ class Checkpointer {
   // The save in flight.
   std::thread thread_;
   std::atomic<bool> done_{true};
+  std::mutex mu_;
+  std::condition_variable staged_cv_;
+  bool copying_ = false;           // the writer is still copying live buffers
   std::string error_;             // set by the writer thread
   bool pending_ = false;
   std::string pending_dir_;
   TrainState pending_state_;
-  std::vector<float> staging_;
+  int64_t staged_floats_ = 0;      // this rank's share of a checkpoint (weights + moments)
+  bool staged_ = false;            // async saves stage (the share fits checkpoint.staging_mb)
+  FloatBuffer staging_;            // allocated and touched once, at construction
+  std::vector<float> moments_;     // ZeRO-1: this rank's tensors' full moments, gathered
   double last_stall_ = 0;
 };
 

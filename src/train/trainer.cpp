@@ -184,6 +184,7 @@ StepStats Trainer::step(int64_t step) {
            "enable train.grad_clip", full_layout_->params()[static_cast<size_t>(bad)].name, step);
   s.grad_norm = std::sqrt(norm_in[0]);
   s.lr = lr_at(cfg_.train, step);
+  ckpt_->wait_staged();  // a background save may still be copying the weights and moments
   opt_->update(params_.data(), sync_->reduced(grads_.data()), step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
   sync_->gather_params(params_.data());
   update_bias(s.load);
@@ -325,7 +326,7 @@ int64_t Trainer::resume() {
   return 0;
 }
 
-void Trainer::save_checkpoint(int64_t steps_done, const StepStats& s) {
+TrainState Trainer::train_state(int64_t steps_done, const StepStats& s) const {
   TrainState st;
   st.step = steps_done;
   st.seed = cfg_.train.seed;
@@ -334,8 +335,12 @@ void Trainer::save_checkpoint(int64_t steps_done, const StepStats& s) {
   st.metrics = {{"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                 {"tokens_seen", static_cast<double>(tokens_seen_)}};
   if (s.val_loss >= 0) st.metrics["val_loss"] = s.val_loss;
+  return st;
+}
+
+void Trainer::save_checkpoint(int64_t steps_done, const StepStats& s) {
   watchdog::set_phase("checkpoint");
-  std::string where = ckpt_->save(st, params_.data(), *opt_);
+  std::string where = ckpt_->save(train_state(steps_done, s), params_.data(), *opt_);
   if (rank0_)
     std::cout << fmt::format("checkpoint step {} -> {} ({}; training paused {:.2f} s)\n", steps_done, where,
                              cfg_.checkpoint.async ? "writing in the background" : "written", ckpt_->last_stall())

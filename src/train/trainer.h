@@ -68,6 +68,11 @@ class Trainer {
   float* params() { return params_.data(); }
   const float* grads() const { return grads_.data(); }
   Batcher& batcher() { return *batcher_; }
+  const GradSync& sync() const { return *sync_; }
+  Checkpointer& checkpointer() { return *ckpt_; }
+  // The state a checkpoint of the current step would hold.
+  TrainState train_state(int64_t steps_done, const StepStats& s) const;
+  AdamW& optimizer() { return *opt_; }
   // Human-readable summary of model, data, layout and threads.
   std::string describe() const;
 
