@@ -222,6 +222,10 @@ const std::vector<Key>& schema() {
     k.push_back(integer("train", "val_every", SY_REF(int64_t, train.val_every), 0, kBig, "steps between validations, 0 = never"));
     k.push_back(integer("train", "val_batches", SY_REF(int64_t, train.val_batches), 1, 1 << 20, "micro-batches per validation"));
     k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank, 0 = OpenMP default"));
+    k.push_back(integer("train", "sample_every", SY_REF(int64_t, train.sample_every), 0, kBig, "steps between text samples printed by rank 0 and appended to <run dir>/samples.txt, 0 = never"));
+    k.push_back(string("train", "sample_prompt", SY_REF(std::string, train.sample_prompt), {}, "prompt of the samples (byte-level models; token models start from the first validation tokens)"));
+    k.push_back(integer("train", "sample_tokens", SY_REF(int64_t, train.sample_tokens), 1, 1 << 20, "tokens generated per sample"));
+    k.push_back(real("train", "sample_temperature", SY_REF(double, train.sample_temperature), 0.0, 100.0, "sampling temperature of the samples, 0 = greedy"));
     // parallel
     k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 0, 1 << 20, "data-parallel ranks; 0 = job ranks / pp"));
     k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));

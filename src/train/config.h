@@ -41,6 +41,10 @@ struct TrainSection {
   int64_t val_every = 50;      // 0 = no validation
   int64_t val_batches = 4;
   int64_t threads = 0;         // CPU threads per rank, 0 = OpenMP's default
+  int64_t sample_every = 0;    // steps between text samples (rank 0, <run dir>/samples.txt), 0 = never
+  std::string sample_prompt = "The ";
+  int64_t sample_tokens = 64;
+  double sample_temperature = 0.8;  // 0 = greedy
 };
 
 struct ParallelSection {

@@ -239,6 +239,86 @@ double Trainer::validate() {
   return sums[0] / sums[1];
 }
 
+std::string Trainer::sample(int64_t steps_done) {
+  const Comm& ep = grid_.ep();
+  const std::vector<int>& members = ep.world_ranks();
+  if (std::find(members.begin(), members.end(), 0) == members.end() && !ep.solo()) return "";
+  watchdog::set_phase("sample");
+  const ModelConfig& m = cfg_.model;
+  const ParamLayout& local = model_->layout();
+  const ParamLayout& full = *full_layout_;
+  std::vector<float> whole;
+  if (rank0_) whole.resize(static_cast<size_t>(full.total()));
+  // Dense tensors are on every rank; each layer's routed experts are one
+  // contiguous range, spread over the expert-parallel group in rank order.
+  for (const ParamInfo& p : full.params())
+    if (p.expert < 0 && rank0_)
+      std::copy_n(params_.data() + local.find(p.name).offset, p.numel(), whole.data() + p.offset);
+  if (m.moe_layers() > 0) {
+    std::vector<float> recv;
+    for (int64_t l = m.dense_layers; l < m.n_layers; ++l) {
+      const BlockOffsets& lo = local.block(l);
+      const BlockOffsets& fo = full.block(l);
+      const int64_t n = static_cast<int64_t>(lo.expert_w13.size()) * 3 * m.moe.expert_hidden * m.d_model;
+      SY_CHECK(lo.expert_w2.back() + m.moe.expert_hidden * m.d_model - lo.expert_w13[0] == n,
+               "layer {}: routed experts are not one contiguous range of the parameter buffer", l);
+      if (ep.size() == 1) {
+        if (rank0_) std::copy_n(params_.data() + lo.expert_w13[0], n, whole.data() + fo.expert_w13[0]);
+        continue;
+      }
+      std::vector<int64_t> counts(static_cast<size_t>(ep.size()), n), displs(counts.size());
+      for (size_t r = 0; r < counts.size(); ++r) displs[r] = static_cast<int64_t>(r) * n;
+      recv.resize(static_cast<size_t>(n * ep.size()));
+      ep.allgatherv(params_.data() + lo.expert_w13[0], n, recv.data(), counts, displs);
+      if (rank0_) std::copy(recv.begin(), recv.end(), whole.data() + fo.expert_w13[0]);
+    }
+  }
+  if (!rank0_) return "";
+  const bool bytes = m.vocab_size == 256 && cfg_.data.format == "text";
+  std::vector<int32_t> ids;
+  if (bytes) {
+    ids = encode_bytes(cfg_.train.sample_prompt);
+  } else {  // no tokenizer: the first tokens of the first validation (or training) window
+    const TokenDataset& set = data_->val().windows(m.seq_len) > 0 ? data_->val() : data_->train();
+    ids.resize(static_cast<size_t>(std::min<int64_t>(8, m.seq_len)));
+    std::vector<int32_t> win(static_cast<size_t>(m.seq_len));
+    set.window(0, m.seq_len, win.data(), m.vocab_size);
+    std::copy_n(win.begin(), ids.size(), ids.begin());
+  }
+  if (ids.empty()) ids.push_back(static_cast<int32_t>('\n'));
+  const int64_t context = std::min<int64_t>(m.seq_len, static_cast<int64_t>(ids.size()) + cfg_.train.sample_tokens);
+  if (static_cast<int64_t>(ids.size()) >= context) ids.resize(static_cast<size_t>(context - 1));
+  if (!sampler_ || sampler_->context() != context)
+    sampler_ = std::make_unique<Decoder>(m, std::move(whole), expert_bias_, context);
+  else {
+    std::copy(whole.begin(), whole.end(), sampler_->params());
+    sampler_->bias() = expert_bias_;
+  }
+  sampler_->reset();
+  SamplingOptions opt;
+  opt.temperature = cfg_.train.sample_temperature;
+  opt.seed = static_cast<uint64_t>(cfg_.train.seed) * 1000003u + static_cast<uint64_t>(steps_done);
+  const int64_t V = m.vocab_size;
+  const float* last = sampler_->extend(ids.data(), static_cast<int64_t>(ids.size())) + (ids.size() - 1) * V;
+  const size_t prompt = ids.size();
+  while (static_cast<int64_t>(ids.size()) < context) {
+    ids.push_back(sample_token(last, V, opt, static_cast<int64_t>(ids.size())));
+    if (static_cast<int64_t>(ids.size()) < context) last = sampler_->extend(&ids.back(), 1);
+  }
+  std::string text;
+  if (bytes) {
+    text = decode_bytes(ids);
+  } else {
+    text = fmt::format("{}", fmt::join(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(prompt), " ")) + " |" +
+           fmt::format(" {}", fmt::join(ids.begin() + static_cast<std::ptrdiff_t>(prompt), ids.end(), " "));
+  }
+  std::ofstream out(fs::path(cfg_.run_dir()) / "samples.txt", std::ios::app);
+  out << fmt::format("=== step {} (temperature {}, seed {}) ===\n{}\n", steps_done, opt.temperature, opt.seed, text);
+  SY_CHECK(out.good(), "cannot append to '{}'", (fs::path(cfg_.run_dir()) / "samples.txt").string());
+  std::cout << fmt::format("sample step {}: {}\n", steps_done, escape_text(text)) << std::flush;
+  return text;
+}
+
 void Trainer::log_step(const StepStats& s, double eta) {
   std::string imb;
   for (double x : s.imbalance) imb += fmt::format("{}{:.2f}", imb.empty() ? "" : " ", x);
@@ -386,6 +466,7 @@ int Trainer::train() {
     tokens_seen_ += cfg_.train.global_batch * cfg_.model.seq_len;
     bool last = i + 1 == steps;
     if (cfg_.train.val_every > 0 && ((i + 1) % cfg_.train.val_every == 0 || last)) s.val_loss = validate();
+    if (cfg_.train.sample_every > 0 && ((i + 1) % cfg_.train.sample_every == 0 || last)) sample(i + 1);
     avg = i == start ? s.seconds : 0.9 * avg + 0.1 * s.seconds;
     if (rank0_) {
       write_metrics(s);

@@ -17,6 +17,7 @@
 #include "data/dataset.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
+#include "infer/decoder.h"
 #include "train/config.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
@@ -60,6 +61,10 @@ class Trainer {
   StepStats step(int64_t step);
   // Mean cross-entropy over the fixed validation batches.
   double validate();
+  // A text sample from the current weights (train.sample_prompt, greedy or
+  // train.sample_temperature), returned on rank 0 ("" elsewhere); collective
+  // over rank 0's expert-parallel group, which gathers the routed experts.
+  std::string sample(int64_t steps_done);
 
   const RunConfig& config() const { return cfg_; }
   const Grid& grid() const { return grid_; }
@@ -94,6 +99,7 @@ class Trainer {
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Checkpointer> ckpt_;
+  std::unique_ptr<Decoder> sampler_;  // rank 0, train.sample_every > 0
   int64_t tokens_seen_ = 0;
   std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;

@@ -126,4 +126,41 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   }
 }
 
+void attention_cached(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                      int64_t pos0, int64_t n, int64_t H, int64_t Hkv, int64_t D) {
+  const int64_t group = H / Hkv, kv_row = Hkv * D;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+#pragma omp parallel
+  {
+    std::vector<float> p(static_cast<size_t>(pos0 + n));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < n * H; ++task) {
+      const int64_t i = task / H, h = task % H, kvh = h / group, keys = pos0 + i + 1;
+      const float* qi = q + i * q_stride + h * D;
+      const float* k = k_cache + kvh * D;
+      const float* v = v_cache + kvh * D;
+      float m = -INFINITY;
+      for (int64_t j = 0; j < keys; ++j) {
+        const float* kj = k + j * kv_row;
+        float s = 0.f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < D; ++c) s += qi[c] * kj[c];
+        p[static_cast<size_t>(j)] = s * scale;
+        m = std::max(m, s * scale);
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < keys; ++j) sum += (p[static_cast<size_t>(j)] = fast_exp(p[static_cast<size_t>(j)] - m));
+      const float inv = 1.f / sum;
+      float* o = out + i * H * D + h * D;
+      std::fill(o, o + D, 0.f);
+      for (int64_t j = 0; j < keys; ++j) {
+        const float w = p[static_cast<size_t>(j)] * inv;
+        const float* vj = v + j * kv_row;
+#pragma omp simd
+        for (int64_t c = 0; c < D; ++c) o[c] += w * vj[c];
+      }
+    }
+  }
+}
+
 }  // namespace sy

@@ -18,6 +18,13 @@ inline constexpr int64_t kAttnTile = 64;
 
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H,
                        int64_t Hkv, int64_t D);
+
+// Attention of n new tokens at positions pos0 .. pos0 + n - 1 against a KV
+// cache (generation). q: row i at q + i * q_stride, (H, D), rotated.
+// k_cache, v_cache: (pos0 + n, Hkv, D), the new tokens' keys and values
+// already appended. out: (n, H*D). Token i sees cache rows [0, pos0 + i].
+void attention_cached(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                      int64_t pos0, int64_t n, int64_t H, int64_t Hkv, int64_t D);
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D);
 

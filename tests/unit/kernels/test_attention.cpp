@@ -1,3 +1,4 @@
+#include <array>
 #include "kernels/cpu/attention.h"
 #include "testing.h"
 
@@ -43,6 +44,29 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                            os << param_info.param;
                            return os.str();
                          });
+
+// Generation: the rows of a causal attention over the whole sequence equal
+// attention of those tokens against a KV cache of everything before them,
+// whatever the split into a prefill chunk and later chunks.
+TEST(Attention, CachedMatchesFullSequence) {
+  for (auto [T, H, Hkv, D, pos0] : std::vector<std::array<int64_t, 5>>{
+           {1, 1, 1, 2, 0}, {9, 4, 2, 8, 5}, {70, 4, 1, 6, 69}, {130, 8, 2, 32, 0}, {130, 8, 8, 16, 64}}) {
+    int64_t R = (H + 2 * Hkv) * D, n = T - pos0;
+    auto qkv = randn(T * R, 3, 1.5f);
+    auto qd = cast<double>(qkv);
+    std::vector<double> want(T * H * D), lse(H * T);
+    attention_forward_ref(want.data(), lse.data(), qd.data(), 1, T, H, Hkv, D);
+    std::vector<float> kc(T * Hkv * D), vc(T * Hkv * D), out(n * H * D, 9.f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < Hkv * D; ++c) {
+        kc[t * Hkv * D + c] = qkv[t * R + H * D + c];
+        vc[t * Hkv * D + c] = qkv[t * R + (H + Hkv) * D + c];
+      }
+    attention_cached(out.data(), qkv.data() + pos0 * R, R, kc.data(), vc.data(), pos0, n, H, Hkv, D);
+    SCOPED_TRACE(::testing::Message() << "T " << T << " H " << H << " Hkv " << Hkv << " D " << D << " pos0 " << pos0);
+    SY_EXPECT_CLOSE(out.data(), want.data() + pos0 * H * D, out.size(), Tol::f32_long);
+  }
+}
 
 TEST(Attention, ReferenceGradientIsFiniteDifference) {
   int64_t B = 2, T = 5, H = 4, Hkv = 2, D = 4, R = (H + 2 * Hkv) * D;

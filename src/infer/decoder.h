@@ -1,0 +1,105 @@
+// Generation with a KV cache: the model's forward pass over a few new tokens
+// at a time, keys and values of every past token kept per layer.
+//
+// The cache holds, per layer, K and V rows of n_kv_heads x head_dim floats
+// for each position (with grouped-query attention that is n_kv_heads, not
+// n_heads), so a token costs 2 * L * Hkv * D * 4 bytes. MoE layers route
+// every token (dropless: capacity limits are a training device), using the
+// balancing bias the checkpoint carries.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "model/blocks.h"
+#include "model/config.h"
+#include "model/layout.h"
+#include "model/moe_block.h"
+#include "train/config.h"
+
+namespace sy {
+
+class Decoder {
+ public:
+  // params: the whole model (all experts) in ParamLayout(cfg) order; bias:
+  // (moe_layers, E) or empty. context: positions the cache holds.
+  Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context);
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
+
+  // Runs tokens at positions position() .. position() + n - 1, appending their
+  // keys and values to the cache; returns their logits (n, V), valid until
+  // the next call. Chunks longer than context() - position() are an error.
+  const float* extend(const int32_t* tokens, int64_t n);
+  void reset() { pos_ = 0; }  // forget the cached sequence
+  int64_t position() const { return pos_; }
+  int64_t context() const { return context_; }
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  float* params() { return params_.data(); }          // to refresh the weights in place
+  std::vector<float>& bias() { return bias_; }
+  int64_t cache_bytes_per_token() const { return 2 * cfg_.n_layers * cfg_.n_kv_heads * cfg_.head_size() * 4; }
+  int64_t cache_bytes() const { return cache_bytes_per_token() * context_; }
+  double flops() const { return flops_; }             // forward FLOPs of every extend() so far
+
+ private:
+  struct Layer {
+    AttnActs attn;
+    float* x_mid;
+    float* h2;
+    float* rstd2;
+    DenseActs dense;
+    MoeActs moe;
+  };
+  template <class A>
+  void bind(A& a);
+
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  std::vector<float> params_, bias_;
+  int64_t context_, pos_ = 0;
+  Dims d_;  // sized for a chunk of `context_` tokens
+  Arena arena_;
+  std::vector<Layer> layers_;
+  float *x_, *out_, *hf_, *rstdf_, *logits_, *rope_cos_, *rope_sin_;
+  std::vector<float> k_cache_, v_cache_;  // (L, context, Hkv, D)
+  Scratch scratch_;
+  MoeScratch moe_scratch_;
+  double flops_ = 0;
+};
+
+// Next-token choice from logits: temperature 0 is greedy (argmax, lowest id
+// on ties); otherwise softmax(logits / T), restricted to the top_k most
+// likely tokens (0 = all) and then to the smallest set whose probability
+// reaches top_p (1 = all), renormalised and sampled with a uniform that is a
+// pure function of (seed, position): the same seed gives the same text.
+struct SamplingOptions {
+  double temperature = 1.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+};
+int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, int64_t position);
+
+// A model from a checkpoint: its configuration (the run's resolved TOML) and
+// whole weights, whichever layout wrote it.
+struct LoadedModel {
+  RunConfig config;
+  std::vector<float> params;  // ParamLayout(config.model) order
+  std::vector<float> bias;    // (moe_layers, E)
+  int64_t step = 0;
+  std::string path;
+};
+LoadedModel load_model(const std::string& checkpoint);
+
+// Byte-level text <-> token ids (vocab_size 256 models, data.format "text").
+std::vector<int32_t> encode_bytes(const std::string& text);
+std::string decode_bytes(const std::vector<int32_t>& ids);
+// For one-line logs: control bytes as \n, \t, \xNN.
+std::string escape_text(const std::string& s);
+
+}  // namespace sy
