@@ -246,6 +246,19 @@ const std::vector<Key>& schema() {
     k.push_back(boolean("checkpoint", "async", SY_REF(bool, checkpoint.async), "write checkpoints in the background"));
     k.push_back(integer("checkpoint", "staging_mb", SY_REF(int64_t, checkpoint.staging_mb), 0, 1 << 30, "staging memory per rank for async saves (MiB); larger shards save synchronously"));
     k.push_back(string("checkpoint", "dir", SY_REF(std::string, checkpoint.dir), {}, "checkpoint directory; \"\" = <run dir>/checkpoints"));
+    // launch
+    k.push_back(integer("launch", "np", SY_REF(int64_t, launch.np), 0, 1 << 24, "ranks moe-launch starts; 0 = --np, SLURM_NTASKS, the hostfile's slots, or pp x dp"));
+    k.push_back(string("launch", "hostfile", SY_REF(std::string, launch.hostfile), {}, "OpenMPI hostfile (\"host slots=N\" lines); \"\" = this machine"));
+    k.push_back(string("launch", "map_by", SY_REF(std::string, launch.map_by), {}, "mpirun --map-by (slot, node, ppr:N:node, ...)"));
+    k.push_back(string("launch", "bind_to", SY_REF(std::string, launch.bind_to), {}, "mpirun --bind-to (none, core, socket, ...)"));
+    k.push_back(strings("launch", "env", SY_REF(std::vector<std::string>, launch.env), "environment variables forwarded to every rank, besides OMP_*, OPENBLAS_*, SY_*"));
+    k.push_back(real("launch", "hang_timeout", SY_REF(double, launch.hang_timeout), 1.0, 1e6, "seconds without a heartbeat before a rank counts as hung"));
+    k.push_back(real("launch", "start_timeout", SY_REF(double, launch.start_timeout), 1.0, 1e6, "seconds a rank may take to write its first heartbeat"));
+    k.push_back(integer("launch", "max_restarts", SY_REF(int64_t, launch.max_restarts), 0, 1 << 20, "restarts from the latest checkpoint after failures"));
+    k.push_back(real("launch", "restart_backoff", SY_REF(double, launch.restart_backoff), 0.0, 1e5, "seconds before the first restart, doubled for each further one"));
+    k.push_back(real("launch", "grace", SY_REF(double, launch.grace), 1.0, 1e5, "seconds ranks get to checkpoint and exit after a stop signal"));
+    k.push_back(boolean("launch", "requeue", SY_REF(bool, launch.requeue), "inside Slurm, requeue the job after SIGUSR1 (the pre-timeout signal) stopped it with a checkpoint"));
+    k.push_back(boolean("launch", "report", SY_REF(bool, launch.report), "write <run dir>/report/ (PNG curves, expert-load heatmaps, summary) after each run"));
     return k;
   }();
   return keys;

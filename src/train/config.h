@@ -71,6 +71,22 @@ struct CheckpointSection {
   std::string dir;             // "" = <run dir>/checkpoints
 };
 
+// How moe-launch starts, watches and restarts the job (moe-train ignores it).
+struct LaunchSection {
+  int64_t np = 0;                    // ranks; 0 = --np, SLURM_NTASKS, the hostfile's slots, or pp x dp
+  std::string hostfile;              // OpenMPI hostfile ("host slots=N" lines); "" = this machine
+  std::string map_by = "slot";       // mpirun --map-by
+  std::string bind_to = "none";      // mpirun --bind-to
+  std::vector<std::string> env;      // extra environment variables forwarded to every rank
+  double hang_timeout = 120;         // seconds without a heartbeat before a rank counts as hung
+  double start_timeout = 300;        // seconds a rank may take to write its first heartbeat
+  int64_t max_restarts = 3;          // restarts from the latest checkpoint after failures
+  double restart_backoff = 5;        // seconds before the first restart, doubled for each further one
+  double grace = 60;                 // seconds ranks get to checkpoint and exit after a stop signal
+  bool requeue = true;               // inside Slurm: requeue the job after SIGUSR1 (pre-timeout) stopped it
+  bool report = true;                // write <run dir>/report/ after each run
+};
+
 struct RunConfig {
   RunSection run;
   ModelConfig model;
@@ -79,6 +95,7 @@ struct RunConfig {
   ParallelSection parallel;
   PrecisionSection precision;
   CheckpointSection checkpoint;
+  LaunchSection launch;
   std::string source;  // where it came from, for messages
 
   std::string run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }

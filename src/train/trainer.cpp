@@ -355,22 +355,26 @@ void Trainer::write_metrics(const StepStats& s) {
 
 namespace {
 
-// SIGUSR1: checkpoint after this step. SIGTERM / SIGINT: checkpoint and stop.
+// SIGUSR1: checkpoint after this step. SIGTERM / SIGINT / SIGUSR2: checkpoint
+// and stop (mpirun forwards SIGUSR1 and SIGUSR2 to every rank: moe-launch
+// stops a job with SIGUSR2).
 std::atomic<int> g_save_signal{0}, g_stop_signal{0};
 void on_signal(int sig) { (sig == SIGUSR1 ? g_save_signal : g_stop_signal) = 1; }
 
 struct SignalScope {
-  struct sigaction old_usr1{}, old_term{}, old_int{};
+  struct sigaction old_usr1{}, old_usr2{}, old_term{}, old_int{};
   SignalScope() {
     struct sigaction sa{};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, &old_usr1);
+    sigaction(SIGUSR2, &sa, &old_usr2);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGINT, &sa, &old_int);
   }
   ~SignalScope() {
     sigaction(SIGUSR1, &old_usr1, nullptr);
+    sigaction(SIGUSR2, &old_usr2, nullptr);
     sigaction(SIGTERM, &old_term, nullptr);
     sigaction(SIGINT, &old_int, nullptr);
   }

@@ -1,0 +1,275 @@
+#include "launch/plan.h"
+
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "ckpt/format.h"
+#include "core/check.h"
+#include "data/dataset.h"
+#include "model/layout.h"
+#include "model/transformer.h"
+
+extern char** environ;
+
+namespace sy::launch {
+
+namespace fs = std::filesystem;
+
+Environment Environment::current() {
+  Environment e;
+  if (const char* j = std::getenv("SLURM_JOB_ID")) e.slurm_job_id = j;
+  if (const char* n = std::getenv("SLURM_NTASKS")) e.slurm_ntasks = std::atoll(n);
+  e.cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  e.root = ::geteuid() == 0;
+  for (char** p = environ; *p; ++p) {
+    std::string kv(*p), name = kv.substr(0, kv.find('='));
+    if (name.rfind("OMP_", 0) == 0 || name.rfind("OPENBLAS_", 0) == 0 || name.rfind("SY_", 0) == 0)
+      e.forward.push_back(name);
+  }
+  std::sort(e.forward.begin(), e.forward.end());
+  return e;
+}
+
+double forward_flops_per_token(const ModelConfig& m) {
+  const double C = m.d_model, D = m.head_size(), H = m.n_heads, T = m.seq_len;
+  const double R = m.qkv_width(), F = m.moe.expert_hidden, S = m.moe.shared_experts * F;
+  double f = 2.0 * C * m.vocab_size;
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    f += 2.0 * C * (R + H * D) + 2.0 * H * D * (T + 1);  // projections; QK^T and PV over (T+1)/2 keys on average
+    if (m.is_moe_layer(l))
+      f += 2.0 * C * m.moe.experts + 6.0 * C * F * m.moe.top_k + 6.0 * C * S;
+    else
+      f += 6.0 * C * m.dense_width();
+  }
+  return f;
+}
+
+namespace {
+
+std::string absolute(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
+
+// Newest checkpoint `latest` names, "" if none.
+std::string latest_checkpoint(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / ckpt::kLatest);
+  std::string name;
+  if (!in || !std::getline(in, name) || name.empty()) return "";
+  fs::path p = fs::path(dir) / name;
+  return fs::exists(p / ckpt::kManifest) ? p.string() : "";
+}
+
+double free_bytes(fs::path p) {
+  while (!p.empty() && !fs::exists(p)) p = p.parent_path();
+  struct statvfs st{};
+  if (::statvfs(p.empty() ? "." : p.c_str(), &st) != 0) return -1;
+  return static_cast<double>(st.f_bavail) * static_cast<double>(st.f_frsize);
+}
+
+std::string bytes(double b) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  return u == 0 ? fmt::format("{:.0f} {}", b, unit[u]) : fmt::format("{:.1f} {}", b, unit[u]);
+}
+
+std::string count(double n) {
+  if (n >= 1e12) return fmt::format("{:.2f}T", n / 1e12);
+  if (n >= 1e9) return fmt::format("{:.2f}G", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.1f}k", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+}  // namespace
+
+Plan make_plan(const LaunchFlags& flags, const Environment& env) {
+  Plan p;
+  p.flags = flags;
+  p.env = env;
+  p.flags.config = absolute(flags.config);
+  p.cfg = flags.config.empty() ? parse_config(default_config_text(), "configs/tiny.toml (built in)", flags.sets)
+                               : load_config(p.flags.config, flags.sets);
+  RunConfig& cfg = p.cfg;
+  const LaunchSection& L = cfg.launch;
+  p.slurm = !env.slurm_job_id.empty();
+
+  // Hosts and world size.
+  std::string hostfile = !flags.hostfile.empty() ? flags.hostfile : L.hostfile;
+  SY_CONFIG_CHECK(!(p.slurm && !hostfile.empty()), "inside a Slurm allocation (job {}) the allocation names the "
+                  "hosts; drop {}", env.slurm_job_id, flags.hostfile.empty() ? "launch.hostfile" : "--hostfile");
+  if (!hostfile.empty()) {
+    p.hosts = read_hostfile(hostfile);
+    hostfile = absolute(hostfile);
+  }
+  if (flags.np > 0) {
+    p.np = flags.np, p.np_source = "--np";
+  } else if (L.np > 0) {
+    p.np = L.np, p.np_source = "launch.np in " + cfg.source;
+  } else if (p.slurm && env.slurm_ntasks > 0) {
+    p.np = env.slurm_ntasks, p.np_source = "SLURM_NTASKS";
+  } else if (!p.hosts.empty()) {
+    p.np = total_slots(p.hosts), p.np_source = "the hostfile's slots";
+  } else if (cfg.parallel.dp > 0) {
+    p.np = cfg.parallel.pp * cfg.parallel.dp, p.np_source = "parallel.pp x parallel.dp";
+  } else {
+    p.np = 1, p.np_source = "default (give --np)";
+  }
+  if (p.slurm && env.slurm_ntasks > 0)
+    SY_CONFIG_CHECK(p.np <= env.slurm_ntasks, "{} asks for {} ranks but the Slurm allocation (job {}) has "
+                    "SLURM_NTASKS = {}; ask sbatch for more tasks or launch fewer", p.np_source, p.np,
+                    env.slurm_job_id, env.slurm_ntasks);
+  if (!p.hosts.empty())
+    SY_CONFIG_CHECK(p.np <= total_slots(p.hosts), "{} asks for {} ranks but hostfile '{}' has {} slots; add slots "
+                    "or hosts, or launch fewer ranks", p.np_source, p.np, hostfile, total_slots(p.hosts));
+
+  // Layout: the same checks moe-train runs, before anything starts.
+  const int64_t experts = cfg.model.moe_layers() > 0 ? cfg.model.moe.experts : 0;
+  p.shape = Grid::resolve(p.np, {cfg.parallel.pp, cfg.parallel.dp, cfg.parallel.ep}, experts,
+                          cfg.source + fmt::format(" with {} ranks ({})", p.np, p.np_source));
+  cfg.parallel.dp = p.shape.dp;
+  cfg.parallel.ep = p.shape.ep;
+  cfg.resolve_batch(p.shape.dp);
+
+  // Sizes.
+  const ModelConfig& m = cfg.model;
+  ParamLayout full(m);
+  ParamLayout local(m, {0, m.moe.experts / p.shape.ep});
+  p.params_total = full.total();
+  p.params_rank = local.total();
+  int64_t expert_local = 0, expert_all = 0;
+  for (const ParamInfo& x : local.params()) expert_local += x.expert >= 0 ? x.numel() : 0;
+  for (const ParamInfo& x : full.params()) expert_all += x.expert >= 0 ? x.numel() : 0;
+  p.active_per_token = p.params_total - expert_all +
+                       (m.moe.experts > 0 ? expert_all / m.moe.experts * m.moe.top_k : 0);
+  const double f4 = 4.0;
+  p.memory.params = f4 * static_cast<double>(p.params_rank);
+  p.memory.grads = p.memory.params;
+  const double dense_local = static_cast<double>(p.params_rank - expert_local);
+  const double edp = static_cast<double>(p.shape.dp / p.shape.ep);
+  p.memory.optimizer = 2 * f4 *
+                       (cfg.parallel.zero1 ? dense_local / static_cast<double>(p.shape.dp) + static_cast<double>(expert_local) / edp
+                                           : static_cast<double>(p.params_rank));
+  {
+    Transformer t(m, cfg.train.micro_batch);
+    p.memory.activations = static_cast<double>(t.activation_bytes());
+  }
+  const double N = static_cast<double>(cfg.train.micro_batch * m.seq_len);
+  p.memory.expert_rows = m.moe_layers() > 0 ? f4 * N * static_cast<double>(m.moe.top_k) *
+                                                  (4.0 * m.d_model + 6.0 * m.moe.expert_hidden) * m.moe_layers()
+                                            : 0;
+  p.ckpt_bytes = 3 * f4 * static_cast<double>(p.params_total);
+  if (cfg.checkpoint.async && p.ckpt_bytes / static_cast<double>(p.np) <= cfg.checkpoint.staging_mb * 1048576.0)
+    p.memory.staging = p.ckpt_bytes / static_cast<double>(p.np) * 1.5;  // a writer holds up to its share plus a tensor
+  p.ckpt_need = p.ckpt_bytes * static_cast<double>(cfg.checkpoint.keep + 1);
+  p.flops_per_token = forward_flops_per_token(m);
+  p.tokens_per_step = static_cast<double>(cfg.train.global_batch * m.seq_len);
+  p.ckpt_dir = cfg.checkpoint.dir.empty() ? (fs::path(cfg.run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
+  p.resume_from = cfg.checkpoint.resume == "auto" ? latest_checkpoint(p.ckpt_dir) : "";
+
+  // Command.
+  CommandOptions& c = p.command;
+  c.np = p.np;
+  c.train_binary = flags.train_binary;
+  if (!flags.config.empty()) c.train_args.push_back(p.flags.config);
+  for (const std::string& s : flags.sets) c.train_args.insert(c.train_args.end(), {"--set", s});
+  check_option_value(L.map_by, "launch.map_by");
+  check_option_value(L.bind_to, "launch.bind_to");
+  for (const std::string& e : L.env) check_env_name(e, "launch.env");
+  c.hostfile = hostfile;
+  c.map_by = L.map_by;
+  c.bind_to = L.bind_to;
+  c.env = env.forward;
+  for (const std::string& e : L.env)
+    if (std::find(c.env.begin(), c.env.end(), e) == c.env.end()) c.env.push_back(e);
+  c.as_root = env.root;
+  c.oversubscribe = p.hosts.empty() && p.np > env.cores;
+  if (c.oversubscribe)
+    p.notes.push_back(fmt::format("{} ranks on {} hardware threads: oversubscribing, with MPI yielding when idle",
+                                  p.np, env.cores));
+  p.argv = p.slurm ? srun_argv(c) : mpirun_argv(c);
+  return p;
+}
+
+void preflight(Plan& p) {
+  const RunConfig& cfg = p.cfg;
+  // Binaries.
+  SY_CONFIG_CHECK(!p.command.train_binary.empty() && ::access(p.command.train_binary.c_str(), X_OK) == 0,
+                  "moe-train not found or not executable at '{}'", p.command.train_binary);
+  const std::string runner = p.argv[0];
+  const std::string found = find_program(runner);
+  SY_CONFIG_CHECK(!found.empty(), "'{}' not found in PATH ({}); install {}", runner,
+                  p.slurm ? "inside a Slurm job" : "outside Slurm", p.slurm ? "slurm-client" : "openmpi-bin");
+  p.argv[0] = found;
+  // Data: every pattern matches, every file is readable and well formed, and
+  // there is a window of seq_len + 1 tokens.
+  DataFiles data(cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.val_fraction);
+  const int64_t len = cfg.model.seq_len + 1;
+  SY_CONFIG_CHECK(data.train().windows(len) > 0, "{}: the training data ({}) has no file with at least "
+                  "model.seq_len + 1 = {} tokens", cfg.source, data.train().describe(), len);
+  if (cfg.train.val_every > 0)
+    SY_CONFIG_CHECK(data.val().windows(len) > 0, "{}: validation is on but the validation data ({}) has no window "
+                    "of {} tokens", cfg.source, data.val().describe(), len);
+  // A writable run directory (logs, heartbeats, metrics) and checkpoint directory.
+  for (const std::string& dir : {cfg.run_dir(), p.ckpt_dir}) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    SY_CONFIG_CHECK(!ec, "cannot create directory '{}': {}", dir, ec.message());
+    const fs::path probe = fs::path(dir) / fmt::format(".moe-launch-probe-{}", ::getpid());
+    {
+      std::ofstream f(probe);
+      f << "probe\n";
+      SY_CONFIG_CHECK(f.good(), "directory '{}' is not writable", dir);
+    }
+    fs::remove(probe, ec);
+  }
+  // Free disk for keep + 1 checkpoints (the one being written).
+  p.disk_free = free_bytes(p.ckpt_dir);
+  if (p.disk_free >= 0)
+    SY_CONFIG_CHECK(p.disk_free >= p.ckpt_need, "not enough free disk for checkpoints in '{}': {} free, {} needed "
+                    "({} per checkpoint x (checkpoint.keep = {} + 1 being written)); free space, lower "
+                    "checkpoint.keep or point checkpoint.dir elsewhere",
+                    p.ckpt_dir, bytes(p.disk_free), bytes(p.ckpt_need), bytes(p.ckpt_bytes), cfg.checkpoint.keep);
+}
+
+std::string describe(const Plan& p) {
+  const RunConfig& cfg = p.cfg;
+  const ModelConfig& m = cfg.model;
+  std::string out;
+  out += fmt::format("plan     : {} (run dir {})\n", cfg.source, cfg.run_dir());
+  out += fmt::format("launcher : {}\n", p.slurm ? fmt::format("srun inside Slurm job {}", p.env.slurm_job_id)
+                                                 : p.hosts.empty() ? std::string("mpirun on this machine")
+                                                                   : fmt::format("mpirun on {} hosts from {}",
+                                                                                 p.hosts.size(), p.command.hostfile));
+  out += fmt::format("world    : {} ranks ({}) = pp {} x dp {}; ep {} ({} experts per rank), expert-dp {}\n", p.np,
+                     p.np_source, p.shape.pp, p.shape.dp, p.shape.ep,
+                     m.moe_layers() > 0 ? m.moe.experts / p.shape.ep : 0, p.shape.dp / p.shape.ep);
+  out += fmt::format("model    : {} params, {} active per token, {} on each rank\n", count(p.params_total),
+                     count(p.active_per_token), count(p.params_rank));
+  out += fmt::format("batch    : {} sequences x {} tokens per step = {} micro-batch x {} accum x {} dp\n",
+                     cfg.train.global_batch, m.seq_len, cfg.train.micro_batch, cfg.train.grad_accum, p.shape.dp);
+  const MemoryEstimate& e = p.memory;
+  out += fmt::format("memory   : per rank ~{}: weights {}, gradients {}, AdamW moments {}{}, activations {}, "
+                     "expert rows ~{} (balanced load){}\n",
+                     bytes(e.total()), bytes(e.params), bytes(e.grads), bytes(e.optimizer),
+                     cfg.parallel.zero1 ? " (ZeRO-1)" : "", bytes(e.activations), bytes(e.expert_rows),
+                     e.staging > 0 ? fmt::format(", checkpoint staging {}", bytes(e.staging)) : "");
+  out += fmt::format("compute  : {} FLOP per step ({} per token forward, x3 with backward), {} steps\n",
+                     count(p.flops_per_step()), count(p.flops_per_token), cfg.train.steps);
+  out += fmt::format("schedule : pp = {}: one stage, {} micro-batch(es) per step, gradients reduced in buckets "
+                     "during backward\n", p.shape.pp, cfg.train.grad_accum);
+  out += fmt::format("ckpt     : {} each in {}; keep {} + 1 in flight needs {}{}\n", bytes(p.ckpt_bytes), p.ckpt_dir,
+                     cfg.checkpoint.keep, bytes(p.ckpt_need),
+                     p.disk_free >= 0 ? fmt::format(" ({} free)", bytes(p.disk_free)) : "");
+  out += fmt::format("resume   : {}\n", p.resume_from.empty() ? "from scratch" : "from " + p.resume_from);
+  out += fmt::format("faults   : heartbeat timeout {:g} s, up to {} restarts (backoff {:g} s, doubling), grace {:g} s "
+                     "for a checkpoint on SIGTERM/SIGINT/SIGUSR1\n",
+                     cfg.launch.hang_timeout, cfg.launch.max_restarts, cfg.launch.restart_backoff, cfg.launch.grace);
+  for (const std::string& n : p.notes) out += "note     : " + n + "\n";
+  out += "command  : " + shell_quote(p.argv) + "\n";
+  return out;
+}
+
+}  // namespace sy::launch

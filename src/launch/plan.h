@@ -1,0 +1,72 @@
+// moe-launch's plan: the world size and layout, per-rank memory and FLOP
+// estimates, the checkpoint size against free disk, and the exact command,
+// all decided and checked before anything starts (preflight).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/grid.h"
+#include "launch/command.h"
+#include "train/config.h"
+
+namespace sy::launch {
+
+struct LaunchFlags {
+  std::string config;                // TOML path ("" = the built-in tiny config)
+  std::vector<std::string> sets;     // --set section.key=value, passed on to moe-train
+  int64_t np = 0;                    // --np
+  std::string hostfile;              // --hostfile (overrides launch.hostfile)
+  std::string train_binary;          // moe-train (default: beside moe-launch)
+};
+
+// Environment the plan depends on, read once (tests pass their own).
+struct Environment {
+  std::string slurm_job_id;          // SLURM_JOB_ID
+  int64_t slurm_ntasks = 0;          // SLURM_NTASKS
+  int64_t cores = 1;                 // hardware threads of this machine
+  bool root = false;
+  std::vector<std::string> forward;  // names of set OMP_*, OPENBLAS_*, SY_* variables
+  static Environment current();
+};
+
+struct MemoryEstimate {              // bytes on the busiest rank
+  double params = 0, grads = 0, optimizer = 0, activations = 0, expert_rows = 0, staging = 0;
+  double total() const { return params + grads + optimizer + activations + expert_rows + staging; }
+};
+
+struct Plan {
+  LaunchFlags flags;
+  RunConfig cfg;                     // as moe-train will see it; parallel.dp / ep resolved
+  Environment env;
+  bool slurm = false;
+  int64_t np = 1;
+  std::string np_source;             // where np came from
+  std::vector<Host> hosts;           // from the hostfile
+  GridShape shape;
+  int64_t params_total = 0, params_rank = 0, active_per_token = 0;
+  MemoryEstimate memory;
+  double flops_per_token = 0, tokens_per_step = 0;
+  double ckpt_bytes = 0, ckpt_need = 0, disk_free = -1;
+  std::string ckpt_dir, resume_from;  // resume_from: latest checkpoint, if any
+  CommandOptions command;
+  std::vector<std::string> argv;
+  std::vector<std::string> notes;
+  double flops_per_step() const { return 3.0 * flops_per_token * tokens_per_step; }
+};
+
+// Resolves the plan; throws ConfigError naming the key, file or flag at
+// fault (a layout that does not fit the world size, a bad hostfile, ...).
+Plan make_plan(const LaunchFlags& flags, const Environment& env);
+// Checks what would make the job fail after it started: binaries, data
+// files, a writable run directory, free disk for the checkpoints.
+void preflight(Plan& plan);
+// The human-readable plan (--dry-run).
+std::string describe(const Plan& plan);
+
+// Forward FLOPs per token of a model with sequence length T (attention
+// averaged over causal positions).
+double forward_flops_per_token(const ModelConfig& m);
+
+}  // namespace sy::launch
