@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Switchyard developer entry point. On a fresh Debian 12 machine, as root:
-#   ./dev.sh train [moe-train args]   install what is missing, build, train configs/tiny.toml
-#                                     on 4 MPI ranks with expert parallelism (SY_RANKS=n to change)
+#   ./dev.sh train [moe-launch args]  install what is missing, build, train configs/tiny.toml
+#                                     on 4 MPI ranks with expert parallelism (SY_RANKS=n to change),
+#                                     supervised by moe-launch (restarts, logs, run report)
 #   ./dev.sh test  [ctest args]       install what is missing, build, run every test
 #   ./dev.sh deps | build             just those steps
 # Idempotent: packages already installed and an up-to-date build are skipped.
@@ -15,6 +16,7 @@ PACKAGES=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   python3 python3-numpy python3-torch python3-h5py
   fortunes-min fortunes
+  slurm-wlm munge python3-matplotlib
 )
 
 deps() {
@@ -47,7 +49,7 @@ shift || true
 case "$cmd" in
   deps) deps ;;
   build) deps; build ;;
-  train) deps; build; exec mpirun -np "${SY_RANKS:-4}" build/bin/moe-train "$@" ;;
+  train) deps; build; exec build/bin/moe-launch --np "${SY_RANKS:-4}" "$@" ;;
   test) deps; build; cd build && exec ctest --output-on-failure -j "$(nproc)" "$@" ;;
   *) echo "usage: $0 train|test|build|deps [args]" >&2; exit 2 ;;
 esac
