@@ -35,7 +35,8 @@ def up():
     for tool in ("slurmctld", "slurmd", "munged", "sbatch"):
         assert shutil.which(tool), f"{tool} not found: the test command installs slurm-wlm and munge (./dev.sh deps)"
     subprocess.run(["bash", SRC / "cluster/local-slurm/down.sh", SLURM_DIR], env=ENV)
-    WORK.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(WORK, ignore_errors=True)  # no result of an earlier run may stand in for this one's
+    WORK.mkdir(parents=True)
     print(sh(["bash", SRC / "cluster/local-slurm/up.sh", SLURM_DIR, "8"], timeout=120))
 
 

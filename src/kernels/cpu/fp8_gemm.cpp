@@ -33,31 +33,69 @@ float* scratch(size_t n) {
 }
 }  // namespace
 
+namespace {
+
+// out[i] = encode(in[i] * scale) for a contiguous run; counts saturation.
+template <Fp8Format F>
+int64_t encode_run(uint8_t* out, const float* in, int64_t n, float scale, bool saturate) {
+  constexpr float limit = fp8_max(F);
+  int64_t sat = 0;
+#pragma omp simd reduction(+ : sat)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = in[i] * scale;
+    sat += std::fabs(v) > limit ? 1 : 0;
+    out[i] = fp8_encode_as<F>(v, saturate);
+  }
+  return sat;
+}
+
+int64_t encode(uint8_t* out, const float* in, int64_t n, float scale, Fp8Format f, bool saturate) {
+  return f == Fp8Format::e4m3 ? encode_run<Fp8Format::e4m3>(out, in, n, scale, saturate)
+                              : encode_run<Fp8Format::e5m2>(out, in, n, scale, saturate);
+}
+
+float run_amax(const float* x, int64_t n) {
+  float m = 0.f;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+// dst (cols, rows) = src (rows, cols)^T, in 64 x 64 tiles.
+void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {
+  constexpr int64_t T = 64;
+  const int64_t tr = (rows + T - 1) / T, tc = (cols + T - 1) / T;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t bi = 0; bi < tr; ++bi)
+    for (int64_t bj = 0; bj < tc; ++bj)
+      for (int64_t i = bi * T; i < std::min(rows, (bi + 1) * T); ++i)
+        for (int64_t j = bj * T; j < std::min(cols, (bj + 1) * T); ++j) dst[j * rows + i] = src[i * cols + j];
+}
+
+thread_local std::vector<float> t_transposed;
+
+}  // namespace
+
 QuantStats quantize_matrix(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
-                           bool transpose) {
-  // The logical matrix is (R, K): x itself, or x^T.
-  const int64_t R = transpose ? cols : rows, K = transpose ? rows : cols;
-  auto at = [&](int64_t r, int64_t k) { return transpose ? x[k * cols + r] : x[r * cols + k]; };
+                           bool transpose_input) {
+  if (transpose_input) {  // quantize x^T: transpose into a scratch buffer first (contiguous runs along K)
+    if (t_transposed.size() < static_cast<size_t>(rows * cols)) t_transposed.resize(static_cast<size_t>(rows * cols));
+    transpose(t_transposed.data(), x, rows, cols);
+    return quantize_matrix(out, t_transposed.data(), cols, rows, o, false);
+  }
+  const int64_t R = rows, K = cols;
   out.rows = R, out.cols = K, out.fmt = o.fmt, out.mode = o.mode;
   out.q.resize(static_cast<size_t>(R * K));
   const int64_t kb = out.kblocks();
-  const float limit = fp8_max(o.fmt);
-  QuantStats st;
   if (o.mode == ScaleMode::tensor) {
     float amax = 0;
 #pragma omp parallel for reduction(max : amax) schedule(static)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(at(r, k)));
+    for (int64_t r = 0; r < R; ++r) amax = std::max(amax, run_amax(x + r * K, K));
     const float s = o.scale > 0 ? o.scale : fp8_scale_for(amax, o.fmt, o.pow2);
     out.scale_inv.assign(1, 1.f / s);
     int64_t sat = 0;
 #pragma omp parallel for reduction(+ : sat) schedule(static)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t k = 0; k < K; ++k) {
-        const float v = at(r, k) * s;
-        sat += std::fabs(v) > limit ? 1 : 0;
-        out.q[static_cast<size_t>(r * K + k)] = fp8_encode(v, o.fmt, o.saturate);
-      }
+    for (int64_t r = 0; r < R; ++r) sat += encode(out.q.data() + r * K, x + r * K, K, s, o.fmt, o.saturate);
     return {amax, sat};
   }
   const int64_t rb = o.mode == ScaleMode::rows_1x128 ? 1 : kFp8Block;  // rows per scale
@@ -67,17 +105,16 @@ QuantStats quantize_matrix(Fp8Matrix& out, const float* x, int64_t rows, int64_t
 #pragma omp parallel for collapse(2) reduction(max : amax_all) schedule(static)
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t b = 0; b < kb; ++b) {
-      const int64_t r1 = std::min(R, (g + 1) * rb), k0 = b * kFp8Block, k1 = std::min(K, k0 + kFp8Block);
+      const int64_t r1 = std::min(R, (g + 1) * rb), k0 = b * kFp8Block, w = std::min(K, k0 + kFp8Block) - k0;
       float amax = 0;
-      for (int64_t r = g * rb; r < r1; ++r)
-        for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(at(r, k)));
+      for (int64_t r = g * rb; r < r1; ++r) amax = std::max(amax, run_amax(x + r * K + k0, w));
       amax_all = std::max(amax_all, amax);
       const float s = fp8_scale_for(amax, o.fmt, o.pow2);
       out.scale_inv[static_cast<size_t>(g * kb + b)] = 1.f / s;
-      for (int64_t r = g * rb; r < r1; ++r)
-        for (int64_t k = k0; k < k1; ++k) out.q[static_cast<size_t>(r * K + k)] = fp8_encode(at(r, k) * s, o.fmt, o.saturate);
+      for (int64_t r = g * rb; r < r1; ++r) encode(out.q.data() + r * K + k0, x + r * K + k0, w, s, o.fmt, o.saturate);
     }
-  st.amax = amax_all;  // block scales come from each block's amax: nothing saturates
+  QuantStats st;
+  st.amax = amax_all;  // block scales come from each block's own amax: nothing saturates
   return st;
 }
 
