@@ -9,6 +9,7 @@
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/swiglu.h"
 #include "core/timer.h"
+#include "kernels/cpu/fp8_linear.h"
 #include "moe/capacity.h"
 
 namespace sy {
@@ -58,9 +59,9 @@ void shared_forward(MoeActs& a, float* out, const float* h, const float* params,
                     const Dims& d, const MoeContext& ctx) {
   Timed t(ctx, &MoeTimers::shared);
   if (d.S > 0) {
-    linear_forward(a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
+    mm_forward(Fp8Group::shared, a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
     swiglu_forward(a.s_act, a.s_up, d.N, d.S);
-    linear_forward(out, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
+    mm_forward(Fp8Group::shared, out, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
   } else {
     std::memset(out, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
   }
@@ -70,9 +71,9 @@ void shared_backward(float* dh, float* grads, MoeActs& a, const float* dout, con
                      const BlockOffsets& o, const Dims& d, const MoeContext& ctx, Scratch& s) {
   Timed t(ctx, &MoeTimers::shared);
   if (d.S > 0) {
-    linear_backward(s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
+    mm_backward(Fp8Group::shared, s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
     swiglu_backward(s.dup, s.dact, a.s_up, d.N, d.S);
-    linear_backward(dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
+    mm_backward(Fp8Group::shared, dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
   } else {
     std::memset(dh, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
   }

@@ -236,7 +236,11 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
-    k.push_back(string("precision", "recipe", SY_REF(std::string, precision.recipe), {"fp32"}, "numeric recipe of the linear layers"));
+    k.push_back(string("precision", "recipe", SY_REF(std::string, precision.recipe), {"fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"}, "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights)"));
+    k.push_back(string("precision", "grad_format", SY_REF(std::string, precision.grad_format), {"e5m2", "e4m3"}, "FP8 format of gradients in the backward GEMMs"));
+    k.push_back(integer("precision", "amax_history", SY_REF(int64_t, precision.amax_history), 1, 1 << 20, "fp8-tensor-delayed: steps of amax history a scale is computed from"));
+    k.push_back(boolean("precision", "pow2_scales", SY_REF(bool, precision.pow2_scales), "round FP8 scales down to powers of two"));
+    k.push_back(boolean("precision", "saturate", SY_REF(bool, precision.saturate), "FP8 overflow clamps to the largest finite value (else NaN / Inf)"));
     // checkpoint
     k.push_back(integer("checkpoint", "interval", SY_REF(int64_t, checkpoint.interval), 0, kBig, "save every N steps, at the end and on SIGUSR1/SIGTERM; 0 = on signal only"));
     k.push_back(integer("checkpoint", "keep", SY_REF(int64_t, checkpoint.keep), 1, 1 << 20, "newest checkpoints to keep"));

@@ -57,7 +57,11 @@ struct ParallelSection {
 };
 
 struct PrecisionSection {
-  std::string recipe = "fp32";
+  std::string recipe = "fp32";        // "fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"
+  std::string grad_format = "e5m2";   // FP8 format of gradients in the dgrad / wgrad GEMMs ("e5m2" or "e4m3")
+  int64_t amax_history = 16;          // fp8-tensor-delayed: steps of amax history a scale comes from
+  bool pow2_scales = false;           // scales rounded down to powers of two
+  bool saturate = true;               // overflow clamps to the largest finite value (else NaN / Inf)
 };
 
 struct CheckpointSection {

@@ -87,6 +87,17 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train);
   ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
+  if (cfg_.precision.recipe != "fp32") {
+    Fp8Recipe r;
+    const std::string& name = cfg_.precision.recipe;
+    r.scaling = name == "fp8-block" ? Fp8Scaling::block
+                : name == "fp8-tensor-delayed" ? Fp8Scaling::tensor_delayed : Fp8Scaling::tensor_current;
+    r.grad_format = cfg_.precision.grad_format == "e4m3" ? Fp8Format::e4m3 : Fp8Format::e5m2;
+    r.amax_history = cfg_.precision.amax_history;
+    r.pow2_scales = cfg_.precision.pow2_scales;
+    r.saturate = cfg_.precision.saturate;
+    fp8_ = std::make_unique<Fp8Linear>(r);
+  }
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
   inputs_.resize(static_cast<size_t>(N));
   targets_.resize(static_cast<size_t>(N));
@@ -131,6 +142,7 @@ std::string Trainer::describe() const {
 }
 
 StepStats Trainer::step(int64_t step) {
+  Fp8Scope fp8_scope(fp8_.get());  // FP8 recipes: the linear layers' GEMMs go through it
   const double t0 = now_seconds();
   reset_gemm_counters();
   watchdog::set_step(step);
@@ -204,6 +216,16 @@ StepStats Trainer::step(int64_t step) {
   GemmCounters gc = gemm_counters();
   s.gemm_seconds = gc.seconds;
   s.gemm_gflops = gc.seconds > 0 ? gc.flops / gc.seconds / 1e9 : 0;
+  if (fp8_) {
+    s.fp8 = fp8_->take_stats();
+    std::vector<float> amax;
+    std::vector<int64_t> sat;
+    for (const Fp8GroupStats& g : s.fp8) amax.insert(amax.end(), {g.amax_act, g.amax_weight, g.amax_grad}), sat.push_back(g.saturated);
+    grid_.world().allreduce_max(amax.data(), amax.size());
+    grid_.world().allreduce_sum(sat.data(), sat.size());
+    for (size_t i = 0; i < s.fp8.size(); ++i)
+      s.fp8[i] = {amax[3 * i], amax[3 * i + 1], amax[3 * i + 2], sat[i]};
+  }
   return s;
 }
 
@@ -228,6 +250,7 @@ void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
 
 double Trainer::validate() {
   watchdog::set_phase("validation");
+  Fp8Scope fp8_scope(fp8_.get());
   double sums[2] = {0, 0};
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {
     batcher_->val_batch(a, grid_.dp_rank(), inputs_.data(), targets_.data());
@@ -327,6 +350,12 @@ void Trainer::log_step(const StepStats& s, double eta) {
       s.step + 1, fmt::format("{}", cfg_.train.steps).size(), cfg_.train.steps, s.loss, s.lr, s.grad_norm,
       human_count(s.tokens_per_s), s.gflops, imb.empty() ? "-" : imb, 100.0 * s.dropped_frac, human_time(eta));
   if (s.val_loss >= 0) line += fmt::format(" | val {:.4f}", s.val_loss);
+  if (!s.fp8.empty()) {
+    float act = 0, grad = 0;
+    int64_t sat = 0;
+    for (const Fp8GroupStats& g : s.fp8) act = std::max(act, g.amax_act), grad = std::max(grad, g.amax_grad), sat += g.saturated;
+    line += fmt::format(" | fp8 amax act {:.3g} grad {:.3g} sat {}", act, grad, sat);
+  }
   std::cout << line << std::endl;
 }
 
@@ -349,6 +378,11 @@ void Trainer::write_metrics(const StepStats& s) {
   j["z_loss"] = z;
   j["router_entropy"] = ent;
   if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
+  for (size_t g = 0; g < s.fp8.size(); ++g)
+    j["fp8"][to_string(static_cast<Fp8Group>(g))] = {{"amax_act", s.fp8[g].amax_act},
+                                                      {"amax_weight", s.fp8[g].amax_weight},
+                                                      {"amax_grad", s.fp8[g].amax_grad},
+                                                      {"saturated", s.fp8[g].saturated}};
   metrics_ << j.dump() << '\n';
   metrics_.flush();
 }

@@ -18,6 +18,7 @@
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "infer/decoder.h"
+#include "kernels/cpu/fp8_linear.h"
 #include "train/config.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
@@ -44,6 +45,7 @@ struct StepStats {
   std::vector<double> imbalance;           // per MoE layer: max / mean load
   std::vector<RouterLosses> router;        // per MoE layer, mean over micro-batches
   double val_loss = -1;                    // < 0: not computed this step
+  std::vector<Fp8GroupStats> fp8;          // per FP8 group (FP8 recipes): amax max and saturation sum over ranks
 };
 
 class Trainer {
@@ -99,7 +101,8 @@ class Trainer {
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Checkpointer> ckpt_;
-  std::unique_ptr<Decoder> sampler_;  // rank 0, train.sample_every > 0
+  std::unique_ptr<Decoder> sampler_;
+  std::unique_ptr<Fp8Linear> fp8_;     // FP8 recipes: the linear layers' GEMMs  // rank 0, train.sample_every > 0
   int64_t tokens_seen_ = 0;
   std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;

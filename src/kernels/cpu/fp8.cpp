@@ -48,14 +48,13 @@ float amax_of(const float* x, int64_t n) {
 }
 
 QuantStats fp8_quantize(uint8_t* out, const float* x, int64_t n, float scale, Fp8Format f, bool saturate) {
-  const float limit = fp8_max(f);
   float amax = 0.f;
   int64_t sat = 0;
 #pragma omp parallel for reduction(max : amax) reduction(+ : sat) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i] * scale;
     amax = std::max(amax, std::fabs(x[i]));
-    sat += std::fabs(v) > limit ? 1 : 0;
+    sat += fp8_overflows(std::fabs(v), f) ? 1 : 0;
     out[i] = fp8_encode(v, f, saturate);
   }
   return {amax, sat};

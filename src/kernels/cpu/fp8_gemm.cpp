@@ -38,12 +38,11 @@ namespace {
 // out[i] = encode(in[i] * scale) for a contiguous run; counts saturation.
 template <Fp8Format F>
 int64_t encode_run(uint8_t* out, const float* in, int64_t n, float scale, bool saturate) {
-  constexpr float limit = fp8_max(F);
   int64_t sat = 0;
 #pragma omp simd reduction(+ : sat)
   for (int64_t i = 0; i < n; ++i) {
     const float v = in[i] * scale;
-    sat += std::fabs(v) > limit ? 1 : 0;
+    sat += fp8_overflows(std::fabs(v), F) ? 1 : 0;
     out[i] = fp8_encode_as<F>(v, saturate);
   }
   return sat;

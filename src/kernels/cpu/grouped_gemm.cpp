@@ -1,6 +1,7 @@
 #include "kernels/cpu/grouped_gemm.h"
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/fp8_linear.h"
 
 namespace sy {
 
@@ -10,7 +11,11 @@ void grouped_linear_forward(float* out, const float* inp, const float* const* w,
                             const int64_t* offsets, int64_t groups, int64_t I, int64_t O) {
   for (int64_t e = 0; e < groups; ++e) {
     int64_t n = offsets[e + 1] - offsets[e];
-    if (n > 0) sgemm(false, true, n, O, I, 1.f, inp + offsets[e] * I, I, w[e], I, 0.f, out + offsets[e] * O, O);
+    if (n == 0) continue;
+    if (Fp8Linear* f = active_fp8())
+      f->forward(Fp8Group::experts, out + offsets[e] * O, inp + offsets[e] * I, w[e], n, I, O);
+    else
+      sgemm(false, true, n, O, I, 1.f, inp + offsets[e] * I, I, w[e], I, 0.f, out + offsets[e] * O, O);
   }
 }
 
@@ -22,6 +27,10 @@ void grouped_linear_backward(float* dinp, float* const* dw, const float* dout, c
     if (n == 0) continue;
     const float* dout_e = dout + offsets[e] * O;
     const float* inp_e = inp + offsets[e] * I;
+    if (Fp8Linear* f = active_fp8()) {
+      f->backward(Fp8Group::experts, dinp + offsets[e] * I, dw[e], dout_e, inp_e, w[e], n, I, O);
+      continue;
+    }
     sgemm(false, false, n, I, O, 1.f, dout_e, O, w[e], I, 0.f, dinp + offsets[e] * I, I);
     sgemm(true, false, O, I, n, 1.f, dout_e, O, inp_e, I, 1.f, dw[e], I);
   }

@@ -4,6 +4,8 @@
 #include <array>
 
 #include "kernels/cpu/fp8_gemm.h"
+#include "kernels/cpu/fp8_linear.h"
+#include <tuple>
 #include "kernels/cpu/linear.h"
 #include "testing.h"
 
@@ -108,6 +110,72 @@ TEST(Fp8Quant, ScalesBlocksAndTransposes) {
   EXPECT_EQ(d.scale_inv[0], 1.f);
   EXPECT_EQ(st.saturated, 1);  // 1000 > 448
   EXPECT_EQ(st.amax, 1000.f);
+}
+
+}  // namespace
+}  // namespace sy
+
+namespace sy {
+namespace {
+
+TEST(Fp8Linear, ThreeGemmsCloseToFp32AndRoutedOnlyInScope) {
+  const int64_t N = 200, I = 160, O = 96;
+  auto x = test::randn(N * I, 11), w = test::randn(O * I, 12, 0.1f), dy = test::randn(N * O, 13, 1e-3f);
+  std::vector<float> y32(N * O), dx32(N * I), dw32(O * I, 0.f);
+  linear_forward(y32.data(), x.data(), w.data(), N, I, O);
+  linear_backward(dx32.data(), dw32.data(), dy.data(), x.data(), w.data(), N, I, O);
+  for (Fp8Scaling sc : {Fp8Scaling::tensor_current, Fp8Scaling::tensor_delayed, Fp8Scaling::block}) {
+    SCOPED_TRACE(static_cast<int>(sc));
+    Fp8Recipe r;
+    r.scaling = sc;
+    Fp8Linear fp8(r);
+    std::vector<float> y(N * O), dx(N * I), dw(O * I, 0.f), y_plain(N * O);
+    {
+      Fp8Scope scope(&fp8);
+      mm_forward(Fp8Group::mlp, y.data(), x.data(), w.data(), N, I, O);
+      mm_backward(Fp8Group::mlp, dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, I, O);
+    }
+    mm_forward(Fp8Group::mlp, y_plain.data(), x.data(), w.data(), N, I, O);  // out of scope: FP32
+    EXPECT_EQ(y_plain, y32);
+    // E4M3 forward, E5M2 gradients (2 mantissa bits): a few percent.
+    for (auto [got, want, n, tol] : {std::tuple{y.data(), y32.data(), N * O, 0.05},
+                                     std::tuple{dx.data(), dx32.data(), N * I, 0.1},
+                                     std::tuple{dw.data(), dw32.data(), O * I, 0.1}}) {
+      double err = test::max_rel_err(got, want, static_cast<size_t>(n));
+      EXPECT_LT(err, tol);
+      EXPECT_GT(err, 1e-4);
+    }
+    std::vector<Fp8GroupStats> st = fp8.take_stats();
+    const Fp8GroupStats& g = st[static_cast<size_t>(Fp8Group::mlp)];
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    EXPECT_EQ(g.amax_act, amax);
+    EXPECT_EQ(g.saturated, 0);
+    EXPECT_EQ(st[static_cast<size_t>(Fp8Group::experts)].amax_act, 0.f);
+  }
+}
+
+TEST(Fp8Linear, DelayedScalingUsesTheHistoryAndCountsSaturation) {
+  const int64_t N = 8, I = 16, O = 4;
+  auto w = test::randn(O * I, 1);
+  Fp8Recipe r;
+  r.scaling = Fp8Scaling::tensor_delayed;
+  r.amax_history = 2;
+  Fp8Linear fp8(r);
+  std::vector<float> y(N * O);
+  auto step = [&](float magnitude) {
+    std::vector<float> x(N * I, magnitude);
+    Fp8Scope scope(&fp8);
+    mm_forward(Fp8Group::attn_qkv, y.data(), x.data(), w.data(), N, I, O);
+    return fp8.take_stats()[static_cast<size_t>(Fp8Group::attn_qkv)];
+  };
+  EXPECT_EQ(step(1.f).saturated, 0);    // no history: its own amax
+  EXPECT_EQ(step(1.f).saturated, 0);    // history amax 1: fits
+  EXPECT_EQ(step(4.f).saturated, N * I);  // scale from amax 1: 4 x 448 overflows, every value clamps
+  EXPECT_EQ(step(4.f).saturated, 0);    // the history has seen 4 now
+  EXPECT_EQ(step(0.5f).saturated, 0);
+  EXPECT_EQ(step(0.5f).saturated, 0);   // history {4, 0.5}: still the larger scale-down
+  EXPECT_EQ(step(1.f).saturated, N * I);  // history {0.5, 0.5} after two small steps: 1 overflows
 }
 
 }  // namespace
