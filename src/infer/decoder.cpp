@@ -39,21 +39,7 @@ template <class A>
 void Decoder::bind(A& a) {
   const Dims& d = d_;
   layers_.resize(static_cast<size_t>(cfg_.n_layers));
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    Layer& L = layers_[static_cast<size_t>(l)];
-    L.attn.h1 = a.template alloc<float>(d.N * d.C);
-    L.attn.rstd1 = a.template alloc<float>(d.N);
-    L.attn.qkv = a.template alloc<float>(d.N * d.R);
-    L.attn.att = a.template alloc<float>(d.N * d.H * d.D);
-    L.attn.lse = nullptr;
-    L.x_mid = a.template alloc<float>(d.N * d.C);
-    L.h2 = a.template alloc<float>(d.N * d.C);
-    L.rstd2 = a.template alloc<float>(d.N);
-    if (cfg_.is_moe_layer(l))
-      L.moe.bind(a, d);
-    else
-      L.dense.bind(a, d);
-  }
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) layers_[static_cast<size_t>(l)].bind(a, d, cfg_.is_moe_layer(l));
   x_ = a.template alloc<float>(d.N * d.C);
   out_ = a.template alloc<float>(d.N * d.C);
   hf_ = a.template alloc<float>(d.N * d.C);
@@ -97,7 +83,7 @@ const float* Decoder::extend(const int32_t* tokens, int64_t n) {
   const int64_t half = d.D / 2, kv = d.Hkv * d.D;
   embedding_forward(x_, tokens, P + layout_.embed(), n, d.C);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    Layer& L = layers_[static_cast<size_t>(l)];
+    BlockActs& L = layers_[static_cast<size_t>(l)];
     const BlockOffsets& o = layout_.block(l);
     rmsnorm_forward(L.attn.h1, L.attn.rstd1, x_, P + o.attn_norm, n, d.C, eps);
     linear_forward(L.attn.qkv, L.attn.h1, P + o.wqkv, n, d.C, d.R);

@@ -47,14 +47,6 @@ class Decoder {
   double flops() const { return flops_; }             // forward FLOPs of every extend() so far
 
  private:
-  struct Layer {
-    AttnActs attn;
-    float* x_mid;
-    float* h2;
-    float* rstd2;
-    DenseActs dense;
-    MoeActs moe;
-  };
   template <class A>
   void bind(A& a);
 
@@ -64,7 +56,7 @@ class Decoder {
   int64_t context_, pos_ = 0;
   Dims d_;  // sized for a chunk of `context_` tokens
   Arena arena_;
-  std::vector<Layer> layers_;
+  std::vector<BlockActs> layers_;
   float *x_, *out_, *hf_, *rstdf_, *logits_, *rope_cos_, *rope_sin_;
   std::vector<float> k_cache_, v_cache_;  // (L, context, Hkv, D)
   Scratch scratch_;

@@ -72,6 +72,28 @@ struct MoeActs {
   }
 };
 
+// One block's activations: what backward needs (training) and what a
+// forward pass writes (generation). Dense blocks bind `dense`, MoE blocks `moe`.
+struct BlockActs {
+  AttnActs attn;
+  float* x_mid;   // (N, C)
+  float* h2;      // (N, C) ffn_norm(x_mid)
+  float* rstd2;   // (N)
+  DenseActs dense;
+  MoeActs moe;
+  template <class A>
+  void bind(A& a, const Dims& d, bool moe_layer) {
+    attn.bind(a, d);
+    x_mid = a.template alloc<float>(d.N * d.C);
+    h2 = a.template alloc<float>(d.N * d.C);
+    rstd2 = a.template alloc<float>(d.N);
+    if (moe_layer)
+      moe.bind(a, d);
+    else
+      dense.bind(a, d);
+  }
+};
+
 // Transfer and backward buffers shared by all MoE layers of a model.
 struct MoeScratch {
   GrowBuffer<float> send, recv;        // (M, C) rows in flight

@@ -18,17 +18,7 @@ void Transformer::bind(A& a) {
   x_.resize(static_cast<size_t>(cfg_.n_layers + 1));
   for (float*& x : x_) x = a.template alloc<float>(d.N * d.C);
   layers_.resize(static_cast<size_t>(cfg_.n_layers));
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    Layer& L = layers_[static_cast<size_t>(l)];
-    L.attn.bind(a, d);
-    L.x_mid = a.template alloc<float>(d.N * d.C);
-    L.h2 = a.template alloc<float>(d.N * d.C);
-    L.rstd2 = a.template alloc<float>(d.N);
-    if (cfg_.is_moe_layer(l))
-      L.moe.bind(a, d);
-    else
-      L.dense.bind(a, d);
-  }
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) layers_[static_cast<size_t>(l)].bind(a, d, cfg_.is_moe_layer(l));
   hf_ = a.template alloc<float>(d.N * d.C);
   rstdf_ = a.template alloc<float>(d.N);
   logits_ = a.template alloc<float>(d.N * d.V);
@@ -75,7 +65,7 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
   embedding_forward(x_[0], inputs, params + layout_.embed(), d.N, d.C);
   double attn_flops = 4.0 * d.B * d.H * d.D * (d.T * (d.T + 1) / 2);  // QK^T and PV, causal
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    Layer& L = layers_[static_cast<size_t>(l)];
+    BlockActs& L = layers_[static_cast<size_t>(l)];
     const BlockOffsets& o = layout_.block(l);
     attention_block_forward(L.attn, L.x_mid, x_[l], params, o, d, rope, eps, scratch_);
     st.flops += 2.0 * d.N * d.C * (d.R + d.H * d.D) + attn_flops;
@@ -130,7 +120,7 @@ void Transformer::backward(const float* params, float* grads, const std::functio
   if (ready) ready(cfg_.n_layers);
 
   for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
-    Layer& L = layers_[static_cast<size_t>(l)];
+    BlockActs& L = layers_[static_cast<size_t>(l)];
     const BlockOffsets& o = layout_.block(l);
     // dres = dL/dx_{l+1} = dL/d ffn_out; the residual carries it to x_mid.
     if (cfg_.is_moe_layer(l))

@@ -61,14 +61,6 @@ class Transformer {
   const float* losses() const { return losses_; }    // (N) per-token CE
 
  private:
-  struct Layer {
-    AttnActs attn;
-    float* x_mid;   // (N, C)
-    float* h2;      // (N, C) ffn_norm(x_mid)
-    float* rstd2;   // (N)
-    DenseActs dense;
-    MoeActs moe;
-  };
   template <class A>
   void bind(A& a);
 
@@ -78,7 +70,7 @@ class Transformer {
   Dims d_;
   MoeScratch moe_scratch_;
   Arena arena_;
-  std::vector<Layer> layers_;
+  std::vector<BlockActs> layers_;
   std::vector<float*> x_;   // (L + 1) residual stream (N, C) entering each block / leaving the last
   float* hf_;               // (N, C) final_norm(x_L)
   float* rstdf_;            // (N)
