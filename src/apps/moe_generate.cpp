@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     const sy::ModelConfig& mc = m.config.model;
     SY_CONFIG_CHECK(prompt.empty() || prompt_ids.empty(), "give --prompt or --prompt-ids, not both");
     std::vector<int32_t> ids;
-    const bool bytes = mc.vocab_size == 256 && m.config.data.format == "text";
+    const bool bytes = sy::byte_level(m.config);
     if (!prompt_ids.empty()) {
       ids = parse_ids(prompt_ids);
     } else {

@@ -1,11 +1,25 @@
 #include "ckpt/format.h"
 
+#include <cctype>
+
+#include <fstream>
+
+#include <filesystem>
+
 #include <algorithm>
 
 #include "ckpt/crc32c.h"
 #include "core/check.h"
 
 namespace sy::ckpt {
+
+std::string read_latest(const std::string& dir) {
+  std::ifstream in(std::filesystem::path(dir) / kLatest);
+  std::string name;
+  if (!in || !std::getline(in, name)) return "";
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  return name;
+}
 
 std::string step_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
 std::string shard_file_name(int64_t rank) { return fmt::format("shard_{:05d}.h5", rank); }

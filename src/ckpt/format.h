@@ -43,6 +43,8 @@ std::string step_dir_name(int64_t step);    // "step_00000100"
 std::string shard_file_name(int64_t rank);  // "shard_00003.h5"
 // Step of a directory name, or -1 if it is not one of ours.
 int64_t parse_step_dir(const std::string& name);
+// The checkpoint directory name `latest` in `dir` names ("step_00000100"), "" if none.
+std::string read_latest(const std::string& dir);
 
 // CRC-32C of each kCrcBlock-element block.
 std::vector<int64_t> block_crcs(const float* data, int64_t n);

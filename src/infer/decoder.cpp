@@ -157,10 +157,8 @@ LoadedModel load_model(const std::string& checkpoint) {
   std::string path = checkpoint;
   // A checkpoints directory (or a run directory) names its newest checkpoint in `latest`.
   for (const fs::path& dir : {fs::path(checkpoint), fs::path(checkpoint) / "checkpoints"}) {
-    std::ifstream latest(dir / ckpt::kLatest);
-    std::string name;
-    if (fs::is_directory(dir) && !fs::exists(dir / ckpt::kManifest) && latest && std::getline(latest, name) &&
-        !name.empty()) {
+    const std::string name = fs::is_directory(dir) ? ckpt::read_latest(dir.string()) : "";
+    if (!name.empty() && !fs::exists(dir / ckpt::kManifest)) {
       path = (dir / name).string();
       break;
     }

@@ -54,9 +54,8 @@ std::string absolute(const std::string& p) { return p.empty() ? p : fs::absolute
 
 // Newest checkpoint `latest` names, "" if none.
 std::string latest_checkpoint(const std::string& dir) {
-  std::ifstream in(fs::path(dir) / ckpt::kLatest);
-  std::string name;
-  if (!in || !std::getline(in, name) || name.empty()) return "";
+  const std::string name = ckpt::read_latest(dir);
+  if (name.empty()) return "";
   fs::path p = fs::path(dir) / name;
   return fs::exists(p / ckpt::kManifest) ? p.string() : "";
 }

@@ -114,12 +114,7 @@ std::string describe_status(int status) {
   return "unknown status";
 }
 
-int64_t latest_step(const std::string& ckpt_dir) {
-  std::ifstream in(fs::path(ckpt_dir) / ckpt::kLatest);
-  std::string name;
-  if (!in || !std::getline(in, name)) return -1;
-  return ckpt::parse_step_dir(name);
-}
+int64_t latest_step(const std::string& ckpt_dir) { return ckpt::parse_step_dir(ckpt::read_latest(ckpt_dir)); }
 
 // One attempt's child process and its output.
 class Job {

@@ -334,9 +334,7 @@ std::vector<std::string> Checkpointer::resume_candidates() const {
     const std::string& r = cfg_.checkpoint.resume;
     std::vector<std::string> out;
     if (r == "auto") {
-      std::ifstream latest(fs::path(dir_) / ckpt::kLatest);
-      std::string name;
-      if (latest >> name) out.push_back((fs::path(dir_) / name).string());
+      if (std::string name = ckpt::read_latest(dir_); !name.empty()) out.push_back((fs::path(dir_) / name).string());
       if (cfg_.checkpoint.fallback && fs::exists(dir_)) {
         std::vector<int64_t> steps;
         for (const auto& e : fs::directory_iterator(dir_))

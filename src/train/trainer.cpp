@@ -297,7 +297,7 @@ std::string Trainer::sample(int64_t steps_done) {
     }
   }
   if (!rank0_) return "";
-  const bool bytes = m.vocab_size == 256 && cfg_.data.format == "text";
+  const bool bytes = byte_level(cfg_);
   std::vector<int32_t> ids;
   if (bytes) {
     ids = encode_bytes(cfg_.train.sample_prompt);

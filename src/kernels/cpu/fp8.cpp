@@ -40,30 +40,4 @@ const float* fp8_table(Fp8Format f) {
   return f == Fp8Format::e4m3 ? e4m3.data() : e5m2.data();
 }
 
-float amax_of(const float* x, int64_t n) {
-  float m = 0.f;
-#pragma omp parallel for reduction(max : m) schedule(static)
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
-  return m;
-}
-
-QuantStats fp8_quantize(uint8_t* out, const float* x, int64_t n, float scale, Fp8Format f, bool saturate) {
-  float amax = 0.f;
-  int64_t sat = 0;
-#pragma omp parallel for reduction(max : amax) reduction(+ : sat) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] * scale;
-    amax = std::max(amax, std::fabs(x[i]));
-    sat += fp8_overflows(std::fabs(v), f) ? 1 : 0;
-    out[i] = fp8_encode(v, f, saturate);
-  }
-  return {amax, sat};
-}
-
-void fp8_dequantize(float* out, const uint8_t* q, int64_t n, float scale_inv, Fp8Format f) {
-  const float* t = fp8_table(f);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = t[q[i]] * scale_inv;
-}
-
 }  // namespace sy

@@ -67,12 +67,4 @@ struct QuantStats {
   int64_t saturated = 0;   // |x * scale| beyond what rounds to the largest finite value (fp8_overflows)
 };
 
-// out[i] = encode(x[i] * scale); returns the amax of x and how many scaled
-// values saturated. Parallel over i.
-QuantStats fp8_quantize(uint8_t* out, const float* x, int64_t n, float scale, Fp8Format f, bool saturate = true);
-// out[i] = decode(q[i]) * scale_inv.
-void fp8_dequantize(float* out, const uint8_t* q, int64_t n, float scale_inv, Fp8Format f);
-// max |x| over n values (NaN-free input).
-float amax_of(const float* x, int64_t n);
-
 }  // namespace sy

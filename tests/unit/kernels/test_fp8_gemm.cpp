@@ -77,8 +77,9 @@ TEST(Fp8Quant, ScalesBlocksAndTransposes) {
     ASSERT_EQ(q.scale_inv.size(), static_cast<size_t>(R * 3));
     EXPECT_NEAR(q.sinv(0, 0), 1000.f / 448.f, pow2 ? 1000.f / 448.f : 1e-3);
     EXPECT_LT(q.sinv(0, 1), 1.f);  // the outlier's row, next block: a much smaller range
-    if (pow2)
+    if (pow2) {
       for (float s : q.scale_inv) EXPECT_EQ(std::exp2(std::round(std::log2(s))), s);
+    }
     std::vector<float> back(R * C);
     dequantize_matrix(back.data(), q);
     // The amax maps to 448 exactly (back within float rounding); a power-of-two

@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 
 #include "core/rng.h"
-#include "kernels/cpu/fp8.h"
+#include "kernels/cpu/fp8_gemm.h"
 #include "testing.h"
 
 namespace sy {
@@ -119,7 +119,9 @@ TEST_P(Fp8Oracle, QuantizeCountsSaturationAndAmax) {
   std::vector<uint8_t> q(x.size());
   // scale 200: 600 and 100000 (E5M2: 400 fits) ...
   const float scale = f == Fp8Format::e4m3 ? 200.f : 30000.f;
-  QuantStats st = fp8_quantize(q.data(), x.data(), static_cast<int64_t>(x.size()), scale, f);
+  Fp8Matrix m;
+  QuantStats st = quantize_matrix(m, x.data(), 1, static_cast<int64_t>(x.size()), {f, ScaleMode::tensor, false, true, scale});
+  q = m.q;
   EXPECT_EQ(st.amax, 500.f);
   int64_t want = 0;
   for (float v : x) want += fp8_overflows(std::fabs(v * scale), f) ? 1 : 0;
@@ -127,7 +129,7 @@ TEST_P(Fp8Oracle, QuantizeCountsSaturationAndAmax) {
   EXPECT_GT(want, 0);
   for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(q[i], nvidia_encode(x[i] * scale, f, true));
   std::vector<float> back(x.size());
-  fp8_dequantize(back.data(), q.data(), static_cast<int64_t>(q.size()), 1.f / scale, f);
+  dequantize_matrix(back.data(), m);
   for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(back[i], fp8_decode(q[i], f) / scale);
 }
 
