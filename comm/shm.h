@@ -33,6 +33,7 @@ class SharedWindow {
   float* local() const { return peers_.empty() ? nullptr : peers_[static_cast<size_t>(me_)]; }
   // Segment bases of all members, by rank in comm.
   float* const* peers() const { return peers_.data(); }
+  size_t bytes() const { return static_cast<size_t>(capacity_) * sizeof(float); }  // this rank's segment
   // Memory barrier + group barrier: every member's writes before it are
   // visible to every member after it.
   void fence(const Comm& comm, const char* what) const;

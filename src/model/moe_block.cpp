@@ -55,13 +55,21 @@ struct ChunkGemm {
   }
 };
 
+// Where the experts' SwiGLU output goes: kept per layer in FP32, or (FP8
+// storage) in a buffer shared by the layers, act_q keeping it for backward.
+float* expert_act(MoeActs& a, MoeScratch& scratch, int64_t n) {
+  if (!a.fp8) return a.act.ensure(static_cast<size_t>(n));
+  a.act_q.reset();
+  return scratch.act.ensure(static_cast<size_t>(n));
+}
+
 void shared_forward(MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
                     const Dims& d, const MoeContext& ctx) {
   Timed t(ctx, &MoeTimers::shared);
   if (d.S > 0) {
     mm_forward(Fp8Group::shared, a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
     swiglu_forward(a.s_act, a.s_up, d.N, d.S);
-    mm_forward(Fp8Group::shared, out, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
+    mm_forward(Fp8Group::shared, out, a.s_act, params + o.shared_w2, d.N, d.S, d.C, a.fp8 ? &a.s_act_q : nullptr);
   } else {
     std::memset(out, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
   }
@@ -71,7 +79,8 @@ void shared_backward(float* dh, float* grads, MoeActs& a, const float* dout, con
                      const BlockOffsets& o, const Dims& d, const MoeContext& ctx, Scratch& s) {
   Timed t(ctx, &MoeTimers::shared);
   if (d.S > 0) {
-    mm_backward(Fp8Group::shared, s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C);
+    mm_backward(Fp8Group::shared, s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C,
+                false, a.fp8 ? &a.s_act_q : nullptr);
     swiglu_backward(s.dup, s.dact, a.s_up, d.N, d.S);
     mm_backward(Fp8Group::shared, dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
   } else {
@@ -84,7 +93,7 @@ void shared_backward(float* dh, float* grads, MoeActs& a, const float* dout, con
 // straight from its segment: one copy each way, no staging. Fences order
 // the phases; the comments say why each buffer is free to reuse when it is.
 void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
-                     const Dims& d, const MoeContext& ctx) {
+                     const Dims& d, const MoeContext& ctx, MoeScratch& scratch) {
   const EpDispatch& plan = a.plan;
   const int64_t C = d.C, F = d.F, Ms = plan.send_rows(), Mr = plan.recv_rows();
   // This layer's expert inputs and outputs stay in their windows until
@@ -92,11 +101,16 @@ void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params
   // combining and again for the gate gradients. The next write to them (the
   // next micro-batch's forward of this layer) comes after every rank has
   // passed this layer's backward fences.
-  a.x_win.ensure(ctx.ep, Mr * C);
+  // With FP8 storage the inputs are saved in FP8 (x_q) and the window is
+  // shared by the layers: the next layer's rows arrive only after every
+  // rank has passed this layer's combine fence, after its expert GEMMs.
+  SharedWindow& x_win = a.fp8 ? scratch.x_win : a.x_win;
+  if (a.fp8) a.x_q.reset();
+  x_win.ensure(ctx.ep, Mr * C);
   a.y_win.ensure(ctx.ep, Mr * C);
   a.up.ensure(static_cast<size_t>(Mr * 2 * F));
-  a.act.ensure(static_cast<size_t>(Mr * F));
-  RowMap to_x = RowMap::scattered(a.x_win.peers(), plan.dest_rank(), plan.dest_row());
+  float* act = expert_act(a, scratch, Mr * F);
+  RowMap to_x = RowMap::scattered(x_win.peers(), plan.dest_rank(), plan.dest_row());
   RowMap from_y = RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row());
   {
     Timed t(ctx, &MoeTimers::permute);
@@ -105,14 +119,16 @@ void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params
   shared_forward(a, out, h, params, o, d, ctx);  // while the others are still writing
   {
     Timed t(ctx, &MoeTimers::wait);
-    a.x_win.fence(ctx.ep, "moe dispatch (shared memory)");
+    x_win.fence(ctx.ep, "moe dispatch (shared memory)");
   }
   {
     Timed t(ctx, &MoeTimers::experts);
     ChunkGemm g(plan, 0, params, nullptr, o);
-    grouped_linear_forward(a.up.data(), a.x_win.local(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F);
-    swiglu_forward(a.act.data(), a.up.data(), Mr, F);
-    grouped_linear_forward(a.y_win.local(), a.act.data(), g.w2.data(), g.offsets.data(), g.groups(), F, C);
+    grouped_linear_forward(a.up.data(), x_win.local(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
+                           a.fp8 ? &a.x_q : nullptr);
+    swiglu_forward(act, a.up.data(), Mr, F);
+    grouped_linear_forward(a.y_win.local(), act, g.w2.data(), g.offsets.data(), g.groups(), F, C,
+                           a.fp8 ? &a.act_q : nullptr);
   }
   {
     Timed t(ctx, &MoeTimers::wait);
@@ -144,11 +160,11 @@ void moe_backward_shm(float* dh, float* grads, MoeActs& a, const float* dout, co
   {
     Timed t(ctx, &MoeTimers::experts);
     ChunkGemm g(plan, 0, params, grads, o);
-    grouped_linear_backward(dact, g.dw2.data(), scratch.dy_win.local(), a.act.data(), g.w2.data(), g.offsets.data(),
-                            g.groups(), F, C);
+    grouped_linear_backward(dact, g.dw2.data(), scratch.dy_win.local(), a.fp8 ? nullptr : a.act.data(), g.w2.data(),
+                            g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
     swiglu_backward(dup, dact, a.up.data(), Mr, F);
-    grouped_linear_backward(scratch.dx_win.local(), g.dw13.data(), dup, a.x_win.local(), g.w13.data(),
-                            g.offsets.data(), g.groups(), C, 2 * F);
+    grouped_linear_backward(scratch.dx_win.local(), g.dw13.data(), dup, a.fp8 ? nullptr : a.x_win.local(),
+                            g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F, a.fp8 ? &a.x_q : nullptr);
   }
   {
     Timed t(ctx, &MoeTimers::wait);
@@ -192,16 +208,18 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
   timed.emplace(ctx, &MoeTimers::plan);
   a.plan.plan(ctx.ep, a.idx, a.keep, N, K, E, ctx.overlap && !ctx.shm ? ctx.chunks : 1, ctx.shm);
   timed.reset();
-  if (ctx.shm) return moe_forward_shm(a, out, h, params, o, d, ctx);
+  if (ctx.shm) return moe_forward_shm(a, out, h, params, o, d, ctx, scratch);
 
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
   const bool solo = ctx.ep.solo();  // then send and receive layouts coincide
-  a.x_recv.ensure(static_cast<size_t>(Mr * C));
+  // With FP8 storage the inputs are saved in FP8 (x_q): one receive buffer for all layers.
+  float* x_recv = (a.fp8 ? scratch.x_recv : a.x_recv).ensure(static_cast<size_t>(Mr * C));
+  if (a.fp8) a.x_q.reset();
   a.up.ensure(static_cast<size_t>(Mr * 2 * F));
-  a.act.ensure(static_cast<size_t>(Mr * F));
+  float* act = expert_act(a, scratch, Mr * F);
   a.y_send.ensure(static_cast<size_t>(Ms * C));
-  float* x_send = solo ? a.x_recv.data() : scratch.send.ensure(static_cast<size_t>(Ms * C));
+  float* x_send = solo ? x_recv : scratch.send.ensure(static_cast<size_t>(Ms * C));
   float* y_recv = solo ? a.y_send.data() : scratch.recv.ensure(static_cast<size_t>(Mr * C));
   {
     Timed t(ctx, &MoeTimers::permute);
@@ -212,7 +230,7 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
   const int nc = plan.chunks();
   std::vector<Request> to(nc), back(nc);
   if (ctx.overlap)
-    for (int c = 0; c < nc; ++c) to[c] = plan.to_experts(ctx.ep, c, x_send, a.x_recv.data(), C, "moe dispatch");
+    for (int c = 0; c < nc; ++c) to[c] = plan.to_experts(ctx.ep, c, x_send, x_recv, C, "moe dispatch");
   shared();  // while the rows travel, when overlapping
   for (int c = 0; c < nc; ++c) {
     {
@@ -220,15 +238,16 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
       if (ctx.overlap)
         to[c].wait();
       else
-        plan.to_experts(ctx.ep, c, x_send, a.x_recv.data(), C, "moe dispatch").wait();
+        plan.to_experts(ctx.ep, c, x_send, x_recv, C, "moe dispatch").wait();
     }
     {
       Timed t(ctx, &MoeTimers::experts);
       ChunkGemm g(plan, c, params, nullptr, o);
       const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-      grouped_linear_forward(a.up.data(), a.x_recv.data(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F);
-      swiglu_forward(a.act.data() + b * F, a.up.data() + b * 2 * F, rows, F);
-      grouped_linear_forward(y_recv, a.act.data(), g.w2.data(), g.offsets.data(), g.groups(), F, C);
+      grouped_linear_forward(a.up.data(), x_recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
+                             a.fp8 ? &a.x_q : nullptr);
+      swiglu_forward(act + b * F, a.up.data() + b * 2 * F, rows, F);
+      grouped_linear_forward(y_recv, act, g.w2.data(), g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
     }
     back[c] = plan.from_experts(ctx.ep, c, y_recv, a.y_send.data(), C, "moe combine");
     Timed t(ctx, &MoeTimers::wait);
@@ -283,11 +302,11 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
       Timed t(ctx, &MoeTimers::experts);
       ChunkGemm g(plan, c, params, grads, o);
       const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-      grouped_linear_backward(dact, g.dw2.data(), dy_recv, a.act.data(), g.w2.data(), g.offsets.data(), g.groups(),
-                              F, C);
+      grouped_linear_backward(dact, g.dw2.data(), dy_recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
+                              g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
       swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F);
-      grouped_linear_backward(dx_recv, g.dw13.data(), dup, a.x_recv.data(), g.w13.data(), g.offsets.data(),
-                              g.groups(), C, 2 * F);
+      grouped_linear_backward(dx_recv, g.dw13.data(), dup, a.fp8 ? nullptr : a.x_recv.data(), g.w13.data(),
+                              g.offsets.data(), g.groups(), C, 2 * F, a.fp8 ? &a.x_q : nullptr);
     }
     back[c] = plan.from_experts(ctx.ep, c, dx_recv, dx_send, C, "moe combine (backward)");
     Timed t(ctx, &MoeTimers::wait);
@@ -311,6 +330,12 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
   router_backward(s.drl, s.dgates, a.idx, a.logits, a.scores, a.probs, a.sums, N, a.Ntot, E, K, cfg.score,
                   cfg.renormalize, coefs);
   linear_backward(dh, grads + o.router, s.drl, h, params + o.router, N, C, E, true);
+}
+
+size_t MoeActs::buffer_bytes() const {
+  const size_t f = sizeof(float);
+  return (x_recv.capacity() + up.capacity() + act.capacity() + y_send.capacity()) * f + x_win.bytes() +
+         y_win.bytes() + s_act_q.bytes() + act_q.bytes() + x_q.bytes();
 }
 
 double moe_block_flops(const MoeActs& a, const Dims& d) {

@@ -48,7 +48,10 @@ struct MoeActs {
   float* gates;    // (N, K) gate weights
   uint8_t* keep;   // (N, K) pick survives capacity
   float* s_up;     // (N, 2S) shared experts
-  float* s_act;    // (N, S)
+  float* s_act;    // (N, S) (with FP8 storage: staging, s_act_q is kept)
+  bool fp8 = false;          // FP8 storage of the down-projections' inputs
+  Fp8Saved s_act_q, act_q;   // FP8 storage: s_act and the experts' act
+  Fp8Saved x_q;              // FP8 storage: the experts' inputs (x_recv / x_win unused)
   EpDispatch plan;
   RouterSums sums;  // over the data-parallel group
   int64_t Ntot = 0, dropped = 0;
@@ -56,11 +59,12 @@ struct MoeActs {
   SharedWindow x_win;        // (M_recv, C) expert inputs (shared-memory transport)
   SharedWindow y_win;        // (M_recv, C) expert outputs, read in place by the senders (shared-memory transport)
   GrowBuffer<float> up;      // (M_recv, 2F)
-  GrowBuffer<float> act;     // (M_recv, F)
+  GrowBuffer<float> act;     // (M_recv, F) (unused with FP8 storage: MoeScratch::act)
   GrowBuffer<float> y_send;  // (M_send, C) expert outputs back at their tokens (MPI transport)
 
   template <class A>
-  void bind(A& a, const Dims& d) {
+  void bind(A& a, const Dims& d, const Fp8Staging& st = {}) {
+    fp8 = st.on();
     logits = a.template alloc<float>(d.N * d.E);
     scores = a.template alloc<float>(d.N * d.E);
     probs = a.template alloc<float>(d.N * d.E);
@@ -68,8 +72,9 @@ struct MoeActs {
     gates = a.template alloc<float>(d.N * d.K);
     keep = a.template alloc<uint8_t>(d.N * d.K);
     s_up = a.template alloc<float>(d.N * 2 * d.S);
-    s_act = a.template alloc<float>(d.N * d.S);
+    s_act = fp8 ? st.act : a.template alloc<float>(d.N * d.S);
   }
+  size_t buffer_bytes() const;  // data-dependent buffers held (rows received, FP8 storage)
 };
 
 // One block's activations: what backward needs (training) and what a
@@ -81,16 +86,17 @@ struct BlockActs {
   float* rstd2;   // (N)
   DenseActs dense;
   MoeActs moe;
+  // st: FP8 activation storage (the router reads a MoE block's h2 in FP32).
   template <class A>
-  void bind(A& a, const Dims& d, bool moe_layer) {
-    attn.bind(a, d);
+  void bind(A& a, const Dims& d, bool moe_layer, const Fp8Staging& st = {}) {
+    attn.bind(a, d, st);
     x_mid = a.template alloc<float>(d.N * d.C);
-    h2 = a.template alloc<float>(d.N * d.C);
+    h2 = st.on() && !moe_layer ? st.h : a.template alloc<float>(d.N * d.C);
     rstd2 = a.template alloc<float>(d.N);
     if (moe_layer)
-      moe.bind(a, d);
+      moe.bind(a, d, st);
     else
-      dense.bind(a, d);
+      dense.bind(a, d, st);
   }
 };
 
@@ -99,6 +105,9 @@ struct MoeScratch {
   GrowBuffer<float> send, recv;        // (M, C) rows in flight
   GrowBuffer<float> send2, recv2;      // (M, C) the second direction in backward
   GrowBuffer<float> dact, dup;         // (M_recv, F), (M_recv, 2F)
+  GrowBuffer<float> act;               // (M_recv, F) experts' act before FP8 storage
+  GrowBuffer<float> x_recv;            // (M_recv, C) experts' inputs before FP8 storage (MPI transport)
+  SharedWindow x_win;                  // (M_recv, C) the same (shared-memory transport)
   SharedWindow dy_win, dx_win;         // expert-side backward rows other ranks write or read (shared memory)
 };
 

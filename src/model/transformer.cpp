@@ -18,7 +18,9 @@ void Transformer::bind(A& a) {
   x_.resize(static_cast<size_t>(cfg_.n_layers + 1));
   for (float*& x : x_) x = a.template alloc<float>(d.N * d.C);
   layers_.resize(static_cast<size_t>(cfg_.n_layers));
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) layers_[static_cast<size_t>(l)].bind(a, d, cfg_.is_moe_layer(l));
+  if (fp8_activations_) staging_.bind(a, d);
+  for (int64_t l = 0; l < cfg_.n_layers; ++l)
+    layers_[static_cast<size_t>(l)].bind(a, d, cfg_.is_moe_layer(l), staging_);
   hf_ = a.template alloc<float>(d.N * d.C);
   rstdf_ = a.template alloc<float>(d.N);
   logits_ = a.template alloc<float>(d.N * d.V);
@@ -37,13 +39,30 @@ ExpertSlice local_experts(const ModelConfig& cfg, const MoeContext& ctx) {
 }
 }  // namespace
 
-Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx)
-    : cfg_(cfg), ctx_(std::move(ctx)), layout_(cfg, local_experts(cfg, ctx_)), d_(cfg, micro_batch) {
+Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx, bool fp8_activations)
+    : cfg_(cfg),
+      ctx_(std::move(ctx)),
+      layout_(cfg, local_experts(cfg, ctx_)),
+      d_(cfg, micro_batch),
+      fp8_activations_(fp8_activations) {
   ArenaPlan plan;
   bind(plan);
   arena_.reserve(plan.bytes());
   bind(arena_);
   rope_table(rope_cos_, rope_sin_, d_.T, d_.D, cfg_.rope_theta);
+}
+
+Transformer::ActivationMemory Transformer::activation_memory() const {
+  ActivationMemory m;
+  m.arena = arena_.capacity();
+  for (const BlockActs& L : layers_) {
+    const size_t moe_fp8 = L.moe.s_act_q.bytes() + L.moe.act_q.bytes() + L.moe.x_q.bytes();
+    m.fp8 += L.attn.h1_q.bytes() + L.dense.h_q.bytes() + L.dense.act_q.bytes() + moe_fp8;
+    m.expert_rows += L.moe.buffer_bytes() - moe_fp8;
+  }
+  m.expert_rows += (moe_scratch_.act.capacity() + moe_scratch_.x_recv.capacity()) * sizeof(float) +
+                   moe_scratch_.x_win.bytes();
+  return m;
 }
 
 MicroBatchStats Transformer::forward(const float* params, const float* expert_bias,

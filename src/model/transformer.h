@@ -36,14 +36,26 @@ class Transformer {
   // micro_batch: sequences on this rank. With a multi-rank context the
   // rank holds the routed experts of its expert-parallel rank, and losses
   // and balance terms are normalised over the whole data-parallel micro-batch.
-  Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx = {});
+  // fp8_activations: the inputs of FP8 linear layers that only their weight
+  // gradient reads are kept in FP8, not FP32 (needs an active FP8 recipe
+  // around forward and backward).
+  Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx = {}, bool fp8_activations = false);
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   const Dims& dims() const { return d_; }
-  size_t activation_bytes() const { return arena_.capacity(); }
+  // Activation memory held: the fixed arena (sized from the shape), the
+  // data-dependent buffers of the MoE layers (rows an expert receives) and
+  // the FP8 storage of saved inputs. The last two grow with the first steps.
+  struct ActivationMemory {
+    size_t arena = 0, expert_rows = 0, fp8 = 0;
+    size_t total() const { return arena + expert_rows + fp8; }
+  };
+  ActivationMemory activation_memory() const;
+  size_t activation_bytes() const { return activation_memory().total(); }
+  bool fp8_activations() const { return staging_.on(); }
 
   // inputs, targets: (B, T) token ids. expert_bias: (moe_layers, E) or null.
   // With `train`, keeps the activations backward() needs and the gradient
@@ -68,9 +80,11 @@ class Transformer {
   MoeContext ctx_;
   ParamLayout layout_;
   Dims d_;
+  bool fp8_activations_ = false;
   MoeScratch moe_scratch_;
   Arena arena_;
   std::vector<BlockActs> layers_;
+  Fp8Staging staging_;      // FP8 activation storage: FP32 values while forward needs them
   std::vector<float*> x_;   // (L + 1) residual stream (N, C) entering each block / leaving the last
   float* hf_;               // (N, C) final_norm(x_L)
   float* rstdf_;            // (N)

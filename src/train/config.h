@@ -62,6 +62,7 @@ struct PrecisionSection {
   int64_t amax_history = 16;          // fp8-tensor-delayed: steps of amax history a scale comes from
   bool pow2_scales = false;           // scales rounded down to powers of two
   bool saturate = true;               // overflow clamps to the largest finite value (else NaN / Inf)
+  bool fp8_activations = true;        // FP8 recipes: keep the inputs of FP8 linears saved for backward in FP8
 };
 
 struct CheckpointSection {

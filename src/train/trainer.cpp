@@ -77,7 +77,8 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   shm_ = one_node && transport != "mpi";
   MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
                  static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap, shm_};
-  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx);
+  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx,
+                                         cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations);
   full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
   const ParamLayout& layout = model_->layout();
   params_.resize(static_cast<size_t>(layout.total()));
@@ -210,6 +211,10 @@ StepStats Trainer::step(int64_t step) {
     s.imbalance.push_back(sum > 0 ? static_cast<double>(mx) * static_cast<double>(l.size()) / static_cast<double>(sum) : 1.0);
   }
   s.seconds = now_seconds() - t0;
+  const Transformer::ActivationMemory am = model_->activation_memory();
+  const size_t amb[4] = {am.arena, am.expert_rows, am.fp8, am.total()};
+  for (int i = 0; i < 4; ++i) s.act_mib[i] = static_cast<double>(amb[i]) / (1 << 20);
+  grid_.world().allreduce_max(s.act_mib, 4);
   grid_.world().allreduce_max(&s.seconds, 1);
   s.tokens_per_s = sums[1] / s.seconds;
   s.gflops = 3.0 * sums[4] / s.seconds / 1e9;
@@ -378,6 +383,8 @@ void Trainer::write_metrics(const StepStats& s) {
   j["z_loss"] = z;
   j["router_entropy"] = ent;
   if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
+  j["activation_mib"] = {{"arena", s.act_mib[0]}, {"expert_rows", s.act_mib[1]}, {"fp8", s.act_mib[2]},
+                         {"total", s.act_mib[3]}};
   for (size_t g = 0; g < s.fp8.size(); ++g)
     j["fp8"][to_string(static_cast<Fp8Group>(g))] = {{"amax_act", s.fp8[g].amax_act},
                                                       {"amax_weight", s.fp8[g].amax_weight},

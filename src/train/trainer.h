@@ -46,6 +46,7 @@ struct StepStats {
   std::vector<RouterLosses> router;        // per MoE layer, mean over micro-batches
   double val_loss = -1;                    // < 0: not computed this step
   std::vector<Fp8GroupStats> fp8;          // per FP8 group (FP8 recipes): amax max and saturation sum over ranks
+  double act_mib[4] = {0, 0, 0, 0};        // activation memory held, max over ranks: arena, expert rows, FP8 storage, total
 };
 
 class Trainer {

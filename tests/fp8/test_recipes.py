@@ -20,10 +20,11 @@ STEPS = 100
 SETS = ["model.seq_len=64", f"train.steps={STEPS}", "train.log_every=10", "train.val_every=100", "checkpoint.resume=none"]
 
 
-def train(name, recipe, ranks=1, extra=()):
+def train(name, recipe, ranks=1, extra=(), steps=STEPS):
     run = WORK / name
     shutil.rmtree(run, ignore_errors=True)
-    args = [a for s in SETS + [f"run.dir={run}", f"precision.recipe={recipe}", *extra] for a in ("--set", s)]
+    args = [a for s in SETS + [f"run.dir={run}", f"precision.recipe={recipe}", f"train.steps={steps}", *extra]
+            for a in ("--set", s)]
     cmd = [str(BIN / "moe-train"), *args]
     if ranks > 1:
         cmd = ["mpiexec", "-n", str(ranks), "--bind-to", "none"] + cmd
@@ -31,7 +32,7 @@ def train(name, recipe, ranks=1, extra=()):
                        env=dict(ENV, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == STEPS
+    assert len(rows) == steps
     return rows, p.stdout
 
 
@@ -83,6 +84,27 @@ def test_fp8_block_expert_parallel_e4m3_grads_pow2():
     rows, out = train("block_ep2", "fp8-block", ranks=2,
                       extra=["parallel.ep=2", "precision.grad_format=e4m3", "precision.pow2_scales=true"])
     check(rows, out, 0.01)
+
+
+def test_fp8_activations_same_losses_less_memory():
+    # Inputs of FP8 linears kept in FP8 for backward: the weight-gradient GEMM
+    # reads the same operand, so every step's loss is bit-identical to keeping
+    # FP32 copies; the activation memory held is smaller. Two EP ranks, MPI
+    # dispatch in overlapped chunks, and shared memory.
+    for transport in ("mpi", "shm"):
+        runs = {}
+        for keep in ("true", "false"):
+            extra = ["parallel.ep=2", f"parallel.transport={transport}", "parallel.overlap=true",
+                     f"precision.fp8_activations={keep}"]
+            runs[keep], _ = train(f"acts_{transport}_{keep}", "fp8-block", ranks=2, extra=extra, steps=12)
+        fp8, f32 = runs["true"], runs["false"]
+        assert [r["loss"] for r in fp8] == [r["loss"] for r in f32], (transport, fp8[-1]["loss"], f32[-1]["loss"])
+        a, b = fp8[-1]["activation_mib"], f32[-1]["activation_mib"]
+        print(f"{transport}: activations {a['total']:.2f} MiB with FP8 storage ({a['fp8']:.2f} of it FP8) "
+              f"vs {b['total']:.2f} MiB")
+        assert b["fp8"] == 0 and a["fp8"] > 0
+        assert a["arena"] < b["arena"] and a["expert_rows"] < b["expert_rows"], (a, b)
+        assert a["total"] < 0.92 * b["total"], (a, b)
 
 
 if __name__ == "__main__":

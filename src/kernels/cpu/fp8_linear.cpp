@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/check.h"
 #include "kernels/cpu/linear.h"
 
 namespace sy {
@@ -15,6 +16,40 @@ namespace {
 Fp8Linear* g_active = nullptr;
 thread_local Fp8Matrix t_a, t_b;
 }  // namespace
+
+namespace {
+// Grows v to hold n, by a quarter at a time once it holds anything: after the
+// first steps a pool stops growing, a little above the largest step's need.
+template <class T>
+void pool_fit(std::vector<T>& v, size_t n) {
+  if (n > v.capacity()) v.reserve(std::max(n, v.capacity() + v.capacity() / 4));
+  if (n > v.size()) v.resize(n);
+}
+}  // namespace
+
+void Fp8Saved::add(int64_t row, const Fp8Matrix& m) {
+  Part p{row, m.rows, m.cols, m.fmt, m.mode, q_used_, s_used_, m.scale_inv.size()};
+  pool_fit(q_, q_used_ + m.q.size());
+  pool_fit(s_, s_used_ + m.scale_inv.size());
+  std::copy(m.q.begin(), m.q.end(), q_.begin() + static_cast<std::ptrdiff_t>(q_used_));
+  std::copy(m.scale_inv.begin(), m.scale_inv.end(), s_.begin() + static_cast<std::ptrdiff_t>(s_used_));
+  q_used_ += m.q.size(), s_used_ += m.scale_inv.size();
+  parts_.push_back(p);
+}
+
+void Fp8Saved::get(int64_t row, Fp8Matrix& m) const {
+  for (const Part& p : parts_) {
+    if (p.row != row) continue;
+    m.rows = p.rows, m.cols = p.cols, m.fmt = p.fmt, m.mode = p.mode;
+    const auto q0 = q_.begin() + static_cast<std::ptrdiff_t>(p.q);
+    m.q.assign(q0, q0 + p.rows * p.cols);
+    const auto s0 = s_.begin() + static_cast<std::ptrdiff_t>(p.s);
+    m.scale_inv.assign(s0, s0 + static_cast<std::ptrdiff_t>(p.ns));
+    return;
+  }
+  SY_CHECK(false, "no FP8-saved activation starting at row {} ({} parts saved): forward and backward disagree", row,
+           parts_.size());
+}
 
 Fp8Linear* active_fp8() { return g_active; }
 Fp8Scope::Fp8Scope(Fp8Linear* f) : prev_(g_active) { g_active = f; }
@@ -58,14 +93,30 @@ void Fp8Linear::note(Fp8Group g, Role role, const QuantStats& s, const float* ke
   }
 }
 
-void Fp8Linear::forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O) {
+// The wgrad GEMM reads both operands quantized along the tokens: block
+// recipes use 1 x 128 tiles there (the weight's 128 x 128 blocks do not apply).
+QuantOptions Fp8Linear::wgrad_options(Role role, Fp8Format f, const float* key) {
+  QuantOptions o = options(role, f, key, nullptr);
+  if (o.mode == ScaleMode::blocks_128x128) o.mode = ScaleMode::rows_1x128;
+  return o;
+}
+
+void Fp8Linear::forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                        Fp8Saved* save, int64_t save_row) {
   note(g, act, quantize_matrix(t_a, inp, N, I, options(act, Fp8Format::e4m3, w, nullptr)), w);
   note(g, weight, quantize_matrix(t_b, w, O, I, options(weight, Fp8Format::e4m3, w, nullptr)), w);
   fp8_gemm(out, t_a, t_b);
+  if (save) {
+    quantize_matrix(t_b, inp, N, I, wgrad_options(act, Fp8Format::e4m3, w), true);
+    save->add(save_row, t_b);
+  }
 }
 
 void Fp8Linear::backward(Fp8Group g, float* dinp, float* dw, const float* dout, const float* inp, const float* w,
-                         int64_t N, int64_t I, int64_t O, bool accumulate_dinp) {
+                         int64_t N, int64_t I, int64_t O, bool accumulate_dinp, const Fp8Saved* saved,
+                         int64_t save_row) {
+  SY_CHECK(inp || saved, "FP8 linear backward ({}): no input (FP32 or saved in FP8) for the weight gradient",
+           to_string(g));
   const Fp8Format gf = recipe_.grad_format;
   if (dinp) {  // dx (N, I) = dy (N, O) . W (O, I): K = O
     note(g, grad, quantize_matrix(t_a, dout, N, O, options(grad, gf, w, nullptr)), w);
@@ -73,11 +124,14 @@ void Fp8Linear::backward(Fp8Group g, float* dinp, float* dw, const float* dout, 
     fp8_gemm(dinp, t_a, t_b, accumulate_dinp);
   }
   // dW (O, I) += dy^T (O, N) . x (N, I): K = N, both quantized along the tokens.
-  QuantOptions og = options(grad, gf, w, nullptr), oa = options(act, Fp8Format::e4m3, w, nullptr);
-  if (og.mode == ScaleMode::blocks_128x128) og.mode = ScaleMode::rows_1x128;
-  if (oa.mode == ScaleMode::blocks_128x128) oa.mode = ScaleMode::rows_1x128;
-  quantize_matrix(t_a, dout, N, O, og, true);
-  quantize_matrix(t_b, inp, N, I, oa, true);
+  quantize_matrix(t_a, dout, N, O, wgrad_options(grad, gf, w), true);
+  if (saved) {
+    saved->get(save_row, t_b);
+    SY_CHECK(t_b.rows == I && t_b.cols == N, "FP8-saved input is {}x{}, the weight gradient needs {}x{}", t_b.rows,
+             t_b.cols, I, N);
+  } else {
+    quantize_matrix(t_b, inp, N, I, wgrad_options(act, Fp8Format::e4m3, w), true);
+  }
   fp8_gemm(dw, t_a, t_b, true);
 }
 
@@ -93,19 +147,21 @@ std::vector<Fp8GroupStats> Fp8Linear::take_stats() {
   return out;
 }
 
-void mm_forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O) {
-  if (Fp8Linear* f = active_fp8())
-    f->forward(g, out, inp, w, N, I, O);
-  else
-    linear_forward(out, inp, w, N, I, O);
+void mm_forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                Fp8Saved* save) {
+  Fp8Linear* f = active_fp8();
+  SY_CHECK(f || !save, "activations saved in FP8 ({} layer) need an active FP8 recipe", to_string(g));
+  if (!f) return linear_forward(out, inp, w, N, I, O);
+  if (save) save->reset();
+  f->forward(g, out, inp, w, N, I, O, save, 0);
 }
 
 void mm_backward(Fp8Group g, float* dinp, float* dw, const float* dout, const float* inp, const float* w, int64_t N,
-                 int64_t I, int64_t O, bool accumulate_dinp) {
-  if (Fp8Linear* f = active_fp8())
-    f->backward(g, dinp, dw, dout, inp, w, N, I, O, accumulate_dinp);
-  else
-    linear_backward(dinp, dw, dout, inp, w, N, I, O, accumulate_dinp);
+                 int64_t I, int64_t O, bool accumulate_dinp, const Fp8Saved* saved) {
+  Fp8Linear* f = active_fp8();
+  SY_CHECK(f || !saved, "activations saved in FP8 ({} layer) need an active FP8 recipe", to_string(g));
+  if (!f) return linear_backward(dinp, dw, dout, inp, w, N, I, O, accumulate_dinp);
+  f->backward(g, dinp, dw, dout, inp, w, N, I, O, accumulate_dinp, saved, 0);
 }
 
 }  // namespace sy

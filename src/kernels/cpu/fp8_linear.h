@@ -39,15 +39,45 @@ struct Fp8GroupStats {
   int64_t saturated = 0;  // values clamped to the format's largest (per-tensor scales only)
 };
 
+// Inputs of FP8 linear layers kept for the weight-gradient GEMM in FP8
+// instead of FP32: x^T quantized along the token axis, exactly the operand
+// the wgrad GEMM reads (so the gradients are bit-identical to quantizing
+// the FP32 copy in backward). One part per GEMM call (a grouped GEMM saves
+// one per expert segment, found again by its first row).
+struct Fp8Saved {
+  // Appends a part (copied from m) saved for the GEMM call at `row`.
+  void add(int64_t row, const Fp8Matrix& m);
+  // The part saved at `row`, into m.
+  void get(int64_t row, Fp8Matrix& m) const;
+  void reset() { parts_.clear(), q_used_ = 0, s_used_ = 0; }
+  size_t bytes() const { return q_.capacity() + s_.capacity() * sizeof(float); }  // held
+
+ private:
+  struct Part {
+    int64_t row, rows, cols;
+    Fp8Format fmt;
+    ScaleMode mode;
+    size_t q, s, ns;  // offsets into q_ and s_, scale count
+  };
+  std::vector<Part> parts_;
+  std::vector<uint8_t> q_;  // all parts' codes, one pool: held memory follows the
+  std::vector<float> s_;    // total saved per step, not the sum of each part's maximum
+  size_t q_used_ = 0, s_used_ = 0;
+};
+
 class Fp8Linear {
  public:
   explicit Fp8Linear(const Fp8Recipe& r) : recipe_(r) {}
   const Fp8Recipe& recipe() const { return recipe_; }
 
-  void forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O);
+  // save_t: also keep inp^T quantized for the wgrad GEMM there.
+  void forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+               Fp8Saved* save = nullptr, int64_t save_row = 0);
   // dinp (N, I) overwritten (or added to with accumulate_dinp; may be null); dw (O, I) added to.
+  // saved: inp^T as forward saved it at save_row (then inp is not read).
   void backward(Fp8Group g, float* dinp, float* dw, const float* dout, const float* inp, const float* w, int64_t N,
-                int64_t I, int64_t O, bool accumulate_dinp = false);
+                int64_t I, int64_t O, bool accumulate_dinp = false, const Fp8Saved* saved = nullptr,
+                int64_t save_row = 0);
 
   // Statistics since the last call, per group; resets them. Delayed scaling
   // moves its amax histories one step on.
@@ -56,6 +86,7 @@ class Fp8Linear {
  private:
   enum Role : int { act = 0, weight = 1, grad = 2 };
   QuantOptions options(Role role, Fp8Format f, const float* key, float* scale_out);
+  QuantOptions wgrad_options(Role role, Fp8Format f, const float* key);
   void note(Fp8Group g, Role role, const QuantStats& s, const float* key);
 
   Fp8Recipe recipe_;
@@ -82,9 +113,11 @@ class Fp8Scope {
 };
 
 // Linear layers that may run in FP8: through the active Fp8Linear if any,
-// else linear_forward / linear_backward.
-void mm_forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O);
+// else linear_forward / linear_backward. With `save` (FP8 only) the input is
+// kept in FP8 for backward, which then reads `saved` instead of inp.
+void mm_forward(Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                Fp8Saved* save = nullptr);
 void mm_backward(Fp8Group g, float* dinp, float* dw, const float* dout, const float* inp, const float* w, int64_t N,
-                 int64_t I, int64_t O, bool accumulate_dinp = false);
+                 int64_t I, int64_t O, bool accumulate_dinp = false, const Fp8Saved* saved = nullptr);
 
 }  // namespace sy

@@ -10,11 +10,15 @@
 
 namespace sy {
 
+// With `save` (FP8 only) each group's input is kept in FP8 for backward,
+// which then reads `saved` instead of inp.
+struct Fp8Saved;
 void grouped_linear_forward(float* out, const float* inp, const float* const* w,
-                            const int64_t* offsets, int64_t groups, int64_t I, int64_t O);
+                            const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
+                            Fp8Saved* save = nullptr);
 void grouped_linear_backward(float* dinp, float* const* dw, const float* dout, const float* inp,
                              const float* const* w, const int64_t* offsets, int64_t groups,
-                             int64_t I, int64_t O);
+                             int64_t I, int64_t O, const Fp8Saved* saved = nullptr);
 
 template <class T>
 void grouped_linear_forward_ref(T* out, const T* inp, const T* const* w, const int64_t* offsets,

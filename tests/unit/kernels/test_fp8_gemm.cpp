@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/fp8_gemm.h"
 #include "kernels/cpu/fp8_linear.h"
+#include "kernels/cpu/grouped_gemm.h"
 #include <tuple>
 #include "kernels/cpu/linear.h"
 #include "testing.h"
@@ -154,6 +155,73 @@ TEST(Fp8Linear, ThreeGemmsCloseToFp32AndRoutedOnlyInScope) {
     EXPECT_EQ(g.saturated, 0);
     EXPECT_EQ(st[static_cast<size_t>(Fp8Group::experts)].amax_act, 0.f);
   }
+}
+
+// Keeping a layer's input in FP8 for backward gives the same gradients, bit
+// for bit, as quantizing the FP32 input in backward: it is the operand the
+// weight-gradient GEMM reads. The FP32 input is overwritten in between, as
+// the shared staging buffer is in training.
+TEST(Fp8Linear, InputsSavedInFp8GiveTheSameGradientsAndTakeAQuarter) {
+  const int64_t N = 300, I = 256, O = 96;
+  auto x = test::randn(N * I, 21), w = test::randn(O * I, 22, 0.1f), dy = test::randn(N * O, 23, 1e-3f);
+  for (Fp8Scaling sc : {Fp8Scaling::tensor_current, Fp8Scaling::tensor_delayed, Fp8Scaling::block}) {
+    SCOPED_TRACE(static_cast<int>(sc));
+    Fp8Recipe r;
+    r.scaling = sc;
+    Fp8Linear fp8(r);
+    Fp8Scope scope(&fp8);
+    std::vector<float> y1(N * O), dx1(N * I), dw1(O * I, 0.f), y2(N * O), dx2(N * I), dw2(O * I, 0.f);
+    for (int step = 0; step < 2; ++step) {  // the second step has a delayed-scaling history
+      mm_forward(Fp8Group::mlp, y1.data(), x.data(), w.data(), N, I, O);
+      mm_backward(Fp8Group::mlp, dx1.data(), dw1.data(), dy.data(), x.data(), w.data(), N, I, O);
+      Fp8Saved saved;
+      std::vector<float> staging = x;
+      mm_forward(Fp8Group::mlp, y2.data(), staging.data(), w.data(), N, I, O, &saved);
+      std::fill(staging.begin(), staging.end(), 1e30f);  // the next layer's input lands here
+      mm_backward(Fp8Group::mlp, dx2.data(), dw2.data(), dy.data(), nullptr, w.data(), N, I, O, false, &saved);
+      EXPECT_EQ(y1, y2);
+      EXPECT_EQ(dx1, dx2);
+      EXPECT_EQ(dw1, dw2);
+      // N x I codes plus scales (1 x 128 tiles along N: 3 per column).
+      const size_t codes = static_cast<size_t>(N * I);
+      EXPECT_GE(saved.bytes(), codes);
+      EXPECT_LE(saved.bytes(), codes + static_cast<size_t>(I * 3) * sizeof(float) + 64);
+      fp8.take_stats();
+    }
+  }
+}
+
+TEST(Fp8Linear, GroupedInputsSavedInFp8PerSegment) {
+  const int64_t I = 128, O = 64;
+  const std::vector<int64_t> offsets = {0, 70, 70, 201, 260};  // an empty group
+  const int64_t N = offsets.back(), G = 4;
+  auto x = test::randn(N * I, 31), dy = test::randn(N * O, 32, 1e-2f);
+  std::vector<std::vector<float>> ws;
+  std::vector<const float*> w;
+  for (int64_t g = 0; g < G; ++g) ws.push_back(test::randn(O * I, 40 + static_cast<uint64_t>(g), 0.1f));
+  for (auto& v : ws) w.push_back(v.data());
+  Fp8Recipe r;
+  Fp8Linear fp8(r);
+  Fp8Scope scope(&fp8);
+  std::vector<std::vector<float>> dw1(G, std::vector<float>(O * I, 0.f)), dw2 = dw1;
+  std::vector<float*> p1, p2;
+  for (int64_t g = 0; g < G; ++g) p1.push_back(dw1[g].data()), p2.push_back(dw2[g].data());
+  std::vector<float> y(N * O), dx1(N * I), dx2(N * I);
+  grouped_linear_forward(y.data(), x.data(), w.data(), offsets.data(), G, I, O);
+  grouped_linear_backward(dx1.data(), p1.data(), dy.data(), x.data(), w.data(), offsets.data(), G, I, O);
+  Fp8Saved saved;
+  // Two calls (as two dispatch chunks do), groups {0, 1} then {2, 3}.
+  grouped_linear_forward(y.data(), x.data(), w.data(), offsets.data(), 2, I, O, &saved);
+  grouped_linear_forward(y.data(), x.data(), w.data(), offsets.data() + 2, 2, I, O, &saved);
+  grouped_linear_backward(dx2.data(), p2.data(), dy.data(), nullptr, w.data(), offsets.data(), G, I, O, &saved);
+  EXPECT_EQ(dx1, dx2);
+  for (int64_t g = 0; g < G; ++g) EXPECT_EQ(dw1[g], dw2[g]) << "group " << g;
+  EXPECT_LE(saved.bytes(), static_cast<size_t>(N * I) * 5 / 4 + 4096);
+  // A row forward did not save is an error, not garbage.
+  Fp8Saved other;
+  EXPECT_THROW(grouped_linear_backward(dx2.data(), p2.data(), dy.data(), nullptr, w.data(), offsets.data(), G, I, O,
+                                       &other),
+               std::exception);
 }
 
 TEST(Fp8Linear, DelayedScalingUsesTheHistoryAndCountsSaturation) {
