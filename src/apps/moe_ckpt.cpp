@@ -81,6 +81,8 @@ int cmd_info(const std::string& path, bool as_json) {
             {"shards", m.shards},     {"parameters", params},
             {"seed", m.seed},         {"metrics", m.metrics},
             {"expert_load", load_stats(m)}, {"config", m.config_toml}};
+  if (!m.fp8_shape.empty())
+    j["fp8_amax_history"] = {{"tensors", m.fp8_shape[0]}, {"steps", m.fp8_shape[2]}};
   if (as_json) {
     std::cout << j.dump(1) << "\n";
     return 0;
@@ -94,6 +96,9 @@ int cmd_info(const std::string& path, bool as_json) {
   for (const json& l : j["expert_load"])
     std::cout << fmt::format("moe layer {} load imbalance {:.2f} (max / mean)\n", l["moe_layer"].get<int64_t>(),
                              l["imbalance"].get<double>());
+  if (!m.fp8_shape.empty())
+    std::cout << fmt::format("fp8         delayed-scaling amax histories: {} tensors x 3 (act, weight, grad) x {} steps\n",
+                             m.fp8_shape[0], m.fp8_shape[2]);
   std::cout << "config:\n" << m.config_toml;
   return 0;
 }

@@ -140,6 +140,7 @@ void write_manifest_into(h5::File& f, const Manifest& m) {
     f.write("expert_bias", m.expert_bias.data(), m.bias_shape);
     f.write("expert_load", m.expert_load.data(), m.bias_shape);
   }
+  if (!m.fp8_amax_history.empty()) f.write("fp8_amax_history", m.fp8_amax_history.data(), m.fp8_shape);
   f.make_group("tensors");
   for (const TensorEntry& t : m.tensors) {
     std::string g = "tensors/" + t.name;
@@ -178,6 +179,13 @@ Manifest read_manifest(const std::string& path) {
     m.expert_load.resize(m.expert_bias.size());
     f.read("expert_bias", m.expert_bias.data(), 0, static_cast<int64_t>(m.expert_bias.size()));
     f.read("expert_load", m.expert_load.data(), 0, static_cast<int64_t>(m.expert_load.size()));
+  }
+  if (f.exists("fp8_amax_history")) {
+    m.fp8_shape = f.shape("fp8_amax_history");
+    SY_CHECK(m.fp8_shape.size() == 3 && m.fp8_shape[1] == 3,
+             "fp8_amax_history has shape {}, expected (tensors, 3, steps)", fmt::join(m.fp8_shape, "x"));
+    m.fp8_amax_history.resize(static_cast<size_t>(f.numel("fp8_amax_history")));
+    f.read("fp8_amax_history", m.fp8_amax_history.data(), 0, static_cast<int64_t>(m.fp8_amax_history.size()));
   }
   for (const std::string& name : f.list("tensors")) {
     std::string g = "tensors/" + name;

@@ -79,6 +79,8 @@ struct Manifest {
   std::vector<int64_t> bias_shape;      // (moe_layers, E)
   std::vector<float> expert_bias;
   std::vector<int64_t> expert_load;
+  std::vector<int64_t> fp8_shape;       // (tensors, 3, steps): fp8-tensor-delayed amax histories
+  std::vector<float> fp8_amax_history;  // per tensor (by index): activation, weight, gradient; oldest first
   std::map<std::string, double> metrics;
   std::vector<TensorEntry> tensors;
   const TensorEntry* find(const std::string& name) const;

@@ -290,6 +290,10 @@ void Checkpointer::commit() {
         for (size_t l = 0; l < st.expert_load.size(); ++l)
           for (size_t e = 0; e < st.expert_load[l].size(); ++e) m.expert_load[l * E + e] = st.expert_load[l][e];
       }
+      if (st.fp8_len > 0) {
+        m.fp8_shape = {static_cast<int64_t>(full_.params().size()), 3, st.fp8_len};
+        m.fp8_amax_history = st.fp8_amax;
+      }
       for (const ParamInfo& p : full_.params())
         m.tensors.push_back({p.name, p.shape.dims, ckpt::shard_file_name(writer_[p.index]), p.index});
       const std::string manifest = (tmp / ckpt::kManifest).string();
@@ -396,6 +400,13 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
     for (int64_t l = 0; l < cfg_.model.moe_layers(); ++l)
       st.expert_load.emplace_back(m.expert_load.begin() + l * E, m.expert_load.begin() + (l + 1) * E);
     st.metrics = m.metrics;
+    if (!m.fp8_shape.empty()) {
+      SY_CHECK(m.fp8_shape[0] == static_cast<int64_t>(full_.params().size()),
+               "checkpoint '{}': fp8_amax_history covers {} tensors, the model has {}", dir, m.fp8_shape[0],
+               full_.params().size());
+      st.fp8_amax = m.fp8_amax_history;
+      st.fp8_len = m.fp8_shape[2];
+    }
     st.metrics["tokens_seen"] = static_cast<double>(m.tokens_seen);
   } catch (const Error& e) {
     err = e.what();

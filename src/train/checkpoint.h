@@ -44,6 +44,8 @@ struct TrainState {
   std::vector<float> expert_bias;           // (moe_layers, E)
   std::vector<std::vector<int64_t>> expert_load;  // last step's loads
   std::map<std::string, double> metrics;    // last step's loss, lr, grad_norm, val_loss
+  std::vector<float> fp8_amax;              // fp8-tensor-delayed: (tensors, 3, fp8_len) amax histories
+  int64_t fp8_len = 0;
 };
 
 class Checkpointer {

@@ -98,6 +98,11 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
     r.pow2_scales = cfg_.precision.pow2_scales;
     r.saturate = cfg_.precision.saturate;
     fp8_ = std::make_unique<Fp8Linear>(r);
+    if (r.scaling == Fp8Scaling::tensor_delayed) {  // histories by global tensor index: reduced, checkpointed
+      std::vector<std::pair<const float*, int64_t>> ids;
+      for (const ParamInfo& p : layout.params()) ids.emplace_back(params_.data() + p.offset, p.index);
+      fp8_->name_weights(ids, static_cast<int64_t>(full_layout_->params().size()));
+    }
   }
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
   inputs_.resize(static_cast<size_t>(N));
@@ -222,7 +227,7 @@ StepStats Trainer::step(int64_t step) {
   s.gemm_seconds = gc.seconds;
   s.gemm_gflops = gc.seconds > 0 ? gc.flops / gc.seconds / 1e9 : 0;
   if (fp8_) {
-    s.fp8 = fp8_->take_stats();
+    s.fp8 = fp8_->take_stats([&](float* v, size_t n) { grid_.world().allreduce_max(v, n); });
     std::vector<float> amax;
     std::vector<int64_t> sat;
     for (const Fp8GroupStats& g : s.fp8) amax.insert(amax.end(), {g.amax_act, g.amax_weight, g.amax_grad}), sat.push_back(g.saturated);
@@ -429,6 +434,13 @@ int64_t Trainer::resume() {
     try {
       TrainState st = ckpt_->load(candidates[c], params_.data(), *opt_);
       if (!st.expert_bias.empty()) expert_bias_ = st.expert_bias;
+      if (fp8_ && fp8_->named() > 0) {
+        if (st.fp8_len > 0)
+          fp8_->set_histories(st.fp8_amax, st.fp8_len);
+        else if (rank0_)
+          std::cout << "fp8: the checkpoint has no amax histories (saved without fp8-tensor-delayed); delayed "
+                       "scales start from each tensor's current amax\n";
+      }
       tokens_seen_ = static_cast<int64_t>(st.metrics["tokens_seen"]);
       if (st.seed != cfg_.train.seed) {
         if (rank0_)
@@ -460,6 +472,7 @@ TrainState Trainer::train_state(int64_t steps_done, const StepStats& s) const {
   st.metrics = {{"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                 {"tokens_seen", static_cast<double>(tokens_seen_)}};
   if (s.val_loss >= 0) st.metrics["val_loss"] = s.val_loss;
+  if (fp8_ && fp8_->named() > 0) st.fp8_amax = fp8_->histories(&st.fp8_len);
   return st;
 }
 

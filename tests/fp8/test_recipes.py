@@ -20,7 +20,7 @@ STEPS = 100
 SETS = ["model.seq_len=64", f"train.steps={STEPS}", "train.log_every=10", "train.val_every=100", "checkpoint.resume=none"]
 
 
-def train(name, recipe, ranks=1, extra=(), steps=STEPS):
+def train(name, recipe, ranks=1, extra=(), steps=STEPS, rows_expected=None):
     run = WORK / name
     shutil.rmtree(run, ignore_errors=True)
     args = [a for s in SETS + [f"run.dir={run}", f"precision.recipe={recipe}", f"train.steps={steps}", *extra]
@@ -32,7 +32,7 @@ def train(name, recipe, ranks=1, extra=(), steps=STEPS):
                        env=dict(ENV, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == steps
+    assert len(rows) == (rows_expected or steps), (len(rows), rows_expected or steps)
     return rows, p.stdout
 
 
@@ -105,6 +105,28 @@ def test_fp8_activations_same_losses_less_memory():
         assert b["fp8"] == 0 and a["fp8"] > 0
         assert a["arena"] < b["arena"] and a["expert_rows"] < b["expert_rows"], (a, b)
         assert a["total"] < 0.92 * b["total"], (a, b)
+
+
+def test_fp8_delayed_resume_exact():
+    # Delayed scaling's amax histories are training state: reduced over the
+    # ranks (every rank keeps the same), saved in the checkpoint and restored,
+    # so a run resumed at step 12 continues with bit-identical losses.
+    extra = ["parallel.ep=2", "precision.amax_history=8", "checkpoint.interval=12", "checkpoint.async=false"]
+    full, _ = train("delayed_full", "fp8-tensor-delayed", ranks=2, extra=extra, steps=24)
+    ckpt = WORK / "delayed_full" / "checkpoints" / "step_00000012"
+    import h5py
+    with h5py.File(ckpt / "manifest.h5") as f:
+        h = f["fp8_amax_history"]
+        assert h.shape[1:] == (3, 8) and h.shape[0] == len(f["tensors"]), h.shape
+        assert (h[...] > 0).any() and (h[...] >= 0).all()
+    info = subprocess.run([str(BIN / "moe-ckpt"), "info", str(ckpt)], capture_output=True, text=True)
+    assert info.returncode == 0 and "amax histories" in info.stdout and "x 8 steps" in info.stdout, info.stdout
+    resumed, out = train("delayed_resumed", "fp8-tensor-delayed", ranks=2, steps=24, rows_expected=12,
+                         extra=extra[:-2] + [f"checkpoint.resume={ckpt}"])
+    assert "resumed from" in out and "no amax histories" not in out, out[-2000:]
+    want = [r["loss"] for r in full[12:]]
+    got = [r["loss"] for r in resumed[-12:]]
+    assert got == want, f"resumed losses differ from step 13 on:\n{got}\n{want}"
 
 
 if __name__ == "__main__":

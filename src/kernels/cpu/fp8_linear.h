@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -80,8 +81,21 @@ class Fp8Linear {
                 int64_t save_row = 0);
 
   // Statistics since the last call, per group; resets them. Delayed scaling
-  // moves its amax histories one step on.
-  std::vector<Fp8GroupStats> take_stats();
+  // moves its amax histories one step on: with named weights, this step's
+  // amaxes are first reduced by reduce_max (over ranks, so every rank keeps
+  // the same histories, TransformerEngine's amax reduction).
+  std::vector<Fp8GroupStats> take_stats(const std::function<void(float*, size_t)>& reduce_max = {});
+
+  // Delayed scaling keyed by a global id per weight (its index in the full
+  // model) rather than by address: the same on every rank and layout, so
+  // histories can be reduced over ranks, saved and resumed. ids: (weight, id).
+  void name_weights(const std::vector<std::pair<const float*, int64_t>>& ids, int64_t n_ids);
+  int64_t named() const { return n_ids_; }
+  // Amax histories of the named weights, (n_ids, 3 roles: act, weight,
+  // grad, len) oldest first; every history has the same length len.
+  std::vector<float> histories(int64_t* len) const;
+  // Restores them (the newest amax_history steps of len are kept).
+  void set_histories(const std::vector<float>& h, int64_t len);
 
  private:
   enum Role : int { act = 0, weight = 1, grad = 2 };
@@ -90,13 +104,17 @@ class Fp8Linear {
   void note(Fp8Group g, Role role, const QuantStats& s, const float* key);
 
   Fp8Recipe recipe_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<Fp8GroupStats> stats_ = std::vector<Fp8GroupStats>(static_cast<size_t>(Fp8Group::count));
   struct History {
     std::vector<float> amax;  // ring of past steps
     float current = 0;        // this step's amax so far
   };
-  std::map<std::pair<const float*, int>, History> history_;
+  History& history(const float* key, int role);  // (mu_ held)
+  std::map<std::pair<const float*, int>, History> history_;  // unnamed weights
+  std::map<const float*, int64_t> ids_;
+  int64_t n_ids_ = 0;
+  std::vector<History> named_;  // (n_ids, 3)
 };
 
 // The active Fp8Linear of this process (null: FP32), set for a scope.
