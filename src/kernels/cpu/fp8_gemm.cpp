@@ -21,7 +21,11 @@ float fp8_scale_for(float amax, Fp8Format f, bool pow2) {
   if (!(amax > 0) || !std::isfinite(amax)) return 1.f;
   float s = fp8_max(f) / amax;
   if (!std::isfinite(s)) s = 0x1p126f;  // amax is tiny: the largest sensible scale
-  if (pow2) s = std::exp2(std::floor(std::log2(s)));
+  if (pow2) {  // round down to a power of two, exactly (log2 in float can round up just below one)
+    int e = 0;
+    std::frexp(s, &e);
+    s = std::ldexp(1.f, e - 1);
+  }
   return s;
 }
 

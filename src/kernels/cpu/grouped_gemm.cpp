@@ -25,11 +25,12 @@ void grouped_linear_forward(float* out, const float* inp, const float* const* w,
 void grouped_linear_backward(float* dinp, float* const* dw, const float* dout, const float* inp,
                              const float* const* w, const int64_t* offsets, int64_t groups,
                              int64_t I, int64_t O, const Fp8Saved* saved) {
-  SY_CHECK(inp || saved, "grouped linear backward: no input (FP32 or saved in FP8) for the weight gradient");
   for (int64_t e = 0; e < groups; ++e) {
     int64_t n = offsets[e + 1] - offsets[e];
     if (n == 0) continue;
     const float* dout_e = dout + offsets[e] * O;
+    SY_CHECK(inp || saved, "grouped linear backward: no input (FP32 or saved in FP8) for group {}'s weight gradient",
+             e);
     const float* inp_e = inp ? inp + offsets[e] * I : nullptr;  // null: saved in FP8
     if (Fp8Linear* f = active_fp8()) {
       f->backward(Fp8Group::experts, dinp + offsets[e] * I, dw[e], dout_e, inp_e, w[e], n, I, O, false,
