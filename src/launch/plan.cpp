@@ -148,7 +148,7 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   p.memory.grads = p.memory.params;
   const double dense_local = static_cast<double>(p.params_rank - expert_local);
   const double edp = static_cast<double>(p.shape.dp / p.shape.ep);
-  p.memory.optimizer = 2 * f4 *
+  p.memory.optimizer = 2 * (cfg.precision.moments == "bf16" ? 2.0 : f4) *
                        (cfg.parallel.zero1 ? dense_local / static_cast<double>(p.shape.dp) + static_cast<double>(expert_local) / edp
                                            : static_cast<double>(p.params_rank));
   {

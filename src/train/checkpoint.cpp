@@ -100,8 +100,10 @@ std::vector<float> Checkpointer::gather_moments(const AdamW& opt, std::map<int64
     put64(v, p.index);
     put64(v, r.begin - p.offset);
     put64(v, n);
-    v.insert(v.end(), opt.m().data() + r.state, opt.m().data() + r.state + n);
-    v.insert(v.end(), opt.v().data() + r.state, opt.v().data() + r.state + n);
+    for (char which : {'m', 'v'}) {
+      v.resize(v.size() + static_cast<size_t>(n));
+      opt.get_moments(which, r.state, n, v.data() + v.size() - n);
+    }
   }
   std::vector<int64_t> scount(P), sdispl(P), rcount(P), rdispl(P);
   std::vector<float> send;
@@ -173,13 +175,29 @@ std::string Checkpointer::save(const TrainState& st, const float* params, const 
 
   // What this rank writes: its tensors' weights and moments.
   std::map<int64_t, int64_t> where;
-  if (sync_.zero1()) moments_ = gather_moments(opt, where);
+  // Moments the writer reads from a copy: ZeRO-1 gathers the parts; BF16
+  // moments are widened to FP32 (exact) for the file.
+  const bool copied = sync_.zero1() || opt.bf16_moments();
+  if (sync_.zero1()) {
+    moments_ = gather_moments(opt, where);
+  } else if (opt.bf16_moments()) {
+    int64_t size = 0;
+    for (const ParamInfo& p : local_.params())
+      if (writer_[p.index] == me) where[p.index] = size, size += 2 * p.numel();
+    moments_.resize(static_cast<size_t>(size));
+    for (const ParamInfo& p : local_.params())
+      if (writer_[p.index] == me) {
+        float* dst = moments_.data() + where.at(p.index);
+        opt.get_moments('m', p.offset, p.numel(), dst);
+        opt.get_moments('v', p.offset, p.numel(), dst + p.numel());
+      }
+  }
   std::vector<Item> items;
   for (size_t i = 0; i < local_.params().size(); ++i) {
     const ParamInfo& p = local_.params()[i];
     if (writer_[p.index] != me) continue;
-    const float* m = sync_.zero1() ? moments_.data() + where.at(p.index) : opt.m().data() + p.offset;
-    const float* v = sync_.zero1() ? m + p.numel() : opt.v().data() + p.offset;
+    const float* m = copied ? moments_.data() + where.at(p.index) : opt.fp32_moments('m') + p.offset;
+    const float* v = copied ? m + p.numel() : opt.fp32_moments('v') + p.offset;
     items.push_back({static_cast<int64_t>(i), {params + p.offset, m, v}});
   }
   pending_ = true;
@@ -389,9 +407,11 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
       const ckpt::TensorEntry& t = entry(p);
       r.read("params", t, params + p.offset, 0, p.numel());
       for (const char* g : {"adam_m", "adam_v"})
-        for (const OptRange* range : ranges_of[i])
-          r.read(g, t, (g[5] == 'm' ? opt.m() : opt.v()).data() + range->state, range->begin - p.offset,
-                 range->end - p.offset);
+        for (const OptRange* range : ranges_of[i]) {
+          std::vector<float> part(static_cast<size_t>(range->end - range->begin));
+          r.read(g, t, part.data(), range->begin - p.offset, range->end - p.offset);
+          opt.set_moments(g[5], range->state, static_cast<int64_t>(part.size()), part.data());
+        }
     }
     st.step = m.step;
     st.seed = m.seed;

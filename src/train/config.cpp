@@ -241,6 +241,7 @@ const std::vector<Key>& schema() {
     k.push_back(integer("precision", "amax_history", SY_REF(int64_t, precision.amax_history), 1, 1 << 20, "fp8-tensor-delayed: steps of amax history a scale is computed from"));
     k.push_back(boolean("precision", "pow2_scales", SY_REF(bool, precision.pow2_scales), "round FP8 scales down to powers of two"));
     k.push_back(boolean("precision", "saturate", SY_REF(bool, precision.saturate), "FP8 overflow clamps to the largest finite value (else NaN / Inf)"));
+    k.push_back(string("precision", "moments", SY_REF(std::string, precision.moments), {"fp32", "bf16"}, "storage of the AdamW moments: FP32, or BF16 (half the optimizer memory; the update computes in FP32; checkpoints hold FP32)"));
     k.push_back(boolean("precision", "fp8_activations", SY_REF(bool, precision.fp8_activations), "FP8 recipes: activations saved for the weight gradient of FP8 linear layers (norm outputs feeding wqkv / dense w13, SwiGLU outputs feeding w2) are kept in FP8, not FP32"));
     // checkpoint
     k.push_back(integer("checkpoint", "interval", SY_REF(int64_t, checkpoint.interval), 0, kBig, "save every N steps, at the end and on SIGUSR1/SIGTERM; 0 = on signal only"));

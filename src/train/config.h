@@ -63,6 +63,7 @@ struct PrecisionSection {
   bool pow2_scales = false;           // scales rounded down to powers of two
   bool saturate = true;               // overflow clamps to the largest finite value (else NaN / Inf)
   bool fp8_activations = true;        // FP8 recipes: keep the inputs of FP8 linears saved for backward in FP8
+  std::string moments = "fp32";       // AdamW moments stored in "fp32" or "bf16" (master weights stay FP32)
 };
 
 struct CheckpointSection {

@@ -42,15 +42,44 @@ double clip_coef(double norm, double max_norm) {
   return std::min(1.0, max_norm / (norm + 1e-6));
 }
 
-AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t)
-    : ranges_(std::move(ranges)), t_(t), m_(static_cast<size_t>(state_size)), v_(static_cast<size_t>(state_size)) {}
+AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t, bool bf16_moments)
+    : ranges_(std::move(ranges)), t_(t), bf16_(bf16_moments) {
+  const size_t n = static_cast<size_t>(state_size);
+  if (bf16_)
+    m16_.assign(n, 0), v16_.assign(n, 0);
+  else
+    m_.resize(n), v_.resize(n);
+}
+
+void AdamW::get_moments(char which, int64_t state, int64_t n, float* out) const {
+  if (!bf16_) {
+    const float* src = (which == 'm' ? m_ : v_).data() + state;
+    std::copy(src, src + n, out);
+    return;
+  }
+  const uint16_t* src = (which == 'm' ? m16_ : v16_).data() + state;
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(src[i]);
+}
+
+void AdamW::set_moments(char which, int64_t state, int64_t n, const float* in) {
+  if (!bf16_) {
+    std::copy(in, in + n, (which == 'm' ? m_ : v_).data() + state);
+    return;
+  }
+  uint16_t* dst = (which == 'm' ? m16_ : v16_).data() + state;
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_from_float(in[i]);
+}
 
 void AdamW::update(float* params, const float* grads, int64_t step, double lr, double grad_scale) {
   for (const OptRange& r : ranges_) {
     AdamWParams a{static_cast<float>(lr), static_cast<float>(t_.beta1), static_cast<float>(t_.beta2),
                   static_cast<float>(t_.eps), r.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
                   static_cast<float>(grad_scale)};
-    adamw_update(params + r.begin, grads + r.state, m_.data() + r.state, v_.data() + r.state, r.end - r.begin, a);
+    if (bf16_)
+      adamw_update_bf16(params + r.begin, grads + r.state, m16_.data() + r.state, v16_.data() + r.state,
+                        r.end - r.begin, a);
+    else
+      adamw_update(params + r.begin, grads + r.state, m_.data() + r.state, v_.data() + r.state, r.end - r.begin, a);
   }
 }
 

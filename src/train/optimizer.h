@@ -32,20 +32,27 @@ double clip_coef(double norm, double max_norm);
 
 class AdamW {
  public:
-  AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t);
+  // bf16_moments: m and v stored in BF16 (half the optimizer memory); the
+  // update computes in FP32. Checkpoints hold them as FP32 (exact).
+  AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t, bool bf16_moments = false);
   // One update at 0-based `step` with learning rate lr, on gradients
   // (found at state offsets) times grad_scale, the clipping factor.
   void update(float* params, const float* grads_by_state, int64_t step, double lr, double grad_scale = 1.0);
-  FloatBuffer& m() { return m_; }
-  FloatBuffer& v() { return v_; }
-  const FloatBuffer& m() const { return m_; }
-  const FloatBuffer& v() const { return v_; }
+  bool bf16_moments() const { return bf16_; }
+  // Moments `which` ('m' or 'v') at state offsets [state, state + n), as FP32.
+  void get_moments(char which, int64_t state, int64_t n, float* out) const;
+  void set_moments(char which, int64_t state, int64_t n, const float* in);
+  // The live FP32 moments (FP32 storage only).
+  const float* fp32_moments(char which) const { return (which == 'm' ? m_ : v_).data(); }
+  size_t moment_bytes() const { return bf16_ ? 2 * m16_.size() * 2 : 2 * m_.size() * 4; }
   const std::vector<OptRange>& ranges() const { return ranges_; }
 
  private:
   std::vector<OptRange> ranges_;
   TrainSection t_;
-  FloatBuffer m_, v_;
+  bool bf16_ = false;
+  FloatBuffer m_, v_;                  // FP32 moments
+  std::vector<uint16_t> m16_, v16_;    // BF16 moments
 };
 
 }  // namespace sy

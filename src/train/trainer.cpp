@@ -85,7 +85,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   grads_.resize(static_cast<size_t>(layout.total()));
   init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
   sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
-  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train);
+  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train, cfg_.precision.moments == "bf16");
   ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   if (cfg_.precision.recipe != "fp32") {

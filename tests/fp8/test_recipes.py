@@ -129,6 +129,30 @@ def test_fp8_delayed_resume_exact():
     assert got == want, f"resumed losses differ from step 13 on:\n{got}\n{want}"
 
 
+def test_bf16_moments():
+    # AdamW moments in BF16 (FP32 master weights): trains like FP32 moments
+    # (within 1%), and checkpoints hold them exactly, so a resumed run is
+    # bit-identical, with the optimizer replicated and with ZeRO-1.
+    check_loss_only(train("bf16_moments", "fp32", extra=["precision.moments=bf16"])[0], 0.01)
+    for zero1 in ("false", "true"):
+        extra = ["parallel.ep=2", f"parallel.zero1={zero1}", "precision.moments=bf16", "checkpoint.interval=12",
+                 "checkpoint.async=false"]
+        full, _ = train(f"bf16_full_{zero1}", "fp8-block", ranks=2, extra=extra, steps=24)
+        ckpt = WORK / f"bf16_full_{zero1}" / "checkpoints" / "step_00000012"
+        resumed, out = train(f"bf16_resumed_{zero1}", "fp8-block", ranks=2, steps=24, rows_expected=12,
+                             extra=extra[:-2] + [f"checkpoint.resume={ckpt}"])
+        assert [r["loss"] for r in resumed[-12:]] == [r["loss"] for r in full[12:]], f"zero1={zero1}"
+
+
+def check_loss_only(rows, limit):
+    base = json.loads((WORK / "fp32.json").read_text())
+    loss, val = final(rows)
+    for what, got, want in (("train loss", loss, base["loss"]), ("validation loss", val, base["val"])):
+        rel = abs(got - want) / want
+        print(f"{what}: {got:.4f} vs FP32 moments {want:.4f} ({100 * rel:.2f}%, limit {100 * limit:.0f}%)")
+        assert rel <= limit, f"{what} {got:.4f} is {100 * rel:.2f}% from {want:.4f}"
+
+
 if __name__ == "__main__":
     globals()[CASE]()
     print(f"{CASE}: ok")

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace sy {
 
@@ -18,6 +19,25 @@ struct AdamWParams {
 };
 
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a);
+
+// BF16 storage (the upper half of an FP32, rounded to nearest even; NaN stays NaN).
+inline uint16_t bf16_from_float(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// The same update with moments stored in BF16: read, updated in FP32 (the
+// weight step uses the FP32 values), stored rounded to nearest even.
+void adamw_update_bf16(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWParams& a);
 
 template <class T>
 void adamw_update_ref(T* p, const T* g, T* m, T* v, int64_t n, const AdamWParams& a) {
