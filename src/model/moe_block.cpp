@@ -332,10 +332,9 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
   linear_backward(dh, grads + o.router, s.drl, h, params + o.router, N, C, E, true);
 }
 
-size_t MoeActs::buffer_bytes() const {
-  const size_t f = sizeof(float);
-  return (x_recv.capacity() + up.capacity() + act.capacity() + y_send.capacity()) * f + x_win.bytes() +
-         y_win.bytes() + s_act_q.bytes() + act_q.bytes() + x_q.bytes();
+size_t MoeActs::row_bytes() const {
+  return (x_recv.capacity() + up.capacity() + act.capacity() + y_send.capacity()) * sizeof(float) + x_win.bytes() +
+         y_win.bytes();
 }
 
 double moe_block_flops(const MoeActs& a, const Dims& d) {

@@ -74,7 +74,8 @@ struct MoeActs {
     s_up = a.template alloc<float>(d.N * 2 * d.S);
     s_act = fp8 ? st.act : a.template alloc<float>(d.N * d.S);
   }
-  size_t buffer_bytes() const;  // data-dependent buffers held (rows received, FP8 storage)
+  size_t row_bytes() const;  // FP32 buffers of the rows this rank's experts receive and send back
+  size_t fp8_bytes() const { return s_act_q.bytes() + act_q.bytes() + x_q.bytes(); }
 };
 
 // One block's activations: what backward needs (training) and what a

@@ -56,9 +56,8 @@ Transformer::ActivationMemory Transformer::activation_memory() const {
   ActivationMemory m;
   m.arena = arena_.capacity();
   for (const BlockActs& L : layers_) {
-    const size_t moe_fp8 = L.moe.s_act_q.bytes() + L.moe.act_q.bytes() + L.moe.x_q.bytes();
-    m.fp8 += L.attn.h1_q.bytes() + L.dense.h_q.bytes() + L.dense.act_q.bytes() + moe_fp8;
-    m.expert_rows += L.moe.buffer_bytes() - moe_fp8;
+    m.fp8 += L.attn.h1_q.bytes() + L.dense.h_q.bytes() + L.dense.act_q.bytes() + L.moe.fp8_bytes();
+    m.expert_rows += L.moe.row_bytes();
   }
   m.expert_rows += (moe_scratch_.act.capacity() + moe_scratch_.x_recv.capacity()) * sizeof(float) +
                    moe_scratch_.x_win.bytes();

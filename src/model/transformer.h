@@ -55,7 +55,6 @@ class Transformer {
   };
   ActivationMemory activation_memory() const;
   size_t activation_bytes() const { return activation_memory().total(); }
-  bool fp8_activations() const { return staging_.on(); }
 
   // inputs, targets: (B, T) token ids. expert_bias: (moe_layers, E) or null.
   // With `train`, keeps the activations backward() needs and the gradient

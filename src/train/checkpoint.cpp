@@ -81,12 +81,19 @@ Checkpointer::~Checkpointer() {
   if (thread_.joinable()) thread_.join();
 }
 
+int64_t Checkpointer::written_moments_layout(std::map<int64_t, int64_t>& where) const {
+  int64_t size = 0;
+  for (const ParamInfo& p : local_.params())
+    if (writer_[p.index] == grid_.world().rank()) where[p.index] = size, size += 2 * p.numel();
+  return size;
+}
+
 std::vector<float> Checkpointer::gather_moments(const AdamW& opt, std::map<int64_t, int64_t>& where) const {
   // With ZeRO-1 each rank holds parts of the moments; send every part to
   // its tensor's writer. A piece on the wire: 3 int64 header words (tensor
   // index, first element, count) as 6 floats, then m, then v.
   const Comm& world = grid_.world();
-  const int64_t P = world.size(), me = world.rank();
+  const int64_t P = world.size();
   std::vector<std::vector<float>> out(P);
   auto put64 = [](std::vector<float>& v, int64_t x) {
     float f[2];
@@ -118,11 +125,7 @@ std::vector<float> Checkpointer::gather_moments(const AdamW& opt, std::map<int64
   std::vector<float> recv(static_cast<size_t>(total));
   world.alltoallv_rows(send.data(), scount, sdispl, recv.data(), rcount, rdispl, 1, "checkpoint moment gather");
 
-  // Full moments of the tensors this rank writes: m then v, tensor after tensor.
-  int64_t size = 0;
-  for (const ParamInfo& p : local_.params())
-    if (writer_[p.index] == me) where[p.index] = size, size += 2 * p.numel();
-  std::vector<float> moments(static_cast<size_t>(size));
+  std::vector<float> moments(static_cast<size_t>(written_moments_layout(where)));
   auto get64 = [](const float* f) {
     int64_t x;
     std::memcpy(&x, f, 8);
@@ -181,15 +184,11 @@ std::string Checkpointer::save(const TrainState& st, const float* params, const 
   if (sync_.zero1()) {
     moments_ = gather_moments(opt, where);
   } else if (opt.bf16_moments()) {
-    int64_t size = 0;
+    moments_.resize(static_cast<size_t>(written_moments_layout(where)));
     for (const ParamInfo& p : local_.params())
-      if (writer_[p.index] == me) where[p.index] = size, size += 2 * p.numel();
-    moments_.resize(static_cast<size_t>(size));
-    for (const ParamInfo& p : local_.params())
-      if (writer_[p.index] == me) {
-        float* dst = moments_.data() + where.at(p.index);
-        opt.get_moments('m', p.offset, p.numel(), dst);
-        opt.get_moments('v', p.offset, p.numel(), dst + p.numel());
+      if (auto it = where.find(p.index); it != where.end()) {
+        opt.get_moments('m', p.offset, p.numel(), moments_.data() + it->second);
+        opt.get_moments('v', p.offset, p.numel(), moments_.data() + it->second + p.numel());
       }
   }
   std::vector<Item> items;

@@ -87,6 +87,9 @@ class Checkpointer {
   void commit();
   void write_shard(const std::string& path, const std::vector<Item>& items) const;
   std::vector<float> gather_moments(const AdamW& opt, std::map<int64_t, int64_t>& where) const;
+  // Offsets of the full moments (m then v) of the tensors this rank writes,
+  // tensor after tensor, into where; returns the floats they take.
+  int64_t written_moments_layout(std::map<int64_t, int64_t>& where) const;
   void retain() const;
 
   RunConfig cfg_;

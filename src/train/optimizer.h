@@ -44,7 +44,6 @@ class AdamW {
   void set_moments(char which, int64_t state, int64_t n, const float* in);
   // The live FP32 moments (FP32 storage only).
   const float* fp32_moments(char which) const { return (which == 'm' ? m_ : v_).data(); }
-  size_t moment_bytes() const { return bf16_ ? 2 * m16_.size() * 2 : 2 * m_.size() * 4; }
   const std::vector<OptRange>& ranges() const { return ranges_; }
 
  private:

@@ -215,12 +215,14 @@ StepStats Trainer::step(int64_t step) {
     for (int64_t c : l) mx = std::max(mx, c), sum += c;
     s.imbalance.push_back(sum > 0 ? static_cast<double>(mx) * static_cast<double>(l.size()) / static_cast<double>(sum) : 1.0);
   }
-  s.seconds = now_seconds() - t0;
+  // Slowest rank's step time and largest activation memory, in one all-reduce.
   const Transformer::ActivationMemory am = model_->activation_memory();
   const size_t amb[4] = {am.arena, am.expert_rows, am.fp8, am.total()};
-  for (int i = 0; i < 4; ++i) s.act_mib[i] = static_cast<double>(amb[i]) / (1 << 20);
-  grid_.world().allreduce_max(s.act_mib, 4);
-  grid_.world().allreduce_max(&s.seconds, 1);
+  double mx[5] = {now_seconds() - t0};
+  for (int i = 0; i < 4; ++i) mx[i + 1] = static_cast<double>(amb[i]) / (1 << 20);
+  grid_.world().allreduce_max(mx, 5);
+  s.seconds = mx[0];
+  std::copy(mx + 1, mx + 5, s.act_mib);
   s.tokens_per_s = sums[1] / s.seconds;
   s.gflops = 3.0 * sums[4] / s.seconds / 1e9;
   GemmCounters gc = gemm_counters();

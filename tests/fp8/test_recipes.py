@@ -41,7 +41,8 @@ def final(rows):
     return sum(last) / len(last), rows[-1]["val_loss"]
 
 
-def check(rows, out, limit):
+def check_loss(rows, limit):
+    """Mean of the last 10 training losses and the final validation loss within `limit` of the FP32 run's."""
     base = json.loads((WORK / "fp32.json").read_text())
     loss, val = final(rows)
     for what, got, want in (("train loss (mean of the last 10 steps)", loss, base["loss"]),
@@ -49,6 +50,10 @@ def check(rows, out, limit):
         rel = abs(got - want) / want
         print(f"{what}: {got:.4f} vs FP32 {want:.4f} ({100 * rel:.2f}%, limit {100 * limit:.0f}%)")
         assert rel <= limit, f"{what} {got:.4f} is {100 * rel:.2f}% from FP32's {want:.4f} (limit {100 * limit}%)"
+
+
+def check(rows, out, limit):
+    check_loss(rows, limit)
     # amax and saturation per group in metrics and the log line.
     groups = rows[-1]["fp8"]
     assert set(groups) == {"attn_qkv", "attn_out", "mlp", "experts", "shared"}, groups
@@ -133,7 +138,7 @@ def test_bf16_moments():
     # AdamW moments in BF16 (FP32 master weights): trains like FP32 moments
     # (within 1%), and checkpoints hold them exactly, so a resumed run is
     # bit-identical, with the optimizer replicated and with ZeRO-1.
-    check_loss_only(train("bf16_moments", "fp32", extra=["precision.moments=bf16"])[0], 0.01)
+    check_loss(train("bf16_moments", "fp32", extra=["precision.moments=bf16"])[0], 0.01)
     for zero1 in ("false", "true"):
         extra = ["parallel.ep=2", f"parallel.zero1={zero1}", "precision.moments=bf16", "checkpoint.interval=12",
                  "checkpoint.async=false"]
@@ -142,15 +147,6 @@ def test_bf16_moments():
         resumed, out = train(f"bf16_resumed_{zero1}", "fp8-block", ranks=2, steps=24, rows_expected=12,
                              extra=extra[:-2] + [f"checkpoint.resume={ckpt}"])
         assert [r["loss"] for r in resumed[-12:]] == [r["loss"] for r in full[12:]], f"zero1={zero1}"
-
-
-def check_loss_only(rows, limit):
-    base = json.loads((WORK / "fp32.json").read_text())
-    loss, val = final(rows)
-    for what, got, want in (("train loss", loss, base["loss"]), ("validation loss", val, base["val"])):
-        rel = abs(got - want) / want
-        print(f"{what}: {got:.4f} vs FP32 moments {want:.4f} ({100 * rel:.2f}%, limit {100 * limit:.0f}%)")
-        assert rel <= limit, f"{what} {got:.4f} is {100 * rel:.2f}% from {want:.4f}"
 
 
 if __name__ == "__main__":

@@ -59,17 +59,38 @@ int32_t lt_scale_mode(ScaleMode m) {
 
 }  // namespace
 
+namespace {
+// Device 0 as found once per process: its properties, or why there is none.
+struct DeviceInfo {
+  bool present = false;
+  std::string why;
+  cudaDeviceProp prop{};
+};
+const DeviceInfo& device() {
+  static const DeviceInfo info = [] {
+    DeviceInfo d;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      d.why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e) : "no CUDA device";
+      cudaGetLastError();  // clear it
+      return d;
+    }
+    check_cuda(cudaGetDeviceProperties(&d.prop, 0), "cudaGetDeviceProperties");
+    d.present = true;
+    return d;
+  }();
+  return info;
+}
+}  // namespace
+
 bool fp8_device_available(std::string* why) {
-  int n = 0;
-  cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess || n == 0) {
-    if (why) *why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e)
-                                     : std::string("no CUDA device");
-    cudaGetLastError();  // clear it
+  const DeviceInfo& d = device();
+  if (!d.present) {
+    if (why) *why = d.why;
     return false;
   }
-  cudaDeviceProp p{};
-  check_cuda(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
+  const cudaDeviceProp& p = d.prop;
   if (p.major * 10 + p.minor < 89) {
     if (why) *why = fmt::format("{} is sm_{}{}: FP8 tensor cores need sm_89 or newer", p.name, p.major, p.minor);
     return false;
@@ -79,8 +100,7 @@ bool fp8_device_available(std::string* why) {
 
 bool fp8_block_scaling_supported(std::string* why) {
   if (!fp8_device_available(why)) return false;
-  cudaDeviceProp p{};
-  check_cuda(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
+  const cudaDeviceProp& p = device().prop;
   if (p.major != 9) {
     if (why) *why = fmt::format("{} is sm_{}{}: cuBLASLt's VEC128 / BLK128x128 scales are an sm_90 feature", p.name,
                                 p.major, p.minor);
