@@ -188,7 +188,8 @@ TEST(Simulator, ZeroBubbleH1) {
         EXPECT_NEAR(sim.makespan, 3.0 * m + (p - 1), 1e-9);
       }
       EXPECT_LE(std::abs(sim.mean_bubble() - analytic_bubble(s)), 2.0 / sim.makespan + 1e-9);
-      EXPECT_LE(*std::max_element(validate(s).peak_in_flight.begin(), validate(s).peak_in_flight.end()), p);
+      const std::vector<int> peak = validate(s).peak_in_flight;
+      EXPECT_LE(*std::max_element(peak.begin(), peak.end()), p);
     }
 }
 
