@@ -227,6 +227,20 @@ Request Comm::ialltoallv_rows(const float* send, const std::vector<int64_t>& sco
   return Request(req, what, this, {std::move(sc), std::move(sd), std::move(rc), std::move(rd)});
 }
 
+Request Comm::isend(const float* data, int64_t n, int peer, int tag, const char* what) const {
+  SY_CHECK(!solo() && peer >= 0 && peer < size_, "{}: no member {} in {}", what, peer, describe());
+  MPI_Request req;
+  SY_MPI_CHECK(MPI_Isend(data, as_count(n, what), MPI_FLOAT, peer, tag, comm_, &req));
+  return Request(req, what, this);
+}
+
+Request Comm::irecv(float* data, int64_t n, int peer, int tag, const char* what) const {
+  SY_CHECK(!solo() && peer >= 0 && peer < size_, "{}: no member {} in {}", what, peer, describe());
+  MPI_Request req;
+  SY_MPI_CHECK(MPI_Irecv(data, as_count(n, what), MPI_FLOAT, peer, tag, comm_, &req));
+  return Request(req, what, this);
+}
+
 Request Comm::iallreduce_sum(float* data, int64_t n, const char* what) const {
   if (solo()) return {};
   MPI_Request req;

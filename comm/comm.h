@@ -117,6 +117,10 @@ class Comm {
                           const std::vector<int64_t>& sdispl, float* recv, const std::vector<int64_t>& rcount,
                           const std::vector<int64_t>& rdispl, int64_t row, const char* what) const;
 
+  // Point-to-point (pipeline stages): n floats to / from group member `peer`.
+  Request isend(const float* data, int64_t n, int peer, int tag, const char* what) const;
+  Request irecv(float* data, int64_t n, int peer, int tag, const char* what) const;
+
   // In-place sum over the group.
   Request iallreduce_sum(float* data, int64_t n, const char* what) const;
   // data (sum of counts) is summed over the group and member i receives

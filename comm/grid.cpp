@@ -32,8 +32,6 @@ GridShape Grid::resolve(int64_t world, GridShape s, int64_t experts, const std::
   SY_CONFIG_CHECK(experts == 0 || experts % s.ep == 0, "{}: moe.experts = {} cannot be split evenly over "
                   "parallel.ep = {} ranks; parallel.ep can be {}", source, experts, s.ep,
                   divisors_of_both(s.dp, experts));
-  SY_CONFIG_CHECK(s.pp == 1, "{}: parallel.pp = {}: pipeline parallelism is not in this build yet; set "
-                  "parallel.pp = 1", source, s.pp);
   return s;
 }
 

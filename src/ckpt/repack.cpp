@@ -21,7 +21,8 @@ std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int6
   for (int64_t i : order) {
     int64_t best = -1;
     for (int64_t r = 0; r < world; ++r) {
-      bool holds = tensors[i].expert < 0 || (r % dp) % ep == tensors[i].expert / per_rank;
+      bool holds = (tensors[i].expert < 0 || (r % dp) % ep == tensors[i].expert / per_rank) &&
+                   (tensors[i].pp < 0 || r / dp == tensors[i].pp);
       if (holds && (best < 0 || load[r] < load[best])) best = r;
     }
     SY_CHECK(best >= 0, "no rank of a {}-rank layout holds tensor {}", world, i);

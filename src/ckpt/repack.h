@@ -13,6 +13,7 @@ namespace sy::ckpt {
 struct TensorHome {
   int64_t numel;
   int64_t expert;  // routed expert index, -1 if every data-parallel rank holds the tensor
+  int64_t pp = -1;  // pipeline rank that saves it, -1: every pipeline rank holds it
 };
 
 // World rank that writes each tensor: among the ranks that hold it (rank r

@@ -1,5 +1,6 @@
 #include "model/layout.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -28,7 +29,10 @@ int64_t ParamLayout::add(std::string name, Shape shape, ParamKind kind, int64_t 
   return params_.back().offset;
 }
 
-ParamLayout::ParamLayout(const ModelConfig& m, ExpertSlice experts) : experts_(experts) {
+ParamLayout::ParamLayout(const ModelConfig& m, ExpertSlice experts, StageSpec stage)
+    : experts_(experts), stage_(std::move(stage)) {
+  SY_CHECK(stage_.layers.empty() || static_cast<int64_t>(stage_.layers.size()) == m.n_layers,
+           "stage spec names {} layers, the model has {}", stage_.layers.size(), m.n_layers);
   if (experts_.count < 0) experts_ = {0, m.moe.experts};
   SY_CHECK(experts_.begin >= 0 && experts_.begin + experts_.count <= m.moe.experts,
            "expert slice [{}, {}) is outside the model's {} experts", experts_.begin,
@@ -37,53 +41,57 @@ ParamLayout::ParamLayout(const ModelConfig& m, ExpertSlice experts) : experts_(e
   const double std = m.init_std;
   // Residual-branch output projections are scaled down by depth (GPT-2).
   const double out_std = m.init_std / std::sqrt(2.0 * static_cast<double>(m.n_layers));
-  embed_ = add("embed.weight", {V, C}, ParamKind::embed, -1, -1, false, std);
+  const bool tied_head = stage_.head && m.tie_embeddings;
+  embed_ = add("embed.weight", {V, C}, ParamKind::embed, -1, -1, false, std, stage_.embed || tied_head);
+  if (embed_ >= 0 && !stage_.embed) params_.back().replica = true;
   blocks_.resize(static_cast<size_t>(m.n_layers));
   for (int64_t l = 0; l < m.n_layers; ++l) {
     BlockOffsets& b = blocks_[static_cast<size_t>(l)];
+    const bool here = stage_.holds(l);
     std::string pre = fmt::format("layers.{}.", l);
-    b.attn_norm = add(pre + "attn_norm.weight", {C}, ParamKind::attn_norm, l, -1, true, 0);
-    b.wqkv = add(pre + "attn.wqkv", {m.qkv_width(), C}, ParamKind::wqkv, l, -1, false, std);
-    b.wo = add(pre + "attn.wo", {C, m.n_heads * D}, ParamKind::wo, l, -1, false, out_std);
-    b.ffn_norm = add(pre + "ffn_norm.weight", {C}, ParamKind::ffn_norm, l, -1, true, 0);
+    b.attn_norm = add(pre + "attn_norm.weight", {C}, ParamKind::attn_norm, l, -1, true, 0, here);
+    b.wqkv = add(pre + "attn.wqkv", {m.qkv_width(), C}, ParamKind::wqkv, l, -1, false, std, here);
+    b.wo = add(pre + "attn.wo", {C, m.n_heads * D}, ParamKind::wo, l, -1, false, out_std, here);
+    b.ffn_norm = add(pre + "ffn_norm.weight", {C}, ParamKind::ffn_norm, l, -1, true, 0, here);
     if (!m.is_moe_layer(l)) {
       int64_t F = m.dense_width();
-      b.mlp_w13 = add(pre + "mlp.w13", {2 * F, C}, ParamKind::mlp_w13, l, -1, false, std);
-      b.mlp_w2 = add(pre + "mlp.w2", {C, F}, ParamKind::mlp_w2, l, -1, false, out_std);
+      b.mlp_w13 = add(pre + "mlp.w13", {2 * F, C}, ParamKind::mlp_w13, l, -1, false, std, here);
+      b.mlp_w2 = add(pre + "mlp.w2", {C, F}, ParamKind::mlp_w2, l, -1, false, out_std, here);
       continue;
     }
     const MoeConfig& e = m.moe;
-    b.router = add(pre + "moe.router", {e.experts, C}, ParamKind::router, l, -1, false, std);
+    b.router = add(pre + "moe.router", {e.experts, C}, ParamKind::router, l, -1, false, std, here);
     if (e.shared_experts > 0) {
       int64_t S = e.shared_experts * e.expert_hidden;
-      b.shared_w13 = add(pre + "moe.shared.w13", {2 * S, C}, ParamKind::shared_w13, l, -1, false, std);
-      b.shared_w2 = add(pre + "moe.shared.w2", {C, S}, ParamKind::shared_w2, l, -1, false, out_std);
+      b.shared_w13 = add(pre + "moe.shared.w13", {2 * S, C}, ParamKind::shared_w13, l, -1, false, std, here);
+      b.shared_w2 = add(pre + "moe.shared.w2", {C, S}, ParamKind::shared_w2, l, -1, false, out_std, here);
     }
     for (int64_t x = 0; x < e.experts; ++x) {
-      bool local = x >= experts_.begin && x < experts_.begin + experts_.count;
+      bool local = here && x >= experts_.begin && x < experts_.begin + experts_.count;
       std::string ep = fmt::format("{}moe.experts.{}.", pre, x);
       int64_t w13 = add(ep + "w13", {2 * e.expert_hidden, C}, ParamKind::expert_w13, l, x, false, std, local);
       int64_t w2 = add(ep + "w2", {C, e.expert_hidden}, ParamKind::expert_w2, l, x, false, out_std, local);
       if (local) b.expert_w13.push_back(w13), b.expert_w2.push_back(w2);
     }
   }
-  final_norm_ = add("final_norm.weight", {C}, ParamKind::final_norm, -1, -1, true, 0);
-  lm_head_ = m.tie_embeddings ? embed_ : add("lm_head.weight", {V, C}, ParamKind::lm_head, -1, -1, false, std);
+  final_norm_ = add("final_norm.weight", {C}, ParamKind::final_norm, -1, -1, true, 0, stage_.head);
+  lm_head_ = m.tie_embeddings ? embed_
+                              : add("lm_head.weight", {V, C}, ParamKind::lm_head, -1, -1, false, std, stage_.head);
 
-  // Buckets, in backward order.
-  buckets_.push_back({"head", final_norm_, total_, false, m.n_layers});
+  // Buckets, in backward order: head, then per held layer from the last its
+  // dense tensors and its routed experts, then the embedding.
+  std::vector<int64_t> layer_end(static_cast<size_t>(m.n_layers), -1);
+  for (const ParamInfo& p : params_)
+    if (p.layer >= 0) layer_end[static_cast<size_t>(p.layer)] = std::max(layer_end[static_cast<size_t>(p.layer)], p.offset + p.numel());
+  if (final_norm_ >= 0) buckets_.push_back({"head", final_norm_, total_, false, m.n_layers});
   for (int64_t l = m.n_layers - 1; l >= 0; --l) {
+    if (!stage_.holds(l)) continue;
     const BlockOffsets& b = blocks_[static_cast<size_t>(l)];
-    int64_t dense_end = b.expert_w13.empty() ? (l + 1 < m.n_layers ? blocks_[static_cast<size_t>(l + 1)].attn_norm
-                                                                  : final_norm_)
-                                             : b.expert_w13.front();
-    buckets_.push_back({fmt::format("layers.{}", l), b.attn_norm, dense_end, false, l});
-    if (!b.expert_w13.empty()) {
-      int64_t end = l + 1 < m.n_layers ? blocks_[static_cast<size_t>(l + 1)].attn_norm : final_norm_;
-      buckets_.push_back({fmt::format("layers.{}.experts", l), b.expert_w13.front(), end, true, l});
-    }
+    const int64_t end = layer_end[static_cast<size_t>(l)];
+    buckets_.push_back({fmt::format("layers.{}", l), b.attn_norm, b.expert_w13.empty() ? end : b.expert_w13.front(), false, l});
+    if (!b.expert_w13.empty()) buckets_.push_back({fmt::format("layers.{}.experts", l), b.expert_w13.front(), end, true, l});
   }
-  buckets_.push_back({"embed", embed_, blocks_.empty() ? final_norm_ : blocks_.front().attn_norm, false, -1});
+  if (embed_ >= 0) buckets_.push_back({"embed", embed_, embed_ + V * C, false, -1});
 }
 
 const ParamInfo& ParamLayout::find(std::string_view name) const {

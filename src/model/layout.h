@@ -30,6 +30,9 @@ struct ParamInfo {
   bool decay = true;    // weight decay applies (matrices yes, norm gains no)
   bool ones = false;    // initialised to 1 (norm gains), else normal(0, init_std)
   double init_std = 0;
+  bool replica = false;  // a second copy (tied embedding on the last pipeline stage): its
+                        // gradient is summed with the first stage's, it is not saved or
+                        // counted twice in the gradient norm
   int64_t offset = 0;   // into this rank's flat buffer
   int64_t index = 0;    // position in the full model's table (all experts)
   int64_t numel() const { return shape.numel(); }
@@ -61,9 +64,19 @@ struct BlockOffsets {
   std::vector<int64_t> expert_w13, expert_w2;        // per local routed expert
 };
 
+// Which part of the model a rank holds (pipeline parallelism): a set of
+// layers, and whether it has the embedding (first stage) and the final norm
+// and head (last stage). With tied embeddings the last stage holds a
+// replica of the embedding as its head.
+struct StageSpec {
+  std::vector<bool> layers;  // (L) held; empty = all
+  bool embed = true, head = true;
+  bool holds(int64_t l) const { return layers.empty() || layers[static_cast<size_t>(l)]; }
+};
+
 class ParamLayout {
  public:
-  explicit ParamLayout(const ModelConfig& cfg, ExpertSlice experts = {});
+  explicit ParamLayout(const ModelConfig& cfg, ExpertSlice experts = {}, StageSpec stage = {});
 
   const std::vector<ParamInfo>& params() const { return params_; }
   int64_t total() const { return total_; }
@@ -73,6 +86,9 @@ class ParamLayout {
   int64_t final_norm() const { return final_norm_; }
   int64_t lm_head() const { return lm_head_; }  // == embed() when tied
   const ExpertSlice& experts() const { return experts_; }
+  const StageSpec& stage() const { return stage_; }
+  bool has_embed() const { return embed_ >= 0; }
+  bool has_head() const { return final_norm_ >= 0; }
   // Buckets in the order backward finishes them.
   const std::vector<Bucket>& buckets() const { return buckets_; }
 
@@ -83,6 +99,7 @@ class ParamLayout {
   std::vector<BlockOffsets> blocks_;
   std::vector<Bucket> buckets_;
   ExpertSlice experts_;
+  StageSpec stage_;
   int64_t total_ = 0, index_ = 0, embed_ = -1, final_norm_ = -1, lm_head_ = -1;
 };
 

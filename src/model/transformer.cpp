@@ -15,18 +15,23 @@ namespace sy {
 template <class A>
 void Transformer::bind(A& a) {
   const Dims& d = d_;
-  x_.resize(static_cast<size_t>(cfg_.n_layers + 1));
-  for (float*& x : x_) x = a.template alloc<float>(d.N * d.C);
-  layers_.resize(static_cast<size_t>(cfg_.n_layers));
+  const int64_t L = cfg_.n_layers;
   if (fp8_activations_) staging_.bind(a, d);
-  for (int64_t l = 0; l < cfg_.n_layers; ++l)
-    layers_[static_cast<size_t>(l)].bind(a, d, cfg_.is_moe_layer(l), staging_);
-  hf_ = a.template alloc<float>(d.N * d.C);
-  rstdf_ = a.template alloc<float>(d.N);
-  logits_ = a.template alloc<float>(d.N * d.V);
-  losses_ = a.template alloc<float>(d.N);
-  dres_ = a.template alloc<float>(d.N * d.C);
-  tokens_ = a.template alloc<int32_t>(d.N);
+  for (Slot& S : slots_) {
+    S.x.assign(static_cast<size_t>(L + 1), nullptr);
+    for (int64_t l = run_.begin; l <= run_.end; ++l) S.x[static_cast<size_t>(l)] = a.template alloc<float>(d.N * d.C);
+    S.layers.resize(static_cast<size_t>(L));
+    for (int64_t l = run_.begin; l < run_.end; ++l)
+      S.layers[static_cast<size_t>(l)].bind(a, d, cfg_.is_moe_layer(l), staging_);
+    if (run_.head) {
+      S.hf = a.template alloc<float>(d.N * d.C);
+      S.rstdf = a.template alloc<float>(d.N);
+      S.logits = a.template alloc<float>(d.N * d.V);
+      S.losses = a.template alloc<float>(d.N);
+    }
+    S.dres = a.template alloc<float>(d.N * d.C);
+    if (run_.embed) S.tokens = a.template alloc<int32_t>(d.N);
+  }
   rope_cos_ = a.template alloc<float>(d.T * d.D / 2);
   rope_sin_ = a.template alloc<float>(d.T * d.D / 2);
   scratch_.bind(a, d);
@@ -39,12 +44,23 @@ ExpertSlice local_experts(const ModelConfig& cfg, const MoeContext& ctx) {
 }
 }  // namespace
 
-Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx, bool fp8_activations)
+Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx, bool fp8_activations,
+                         StageRun run)
     : cfg_(cfg),
       ctx_(std::move(ctx)),
-      layout_(cfg, local_experts(cfg, ctx_)),
+      run_(std::move(run)),
+      layout_(run_.layout ? run_.layout : std::make_shared<const ParamLayout>(cfg, local_experts(cfg, ctx_))),
       d_(cfg, micro_batch),
       fp8_activations_(fp8_activations) {
+  if (run_.end < 0) run_.end = cfg_.n_layers;
+  SY_CHECK(run_.begin >= 0 && run_.begin <= run_.end && run_.end <= cfg_.n_layers && run_.slots >= 1,
+           "stage run [{}, {}) with {} slots does not fit a model of {} layers", run_.begin, run_.end, run_.slots,
+           cfg_.n_layers);
+  for (int64_t l = run_.begin; l < run_.end; ++l)
+    SY_CHECK(layout_->params().empty() || layout_->stage().holds(l), "the parameter layout lacks layer {}", l);
+  SY_CHECK(!run_.embed || layout_->has_embed(), "the parameter layout lacks the embedding");
+  SY_CHECK(!run_.head || layout_->has_head(), "the parameter layout lacks the head");
+  slots_.resize(static_cast<size_t>(run_.slots));
   ArenaPlan plan;
   bind(plan);
   arena_.reserve(plan.bytes());
@@ -55,37 +71,42 @@ Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext
 Transformer::ActivationMemory Transformer::activation_memory() const {
   ActivationMemory m;
   m.arena = arena_.capacity();
-  for (const BlockActs& L : layers_) {
-    m.fp8 += L.attn.h1_q.bytes() + L.dense.h_q.bytes() + L.dense.act_q.bytes() + L.moe.fp8_bytes();
-    m.expert_rows += L.moe.row_bytes();
-  }
+  for (const Slot& S : slots_)
+    for (int64_t l = run_.begin; l < run_.end; ++l) {
+      const BlockActs& L = S.layers[static_cast<size_t>(l)];
+      m.fp8 += L.attn.h1_q.bytes() + L.dense.h_q.bytes() + L.dense.act_q.bytes() + L.moe.fp8_bytes();
+      m.expert_rows += L.moe.row_bytes();
+    }
   m.expert_rows += (moe_scratch_.act.capacity() + moe_scratch_.x_recv.capacity()) * sizeof(float) +
                    moe_scratch_.x_win.bytes();
   return m;
 }
 
-MicroBatchStats Transformer::forward(const float* params, const float* expert_bias,
+MicroBatchStats Transformer::forward(int64_t slot, const float* params, const float* expert_bias,
                                      const int32_t* inputs, const int32_t* targets, bool train,
                                      double loss_scale) {
   const Dims& d = d_;
+  const ParamLayout& layout = *layout_;
+  Slot& S = slots_[static_cast<size_t>(slot)];
   const float eps = static_cast<float>(cfg_.norm_eps);
   for (int64_t n = 0; n < d.N; ++n) {
-    SY_CHECK(inputs[n] >= 0 && inputs[n] < d.V && targets[n] >= 0 && targets[n] < d.V,
+    SY_CHECK((!run_.embed || (inputs[n] >= 0 && inputs[n] < d.V)) && (!run_.head || (targets[n] >= 0 && targets[n] < d.V)),
              "token id out of range at batch position {} (sequence {}, offset {}): input {}, "
              "target {}, vocab_size {}",
-             n, n / d.T, n % d.T, inputs[n], targets[n], d.V);
+             n, n / d.T, n % d.T, run_.embed ? inputs[n] : 0, run_.head ? targets[n] : 0, d.V);
   }
-  std::memcpy(tokens_, inputs, static_cast<size_t>(d.N) * sizeof(int32_t));
   RopeTables rope{rope_cos_, rope_sin_};
   MicroBatchStats st;
-  st.tokens = d.N;
 
-  embedding_forward(x_[0], inputs, params + layout_.embed(), d.N, d.C);
+  if (run_.embed) {
+    std::memcpy(S.tokens, inputs, static_cast<size_t>(d.N) * sizeof(int32_t));
+    embedding_forward(S.x[static_cast<size_t>(run_.begin)], inputs, params + layout.embed(), d.N, d.C);
+  }
   double attn_flops = 4.0 * d.B * d.H * d.D * (d.T * (d.T + 1) / 2);  // QK^T and PV, causal
-  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    BlockActs& L = layers_[static_cast<size_t>(l)];
-    const BlockOffsets& o = layout_.block(l);
-    attention_block_forward(L.attn, L.x_mid, x_[l], params, o, d, rope, eps, scratch_);
+  for (int64_t l = run_.begin; l < run_.end; ++l) {
+    BlockActs& L = S.layers[static_cast<size_t>(l)];
+    const BlockOffsets& o = layout.block(l);
+    attention_block_forward(L.attn, L.x_mid, S.x[static_cast<size_t>(l)], params, o, d, rope, eps, scratch_);
     st.flops += 2.0 * d.N * d.C * (d.R + d.H * d.D) + attn_flops;
     rmsnorm_forward(L.h2, L.rstd2, L.x_mid, params + o.ffn_norm, d.N, d.C, eps);
     float* ffn_out = scratch_.tmp;
@@ -95,6 +116,7 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
                         o, d, cfg_.moe, ctx_, moe_scratch_);
       st.router.push_back(router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
       st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
+      st.moe_index.push_back(m);
       st.dropped += L.moe.dropped;
       st.picks += d.N * d.K;
       st.flops += moe_block_flops(L.moe, d);
@@ -102,7 +124,7 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
       dense_ffn_forward(L.dense, ffn_out, L.h2, params, o, d);
       st.flops += 2.0 * d.N * d.C * 3.0 * d.Fd;
     }
-    float* x_out = x_[l + 1];
+    float* x_out = S.x[static_cast<size_t>(l + 1)];
     parallel_for(d.N, [&](int64_t n) {
       const float* a = L.x_mid + n * d.C;
       const float* b = ffn_out + n * d.C;
@@ -111,47 +133,53 @@ MicroBatchStats Transformer::forward(const float* params, const float* expert_bi
       for (int64_t c = 0; c < d.C; ++c) z[c] = a[c] + b[c];
     });
   }
-  rmsnorm_forward(hf_, rstdf_, x_[cfg_.n_layers], params + layout_.final_norm(), d.N, d.C, eps);
-  linear_forward(logits_, hf_, params + layout_.lm_head(), d.N, d.C, d.V);
+  S.loss_scale = loss_scale;
+  S.have_train_forward = train;
+  if (!run_.head) return st;
+  st.tokens = d.N;
+  rmsnorm_forward(S.hf, S.rstdf, S.x[static_cast<size_t>(run_.end)], params + layout.final_norm(), d.N, d.C, eps);
+  linear_forward(S.logits, S.hf, params + layout.lm_head(), d.N, d.C, d.V);
   st.flops += 2.0 * d.N * d.C * d.V;
   // Mean over the tokens of the whole data-parallel micro-batch.
   float dscale = static_cast<float>(loss_scale / static_cast<double>(d.N * ctx_.dp.size()));
-  cross_entropy(losses_, train ? logits_ : nullptr, logits_, targets, d.N, d.V, dscale);
-  for (int64_t n = 0; n < d.N; ++n) st.loss_sum += losses_[n];
-  loss_scale_ = loss_scale;
-  have_train_forward_ = train;
+  cross_entropy(S.losses, train ? S.logits : nullptr, S.logits, targets, d.N, d.V, dscale);
+  for (int64_t n = 0; n < d.N; ++n) st.loss_sum += S.losses[n];
   return st;
 }
 
-void Transformer::backward(const float* params, float* grads, const std::function<void(int64_t)>& ready) {
-  SY_CHECK(have_train_forward_, "Transformer::backward needs a forward with train = true first");
-  have_train_forward_ = false;
+void Transformer::backward(int64_t slot, const float* params, float* grads, const std::function<void(int64_t)>& ready) {
+  Slot& S = slots_[static_cast<size_t>(slot)];
+  SY_CHECK(S.have_train_forward, "Transformer::backward needs a forward with train = true first (slot {})", slot);
+  S.have_train_forward = false;
   const Dims& d = d_;
+  const ParamLayout& layout = *layout_;
   RopeTables rope{rope_cos_, rope_sin_};
   Scratch& s = scratch_;
 
-  // Head: logits_ holds dL/dlogits.
-  linear_backward(s.dh, grads + layout_.lm_head(), logits_, hf_, params + layout_.lm_head(), d.N, d.C, d.V);
-  std::memset(dres_, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
-  rmsnorm_backward(dres_, grads + layout_.final_norm(), s.dh, x_[cfg_.n_layers],
-                   params + layout_.final_norm(), rstdf_, d.N, d.C);
-  if (ready) ready(cfg_.n_layers);
-
-  for (int64_t l = cfg_.n_layers - 1; l >= 0; --l) {
-    BlockActs& L = layers_[static_cast<size_t>(l)];
-    const BlockOffsets& o = layout_.block(l);
+  if (run_.head) {  // S.logits holds dL/dlogits
+    linear_backward(s.dh, grads + layout.lm_head(), S.logits, S.hf, params + layout.lm_head(), d.N, d.C, d.V);
+    std::memset(S.dres, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
+    rmsnorm_backward(S.dres, grads + layout.final_norm(), s.dh, S.x[static_cast<size_t>(run_.end)],
+                     params + layout.final_norm(), S.rstdf, d.N, d.C);
+    if (ready) ready(cfg_.n_layers);
+  }
+  for (int64_t l = run_.end - 1; l >= run_.begin; --l) {
+    BlockActs& L = S.layers[static_cast<size_t>(l)];
+    const BlockOffsets& o = layout.block(l);
     // dres = dL/dx_{l+1} = dL/d ffn_out; the residual carries it to x_mid.
     if (cfg_.is_moe_layer(l))
-      moe_block_backward(s.dh, grads, L.moe, dres_, L.h2, params, o, d, cfg_.moe, loss_scale_, ctx_,
+      moe_block_backward(s.dh, grads, L.moe, S.dres, L.h2, params, o, d, cfg_.moe, S.loss_scale, ctx_,
                          moe_scratch_, s);
     else
-      dense_ffn_backward(s.dh, grads, L.dense, dres_, L.h2, params, o, d, s);
-    rmsnorm_backward(dres_, grads + o.ffn_norm, s.dh, L.x_mid, params + o.ffn_norm, L.rstd2, d.N, d.C);
-    attention_block_backward(dres_, grads, L.attn, x_[l], params, o, d, rope, s);
+      dense_ffn_backward(s.dh, grads, L.dense, S.dres, L.h2, params, o, d, s);
+    rmsnorm_backward(S.dres, grads + o.ffn_norm, s.dh, L.x_mid, params + o.ffn_norm, L.rstd2, d.N, d.C);
+    attention_block_backward(S.dres, grads, L.attn, S.x[static_cast<size_t>(l)], params, o, d, rope, s);
     if (ready) ready(l);
   }
-  embedding_backward(grads + layout_.embed(), dres_, tokens_, d.N, d.C);
-  if (ready) ready(-1);
+  if (run_.embed) {
+    embedding_backward(grads + layout.embed(), S.dres, S.tokens, d.N, d.C);
+    if (ready) ready(-1);
+  }
 }
 
 }  // namespace sy

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "core/arena.h"
@@ -29,6 +30,19 @@ struct MicroBatchStats {
   std::vector<std::vector<int64_t>> load;   // per MoE layer: (E) picks before dropping
   int64_t dropped = 0, picks = 0;           // routed picks dropped / made
   double flops = 0;                         // forward FLOPs (GEMMs and attention)
+  std::vector<int64_t> moe_index;           // per entry of router / load: its MoE layer (0-based among MoE layers)
+};
+
+// The part of the model one Transformer runs (a pipeline stage's chunk):
+// blocks [begin, end), the embedding in front if `embed`, final norm, head
+// and loss behind if `head`. `slots`: micro-batches whose activations it
+// can hold at once. `layout`: the rank's parameter layout when several
+// chunks share one buffer (null: the Transformer builds its own).
+struct StageRun {
+  int64_t begin = 0, end = -1;  // end -1: all layers
+  bool embed = true, head = true;
+  int64_t slots = 1;
+  std::shared_ptr<const ParamLayout> layout;
 };
 
 class Transformer {
@@ -39,12 +53,14 @@ class Transformer {
   // fp8_activations: the inputs of FP8 linear layers that only their weight
   // gradient reads are kept in FP8, not FP32 (needs an active FP8 recipe
   // around forward and backward).
-  Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx = {}, bool fp8_activations = false);
+  Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx = {}, bool fp8_activations = false,
+              StageRun run = {});
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
-  const ParamLayout& layout() const { return layout_; }
+  const ParamLayout& layout() const { return *layout_; }
+  const StageRun& run() const { return run_; }
   const Dims& dims() const { return d_; }
   // Activation memory held: the fixed arena (sized from the shape), the
   // data-dependent buffers of the MoE layers (rows an expert receives) and
@@ -60,42 +76,64 @@ class Transformer {
   // With `train`, keeps the activations backward() needs and the gradient
   // of loss_scale * mean CE w.r.t. the logits (logits() then holds it).
   MicroBatchStats forward(const float* params, const float* expert_bias, const int32_t* inputs,
+                          const int32_t* targets, bool train, double loss_scale = 1.0) {
+    return forward(0, params, expert_bias, inputs, targets, train, loss_scale);
+  }
+  // The same on activation slot `slot`. Without the embedding the input is
+  // what input(slot) holds (inputs may be null); without the head there is
+  // no loss (targets may be null) and output(slot) holds the result.
+  MicroBatchStats forward(int64_t slot, const float* params, const float* expert_bias, const int32_t* inputs,
                           const int32_t* targets, bool train, double loss_scale = 1.0);
+  float* input(int64_t slot) { return slots_[static_cast<size_t>(slot)].x[static_cast<size_t>(run_.begin)]; }
+  const float* output(int64_t slot) const { return slots_[static_cast<size_t>(slot)].x[static_cast<size_t>(run_.end)]; }
+  // Without the head, backward reads dL/d output from here; without the
+  // embedding it leaves dL/d input here.
+  float* grad_output(int64_t slot) { return slots_[static_cast<size_t>(slot)].dres; }
+  const float* grad_input(int64_t slot) const { return slots_[static_cast<size_t>(slot)].dres; }
 
   // Adds d(loss_scale * (mean CE + weighted balance terms)) / d params into
   // grads, for the micro-batch of the last training forward. `ready(key)` is
   // called as soon as the gradients of a bucket are complete (see
   // Bucket::ready: n_layers = head, l = block l, -1 = embedding).
-  void backward(const float* params, float* grads, const std::function<void(int64_t)>& ready = {});
+  void backward(const float* params, float* grads, const std::function<void(int64_t)>& ready = {}) {
+    backward(0, params, grads, ready);
+  }
+  void backward(int64_t slot, const float* params, float* grads, const std::function<void(int64_t)>& ready = {});
 
-  const float* logits() const { return logits_; }    // (N, V) after forward
-  const float* losses() const { return losses_; }    // (N) per-token CE
+  const float* logits() const { return slots_[0].logits; }  // (N, V) after forward
+  const float* losses() const { return slots_[0].losses; }  // (N) per-token CE
 
  private:
   template <class A>
   void bind(A& a);
 
+  // What one micro-batch in flight holds.
+  struct Slot {
+    std::vector<BlockActs> layers;   // (L), bound for [begin, end)
+    std::vector<float*> x;           // (L + 1) residual stream (N, C) entering each block / leaving the last
+    float* hf = nullptr;             // (N, C) final_norm(x_L)                  (head)
+    float* rstdf = nullptr;          // (N)
+    float* logits = nullptr;         // (N, V); after a training forward, the loss gradient
+    float* losses = nullptr;         // (N)
+    float* dres = nullptr;           // (N, C) gradient of the residual stream
+    int32_t* tokens = nullptr;       // (N) inputs of the last forward        (embedding)
+    double loss_scale = 1.0;
+    bool have_train_forward = false;
+  };
+
   ModelConfig cfg_;
   MoeContext ctx_;
-  ParamLayout layout_;
+  StageRun run_;
+  std::shared_ptr<const ParamLayout> layout_;
   Dims d_;
   bool fp8_activations_ = false;
   MoeScratch moe_scratch_;
   Arena arena_;
-  std::vector<BlockActs> layers_;
+  std::vector<Slot> slots_;
   Fp8Staging staging_;      // FP8 activation storage: FP32 values while forward needs them
-  std::vector<float*> x_;   // (L + 1) residual stream (N, C) entering each block / leaving the last
-  float* hf_;               // (N, C) final_norm(x_L)
-  float* rstdf_;            // (N)
-  float* logits_;           // (N, V); after a training forward, the loss gradient
-  float* losses_;           // (N)
-  float* dres_;             // (N, C) gradient of the residual stream
-  int32_t* tokens_;         // (N) inputs of the last forward
   float* rope_cos_;         // (T, D/2)
   float* rope_sin_;
   Scratch scratch_;
-  double loss_scale_ = 1.0;
-  bool have_train_forward_ = false;
 };
 
 }  // namespace sy

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include "train/pipeline_plan.h"
+
 #include <omp.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -67,7 +69,10 @@ Checkpointer::Checkpointer(const RunConfig& cfg, const Grid& grid, const ParamLa
     : cfg_(cfg), grid_(grid), local_(local), full_(full), sync_(sync) {
   dir_ = cfg.checkpoint.dir.empty() ? (fs::path(cfg.run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
   std::vector<ckpt::TensorHome> homes;
-  for (const ParamInfo& p : full.params()) homes.push_back({p.numel(), p.expert});
+  std::unique_ptr<PipelinePlan> plan;
+  if (grid.pp_size() > 1) plan = std::make_unique<PipelinePlan>(plan_pipeline(cfg, grid.pp_size()));
+  for (const ParamInfo& p : full.params())
+    homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p, cfg.model.n_layers) : -1});
   writer_ = ckpt::assign_writers(homes, grid.world().size(), grid.dp_size(), grid.ep_size(), cfg.model.moe.experts);
   // Staging for async saves, bounded by checkpoint.staging_mb, paid for now
   // (first touch of fresh pages is slow) rather than inside the first save.
@@ -102,6 +107,7 @@ std::vector<float> Checkpointer::gather_moments(const AdamW& opt, std::map<int64
   };
   for (const OptRange& r : opt.ranges()) {
     const ParamInfo& p = local_.params()[r.param];
+    if (p.replica) continue;  // its home stage sends the same moments
     std::vector<float>& v = out[writer_[p.index]];
     const int64_t n = r.end - r.begin;
     put64(v, p.index);

@@ -144,6 +144,21 @@ Key strings(std::string sec, std::string name, std::vector<std::string>& (*ref)(
   return k;
 }
 
+Key integers(std::string sec, std::string name, std::vector<int64_t>& (*ref)(RunConfig&), std::string doc) {
+  Key k{std::move(sec), std::move(name), "an array of integers", std::move(doc), true, nullptr, nullptr};
+  k.set = [k, ref](RunConfig& c, const toml::node& v, const Where& w) {
+    std::vector<int64_t> out;
+    if (!v.is_array()) bad_type(k, v, w);
+    for (const toml::node& e : *v.as_array()) {
+      if (!e.is_integer()) bad_type(k, v, w);
+      out.push_back(e.as_integer()->get());
+    }
+    ref(c) = std::move(out);
+  };
+  k.show = [ref](const RunConfig& c) { return fmt::format("[{}]", fmt::join(ref(const_cast<RunConfig&>(c)), ", ")); };
+  return k;
+}
+
 Key score_fn() {
   Key k{"moe", "score", "one of \"softmax\", \"sigmoid\"",
         "router score function (DeepSeek-V3 uses sigmoid)", true, nullptr, nullptr};
@@ -230,6 +245,11 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 0, 1 << 20, "data-parallel ranks; 0 = job ranks / pp"));
     k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));
     k.push_back(integer("parallel", "pp", SY_REF(int64_t, parallel.pp), 1, 1 << 20, "pipeline stages"));
+    k.push_back(string("parallel", "schedule", SY_REF(std::string, parallel.schedule), {"gpipe", "1f1b", "interleaved", "zb"}, "pipeline schedule (pp > 1): GPipe, 1F1B, interleaved 1F1B over parallel.virtual chunks, or zero-bubble (split backward)"));
+    k.push_back(integer("parallel", "microbatches", SY_REF(int64_t, parallel.microbatches), 0, 1 << 14, "micro-batches per step through the pipeline; 0 = train.grad_accum (with pp > 1 it sets train.grad_accum)"));
+    k.push_back(integer("parallel", "virtual", SY_REF(int64_t, parallel.virtual_stages), 1, 64, "model chunks per pipeline rank (interleaved schedule)"));
+    k.push_back(integers("parallel", "split", SY_REF(std::vector<int64_t>, parallel.split), "layers per pipeline stage (pp x virtual entries, stage order); empty = balanced by estimated cost"));
+    k.push_back(string("parallel", "recompute", SY_REF(std::string, parallel.recompute), {"none", "full"}, "activation recomputation per pipeline stage: keep every activation, or keep only each stage's input and recompute its forward before backward"));
     k.push_back(boolean("parallel", "zero1", SY_REF(bool, parallel.zero1), "shard AdamW state over data-parallel ranks (ZeRO-1)"));
     k.push_back(string("parallel", "transport", SY_REF(std::string, parallel.transport), {"auto", "shm", "mpi"}, "MoE row transport: shared memory (ep group on one node), MPI all-to-all-v, or auto"));
     k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts (mpi transport)"));
@@ -354,6 +374,13 @@ const char* default_config_text() { return embedded::tiny_toml; }
 
 void RunConfig::resolve_batch(int64_t dp) {
   TrainSection& t = train;
+  if (parallel.microbatches > 0) {
+    SY_CONFIG_CHECK(t.grad_accum == 1 || t.grad_accum == parallel.microbatches,
+                    "{}: parallel.microbatches = {} and train.grad_accum = {} disagree: both are the micro-batches "
+                    "of a step; set one of them", source, parallel.microbatches, t.grad_accum);
+    t.grad_accum = parallel.microbatches;
+  }
+  parallel.microbatches = t.grad_accum;
   SY_CONFIG_CHECK(t.micro_batch > 0 || t.global_batch > 0,
                   "{}: set train.global_batch or train.micro_batch (both are 0)", source);
   if (t.micro_batch == 0) {

@@ -49,6 +49,11 @@ struct TrainSection {
 
 struct ParallelSection {
   int64_t dp = 0, ep = 0, pp = 1;  // dp, ep = 0: from the job (dp = ranks / pp, ep = gcd(dp, experts))
+  std::string schedule = "1f1b";   // pipeline schedule: "gpipe", "1f1b", "interleaved", "zb"
+  int64_t microbatches = 0;        // micro-batches per step through the pipeline; 0 = train.grad_accum
+  int64_t virtual_stages = 1;      // parallel.virtual: model chunks per pipeline rank (interleaved)
+  std::vector<int64_t> split;      // layers per stage (pp x virtual); empty = balanced by cost
+  std::string recompute = "none";  // "none" or "full" (keep each stage's input, recompute before backward)
   bool zero1 = false;              // shard AdamW state over the data-parallel group
   std::string transport = "auto";  // MoE rows: "shm" (ep group on one node), "mpi" (all-to-all-v), "auto"
   bool overlap = false;            // chunked dispatch overlapping all-to-all with expert compute (mpi transport)

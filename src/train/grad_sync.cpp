@@ -8,9 +8,11 @@ namespace sy {
 
 namespace {
 // Cuts params[begin, end) at tensor boundaries.
-void add_ranges(std::vector<OptRange>& out, const ParamLayout& layout, int64_t begin, int64_t end, int64_t state) {
+void add_ranges(std::vector<OptRange>& out, const ParamLayout& layout, int64_t begin, int64_t end, int64_t state,
+                bool skip_replicas = false) {
   const auto& ps = layout.params();
   for (size_t i = 0; i < ps.size(); ++i) {
+    if (skip_replicas && ps[i].replica) continue;
     int64_t b = std::max(begin, ps[i].offset), e = std::min(end, ps[i].offset + ps[i].numel());
     if (b < e) out.push_back({b, e, state + (b - begin), ps[i].decay, static_cast<int64_t>(i)});
   }
@@ -32,7 +34,7 @@ GradSync::GradSync(const ParamLayout& layout, const Grid& grid, bool zero1) : la
     state_size_ += p.counts[me];
     // This rank's part: what it owns for the norm, and with ZeRO-1 all it updates.
     int64_t pb = b.begin + p.displs[me], pe = pb + p.counts[me];
-    add_ranges(owned_, layout, pb, pe, zero1 ? p.state : pb);
+    add_ranges(owned_, layout, pb, pe, zero1 ? p.state : pb, true);  // a replica counts on its home stage
     if (zero1) add_ranges(ranges_, layout, pb, pe, p.state);
     parts_.push_back(std::move(p));
   }

@@ -1,5 +1,7 @@
 #include "train/trainer.h"
 
+#include "train/pipeline_state.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -77,8 +79,17 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   shm_ = one_node && transport != "mpi";
   MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
                  static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap, shm_};
-  model_ = std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx,
-                                         cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations);
+  const bool fp8_acts = cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations;
+  if (pipelined()) {
+    setup_pipeline(ctx, fp8_acts);
+  } else {
+    SY_CONFIG_CHECK(cfg_.parallel.recompute == "none", "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
+                    "it needs parallel.pp > 1", cfg_.source, cfg_.parallel.recompute);
+    SY_CONFIG_CHECK(cfg_.parallel.virtual_stages == 1 && cfg_.parallel.split.empty(),
+                    "{}: parallel.virtual and parallel.split need parallel.pp > 1", cfg_.source);
+    chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_acts));
+  }
+  model_ = chunks_[0].get();
   full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
   const ParamLayout& layout = model_->layout();
   params_.resize(static_cast<size_t>(layout.total()));
@@ -109,7 +120,6 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   targets_.resize(static_cast<size_t>(N));
 }
 
-Trainer::~Trainer() = default;
 
 std::string Trainer::describe() const {
   const ModelConfig& m = cfg_.model;
@@ -128,12 +138,19 @@ std::string Trainer::describe() const {
                                       m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
                                                                 : std::string("dropless"));
   const ParallelSection& p = cfg_.parallel;
+  std::string pipe;
+  if (const PipelinePlan* pl = pipeline())
+    pipe = fmt::format("\npipe   : {} schedule, pp {} x {} chunk{}, {} micro-batches, recompute {}, split {} {}\n{}",
+                       p.schedule, pl->pp, pl->v, pl->v == 1 ? "" : "s", pl->m, p.recompute,
+                       pl->balanced ? "balanced by FLOPs" : "from parallel.split", fmt::join(pl->counts, "/"),
+                       pl->describe());
+  if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
   return fmt::format(
       "model  : L={} C={} H={}/{} D={} T={} V={} | {} | {} params, {} active per token\n"
       "layout : {} | {}{} | {} params on rank 0\n"
       "data   : train {}, val {}\n"
       "batch  : {} seq x {} accum x {} dp = {} tokens/step\n"
-      "cpu    : {} threads per rank | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank",
+      "cpu    : {} threads per rank | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank{}",
       m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
       human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
       grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
@@ -144,7 +161,7 @@ std::string Trainer::describe() const {
       human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
       data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
       cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), blas.core, blas.parallel,
-      static_cast<double>(model_->activation_bytes()) / (1 << 20));
+      static_cast<double>(model_->activation_bytes()) / (1 << 20), pipe);
 }
 
 StepStats Trainer::step(int64_t step) {
@@ -160,7 +177,8 @@ StepStats Trainer::step(int64_t step) {
   s.step = step;
   // Summed over ranks at the end: CE sum, tokens, dropped, picks, flops.
   double sums[5] = {0, 0, 0, 0, 0};
-  for (int64_t a = 0; a < A; ++a) {
+  if (pipelined()) run_pipeline(step, s, sums);
+  for (int64_t a = 0; a < A && !pipelined(); ++a) {
     batcher_->train_batch(step, a, grid_.dp_rank(), inputs_.data(), targets_.data());
     watchdog::set_phase("forward");
     MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), true,
@@ -216,7 +234,11 @@ StepStats Trainer::step(int64_t step) {
     s.imbalance.push_back(sum > 0 ? static_cast<double>(mx) * static_cast<double>(l.size()) / static_cast<double>(sum) : 1.0);
   }
   // Slowest rank's step time and largest activation memory, in one all-reduce.
-  const Transformer::ActivationMemory am = model_->activation_memory();
+  Transformer::ActivationMemory am;
+  for (const auto& c : chunks_) {
+    Transformer::ActivationMemory a = c->activation_memory();
+    am.arena += a.arena, am.expert_rows += a.expert_rows, am.fp8 += a.fp8;
+  }
   const size_t amb[4] = {am.arena, am.expert_rows, am.fp8, am.total()};
   double mx[5] = {now_seconds() - t0};
   for (int i = 0; i < 4; ++i) mx[i + 1] = static_cast<double>(amb[i]) / (1 << 20);
@@ -238,6 +260,7 @@ StepStats Trainer::step(int64_t step) {
     for (size_t i = 0; i < s.fp8.size(); ++i)
       s.fp8[i] = {amax[3 * i], amax[3 * i + 1], amax[3 * i + 2], sat[i]};
   }
+  if (pipelined()) pipeline_stats(s);
   return s;
 }
 
@@ -263,6 +286,7 @@ void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
 double Trainer::validate() {
   watchdog::set_phase("validation");
   Fp8Scope fp8_scope(fp8_.get());
+  if (pipelined()) return validate_pipeline();
   double sums[2] = {0, 0};
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {
     batcher_->val_batch(a, grid_.dp_rank(), inputs_.data(), targets_.data());
@@ -383,6 +407,9 @@ void Trainer::write_metrics(const StepStats& s) {
   j["gemm_gflops"] = s.gemm_gflops;
   j["dropped_frac"] = s.dropped_frac;
   j["expert_load"] = s.load;
+  if (!s.pp_bubble.empty())
+    j["pipeline"] = {{"bubble", s.pp_bubble}, {"bubble_sim", s.pp_bubble_sim}, {"bubble_analytic", s.pp_bubble_analytic},
+                     {"peak_in_flight", s.pp_peak_in_flight}, {"activation_mib", s.pp_act_mib}};
   j["imbalance"] = s.imbalance;
   std::vector<double> aux, z, ent;
   for (const RouterLosses& r : s.router) aux.push_back(r.aux), z.push_back(r.z), ent.push_back(r.entropy);

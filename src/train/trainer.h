@@ -22,6 +22,7 @@
 #include "train/config.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
+#include "train/pipeline_plan.h"
 
 namespace sy {
 
@@ -47,7 +48,15 @@ struct StepStats {
   double val_loss = -1;                    // < 0: not computed this step
   std::vector<Fp8GroupStats> fp8;          // per FP8 group (FP8 recipes): amax max and saturation sum over ranks
   double act_mib[4] = {0, 0, 0, 0};        // activation memory held, max over ranks: arena, expert rows, FP8 storage, total
+  // Pipeline (pp > 1), per pipeline rank of data-parallel rank 0: idle share
+  // of the step measured from op timestamps, the simulator's on the measured
+  // op costs, micro-batches of activations held at most, activation MiB.
+  std::vector<double> pp_bubble, pp_bubble_sim, pp_act_mib;
+  std::vector<int64_t> pp_peak_in_flight;
+  double pp_bubble_analytic = -1;
 };
+
+struct PipeState;  // the executor's buffers and timings (pipeline_exec.cpp)
 
 class Trainer {
  public:
@@ -72,6 +81,8 @@ class Trainer {
   const RunConfig& config() const { return cfg_; }
   const Grid& grid() const { return grid_; }
   const Transformer& model() const { return *model_; }
+  bool pipelined() const { return grid_.pp_size() > 1; }
+  const PipelinePlan* pipeline() const;
   const std::vector<float>& expert_bias() const { return expert_bias_; }
   float* params() { return params_.data(); }
   const float* grads() const { return grads_.data(); }
@@ -86,6 +97,11 @@ class Trainer {
 
  private:
   void update_bias(const std::vector<std::vector<int64_t>>& load);
+  // Pipeline parallelism (pipeline_exec.cpp).
+  void setup_pipeline(const MoeContext& ctx, bool fp8_activations);
+  void run_pipeline(int64_t step, StepStats& s, double* sums);
+  double validate_pipeline();
+  void pipeline_stats(StepStats& s);
   void save_checkpoint(int64_t steps_done, const StepStats& s);
   void log_step(const StepStats& s, double eta_seconds);
   void write_metrics(const StepStats& s);
@@ -94,7 +110,10 @@ class Trainer {
   Grid grid_;
   bool rank0_ = true;
   bool shm_ = false;  // MoE rows through shared memory
-  std::unique_ptr<Transformer> model_;
+  std::vector<std::unique_ptr<Transformer>> chunks_;  // one per pipeline chunk this rank runs
+  Transformer* model_ = nullptr;                      // chunks_[0]
+  std::unique_ptr<PipeState> pipe_;
+  std::shared_ptr<const ParamLayout> layout_;
   std::unique_ptr<ParamLayout> full_layout_;  // all experts: names for messages
   std::unique_ptr<DataFiles> data_;
   std::unique_ptr<Batcher> batcher_;

@@ -37,7 +37,10 @@ void grouped_linear_backward(float* dinp, float* const* dw, const float* dout, c
     }
     SY_CHECK(inp && !saved, "expert activations saved in FP8 need an active FP8 recipe");
     sgemm(false, false, n, I, O, 1.f, dout_e, O, w[e], I, 0.f, dinp + offsets[e] * I, I);
-    sgemm(true, false, O, I, n, 1.f, dout_e, O, inp_e, I, 1.f, dw[e], I);
+    if (WgradDefer* d = active_wgrad_defer())
+      d->add(dw[e], dout_e, inp_e, n, I, O);
+    else
+      sgemm(true, false, O, I, n, 1.f, dout_e, O, inp_e, I, 1.f, dw[e], I);
   }
 }
 

@@ -1,0 +1,59 @@
+// The pipeline executor's state on one rank (see pipeline_exec.cpp).
+#pragma once
+
+#include <deque>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "comm/comm.h"
+#include "kernels/cpu/linear.h"
+#include "pipeline/schedule.h"
+#include "train/pipeline_plan.h"
+
+namespace sy {
+
+struct PipeState {
+  PipelinePlan plan;
+  pipe::Schedule eval;  // forward-only schedule for validation
+  Comm emb;             // tied embeddings: the first and last stage of one data-parallel rank
+  bool tied = false;
+  bool recompute = false;
+  int64_t N = 0, C = 0;
+  // Per chunk: free activation slots, the slot of each micro-batch in flight.
+  std::vector<std::vector<int64_t>> free_slots;
+  std::vector<std::map<int, int64_t>> slot_of;
+  std::vector<std::vector<WgradDefer>> defer;  // [chunk][slot]
+  // recompute: each micro-batch's stage input while it is in flight, per chunk
+  std::vector<std::map<int, std::vector<float>>> saved_in;
+  // Messages: receives by (is_grad, mb, chunk), sends in flight.
+  struct Msg {
+    std::vector<float> buf;
+    Request req;
+  };
+  std::map<std::tuple<int, int, int>, Msg> recvs;
+  std::deque<Msg> sends;
+  std::vector<std::vector<float>> pool;  // spare (N, C) buffers
+  std::vector<int32_t> inputs, targets;  // (m, N) this step's batch
+  int64_t held = 0, peak = 0;            // micro-batches of activations held now / at most this step
+  // Timings of this step's compute ops.
+  double first_start = 0, last_end = 0, busy = 0;
+  std::vector<double> sum_f, sum_b, sum_w;  // per chunk
+  std::vector<int64_t> n_f, n_b, n_w;
+
+  std::vector<float> take() {
+    if (pool.empty()) return std::vector<float>(static_cast<size_t>(N * C));
+    std::vector<float> b = std::move(pool.back());
+    pool.pop_back();
+    return b;
+  }
+  void give(std::vector<float>&& b) { pool.push_back(std::move(b)); }
+  void reap() {
+    while (!sends.empty() && sends.front().req.test()) {
+      give(std::move(sends.front().buf));
+      sends.pop_front();
+    }
+  }
+};
+
+}  // namespace sy
