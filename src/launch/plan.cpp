@@ -12,6 +12,8 @@
 #include "data/dataset.h"
 #include "model/layout.h"
 #include "model/transformer.h"
+#include "pipeline/simulate.h"
+#include "train/pipeline_plan.h"
 
 extern char** environ;
 
@@ -257,8 +259,20 @@ std::string describe(const Plan& p) {
                      e.staging > 0 ? fmt::format(", checkpoint staging {}", bytes(e.staging)) : "");
   out += fmt::format("compute  : {} FLOP per step ({} per token forward, x3 with backward), {} steps\n",
                      count(p.flops_per_step()), count(p.flops_per_token), cfg.train.steps);
-  out += fmt::format("schedule : pp = {}: one stage, {} micro-batch(es) per step, gradients reduced in buckets "
-                     "during backward\n", p.shape.pp, cfg.train.grad_accum);
+  if (p.shape.pp == 1) {
+    out += fmt::format("schedule : pp = {}: one stage, {} micro-batch(es) per step, gradients reduced in buckets "
+                       "during backward\n", p.shape.pp, cfg.train.grad_accum);
+  } else {
+    RunConfig c = cfg;
+    if (c.parallel.microbatches > 0) c.train.grad_accum = c.parallel.microbatches;
+    PipelinePlan pl = plan_pipeline(c, p.shape.pp);
+    pipe::Simulation sim = pipe::simulate(pl.schedule, pipe::Costs::uniform(static_cast<int>(pl.pp), static_cast<int>(pl.v),
+                                                                            1.0, 1.0, 1.0));
+    out += fmt::format("schedule : {} over pp = {} x {} chunk(s), {} micro-batches per step, split {}; simulated bubble "
+                       "{:.1f}% (textbook {:.1f}%); `moe-plan` draws the timeline\n{}",
+                       pl.schedule.name, pl.pp, pl.v, pl.m, fmt::join(pl.counts, "/"), 100 * sim.mean_bubble(),
+                       100 * pipe::analytic_bubble(pl.schedule), pl.describe());
+  }
   out += fmt::format("ckpt     : {} each in {}; keep {} + 1 in flight needs {}{}\n", bytes(p.ckpt_bytes), p.ckpt_dir,
                      cfg.checkpoint.keep, bytes(p.ckpt_need),
                      p.disk_free >= 0 ? fmt::format(" ({} free)", bytes(p.disk_free)) : "");
