@@ -135,7 +135,8 @@ TEST(Plan, LayoutIsValidatedBeforeStarting) {
   // 8 experts, ep must divide dp and the experts; global batch must split.
   EXPECT_NE(error_of([] { make_plan(flags({"parallel.dp=3"}, 4), env()); }).find("4 ranks"), std::string::npos);
   EXPECT_NE(error_of([] { make_plan(flags({"parallel.ep=3"}, 3), env()); }).find("parallel.ep"), std::string::npos);
-  EXPECT_NE(error_of([] { make_plan(flags({"parallel.pp=2"}, 4), env()); }).find("pp"), std::string::npos);
+  EXPECT_NE(error_of([] { make_plan(flags({"parallel.pp=3"}, 4), env()); }).find("not a multiple of parallel.pp = 3"),
+            std::string::npos);
   EXPECT_NE(error_of([] { make_plan(flags({"train.global_batch=6"}, 4), env()); }).find("global_batch"),
             std::string::npos);
   Plan p = make_plan(flags({"parallel.ep=2"}, 4), env());
