@@ -226,7 +226,7 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     std::unique_ptr<PipelinePlan> plan;
     if (s.pp > 1) plan = std::make_unique<PipelinePlan>(plan_pipeline(sized, s.pp));
     for (const ParamInfo& p : full.params())
-      homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p, cfg.model.n_layers) : -1});
+      homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p) : -1});
     std::vector<int64_t> writers = ckpt::assign_writers(homes, world, s.dp, s.ep, cfg.model.moe.experts);
     for (size_t i = 0; i < m.tensors.size(); ++i) files[i] = ckpt::shard_file_name(writers[m.tensors[i].index]);
     m.world = world, m.pp = s.pp, m.dp = s.dp, m.ep = s.ep;

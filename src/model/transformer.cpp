@@ -57,7 +57,7 @@ Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext
            "stage run [{}, {}) with {} slots does not fit a model of {} layers", run_.begin, run_.end, run_.slots,
            cfg_.n_layers);
   for (int64_t l = run_.begin; l < run_.end; ++l)
-    SY_CHECK(layout_->params().empty() || layout_->stage().holds(l), "the parameter layout lacks layer {}", l);
+    SY_CHECK(layout_->stage().holds(l), "the parameter layout lacks layer {}", l);
   SY_CHECK(!run_.embed || layout_->has_embed(), "the parameter layout lacks the embedding");
   SY_CHECK(!run_.head || layout_->has_head(), "the parameter layout lacks the head");
   slots_.resize(static_cast<size_t>(run_.slots));

@@ -97,21 +97,8 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
   P.busy = 0, P.first_start = -1, P.held = 0, P.peak = 0;
   const double scale = 1.0 / static_cast<double>(m);
 
-  auto wait_msg = [&](int is_grad, int mb, int chunk, float* dst) {
-    auto it = P.recvs.find({is_grad, mb, chunk});
-    SY_CHECK(it != P.recvs.end(), "pipeline rank {}: no receive posted for the {} of micro-batch {} chunk {}", r,
-             is_grad ? "gradient" : "activation", mb, chunk);
-    it->second.req.wait();
-    std::memcpy(dst, it->second.buf.data(), static_cast<size_t>(N * C) * sizeof(float));
-    P.give(std::move(it->second.buf));
-    P.recvs.erase(it);
-  };
-  auto send = [&](const float* src, int peer, int tag) {
-    PipeState::Msg msg{P.take(), {}};
-    std::memcpy(msg.buf.data(), src, static_cast<size_t>(N * C) * sizeof(float));
-    msg.req = pp.isend(msg.buf.data(), N * C, peer, tag, "pipeline send");
-    P.sends.push_back(std::move(msg));
-  };
+  auto wait_msg = [&](int is_grad, int mb, int chunk, float* dst) { P.receive(is_grad, mb, chunk, dst, r); };
+  auto send = [&](const float* src, int peer, int tag) { P.send(pp, src, peer, tag); };
   auto free_slot = [&](int chunk, int mb) {
     auto& so = P.slot_of[static_cast<size_t>(chunk)];
     if (!P.recompute) P.free_slots[static_cast<size_t>(chunk)].push_back(so.at(mb));
@@ -131,10 +118,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
       case OpKind::recv_act:
       case OpKind::recv_grad: {
         const int g = op.kind == OpKind::recv_grad;
-        PipeState::Msg msg{P.take(), {}};
-        msg.req = pp.irecv(msg.buf.data(), N * C, op.peer, tag_of(g, op.mb, st, stages),
-                           g ? "pipeline gradient receive" : "pipeline activation receive");
-        P.recvs.emplace(std::make_tuple(g, op.mb, op.chunk), std::move(msg));
+        P.post(pp, g, op.mb, op.chunk, op.peer, tag_of(g, op.mb, st, stages));
         break;
       }
       case OpKind::forward: {
@@ -171,20 +155,11 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
       case OpKind::backward_input: {
         watchdog::set_phase("pipeline backward");
         const int64_t slot = P.slot_of[ch].at(op.mb);
-        std::vector<float> dout;
-        if (st < stages - 1) {
-          if (P.recompute) {
-            dout.resize(static_cast<size_t>(N * C));
-            wait_msg(1, op.mb, op.chunk, dout.data());
-          } else {
-            wait_msg(1, op.mb, op.chunk, T.grad_output(slot));
-          }
-        }
+        if (st < stages - 1) wait_msg(1, op.mb, op.chunk, T.grad_output(slot));
         t1 = now_seconds();
-        if (P.recompute) {  // the forward again, from the saved stage input
+        if (P.recompute) {  // the forward again, from the saved stage input (it leaves grad_output alone)
           if (st > 0) std::copy_n(P.saved_in[ch].at(op.mb).data(), N * C, T.input(slot));
           T.forward(slot, params_.data(), expert_bias_.data(), in, tg, true, scale);
-          if (!dout.empty()) std::copy(dout.begin(), dout.end(), T.grad_output(slot));
         }
         if (op.kind == OpKind::backward_input) {
           WgradScope defer(&P.defer[ch][static_cast<size_t>(slot)]);
@@ -219,8 +194,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
     P.reap();
   }
   watchdog::set_phase("pipeline sends");
-  for (PipeState::Msg& msg : P.sends) msg.req.wait(), P.give(std::move(msg.buf));
-  P.sends.clear();
+  P.finish_sends();
   SY_CHECK(P.recvs.empty() && P.held == 0, "pipeline rank {}: {} receives and {} micro-batches left after the schedule",
            r, P.recvs.size(), P.held);
 
@@ -296,7 +270,7 @@ double Trainer::validate_pipeline() {
   const pipe::Schedule& S = P.eval;
   const int r = static_cast<int>(grid_.pp_rank());
   const int stages = S.stages();
-  const int64_t N = P.N, C = P.C;
+  const int64_t N = P.N;
   const Comm& pp = grid_.pp();
   double sums[2] = {0, 0};
   std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
@@ -304,40 +278,26 @@ double Trainer::validate_pipeline() {
     const int st = S.stage(r, op.chunk);
     Transformer& T = *chunks_[static_cast<size_t>(op.chunk)];
     switch (op.kind) {
-      case OpKind::recv_act: {
-        PipeState::Msg msg{P.take(), {}};
-        msg.req = pp.irecv(msg.buf.data(), N * C, op.peer, tag_of(0, op.mb, st, stages), "pipeline activation receive");
-        P.recvs.emplace(std::make_tuple(0, op.mb, op.chunk), std::move(msg));
+      case OpKind::recv_act:
+        P.post(pp, 0, op.mb, op.chunk, op.peer, tag_of(0, op.mb, st, stages));
         break;
-      }
       case OpKind::forward: {
-        if (st > 0) {
-          auto it = P.recvs.find({0, op.mb, op.chunk});
-          it->second.req.wait();
-          std::copy_n(it->second.buf.data(), N * C, T.input(0));
-          P.give(std::move(it->second.buf));
-          P.recvs.erase(it);
-        }
+        if (st > 0) P.receive(0, op.mb, op.chunk, T.input(0), r);
         if (st == 0 || st == stages - 1) batcher_->val_batch(op.mb, grid_.dp_rank(), in.data(), tg.data());
         MicroBatchStats mb = T.forward(0, params_.data(), expert_bias_.data(), in.data(), tg.data(), false);
         sums[0] += mb.loss_sum;
         sums[1] += static_cast<double>(mb.tokens);
         break;
       }
-      case OpKind::send_act: {
-        PipeState::Msg msg{P.take(), {}};
-        std::copy_n(T.output(0), N * C, msg.buf.data());
-        msg.req = pp.isend(msg.buf.data(), N * C, op.peer, tag_of(0, op.mb, st + 1, stages), "pipeline send");
-        P.sends.push_back(std::move(msg));
+      case OpKind::send_act:
+        P.send(pp, T.output(0), op.peer, tag_of(0, op.mb, st + 1, stages));
         break;
-      }
       default:
         SY_FAIL("validation schedule has a {} op", pipe::op_name(op.kind));
     }
     P.reap();
   }
-  for (PipeState::Msg& msg : P.sends) msg.req.wait(), P.give(std::move(msg.buf));
-  P.sends.clear();
+  P.finish_sends();
   grid_.world().allreduce_sum(sums, 2);
   return sums[0] / sums[1];
 }

@@ -38,9 +38,8 @@ StageSpec PipelinePlan::stage_spec(int64_t rank) const {
   return s;
 }
 
-int64_t PipelinePlan::home_rank(const ParamInfo& p, int64_t n_layers) const {
+int64_t PipelinePlan::home_rank(const ParamInfo& p) const {
   if (p.layer >= 0) return rank_of_layer(p.layer);
-  (void)n_layers;
   return p.kind == ParamKind::embed ? 0 : pp - 1;
 }
 

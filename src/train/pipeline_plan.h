@@ -29,7 +29,7 @@ struct PipelinePlan {
   // The parameters pipeline rank r holds.
   StageSpec stage_spec(int64_t rank) const;
   // The pipeline rank that saves a tensor (the embedding: the first stage).
-  int64_t home_rank(const ParamInfo& p, int64_t n_layers) const;
+  int64_t home_rank(const ParamInfo& p) const;
   // One line per stage: rank, chunk, layers, estimated share of the FLOPs.
   std::string describe() const;
 };

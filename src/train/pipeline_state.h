@@ -6,7 +6,10 @@
 #include <tuple>
 #include <vector>
 
+#include <algorithm>
+
 #include "comm/comm.h"
+#include "core/check.h"
 #include "kernels/cpu/linear.h"
 #include "pipeline/schedule.h"
 #include "train/pipeline_plan.h"
@@ -48,6 +51,33 @@ struct PipeState {
     return b;
   }
   void give(std::vector<float>&& b) { pool.push_back(std::move(b)); }
+  // Posts the receive of (is_grad, mb, chunk) from pipeline rank `peer`.
+  void post(const Comm& pp, int is_grad, int mb, int chunk, int peer, int tag) {
+    Msg msg{take(), {}};
+    msg.req = pp.irecv(msg.buf.data(), N * C, peer, tag, is_grad ? "pipeline gradient receive" : "pipeline activation receive");
+    recvs.emplace(std::make_tuple(is_grad, mb, chunk), std::move(msg));
+  }
+  // Waits for a posted receive and copies it to dst (N, C).
+  void receive(int is_grad, int mb, int chunk, float* dst, int rank) {
+    auto it = recvs.find({is_grad, mb, chunk});
+    SY_CHECK(it != recvs.end(), "pipeline rank {}: no receive posted for the {} of micro-batch {} chunk {}", rank,
+             is_grad ? "gradient" : "activation", mb, chunk);
+    it->second.req.wait();
+    std::copy_n(it->second.buf.data(), N * C, dst);
+    give(std::move(it->second.buf));
+    recvs.erase(it);
+  }
+  // Starts sending a copy of src (N, C), so src may change at once.
+  void send(const Comm& pp, const float* src, int peer, int tag) {
+    Msg msg{take(), {}};
+    std::copy_n(src, N * C, msg.buf.data());
+    msg.req = pp.isend(msg.buf.data(), N * C, peer, tag, "pipeline send");
+    sends.push_back(std::move(msg));
+  }
+  void finish_sends() {
+    for (Msg& msg : sends) msg.req.wait(), give(std::move(msg.buf));
+    sends.clear();
+  }
   void reap() {
     while (!sends.empty() && sends.front().req.test()) {
       give(std::move(sends.front().buf));
