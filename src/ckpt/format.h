@@ -43,8 +43,29 @@ std::string step_dir_name(int64_t step);    // "step_00000100"
 std::string shard_file_name(int64_t rank);  // "shard_00003.h5"
 // Step of a directory name, or -1 if it is not one of ours.
 int64_t parse_step_dir(const std::string& name);
-// The checkpoint directory name `latest` in `dir` names ("step_00000100"), "" if none.
+
+// What the `latest` file of a checkpoints directory says. It is valid when
+// it is a regular file holding one step directory name ("step_00000100",
+// trailing whitespace allowed) of a directory that exists beside it; a
+// path, "..", an empty or garbage file, or a dangling name is a problem.
+struct LatestFile {
+  bool exists = false;   // there is something called `latest`
+  std::string name;      // the step directory it names, when valid
+  std::string problem;   // why it cannot be used ("" when valid or absent)
+  bool valid() const { return exists && problem.empty(); }
+};
+LatestFile inspect_latest(const std::string& dir);
+// The name a valid `latest` in `dir` holds, "" if it is absent or damaged.
 std::string read_latest(const std::string& dir);
+// Step directories (step_XXXXXXXX, completed or not) in `dir`, newest first.
+std::vector<int64_t> list_steps(const std::string& dir);
+
+// The checkpoint a user means by `path`: a checkpoint directory (it holds
+// manifest.h5), a consolidated file, or a checkpoints or run directory (the
+// checkpoint its `latest` names). Throws ConfigError saying what is there
+// instead: no checkpoint at all, an interrupted save, a damaged or missing
+// `latest` beside step directories (naming the newest to pass instead).
+std::string resolve_checkpoint(const std::string& path);
 
 // CRC-32C of each kCrcBlock-element block.
 std::vector<int64_t> block_crcs(const float* data, int64_t n);

@@ -154,16 +154,7 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt,
 }
 
 LoadedModel load_model(const std::string& checkpoint) {
-  std::string path = checkpoint;
-  // A checkpoints directory (or a run directory) names its newest checkpoint in `latest`.
-  for (const fs::path& dir : {fs::path(checkpoint), fs::path(checkpoint) / "checkpoints"}) {
-    const std::string name = fs::is_directory(dir) ? ckpt::read_latest(dir.string()) : "";
-    if (!name.empty() && !fs::exists(dir / ckpt::kManifest)) {
-      path = (dir / name).string();
-      break;
-    }
-  }
-  if (!fs::exists(path)) SY_CONFIG_FAIL("no checkpoint at '{}'", checkpoint);
+  const std::string path = ckpt::resolve_checkpoint(checkpoint);
   LoadedModel out;
   out.path = path;
   try {
