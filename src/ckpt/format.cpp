@@ -8,6 +8,10 @@
 
 #include <algorithm>
 
+#include <cmath>
+#include <random>
+#include <set>
+
 #include "ckpt/crc32c.h"
 #include "core/check.h"
 
@@ -121,12 +125,38 @@ std::vector<int64_t> block_crcs(const float* data, int64_t n) {
   return out;
 }
 
+std::string new_run_id() {
+  std::random_device rd;  // /dev/urandom on Linux
+  std::string id;
+  for (int i = 0; i < 4; ++i) id += fmt::format("{:08x}", static_cast<uint32_t>(rd()));
+  return id;
+}
+
+std::string read_run_id(const std::string& checkpoint_dir) {
+  std::error_code ec;
+  try {
+    h5::File f = h5::File::open((fs::path(checkpoint_dir) / kManifest).string());
+    if (f.has_attr("", "run_id")) return f.attr_string("", "run_id");
+  } catch (const Error&) {
+  }
+  for (const auto& e : fs::directory_iterator(checkpoint_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with("shard_") || !name.ends_with(".h5")) continue;
+    try {
+      h5::File f = h5::File::open(e.path().string());
+      if (f.has_attr("", "run_id")) return f.attr_string("", "run_id");
+    } catch (const Error&) {
+    }
+  }
+  return "";
+}
+
 void write_tensor(h5::File& f, const std::string& group, const std::string& name, const float* data,
                   const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   std::string path = group + "/" + name;
-  f.write(path, data, shape);
+  f.write_bulk(path, data, shape);
   f.set_attr(path, "crc32c", block_crcs(data, n));
   f.set_attr(path, "crc_block", kCrcBlock);
 }
@@ -204,6 +234,7 @@ void write_manifest_into(h5::File& f, const Manifest& m) {
   f.set_attr("", "format_version", m.format_version);
   f.set_attr("", "software_version", m.software_version);
   f.set_attr("", "saved_at", m.saved_at);
+  f.set_attr("", "run_id", m.run_id);
   f.set_attr("", "step", m.step);
   f.set_attr("", "tokens_seen", m.tokens_seen);
   f.set_attr("", "seed", m.seed);
@@ -228,18 +259,61 @@ void write_manifest_into(h5::File& f, const Manifest& m) {
     f.set_attr(g, "file", t.file);
     f.set_attr(g, "index", t.index);
   }
+  if (!m.shard_digests.empty()) {
+    f.make_group("shard_files");
+    for (const auto& [file, digest] : m.shard_digests) {
+      f.make_group("shard_files/" + file);
+      f.set_attr("shard_files/" + file, "seal_crc32c", static_cast<int64_t>(digest));
+    }
+  }
 }
 
-Manifest read_manifest(const std::string& path) {
-  h5::File f = h5::File::open(path);
+void write_shard_identity(h5::File& f, const std::string& run_id, int64_t step, int64_t rank) {
+  f.set_attr("", "format", std::string("switchyard-checkpoint-shard"));
+  f.set_attr("", "run_id", run_id);
+  f.set_attr("", "step", step);
+  f.set_attr("", "rank", rank);
+}
+
+void check_shard(const h5::File& f, const std::string& file, const Manifest& m) {
+  if (!m.sealed) return;  // format 1: shards carry no identity
+  SY_CHECK(f.sealed(), "{}: the shard has no checksum table, but its manifest (format {}) is sealed: the shard is not "
+           "from this checkpoint, or corrupt", f.path(), m.format_version);
+  auto it = m.shard_digests.find(file);
+  SY_CHECK(it != m.shard_digests.end(), "{}: the manifest does not list shard '{}' among its shard files: the manifest "
+           "is not from this checkpoint", f.path(), file);
+  if (f.digest() == it->second) return;
+  std::string whose = "of unknown origin";
+  if (f.has_attr("", "run_id") && f.has_attr("", "step"))
+    whose = fmt::format("written for step {} of run {}", f.attr_int("", "step"), f.attr_string("", "run_id"));
+  SY_FAIL("{}: this shard does not belong to the checkpoint its manifest describes (step {} of run {}): it was {} "
+          "(digest {:08x}, the manifest expects {:08x}); a shard or manifest copied in from another checkpoint?",
+          f.path(), m.step, m.run_id, whose, f.digest(), it->second);
+}
+
+Manifest read_manifest(const std::string& path) { return read_manifest(h5::File::open(path)); }
+
+Manifest read_manifest(const h5::File& f) {
+  const std::string& path = f.path();
   Manifest m;
   SY_CHECK(f.has_attr("", "format") && f.attr_string("", "format") == "switchyard-checkpoint",
            "{}: not a Switchyard checkpoint manifest", path);
   m.format_version = f.attr_int("", "format_version");
-  SY_CHECK(m.format_version == kFormatVersion, "{}: checkpoint format version {} is not supported (this build reads "
-           "{})", path, m.format_version, kFormatVersion);
+  SY_CHECK(m.format_version >= kOldestFormatVersion && m.format_version <= kFormatVersion,
+           "{}: checkpoint format version {} is not supported (this build reads {} to {})", path, m.format_version,
+           kOldestFormatVersion, kFormatVersion);
+  m.sealed = f.sealed();
+  SY_CHECK(m.sealed || m.format_version < 2, "{}: format version {} must carry a checksum table and this file has "
+           "none: the file is corrupt", path, m.format_version);
+  SY_CHECK(!m.sealed || m.format_version >= 2, "{}: a sealed manifest that says format version {}: the file is "
+           "corrupt", path, m.format_version);
   m.software_version = f.attr_string("", "software_version");
   m.saved_at = f.attr_string("", "saved_at");
+  if (m.format_version >= 2) {
+    m.run_id = f.attr_string("", "run_id");
+    SY_CHECK(m.run_id.size() == 32 && m.run_id.find_first_not_of("0123456789abcdef") == std::string::npos,
+             "{}: attribute 'run_id' is '{}', not a run identity (32 hex digits)", path, m.run_id);
+  }
   m.step = f.attr_int("", "step");
   m.tokens_seen = f.attr_int("", "tokens_seen");
   m.seed = f.attr_int("", "seed");
@@ -250,26 +324,75 @@ Manifest read_manifest(const std::string& path) {
   m.zero1 = f.attr_int("", "zero1");
   m.shards = f.attr_int("", "shards");
   m.config_toml = f.attr_string("", "config");
+  constexpr int64_t kBig = int64_t{1} << 40;  // the config's bound on steps and seeds
+  SY_CHECK(m.step >= 0 && m.step <= kBig, "{}: attribute 'step' = {} is out of range [0, 2^40]", path, m.step);
+  SY_CHECK(m.tokens_seen >= 0, "{}: attribute 'tokens_seen' = {} is negative", path, m.tokens_seen);
+  SY_CHECK(m.seed >= 0 && m.seed <= kBig, "{}: attribute 'seed' = {} is out of range [0, 2^40]", path, m.seed);
+  SY_CHECK(m.world >= 1 && m.pp >= 1 && m.dp >= 1 && m.ep >= 1 && m.pp * m.dp == m.world && m.dp % m.ep == 0,
+           "{}: the layout attributes are inconsistent (world {}, pp {}, dp {}, ep {})", path, m.world, m.pp, m.dp,
+           m.ep);
+  SY_CHECK(m.zero1 == 0 || m.zero1 == 1, "{}: attribute 'zero1' = {} is not 0 or 1", path, m.zero1);
+  SY_CHECK(m.shards >= 1 && m.shards <= m.world, "{}: attribute 'shards' = {} is out of range [1, {}]", path, m.shards,
+           m.world);
   for (const char* k : {"loss", "lr", "grad_norm", "val_loss"})
-    if (f.has_attr("", std::string("metrics_") + k)) m.metrics[k] = f.attr_double("", std::string("metrics_") + k);
-  if (f.exists("expert_bias")) {
+    if (f.has_attr("", std::string("metrics_") + k)) {
+      const double v = f.attr_double("", std::string("metrics_") + k);
+      SY_CHECK(std::isfinite(v), "{}: attribute 'metrics_{}' is {}", path, k, v);
+      m.metrics[k] = v;
+    }
+  if (f.exists("expert_bias") || f.exists("expert_load")) {
+    SY_CHECK(f.exists("expert_bias") && f.exists("expert_load"), "{}: dataset '{}' is missing (the other is there)",
+             path, f.exists("expert_bias") ? "expert_load" : "expert_bias");
     m.bias_shape = f.shape("expert_bias");
+    SY_CHECK(m.bias_shape.size() == 2 && f.shape("expert_load") == m.bias_shape,
+             "{}: datasets 'expert_bias' ({}) and 'expert_load' ({}) must both be (moe_layers, experts)", path,
+             fmt::join(m.bias_shape, "x"), fmt::join(f.shape("expert_load"), "x"));
     m.expert_bias.resize(static_cast<size_t>(f.numel("expert_bias")));
     m.expert_load.resize(m.expert_bias.size());
     f.read("expert_bias", m.expert_bias.data(), 0, static_cast<int64_t>(m.expert_bias.size()));
     f.read("expert_load", m.expert_load.data(), 0, static_cast<int64_t>(m.expert_load.size()));
+    for (size_t i = 0; i < m.expert_bias.size(); ++i) {
+      SY_CHECK(std::isfinite(m.expert_bias[i]), "{}: dataset 'expert_bias' holds {} at [{}, {}]", path,
+               m.expert_bias[i], i / m.bias_shape[1], i % m.bias_shape[1]);
+      SY_CHECK(m.expert_load[i] >= 0, "{}: dataset 'expert_load' holds {} at [{}, {}]", path, m.expert_load[i],
+               i / m.bias_shape[1], i % m.bias_shape[1]);
+    }
   }
   if (f.exists("fp8_amax_history")) {
     m.fp8_shape = f.shape("fp8_amax_history");
-    SY_CHECK(m.fp8_shape.size() == 3 && m.fp8_shape[1] == 3,
-             "fp8_amax_history has shape {}, expected (tensors, 3, steps)", fmt::join(m.fp8_shape, "x"));
+    SY_CHECK(m.fp8_shape.size() == 3 && m.fp8_shape[1] == 3 && m.fp8_shape[2] >= 1,
+             "{}: dataset 'fp8_amax_history' has shape {}, expected (tensors, 3, steps)", path,
+             fmt::join(m.fp8_shape, "x"));
     m.fp8_amax_history.resize(static_cast<size_t>(f.numel("fp8_amax_history")));
     f.read("fp8_amax_history", m.fp8_amax_history.data(), 0, static_cast<int64_t>(m.fp8_amax_history.size()));
+    for (size_t i = 0; i < m.fp8_amax_history.size(); ++i)
+      SY_CHECK(std::isfinite(m.fp8_amax_history[i]) && m.fp8_amax_history[i] >= 0,
+               "{}: dataset 'fp8_amax_history' holds {} at flat index {} (an amax is finite and >= 0)", path,
+               m.fp8_amax_history[i], i);
   }
+  std::set<int64_t> indices;
   for (const std::string& name : f.list("tensors")) {
     std::string g = "tensors/" + name;
-    m.tensors.push_back({name, f.attr_ints(g, "shape"), f.attr_string(g, "file"), f.attr_int(g, "index")});
+    TensorEntry t{name, f.attr_ints(g, "shape"), f.attr_string(g, "file"), f.attr_int(g, "index")};
+    SY_CHECK(!t.shape.empty() && std::all_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d >= 1; }),
+             "{}: tensor '{}' has shape ({})", path, name, fmt::join(t.shape, ", "));
+    SY_CHECK(t.file == "." || (t.file.size() == 14 && t.file.rfind("shard_", 0) == 0 && t.file.ends_with(".h5") &&
+                               t.file.find_first_not_of("0123456789", 6) == 11),
+             "{}: tensor '{}' names file '{}', not a shard file of this checkpoint", path, name, t.file);
+    SY_CHECK(t.index >= 0 && indices.insert(t.index).second, "{}: tensor '{}' has index {}, out of range or taken",
+             path, name, t.index);
+    m.tensors.push_back(std::move(t));
   }
+  SY_CHECK(!m.tensors.empty(), "{}: the manifest lists no tensors", path);
+  SY_CHECK(*indices.rbegin() == static_cast<int64_t>(m.tensors.size()) - 1, "{}: tensor indices are not 0..{}", path,
+           m.tensors.size() - 1);
+  if (m.sealed && f.exists("shard_files"))
+    for (const std::string& file : f.list("shard_files"))
+      m.shard_digests[file] = static_cast<uint32_t>(f.attr_int("shard_files/" + file, "seal_crc32c"));
+  if (m.sealed)
+    for (const TensorEntry& t : m.tensors)
+      SY_CHECK(t.file == "." || m.shard_digests.count(t.file), "{}: tensor '{}' lives in '{}', which the manifest's "
+               "shard_files do not list", path, t.name, t.file);
   std::sort(m.tensors.begin(), m.tensors.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
   return m;
 }

@@ -1,4 +1,4 @@
-// The checkpoint format (version 1), one directory per checkpoint:
+// The checkpoint format (version 2), one directory per checkpoint:
 //
 //   <run dir>/checkpoints/step_00000100/
 //     manifest.h5       written last by rank 0: what the checkpoint is and
@@ -15,13 +15,24 @@
 // writer of a tensor is one of the ranks that hold it, chosen to balance
 // bytes, so any layout can read any checkpoint: resharding is reading.
 //
+// Every file is sealed (ckpt/h5.h): a checksum table covers each attribute,
+// group and small dataset, and the tensors' checksum attributes. A shard's
+// root attributes name the checkpoint it belongs to: run_id, step, rank.
+//
 // manifest.h5 root attributes: format, format_version, software_version,
-// saved_at, step (optimizer steps completed), tokens_seen, seed (the data
-// order and every random stream derive from (seed, step)), layout_world /
-// layout_pp / layout_dp / layout_ep / zero1 (how it was written), config
-// (the run's resolved TOML), shards, and metrics_* of the last step.
-// Datasets: expert_bias (moe_layers, E), expert_load (moe_layers, E) of the
-// last step. Group tensors/<name> per tensor: attributes shape, file, index.
+// saved_at, run_id (the run's identity: created when a run starts from
+// scratch, kept across resumes and restarts), step (optimizer steps
+// completed), tokens_seen, seed (the data order and every random stream
+// derive from (seed, step)), layout_world / layout_pp / layout_dp /
+// layout_ep / zero1 (how it was written), config (the run's resolved TOML),
+// shards, and metrics_* of the last step. Datasets: expert_bias (moe_layers,
+// E), expert_load (moe_layers, E) of the last step, fp8_amax_history
+// (tensors, 3, steps) for fp8-tensor-delayed. Group tensors/<name> per
+// tensor: attributes shape, file, index. Group shard_files/<file> per shard:
+// attribute seal_crc32c, the shard's digest, so a shard copied in from
+// another checkpoint is refused.
+//
+// Format 1 (no seals, no run identity) is still read, with a warning.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +44,8 @@
 
 namespace sy::ckpt {
 
-inline constexpr int64_t kFormatVersion = 1;
+inline constexpr int64_t kFormatVersion = 2;
+inline constexpr int64_t kOldestFormatVersion = 1;  // still read (unsealed)
 inline constexpr int64_t kCrcBlock = int64_t{1} << 20;  // elements per checksum block
 inline constexpr const char* kManifest = "manifest.h5";
 inline constexpr const char* kLatest = "latest";
@@ -70,6 +82,13 @@ std::string resolve_checkpoint(const std::string& path);
 // CRC-32C of each kCrcBlock-element block.
 std::vector<int64_t> block_crcs(const float* data, int64_t n);
 
+// A fresh run identity: 32 hex digits from the system's random source.
+std::string new_run_id();
+// The run a checkpoint directory belongs to: its manifest's run_id or, when
+// the manifest is unreadable, any readable shard's; "" when none says
+// (format 1, or everything damaged).
+std::string read_run_id(const std::string& checkpoint_dir);
+
 // group/<name> with its shape and checksums.
 void write_tensor(h5::File& f, const std::string& group, const std::string& name, const float* data,
                   const std::vector<int64_t>& shape);
@@ -94,7 +113,10 @@ struct TensorEntry {
 
 struct Manifest {
   int64_t format_version = kFormatVersion;
+  bool sealed = true;                   // read: the manifest carried a checksum table (format >= 2)
   std::string software_version, saved_at, config_toml;
+  std::string run_id;                   // "" only in format 1
+  std::map<std::string, uint32_t> shard_digests;  // shard file -> its seal digest (format >= 2, not consolidated)
   int64_t step = 0, tokens_seen = 0, seed = 0;
   int64_t world = 1, pp = 1, dp = 1, ep = 1, zero1 = 0, shards = 1;
   std::vector<int64_t> bias_shape;      // (moe_layers, E)
@@ -110,6 +132,16 @@ struct Manifest {
 void write_manifest(const std::string& path, const Manifest& m);
 // The same into a file that also holds the tensors (a consolidated checkpoint).
 void write_manifest_into(h5::File& f, const Manifest& m);
+// Reads and checks a manifest: its seal (format >= 2), and every value's
+// range and consistency (layout, shapes, finite balancing bias and amax
+// histories, tensor files and indices). Errors name the file and item.
 Manifest read_manifest(const std::string& path);
+Manifest read_manifest(const h5::File& f);
+
+// A shard's identity: which checkpoint (run, step) and rank wrote it.
+void write_shard_identity(h5::File& f, const std::string& run_id, int64_t step, int64_t rank);
+// Checks that an opened shard belongs to the checkpoint `m` describes:
+// its digest is the one the manifest recorded, and its run and step match.
+void check_shard(const h5::File& f, const std::string& file, const Manifest& m);
 
 }  // namespace sy::ckpt

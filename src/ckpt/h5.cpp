@@ -1,11 +1,15 @@
 #include "ckpt/h5.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <sstream>
 
+#include "ckpt/crc32c.h"
 #include "core/check.h"
 
 namespace sy::h5 {
@@ -146,26 +150,238 @@ hid_t open_attr(const File& f, hid_t obj, const std::string& object, const std::
   return SY_H5(H5Aopen(obj, key.c_str(), H5P_DEFAULT), "{}: '{}' has no attribute '{}'", f.path(), object, key);
 }
 
+// The canonical encoding a seal CRC covers: a type letter ('s' string, 'i'
+// int64, 'f' double, 'I' int64 vector, 'F' float dataset, 'L' int64
+// dataset, 'B' bulk float dataset, 'G' group), the shape as int64s, then
+// the value's bytes (little-endian, as stored).
+uint32_t canonical_crc(char type, const std::vector<int64_t>& shape, const void* data, size_t bytes) {
+  std::string head(1, type);
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  head.append(reinterpret_cast<const char*>(&rank), sizeof(rank));
+  for (int64_t d : shape) head.append(reinterpret_cast<const char*>(&d), sizeof(d));
+  uint32_t crc = crc32c(head.data(), head.size());
+  return bytes ? crc32c(data, bytes, crc) : crc;
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string item_name(char kind, const std::string& object, const std::string& key) {
+  if (kind == 'a') return object.empty() ? fmt::format("attribute '{}'", key) : fmt::format("attribute '{}' of '{}'", key, object);
+  if (kind == 'g') return fmt::format("group '{}'", object);
+  return fmt::format("dataset '{}'", object);
+}
+
+// Names in the table are ours (tensor names, keys): no tabs or newlines.
+bool plain_name(const std::string& s) { return s.find_first_of("\t\n") == std::string::npos; }
+
 }  // namespace
+
+std::string File::seal_key(char kind, const std::string& object, const std::string& key) {
+  return std::string(1, kind) + '\t' + object + '\t' + key;
+}
+
+void File::seal(char kind, const std::string& object, const std::string& key, uint32_t crc) {
+  if (!writing_) return;
+  SY_CHECK(plain_name(object) && plain_name(key), "{}: name '{}' / '{}' holds a tab or newline", path_, object, key);
+  seal_[seal_key(kind, object, key)] = {kind, crc};
+}
+
+bool File::lists(char kind, const std::string& object, const std::string& key) const {
+  return seal_.count(seal_key(kind, object, key)) > 0;
+}
+
+void File::require_listed(char kind, const std::string& object, const std::string& key) const {
+  if (!sealed_ || writing_) return;
+  bool ok = kind == 'D' ? lists('d', object) || lists('b', object) : lists(kind, object, key);
+  SY_CHECK(ok, "{}: {} is not listed in the file's checksum table: the file is corrupt or not a Switchyard file",
+           path_, item_name(kind == 'D' ? 'd' : kind, object, key));
+}
 
 File File::create(const std::string& path) {
   hid_t id = SY_H5(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "cannot create '{}'", path);
-  return File(id, path);
+  File f(id, path);
+  f.writing_ = true;
+  return f;
 }
 
-File File::open(const std::string& path) {
+File File::open_raw(const std::string& path) {
   SY_CHECK(::access(path.c_str(), R_OK) == 0, "cannot read '{}': {}", path, std::strerror(errno));
+  struct stat st{};
+  SY_CHECK(::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode), "'{}' is not a regular file (a {}): not a "
+           "checkpoint file", path, S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO" : "device or socket");
   hid_t id = SY_H5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "'{}' is not a readable HDF5 file (truncated or "
                    "corrupt?)", path);
   return File(id, path);
 }
 
-File::File(File&& o) noexcept : id_(o.id_), path_(std::move(o.path_)) { o.id_ = -1; }
+File File::open(const std::string& path) {
+  File f = open_raw(path);
+  f.read_seal(nullptr);
+  return f;
+}
+
+File File::open_audit(const std::string& path, std::vector<std::string>& problems) {
+  File f = open_raw(path);
+  f.read_seal(&problems);
+  return f;
+}
+
+void File::write_seal() {
+  std::string table;
+  for (const auto& [key, item] : seal_) table += fmt::format("{}\t{:08x}\n", key, item.crc);
+  const int64_t n = static_cast<int64_t>(table.size());
+  {
+    Handle space{space_of({n}), H5Sclose};
+    Handle d{SY_H5(H5Dcreate2(id_, "seal", H5T_STD_U8LE, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                   "{}: cannot create its checksum table", path_),
+             H5Dclose};
+    if (n > 0)
+      SY_H5(H5Dwrite(d.id, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, table.data()),
+            "{}: cannot write its checksum table", path_);
+  }
+  digest_ = crc32c(table.data(), table.size());
+  const int64_t crc = digest_;
+  Handle s{H5Screate(H5S_SCALAR), H5Sclose};
+  write_attr(*this, "", "seal_crc32c", H5T_NATIVE_INT64, s.id, &crc);
+}
+
+void File::read_seal(std::vector<std::string>* problems) {
+  std::vector<std::string> found;
+  check_seal(found);
+  if (problems)
+    problems->insert(problems->end(), found.begin(), found.end());
+  else if (!found.empty())
+    SY_FAIL("{}", found.front());
+}
+
+void File::check_seal(std::vector<std::string>& found) {
+  auto problem = [&](std::string msg) { found.push_back(std::move(msg)); };
+  const bool has_crc = H5Aexists(id_, "seal_crc32c") > 0;
+  const bool has_table = H5Lexists(id_, "seal", H5P_DEFAULT) > 0;
+  if (!has_crc && !has_table) return;  // not sealed: format 1, or not ours
+  if (!has_crc || !has_table)
+    return problem(fmt::format("{}: the checksum table is damaged ({} is missing): the file is corrupt", path_,
+                               has_crc ? "dataset 'seal'" : "attribute 'seal_crc32c'"));
+  std::string table;
+  int64_t stored = 0;
+  try {
+    stored = attr_int("", "seal_crc32c");
+    const int64_t n = numel("seal");
+    table.resize(static_cast<size_t>(n));
+    Handle d{SY_H5(H5Dopen2(id_, "seal", H5P_DEFAULT), "{}: no dataset 'seal'", path_), H5Dclose};
+    if (n > 0)
+      SY_H5(H5Dread(d.id, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, table.data()),
+            "{}: cannot read its checksum table", path_);
+  } catch (const Error& e) {
+    return problem(e.what());
+  }
+  const uint32_t crc = crc32c(table.data(), table.size());
+  if (static_cast<int64_t>(crc) != stored)
+    return problem(fmt::format("{}: the checksum table fails its own checksum (stored {:08x}, computed {:08x}): the "
+                               "file is corrupt", path_, static_cast<uint32_t>(stored), crc));
+  // Parse: kind \t object \t key \t crc \n
+  std::map<std::string, Sealed> items;
+  std::istringstream in(table);
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> f;
+    for (size_t b = 0, e;; b = e + 1) {
+      e = line.find('\t', b);
+      f.push_back(line.substr(b, e == std::string::npos ? std::string::npos : e - b));
+      if (e == std::string::npos) break;
+    }
+    if (f.size() != 4 || f[0].size() != 1 || std::string("agdb").find(f[0][0]) == std::string::npos || f[3].size() != 8)
+      return problem(fmt::format("{}: the checksum table has a malformed line: the file is corrupt", path_));
+    items[seal_key(f[0][0], f[1], f[2])] = {f[0][0], static_cast<uint32_t>(std::stoul(f[3], nullptr, 16))};
+  }
+  // Verify every item against the file.
+  for (const auto& [k, item] : items) {
+    const size_t t1 = k.find('\t', 2);
+    const std::string object = k.substr(2, t1 - 2), key = k.substr(t1 + 1);
+    const std::string what = item_name(item.kind, object, key);
+    try {
+      uint32_t got = 0;
+      if (item.kind == 'g') {
+        if (!exists(object) || H5Oexists_by_name(id_, object.c_str(), H5P_DEFAULT) <= 0) {
+          problem(fmt::format("{}: {} listed in its checksum table is missing: the file is corrupt", path_, what));
+          continue;
+        }
+        got = canonical_crc('G', {}, nullptr, 0);
+      } else if (item.kind == 'a') {
+        if ((!object.empty() && !exists(object)) || !has_attr(object, key)) {
+          problem(fmt::format("{}: {} listed in its checksum table is missing: the file is corrupt (a flipped bit in "
+                              "a name?)", path_, what));
+          continue;
+        }
+        Handle o{open_object(*this, object), H5Oclose};
+        Handle a{open_attr(*this, o.id, object, key), H5Aclose};
+        Handle t{H5Aget_type(a.id), H5Tclose};
+        Handle sp{H5Aget_space(a.id), H5Sclose};
+        const H5T_class_t cls = H5Tget_class(t.id);
+        if (cls == H5T_STRING) {
+          std::string v = attr_string(object, key);
+          got = canonical_crc('s', {}, v.data(), v.size());
+        } else if (cls == H5T_INTEGER && H5Sget_simple_extent_type(sp.id) == H5S_SCALAR) {
+          int64_t v = attr_int(object, key);
+          got = canonical_crc('i', {}, &v, sizeof(v));
+        } else if (cls == H5T_INTEGER) {
+          std::vector<int64_t> v = attr_ints(object, key);
+          got = canonical_crc('I', {static_cast<int64_t>(v.size())}, v.data(), v.size() * sizeof(int64_t));
+        } else if (cls == H5T_FLOAT) {
+          double v = attr_double(object, key);
+          got = canonical_crc('f', {}, &v, sizeof(v));
+        } else {
+          problem(fmt::format("{}: {} has an unexpected type: the file is corrupt", path_, what));
+          continue;
+        }
+      } else {
+        if (!exists(object) || H5Oexists_by_name(id_, object.c_str(), H5P_DEFAULT) <= 0) {
+          problem(fmt::format("{}: {} listed in its checksum table is missing: the file is corrupt (a flipped bit in "
+                              "a name?)", path_, what));
+          continue;
+        }
+        Handle d{SY_H5(H5Dopen2(id_, object.c_str(), H5P_DEFAULT), "{}: {} is not a dataset", path_, what), H5Dclose};
+        Handle t{H5Dget_type(d.id), H5Tclose};
+        const H5T_class_t cls = H5Tget_class(t.id);
+        const std::vector<int64_t> dims = shape(object);
+        if (item.kind == 'b') {
+          got = cls == H5T_FLOAT ? canonical_crc('B', dims, nullptr, 0) : 0;
+        } else if (cls == H5T_FLOAT) {
+          std::vector<float> v(static_cast<size_t>(numel_of(dims)));
+          read(object, v.data(), 0, static_cast<int64_t>(v.size()));
+          got = canonical_crc('F', dims, v.data(), v.size() * sizeof(float));
+        } else if (cls == H5T_INTEGER) {
+          std::vector<int64_t> v(static_cast<size_t>(numel_of(dims)));
+          read(object, v.data(), 0, static_cast<int64_t>(v.size()));
+          got = canonical_crc('L', dims, v.data(), v.size() * sizeof(int64_t));
+        }
+      }
+      if (got != item.crc)
+        problem(fmt::format("{}: {} fails its checksum (stored {:08x}, computed {:08x}): the file is corrupt", path_,
+                            what, item.crc, got));
+    } catch (const Error& e) {
+      problem(fmt::format("{}: {} cannot be read ({}): the file is corrupt", path_, what, e.what()));
+    }
+  }
+  seal_ = std::move(items);
+  sealed_ = true;
+  digest_ = crc;
+}
+
+File::File(File&& o) noexcept
+    : id_(o.id_), path_(std::move(o.path_)), writing_(o.writing_), sealed_(o.sealed_), digest_(o.digest_),
+      seal_(std::move(o.seal_)) {
+  o.id_ = -1;
+}
 
 File& File::operator=(File&& o) noexcept {
   if (this != &o) {
     if (id_ >= 0) H5Fclose(id_);
     id_ = o.id_, path_ = std::move(o.path_);
+    writing_ = o.writing_, sealed_ = o.sealed_, digest_ = o.digest_, seal_ = std::move(o.seal_);
     o.id_ = -1;
   }
   return *this;
@@ -177,12 +393,22 @@ File::~File() {
 
 void File::close() {
   if (id_ < 0) return;
+  if (writing_) {
+    write_seal();
+    writing_ = false;
+  }
   hid_t id = id_;
   id_ = -1;
   SY_H5(H5Fclose(id), "{}: cannot close (flush) the file", path_);
 }
 
 bool File::exists(const std::string& object) const {
+  if (sealed_ && !writing_) {  // the table is authoritative
+    if (lists('g', object) || lists('d', object) || lists('b', object)) return true;
+    for (const auto& [k, item] : seal_)
+      if (item.kind != 'a' && k.compare(2, object.size() + 1, object + "/") == 0) return true;
+    return false;
+  }
   size_t pos = 0;
   while (true) {
     size_t next = object.find('/', pos);
@@ -195,6 +421,19 @@ bool File::exists(const std::string& object) const {
 
 std::vector<std::string> File::list(const std::string& group) const {
   std::vector<std::string> names;
+  if (sealed_ && !writing_) {  // children the table lists, in name order
+    const std::string prefix = group.empty() ? "" : group + "/";
+    for (const auto& [k, item] : seal_) {
+      if (item.kind == 'a') continue;
+      const std::string object = k.substr(2, k.find('\t', 2) - 2);
+      if (object.compare(0, prefix.size(), prefix) != 0 || object.size() == prefix.size()) continue;
+      std::string child = object.substr(prefix.size(), object.find('/', prefix.size()) - prefix.size());
+      names.push_back(child);
+    }
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    return names;
+  }
   Handle g{SY_H5(H5Gopen2(id_, group.c_str(), H5P_DEFAULT), "{}: no group '{}'", path_, group), H5Gclose};
   H5Literate(
       g.id, H5_INDEX_NAME, H5_ITER_INC, nullptr,
@@ -207,6 +446,7 @@ std::vector<std::string> File::list(const std::string& group) const {
 }
 
 void File::make_group(const std::string& group) {
+  seal('g', group, "", canonical_crc('G', {}, nullptr, 0));
   if (exists(group)) return;
   Handle g{SY_H5(H5Gcreate2(id_, group.c_str(), link_props(), H5P_DEFAULT, H5P_DEFAULT), "{}: cannot create group '{}'",
                  path_, group),
@@ -215,13 +455,21 @@ void File::make_group(const std::string& group) {
 
 void File::write(const std::string& name, const float* data, const std::vector<int64_t>& shape) {
   write_dataset(*this, name, data, shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT);
+  seal('d', name, "", canonical_crc('F', shape, data, static_cast<size_t>(numel_of(shape)) * sizeof(float)));
 }
 
 void File::write(const std::string& name, const int64_t* data, const std::vector<int64_t>& shape) {
   write_dataset(*this, name, data, shape, H5T_STD_I64LE, H5T_NATIVE_INT64);
+  seal('d', name, "", canonical_crc('L', shape, data, static_cast<size_t>(numel_of(shape)) * sizeof(int64_t)));
+}
+
+void File::write_bulk(const std::string& name, const float* data, const std::vector<int64_t>& shape) {
+  write_dataset(*this, name, data, shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT);
+  seal('b', name, "", canonical_crc('B', shape, nullptr, 0));
 }
 
 std::vector<int64_t> File::shape(const std::string& name) const {
+  require_listed('D', name);
   Handle d{SY_H5(H5Dopen2(id_, name.c_str(), H5P_DEFAULT), "{}: no dataset '{}'", path_, name), H5Dclose};
   Handle s{H5Dget_space(d.id), H5Sclose};
   int rank = H5Sget_simple_extent_ndims(s.id);
@@ -237,10 +485,12 @@ int64_t File::numel(const std::string& name) const {
 }
 
 void File::read(const std::string& name, float* out, int64_t begin, int64_t end) const {
+  require_listed('D', name);
   read_dataset(*this, name, out, begin, end, H5T_NATIVE_FLOAT);
 }
 
 void File::read(const std::string& name, int64_t* out, int64_t begin, int64_t end) const {
+  require_listed('D', name);
   read_dataset(*this, name, out, begin, end, H5T_NATIVE_INT64);
 }
 
@@ -251,31 +501,38 @@ void File::set_attr(const std::string& object, const std::string& key, const std
   Handle s{H5Screate(H5S_SCALAR), H5Sclose};
   const char* p = value.c_str();
   write_attr(*this, object, key, t.id, s.id, &p);
+  seal('a', object, key, canonical_crc('s', {}, value.data(), value.size()));
 }
 
 void File::set_attr(const std::string& object, const std::string& key, int64_t value) {
   Handle s{H5Screate(H5S_SCALAR), H5Sclose};
   write_attr(*this, object, key, H5T_NATIVE_INT64, s.id, &value);
+  seal('a', object, key, canonical_crc('i', {}, &value, sizeof(value)));
 }
 
 void File::set_attr(const std::string& object, const std::string& key, double value) {
   Handle s{H5Screate(H5S_SCALAR), H5Sclose};
   write_attr(*this, object, key, H5T_NATIVE_DOUBLE, s.id, &value);
+  seal('a', object, key, canonical_crc('f', {}, &value, sizeof(value)));
 }
 
 void File::set_attr(const std::string& object, const std::string& key, const std::vector<int64_t>& value) {
   hsize_t n = value.size();
   Handle s{n ? H5Screate_simple(1, &n, nullptr) : H5Screate(H5S_NULL), H5Sclose};
   write_attr(*this, object, key, H5T_NATIVE_INT64, s.id, value.data());
+  seal('a', object, key,
+       canonical_crc('I', {static_cast<int64_t>(value.size())}, value.data(), value.size() * sizeof(int64_t)));
 }
 
 bool File::has_attr(const std::string& object, const std::string& key) const {
+  if (sealed_ && !writing_) return lists('a', object, key);
   if (!object.empty() && !exists(object)) return false;
   Handle o{open_object(*this, object), H5Oclose};
   return H5Aexists(o.id, key.c_str()) > 0;
 }
 
 std::string File::attr_string(const std::string& object, const std::string& key) const {
+  require_listed('a', object, key);
   Handle o{open_object(*this, object), H5Oclose};
   Handle a{open_attr(*this, o.id, object, key), H5Aclose};
   Handle t{H5Aget_type(a.id), H5Tclose};
@@ -296,6 +553,7 @@ std::string File::attr_string(const std::string& object, const std::string& key)
 }
 
 int64_t File::attr_int(const std::string& object, const std::string& key) const {
+  require_listed('a', object, key);
   Handle o{open_object(*this, object), H5Oclose};
   Handle a{open_attr(*this, o.id, object, key), H5Aclose};
   int64_t v = 0;
@@ -304,6 +562,7 @@ int64_t File::attr_int(const std::string& object, const std::string& key) const 
 }
 
 double File::attr_double(const std::string& object, const std::string& key) const {
+  require_listed('a', object, key);
   Handle o{open_object(*this, object), H5Oclose};
   Handle a{open_attr(*this, o.id, object, key), H5Aclose};
   double v = 0;
@@ -312,6 +571,7 @@ double File::attr_double(const std::string& object, const std::string& key) cons
 }
 
 std::vector<int64_t> File::attr_ints(const std::string& object, const std::string& key) const {
+  require_listed('a', object, key);
   Handle o{open_object(*this, object), H5Oclose};
   Handle a{open_attr(*this, o.id, object, key), H5Aclose};
   Handle s{H5Aget_space(a.id), H5Sclose};

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 #include "core/check.h"
 
@@ -43,26 +44,52 @@ TensorStats tensor_stats(const std::vector<float>& v, int bins) {
 }
 
 std::vector<std::string> verify(const std::string& path) {
+  namespace fs = std::filesystem;
   std::vector<std::string> problems;
-  std::unique_ptr<Reader> r;
+  const bool dir = fs::is_directory(path);
+  const std::string manifest_path = dir ? (fs::path(path) / kManifest).string() : path;
+  Manifest m;
+  std::map<std::string, h5::File> files;
   try {
-    r = std::make_unique<Reader>(path);
+    SY_CHECK(fs::exists(path), "no checkpoint at '{}'", path);
+    SY_CHECK(fs::exists(manifest_path), "'{}' is not a complete checkpoint: '{}' is missing (an interrupted save?)",
+             path, manifest_path);
+    h5::File f = h5::File::open_audit(manifest_path, problems);
+    if (!problems.empty()) return problems;  // a broken manifest: nothing it says can be trusted
+    m = read_manifest(f);
+    if (!dir) files.emplace(".", std::move(f));
   } catch (const Error& e) {
-    return {e.what()};
+    problems.push_back(e.what());
+    return problems;
   }
-  if (!r->consolidated()) {
-    // Shards nobody lists are not errors, but listed ones must all exist.
-    for (const TensorEntry& t : r->manifest().tensors)
-      if (!std::filesystem::exists(r->file_path(t))) {
-        std::string msg = fmt::format("shard '{}' is missing (it holds '{}' and maybe more)", r->file_path(t), t.name);
-        if (std::find(problems.begin(), problems.end(), msg) == problems.end()) problems.push_back(msg);
-      }
-    if (!problems.empty()) return problems;
-  }
-  for (const TensorEntry& t : r->manifest().tensors) {
+  // Every shard the manifest lists, whole: its seal, its identity, then
+  // every tensor dataset it should hold, block by block.
+  std::vector<std::string> shard_names;
+  for (const TensorEntry& t : m.tensors)
+    if (std::find(shard_names.begin(), shard_names.end(), t.file) == shard_names.end()) shard_names.push_back(t.file);
+  for (const auto& [file, digest] : m.shard_digests)
+    if (std::find(shard_names.begin(), shard_names.end(), file) == shard_names.end()) shard_names.push_back(file);
+  for (const std::string& file : shard_names) {
+    if (file == ".") continue;
+    const std::string p = (fs::path(path) / file).string();
     try {
-      const h5::File& f = r->file_of(t);
-      for (const char* g : kGroups) {
+      SY_CHECK(dir, "{}: a consolidated checkpoint names shard file '{}'", path, file);
+      SY_CHECK(fs::exists(p), "shard '{}' is missing", p);
+      const size_t before = problems.size();
+      h5::File f = h5::File::open_audit(p, problems);
+      if (problems.size() != before) continue;
+      check_shard(f, file, m);
+      files.emplace(file, std::move(f));
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+    }
+  }
+  for (const TensorEntry& t : m.tensors) {
+    auto it = files.find(t.file);
+    if (it == files.end()) continue;  // its shard is already reported
+    const h5::File& f = it->second;
+    for (const char* g : kGroups) {
+      try {
         std::string ds = std::string(g) + "/" + t.name;
         if (!f.exists(ds)) {
           problems.push_back(fmt::format("{}: dataset '{}' is missing", f.path(), ds));
@@ -75,9 +102,9 @@ std::vector<std::string> verify(const std::string& path) {
         }
         std::string bad = verify_tensor(f, g, t.name);
         if (!bad.empty()) problems.push_back(bad);
+      } catch (const Error& e) {
+        problems.push_back(e.what());
       }
-    } catch (const Error& e) {
-      problems.push_back(e.what());
     }
   }
   return problems;

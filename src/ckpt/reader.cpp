@@ -14,7 +14,9 @@ Reader::Reader(const std::string& path) : path_(path) {
   manifest_path_ = consolidated_ ? path : (fs::path(path) / kManifest).string();
   SY_CHECK(fs::exists(manifest_path_), "'{}' is not a complete checkpoint: '{}' is missing (an interrupted save?)",
            path, manifest_path_);
-  manifest_ = read_manifest(manifest_path_);
+  h5::File f = h5::File::open(manifest_path_);
+  manifest_ = read_manifest(f);
+  if (consolidated_) files_.emplace(".", std::move(f));
 }
 
 std::string Reader::file_path(const TensorEntry& t) const {
@@ -26,7 +28,9 @@ const h5::File& Reader::file_of(const TensorEntry& t) {
   if (it == files_.end()) {
     std::string p = file_path(t);
     SY_CHECK(fs::exists(p), "checkpoint shard '{}' is missing (it holds '{}')", p, t.name);
-    it = files_.emplace(t.file, h5::File::open(p)).first;
+    h5::File f = h5::File::open(p);
+    check_shard(f, t.file, manifest_);
+    it = files_.emplace(t.file, std::move(f)).first;
   }
   return it->second;
 }

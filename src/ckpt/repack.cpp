@@ -35,15 +35,21 @@ std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int6
 void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files) {
   SY_CHECK(files.size() == m.tensors.size(), "repack: {} file names for {} tensors", files.size(), m.tensors.size());
   const bool single = std::all_of(files.begin(), files.end(), [](const std::string& f) { return f == "."; });
-  SY_CHECK(!fs::exists(out), "'{}' already exists; choose a new output path", out);
+  SY_CONFIG_CHECK(!fs::exists(fs::symlink_status(out)), "'{}' already exists; choose a new output path", out);
   const std::string tmp = out + ".tmp";
-  fs::remove_all(tmp);
-  if (!single) fs::create_directories(tmp);
+  try {
+    fs::remove_all(tmp);
+    if (!single) fs::create_directories(tmp);
+  } catch (const fs::filesystem_error& e) {
+    SY_FAIL("cannot create '{}': {}", tmp, e.code().message());
+  }
   std::map<std::string, h5::File> open;
   auto file = [&](const std::string& name) -> h5::File& {
     auto it = open.find(name);
-    if (it == open.end())
+    if (it == open.end()) {
       it = open.emplace(name, h5::File::create(single ? tmp : (fs::path(tmp) / name).string())).first;
+      if (!single) write_shard_identity(it->second, m.run_id, m.step, std::stoll(name.substr(6, 5)));
+    }
     return it->second;
   };
   for (size_t i = 0; i < m.tensors.size(); ++i) {
@@ -55,23 +61,27 @@ void repack(Reader& src, const std::string& out, Manifest m, const std::vector<s
     }
     t.file = files[i];
   }
-  std::vector<std::string> names;
-  for (auto& [name, f] : open) names.push_back(name);
-  m.shards = single ? 1 : static_cast<int64_t>(names.size());
+  m.format_version = kFormatVersion;
+  if (m.run_id.empty()) m.run_id = new_run_id();  // a format-1 source: the copy starts an identity
+  m.shard_digests.clear();
+  m.shards = single ? 1 : static_cast<int64_t>(open.size());
   if (single) {
     write_manifest_into(file("."), m);
-  } else {
-    write_manifest((fs::path(tmp) / kManifest).string(), m);
-  }
-  for (auto& [name, f] : open) f.close();
-  if (single) {
+    open.at(".").close();
     h5::sync_path(tmp);
   } else {
-    for (const std::string& n : names) h5::sync_path((fs::path(tmp) / n).string());
+    for (auto& [name, f] : open) {
+      f.close();
+      m.shard_digests[name] = f.digest();
+      h5::sync_path((fs::path(tmp) / name).string());
+    }
+    write_manifest((fs::path(tmp) / kManifest).string(), m);
     h5::sync_path((fs::path(tmp) / kManifest).string());
     h5::sync_path(tmp);
   }
-  fs::rename(tmp, out);
+  std::error_code ec;
+  fs::rename(tmp, out, ec);
+  SY_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp, out, ec.message());
 }
 
 }  // namespace sy::ckpt

@@ -2,7 +2,9 @@
 
 #include "train/pipeline_plan.h"
 
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <fstream>
 #include <numeric>
 
+#include "ckpt/files.h"
 #include "ckpt/format.h"
 #include "ckpt/reader.h"
 #include "ckpt/repack.h"
@@ -49,18 +52,16 @@ std::string agree_on_error(const Comm& world, const std::string& mine, int* who)
   return msg;
 }
 
-void write_text_durably(const fs::path& path, const std::string& text) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    SY_CHECK(out.good(), "cannot write '{}'", tmp.string());
-  }
-  h5::sync_path(tmp.string());
-  fs::rename(tmp, path);
-  h5::sync_path(path.parent_path().string());
+// The same string on every rank, from `root`.
+std::string bcast_string(const Comm& world, std::string s, int root) {
+  int64_t len = static_cast<int64_t>(s.size());
+  world.bcast(&len, 1, root);
+  s.resize(static_cast<size_t>(len));
+  world.bcast(s.data(), s.size(), root);
+  return s;
 }
+
+bool is_tmp_dir(const std::string& name) { return name.size() > 4 && name.ends_with(".tmp"); }
 
 }  // namespace
 
@@ -84,6 +85,11 @@ Checkpointer::Checkpointer(const RunConfig& cfg, const Grid& grid, const ParamLa
 
 Checkpointer::~Checkpointer() {
   if (thread_.joinable()) thread_.join();
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+std::string Checkpointer::new_run_id() const {
+  return bcast_string(grid_.world(), grid_.world().rank() == 0 ? ckpt::new_run_id() : std::string(), 0);
 }
 
 int64_t Checkpointer::written_moments_layout(std::map<int64_t, int64_t>& where) const {
@@ -148,15 +154,20 @@ std::vector<float> Checkpointer::gather_moments(const AdamW& opt, std::map<int64
   return moments;
 }
 
-void Checkpointer::write_shard(const std::string& path, const std::vector<Item>& items) const {
-  h5::File f = h5::File::create(path);
-  f.set_attr("", "rank", static_cast<int64_t>(grid_.world().rank()));
-  for (const Item& it : items) {
-    const ParamInfo& p = local_.params()[it.local];
-    for (int g = 0; g < 3; ++g) ckpt::write_tensor(f, ckpt::kGroups[g], p.name, it.data[g], p.shape.dims);
+uint32_t Checkpointer::write_shard(const std::string& path, const std::vector<Item>& items, int64_t step) const {
+  try {
+    h5::File f = h5::File::create(path);
+    ckpt::write_shard_identity(f, run_id_, step, grid_.world().rank());
+    for (const Item& it : items) {
+      const ParamInfo& p = local_.params()[it.local];
+      for (int g = 0; g < 3; ++g) ckpt::write_tensor(f, ckpt::kGroups[g], p.name, it.data[g], p.shape.dims);
+    }
+    f.close();
+    h5::sync_path(path);
+    return f.digest();
+  } catch (const Error& e) {
+    SY_FAIL("writing '{}' failed: {}{}", path, e.what(), ckpt::io_hint(path, errno));
   }
-  f.close();
-  h5::sync_path(path);
 }
 
 std::string Checkpointer::save(const TrainState& st, const float* params, const AdamW& opt) {
@@ -167,15 +178,29 @@ std::string Checkpointer::save(const TrainState& st, const float* params, const 
   const fs::path final_dir = fs::path(dir_) / ckpt::step_dir_name(st.step);
   fs::path tmp = final_dir;
   tmp += ".tmp";
+  if (run_id_.empty()) run_id_ = new_run_id();  // a save without resume_candidates() (benchmarks)
   std::string setup_error;
   if (me == 0) {
     try {
       fs::create_directories(dir_);
-      fs::remove_all(tmp);
-      if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving a step (e.g. after a resume)
+      // Stale work of saves that never completed (the lock says no other
+      // job writes here) takes space the new save may need.
+      for (const auto& e : fs::directory_iterator(dir_))
+        if (is_tmp_dir(e.path().filename().string()) && e.is_directory()) fs::remove_all(e.path());
+      fs::remove(fs::path(dir_) / (std::string(ckpt::kLatest) + ".tmp"));
+      if (fs::exists(final_dir)) {  // re-saving a step: only this run's, or what overwrite allows
+        const std::string owner = ckpt::read_run_id(final_dir.string());
+        SY_CHECK(owner.empty() || owner == run_id_ || delete_others_,
+                 "'{}' holds a checkpoint of another run ({}; this run is {}): not replacing it. Use another "
+                 "checkpoint.dir, or set checkpoint.overwrite = true to take the directory over",
+                 final_dir.string(), owner, run_id_);
+      }
       fs::create_directory(tmp);
-    } catch (const std::exception& e) {
-      setup_error = fmt::format("cannot prepare checkpoint directory '{}': {}", tmp.string(), e.what());
+    } catch (const Error& e) {
+      setup_error = e.what();
+    } catch (const fs::filesystem_error& e) {
+      setup_error = fmt::format("cannot prepare checkpoint directory '{}': {}{}", tmp.string(), e.code().message(),
+                                ckpt::io_hint(dir_, e.code().value()));
     }
   }
   int who = 0;
@@ -238,7 +263,7 @@ std::string Checkpointer::save(const TrainState& st, const float* params, const 
       }
       staged_cv_.notify_all();
       try {
-        if (!items.empty()) write_shard(path, items);
+        if (!items.empty()) digest_ = write_shard(path, items, pending_state_.step);
       } catch (const std::exception& e) {
         error_ = e.what();
       }
@@ -246,7 +271,7 @@ std::string Checkpointer::save(const TrainState& st, const float* params, const 
     });
   } else {
     try {
-      if (!items.empty()) write_shard(path, items);
+      if (!items.empty()) digest_ = write_shard(path, items, st.step);
     } catch (const std::exception& e) {
       error_ = e.what();
     }
@@ -278,31 +303,58 @@ void Checkpointer::finish() {
   commit();
 }
 
+void Checkpointer::install(const std::string& tmp, const std::string& final_dir) const {
+  if (fs::exists(final_dir)) {
+    // Re-saving a step (after a fallback, or a resume from an older
+    // checkpoint): swap the directories, then drop the old one.
+    ckpt::exchange_dirs(tmp, final_dir);
+    h5::sync_path(dir_);
+    fs::remove_all(tmp);
+  } else {
+    ckpt::rename_noreplace(tmp, final_dir);
+  }
+  h5::sync_path(dir_);
+}
+
 void Checkpointer::commit() {
   pending_ = false;
   const Comm& world = grid_.world();
+  const fs::path final_dir = pending_dir_;
+  fs::path tmp = final_dir;
+  tmp += ".tmp";
+  // Every shard's digest goes into the manifest (-1: the rank wrote none).
+  std::vector<int64_t> digests(static_cast<size_t>(world.size()), 0);
+  bool wrote = false;
+  for (const ParamInfo& p : local_.params()) wrote = wrote || writer_[p.index] == world.rank();
+  digests[static_cast<size_t>(world.rank())] = wrote && error_.empty() ? static_cast<int64_t>(digest_) : -1;
+  world.allreduce_sum(digests.data(), digests.size());
   int who = 0;
   std::string err = agree_on_error(world, error_, &who);
-  SY_CHECK(err.empty(), "checkpoint save failed on rank {}: {}", who, err);
+  if (!err.empty()) {
+    if (world.rank() == 0) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);  // free what the failed save took
+    }
+    SY_FAIL("checkpoint save failed on rank {}: {} (the previous checkpoint and `latest` are intact)", who, err);
+  }
   std::string commit_error;
   if (world.rank() == 0) {
     try {
-      const fs::path final_dir = pending_dir_;
-      fs::path tmp = final_dir;
-      tmp += ".tmp";
       const TrainState& st = pending_state_;
       ckpt::Manifest m;
       m.software_version = version();
       m.saved_at = now_iso();
       m.config_toml = to_toml(cfg_);
+      m.run_id = run_id_;
       m.step = st.step;
       m.tokens_seen = st.metrics.count("tokens_seen") ? static_cast<int64_t>(st.metrics.at("tokens_seen")) : 0;
       m.seed = st.seed;
       m.world = world.size(), m.pp = grid_.pp_size(), m.dp = grid_.dp_size(), m.ep = grid_.ep_size();
       m.zero1 = sync_.zero1() ? 1 : 0;
-      std::vector<int64_t> files(writer_.begin(), writer_.end());
-      std::sort(files.begin(), files.end());
-      m.shards = std::unique(files.begin(), files.end()) - files.begin();
+      for (int64_t r = 0; r < world.size(); ++r)
+        if (digests[static_cast<size_t>(r)] >= 0)
+          m.shard_digests[ckpt::shard_file_name(r)] = static_cast<uint32_t>(digests[static_cast<size_t>(r)]);
+      m.shards = static_cast<int64_t>(m.shard_digests.size());
       for (const auto& [k, v] : st.metrics)
         if (k != "tokens_seen") m.metrics[k] = v;
       const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
@@ -320,15 +372,21 @@ void Checkpointer::commit() {
       for (const ParamInfo& p : full_.params())
         m.tensors.push_back({p.name, p.shape.dims, ckpt::shard_file_name(writer_[p.index]), p.index});
       const std::string manifest = (tmp / ckpt::kManifest).string();
-      ckpt::write_manifest(manifest, m);
-      h5::sync_path(manifest);
-      h5::sync_path(tmp.string());
-      fs::rename(tmp, final_dir);
-      h5::sync_path(dir_);
-      write_text_durably(fs::path(dir_) / ckpt::kLatest, final_dir.filename().string() + "\n");
+      try {
+        ckpt::write_manifest(manifest, m);
+        h5::sync_path(manifest);
+        h5::sync_path(tmp.string());
+      } catch (const Error& e) {
+        SY_FAIL("{}{}", e.what(), ckpt::io_hint(manifest, errno));
+      }
+      install(tmp.string(), final_dir.string());
+      ckpt::write_file_durably((fs::path(dir_) / ckpt::kLatest).string(), final_dir.filename().string() + "\n");
       retain();
+      if (delete_others_) delete_other_runs();
     } catch (const std::exception& e) {
       commit_error = fmt::format("committing checkpoint '{}' failed: {}", pending_dir_, e.what());
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
     }
   }
   err = agree_on_error(world, commit_error, &who);
@@ -336,52 +394,145 @@ void Checkpointer::commit() {
 }
 
 void Checkpointer::retain() const {
-  std::vector<int64_t> steps;
-  std::vector<fs::path> stale;
-  for (const auto& e : fs::directory_iterator(dir_)) {
-    std::string name = e.path().filename().string();
-    if (e.is_directory() && name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0)
-      stale.push_back(e.path());  // a save that never completed
-    else if (int64_t s = ckpt::parse_step_dir(name); s >= 0 && e.is_directory())
-      steps.push_back(s);
-  }
-  std::sort(steps.begin(), steps.end());
+  // This run's checkpoints, newest first; others' are never touched.
+  const std::string latest = ckpt::read_latest(dir_);
+  std::vector<int64_t> mine;
+  for (int64_t s : ckpt::list_steps(dir_))
+    if (ckpt::read_run_id((fs::path(dir_) / ckpt::step_dir_name(s)).string()) == run_id_) mine.push_back(s);
   const int64_t keep = cfg_.checkpoint.keep, every = cfg_.checkpoint.keep_every;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    bool newest = static_cast<int64_t>(steps.size() - i) <= keep;
-    bool milestone = every > 0 && steps[i] % every == 0;
-    if (!newest && !milestone) fs::remove_all(fs::path(dir_) / ckpt::step_dir_name(steps[i]));
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const std::string name = ckpt::step_dir_name(mine[i]);
+    const bool newest = static_cast<int64_t>(i) < keep;
+    const bool milestone = every > 0 && mine[i] % every == 0;
+    if (!newest && !milestone && name != latest) fs::remove_all(fs::path(dir_) / name);
   }
-  for (const fs::path& p : stale) fs::remove_all(p);
 }
 
-std::vector<std::string> Checkpointer::resume_candidates() const {
-  std::string list;
-  if (grid_.world().rank() == 0) {
-    const std::string& r = cfg_.checkpoint.resume;
-    std::vector<std::string> out;
-    if (r == "auto") {
-      if (std::string name = ckpt::read_latest(dir_); !name.empty()) out.push_back((fs::path(dir_) / name).string());
-      if (cfg_.checkpoint.fallback && fs::exists(dir_)) {
-        std::vector<int64_t> steps;
-        for (const auto& e : fs::directory_iterator(dir_))
-          if (int64_t s = ckpt::parse_step_dir(e.path().filename().string()); s >= 0 && e.is_directory())
-            steps.push_back(s);
-        std::sort(steps.rbegin(), steps.rend());
-        for (int64_t s : steps) {
-          std::string p = (fs::path(dir_) / ckpt::step_dir_name(s)).string();
-          if (std::find(out.begin(), out.end(), p) == out.end()) out.push_back(p);
-        }
-      }
-    } else if (r != "none") {
-      out.push_back(r);
-    }
-    for (const std::string& s : out) list += s + "\n";
+void Checkpointer::delete_other_runs() const {
+  for (int64_t s : ckpt::list_steps(dir_)) {
+    const fs::path d = fs::path(dir_) / ckpt::step_dir_name(s);
+    const std::string owner = ckpt::read_run_id(d.string());
+    if (owner == run_id_) continue;
+    fs::remove_all(d);
+    std::cout << fmt::format("checkpoint.overwrite: deleted '{}' ({})\n", d.string(),
+                             owner.empty() ? std::string("no run identity") : "run " + owner)
+              << std::flush;
   }
-  int64_t len = static_cast<int64_t>(list.size());
-  grid_.world().bcast(&len, 1, 0);
-  list.resize(static_cast<size_t>(len));
-  grid_.world().bcast(list.data(), list.size(), 0);
+}
+
+std::vector<std::string> Checkpointer::own_checkpoints(const std::string& run, const std::string& skip) const {
+  std::vector<std::string> out;
+  for (int64_t s : ckpt::list_steps(dir_)) {
+    const std::string p = (fs::path(dir_) / ckpt::step_dir_name(s)).string();
+    if (p != skip && ckpt::read_run_id(p) == run) out.push_back(p);
+  }
+  return out;
+}
+
+std::string Checkpointer::plan_resume() {
+  const CheckpointSection& c = cfg_.checkpoint;
+  std::vector<std::string> out;
+  std::error_code ec;
+  // The lock: two jobs never write into one checkpoint directory.
+  if (lock_fd_ < 0) {
+    fs::create_directories(dir_, ec);
+    const std::string lock = (fs::path(dir_) / ".lock").string();
+    int fd = fs::is_directory(dir_, ec) ? ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -1;
+    if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      char holder[256] = {};
+      const ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
+      ::close(fd);
+      fd = -1;  // no flock on this filesystem (ENOLCK, EOPNOTSUPP): go on without
+      SY_CONFIG_CHECK(err != EWOULDBLOCK, "checkpoint directory '{}' is in use by another job ({}): two runs must "
+                      "not write into one directory; wait for it, or use another run.dir / checkpoint.dir", dir_,
+                      n > 0 ? std::string(holder, static_cast<size_t>(n)) : std::string("see its .lock"));
+    }
+    if (fd >= 0) {
+      const std::string who = fmt::format("pid {} on {}", ::getpid(), host_name());
+      if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, who.data(), who.size(), 0) < 0) {
+        // the holder's name is a courtesy for the message above
+      }
+      lock_fd_ = fd;
+    }
+  }
+  if (int n = ckpt::recover_replaced(dir_); n > 0)
+    std::cout << fmt::format("recovered {} checkpoint{} a crash left mid-swap in '{}'\n", n, n == 1 ? "" : "s", dir_);
+  const ckpt::LatestFile latest = ckpt::inspect_latest(dir_);
+  const std::vector<int64_t> steps = ckpt::list_steps(dir_);
+  // Who owns what is here.
+  std::map<std::string, std::vector<int64_t>> owners;  // run id ("" unknown) -> steps, newest first
+  for (int64_t s : steps) owners[ckpt::read_run_id((fs::path(dir_) / ckpt::step_dir_name(s)).string())].push_back(s);
+  auto describe_owners = [&] {
+    std::vector<std::string> parts;
+    for (const auto& [run, st] : owners)
+      parts.push_back(fmt::format("{}: steps {}", run.empty() ? std::string("no readable run identity") : "run " + run,
+                                  fmt::join(st, ", ")));
+    return fmt::format("{}", fmt::join(parts, "; "));
+  };
+  // Starting here (from scratch, or from a checkpoint of run `run`) must
+  // not mix with another run's checkpoints unless overwrite says so.
+  auto claim = [&](const std::string& run, const char* how) {
+    bool others = false;
+    for (const auto& [r, st] : owners) others = others || r != run || r.empty();
+    if (!others) return;
+    SY_CONFIG_CHECK(c.overwrite, "{}: refusing to {} in '{}', which holds checkpoints of another run ({}). Use "
+                    "another run.dir (or checkpoint.dir); resume the run that is there with checkpoint.resume = "
+                    "\"auto\"; or set checkpoint.overwrite = true to delete them once this run has saved its first "
+                    "checkpoint", cfg_.source, how, dir_, describe_owners());
+    delete_others_ = true;
+    std::cout << fmt::format("checkpoint.overwrite: '{}' holds other checkpoints ({}); they are deleted after this "
+                             "run's first checkpoint\n", dir_, describe_owners()) << std::flush;
+  };
+  if (c.resume == "none") {
+    claim("", "start from scratch");
+  } else if (c.resume != "auto") {
+    const std::string path = ckpt::resolve_checkpoint(c.resume);
+    claim(fs::is_directory(path) ? ckpt::read_run_id(path) : std::string(), "resume from another checkpoint");
+    out.push_back(path);
+  } else if (latest.valid()) {
+    const std::string p = (fs::path(dir_) / latest.name).string();
+    out.push_back(p);
+    if (c.fallback) {
+      std::string run = ckpt::read_run_id(p);
+      if (run.empty() && owners.size() == 1) run = owners.begin()->first;  // the damaged one is one of theirs
+      if (!run.empty())
+        for (const std::string& q : own_checkpoints(run, p)) out.push_back(q);
+    }
+  } else if (latest.exists || !steps.empty()) {
+    const std::string what = latest.exists ? latest.problem : fmt::format("'{}' has no `latest`", dir_);
+    SY_CONFIG_CHECK(c.fallback, "{}, but the directory holds checkpoints ({}): not starting from scratch over them. "
+                    "Set checkpoint.fallback = true to resume from this run's newest intact checkpoint, "
+                    "checkpoint.resume = <a step directory> to pick one, or use another run.dir", what,
+                    describe_owners());
+    std::vector<std::string> runs;
+    for (const auto& [r, st] : owners)
+      if (!r.empty()) runs.push_back(r);
+    SY_CONFIG_CHECK(runs.size() == 1, "{}, and checkpoint.fallback cannot tell which run to resume: {}. Set "
+                    "checkpoint.resume = <a step directory>", what, describe_owners());
+    std::cout << fmt::format("{}: falling back to run {}'s newest intact checkpoint\n", what, runs[0]) << std::flush;
+    out = own_checkpoints(runs[0], "");
+  }
+  std::string list;
+  for (const std::string& x : out) list += x + "\n";
+  return list;
+}
+
+std::vector<std::string> Checkpointer::resume_candidates() {
+  std::string list, err;
+  if (grid_.world().rank() == 0) {
+    try {
+      list = plan_resume();
+    } catch (const Error& e) {
+      err = e.what();
+    } catch (const std::exception& e) {
+      err = fmt::format("checkpoint directory '{}': {}", dir_, e.what());
+    }
+  }
+  err = bcast_string(grid_.world(), err, 0);
+  SY_CONFIG_CHECK(err.empty(), "{}", err);
+  delete_others_ = bcast_string(grid_.world(), delete_others_ ? "1" : "0", 0) == "1";
+  list = bcast_string(grid_.world(), list, 0);
   std::vector<std::string> out;
   for (size_t b = 0, e; (e = list.find('\n', b)) != std::string::npos; b = e + 1) out.push_back(list.substr(b, e - b));
   return out;
@@ -397,6 +548,43 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
     std::vector<std::string> diffs = differing_keys(theirs, cfg_, {"model", "moe"});
     SY_CHECK(diffs.empty(), "checkpoint '{}' holds a different model ({}): it cannot be loaded into this config", dir,
              fmt::join(diffs, "; "));
+    // Everything besides the tensors first, against what this model needs.
+    const std::string name = fs::path(dir).lexically_normal().filename().string();
+    if (const int64_t s = ckpt::parse_step_dir(name); s >= 0)
+      SY_CHECK(s == m.step, "checkpoint '{}': its manifest says step {}, its directory name step {}: the manifest is "
+               "not from this checkpoint", dir, m.step, s);
+    const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
+    if (L > 0) {
+      if (m.bias_shape.empty() && !m.sealed) {
+        st.expert_bias.assign(static_cast<size_t>(L * E), 0.f);  // format 1 without the datasets: start at zero
+        st.expert_load.assign(static_cast<size_t>(L), std::vector<int64_t>(static_cast<size_t>(E), 0));
+      } else {
+        SY_CHECK(m.bias_shape == std::vector<int64_t>({L, E}), "checkpoint '{}': datasets 'expert_bias' and "
+                 "'expert_load' have shape ({}), the model needs ({}, {}) (MoE layers, experts)", dir,
+                 fmt::join(m.bias_shape, ", "), L, E);
+        st.expert_bias = m.expert_bias;
+        for (int64_t l = 0; l < L; ++l)
+          st.expert_load.emplace_back(m.expert_load.begin() + l * E, m.expert_load.begin() + (l + 1) * E);
+      }
+    } else {
+      SY_CHECK(m.bias_shape.empty(), "checkpoint '{}' holds expert_bias ({}) but the model has no MoE layers", dir,
+               fmt::join(m.bias_shape, "x"));
+    }
+    if (!m.fp8_shape.empty()) {
+      SY_CHECK(m.fp8_shape[0] == static_cast<int64_t>(full_.params().size()),
+               "checkpoint '{}': fp8_amax_history covers {} tensors, the model has {}", dir, m.fp8_shape[0],
+               full_.params().size());
+      SY_CHECK(m.fp8_shape[2] <= std::min(m.step, theirs.precision.amax_history),
+               "checkpoint '{}': fp8_amax_history holds {} steps, more than the {} it can have after {} steps with "
+               "precision.amax_history = {}", dir, m.fp8_shape[2], std::min(m.step, theirs.precision.amax_history),
+               m.step, theirs.precision.amax_history);
+      st.fp8_amax = m.fp8_amax_history;
+      st.fp8_len = m.fp8_shape[2];
+    } else {
+      SY_CHECK(!m.sealed || theirs.precision.recipe != "fp8-tensor-delayed" || m.step == 0,
+               "checkpoint '{}' was saved with precision.recipe = \"fp8-tensor-delayed\" after {} steps but holds "
+               "no fp8_amax_history", dir, m.step);
+    }
     auto entry = [&](const ParamInfo& p) -> const ckpt::TensorEntry& {
       const ckpt::TensorEntry& t = r.tensor(p.name);
       SY_CHECK(t.shape == p.shape.dims, "checkpoint '{}': tensor '{}' has shape {} there, {} here", dir, p.name,
@@ -418,21 +606,12 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
           opt.set_moments(g[5], range->state, static_cast<int64_t>(part.size()), part.data());
         }
     }
+    st.run_id = m.run_id;
     st.step = m.step;
     st.seed = m.seed;
-    st.expert_bias = m.expert_bias;
-    const int64_t E = cfg_.model.moe.experts;
-    for (int64_t l = 0; l < cfg_.model.moe_layers(); ++l)
-      st.expert_load.emplace_back(m.expert_load.begin() + l * E, m.expert_load.begin() + (l + 1) * E);
     st.metrics = m.metrics;
-    if (!m.fp8_shape.empty()) {
-      SY_CHECK(m.fp8_shape[0] == static_cast<int64_t>(full_.params().size()),
-               "checkpoint '{}': fp8_amax_history covers {} tensors, the model has {}", dir, m.fp8_shape[0],
-               full_.params().size());
-      st.fp8_amax = m.fp8_amax_history;
-      st.fp8_len = m.fp8_shape[2];
-    }
     st.metrics["tokens_seen"] = static_cast<double>(m.tokens_seen);
+    st.sealed = m.sealed;
   } catch (const Error& e) {
     err = e.what();
   } catch (const std::exception& e) {

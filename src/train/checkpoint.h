@@ -10,13 +10,26 @@
 // optimizer update, the first moment they change. When every rank's shard is on disk,
 // rank 0 writes the manifest, fsyncs, renames the directory into place and
 // only then moves `latest`: a crash at any moment leaves the previous
-// checkpoint and `latest` intact. Retention keeps the newest
-// checkpoint.keep, plus every checkpoint.keep_every-th step.
+// checkpoint and `latest` intact (re-saving a step swaps the directories
+// atomically). Stale `.tmp` directories are removed before a save; a failed
+// save removes its own and says why (a full disk, by name).
+//
+// Ownership: every checkpoint carries its run's identity (run_id, created
+// when a run starts from scratch, kept across resumes and restarts).
+// Retention deletes only this run's checkpoints beyond the newest
+// checkpoint.keep (plus every checkpoint.keep_every-th step), never the
+// one `latest` names; fallback never crosses into another run; a run does
+// not start in a directory holding another run's checkpoints unless
+// checkpoint.overwrite says so (then they are deleted once this run's first
+// checkpoint is committed). Rank 0 holds an advisory lock on the directory
+// while the run lives, so two jobs never write into one directory.
 //
 // Load: every rank reads exactly the tensors and moment ranges its own
-// layout needs, from whichever shards hold them, verifying checksums; any
-// layout loads any checkpoint. All ranks agree on success or on the first
-// error (which names the file and dataset).
+// layout needs, from whichever shards hold them, verifying checksums and
+// that each shard belongs to the manifest; any layout loads any checkpoint.
+// Every value read is checked against the shape and range the model needs.
+// All ranks agree on success or on the first error (which names the file
+// and dataset).
 #pragma once
 
 #include <atomic>
@@ -39,6 +52,7 @@ namespace sy {
 
 // Everything besides tensors a checkpoint restores.
 struct TrainState {
+  std::string run_id;                       // the run's identity (32 hex digits; "" from a format-1 checkpoint)
   int64_t step = 0;                         // optimizer steps completed
   int64_t seed = 0;                         // data order and random streams derive from (seed, step)
   std::vector<float> expert_bias;           // (moe_layers, E)
@@ -46,6 +60,7 @@ struct TrainState {
   std::map<std::string, double> metrics;    // last step's loss, lr, grad_norm, val_loss
   std::vector<float> fp8_amax;              // fp8-tensor-delayed: (tensors, 3, fp8_len) amax histories
   int64_t fp8_len = 0;
+  bool sealed = true;                       // loaded: the checkpoint carried checksums of its metadata (format >= 2)
 };
 
 class Checkpointer {
@@ -73,8 +88,17 @@ class Checkpointer {
   // synchronous); wait_staged() adds what it waits.
   double last_stall() const { return last_stall_; }
 
-  // Checkpoints to try, best first, per checkpoint.resume and .fallback.
-  std::vector<std::string> resume_candidates() const;
+  // Checkpoints to try, best first, per checkpoint.resume, .fallback and
+  // .overwrite (empty: start from scratch); takes the directory's lock.
+  // Collective. Throws ConfigError, the same on every rank, when starting
+  // would lose or mix in another run's work or `latest` is damaged.
+  std::vector<std::string> resume_candidates();
+  // This run's identity, set before the first save: the loaded checkpoint's,
+  // or new_run_id() for a run from scratch.
+  void set_run_id(const std::string& id) { run_id_ = id; }
+  const std::string& run_id() const { return run_id_; }
+  // A fresh identity, the same on every rank; collective.
+  std::string new_run_id() const;
   // Loads into this rank's buffers; collective. Throws ConfigError with the
   // same message on every rank if the checkpoint is unusable here.
   TrainState load(const std::string& dir, float* params, AdamW& opt);
@@ -85,12 +109,17 @@ class Checkpointer {
     const float* data[3];
   };
   void commit();
-  void write_shard(const std::string& path, const std::vector<Item>& items) const;
+  void install(const std::string& tmp, const std::string& final_dir) const;
+  // Rank 0: this run's checkpoints to try, newest first, except `skip`.
+  std::vector<std::string> own_checkpoints(const std::string& run, const std::string& skip) const;
+  uint32_t write_shard(const std::string& path, const std::vector<Item>& items, int64_t step) const;
   std::vector<float> gather_moments(const AdamW& opt, std::map<int64_t, int64_t>& where) const;
   // Offsets of the full moments (m then v) of the tensors this rank writes,
   // tensor after tensor, into where; returns the floats they take.
   int64_t written_moments_layout(std::map<int64_t, int64_t>& where) const;
   void retain() const;
+  void delete_other_runs() const;
+  std::string plan_resume();  // rank 0's part of resume_candidates(): the list, one per line
 
   RunConfig cfg_;
   const Grid& grid_;
@@ -98,6 +127,9 @@ class Checkpointer {
   const ParamLayout& full_;
   const GradSync& sync_;
   std::string dir_;
+  std::string run_id_;
+  bool delete_others_ = false;   // checkpoint.overwrite took over a directory: delete the others after a commit
+  int lock_fd_ = -1;             // rank 0: flock on <dir>/.lock
   std::vector<int64_t> writer_;  // full-table index -> world rank that writes it
   // The save in flight.
   std::thread thread_;
@@ -106,6 +138,7 @@ class Checkpointer {
   std::condition_variable staged_cv_;
   bool copying_ = false;           // the writer is still copying live buffers
   std::string error_;             // set by the writer thread
+  uint32_t digest_ = 0;            // of the shard this rank wrote (set by the writer)
   bool pending_ = false;
   std::string pending_dir_;
   TrainState pending_state_;

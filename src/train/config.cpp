@@ -264,11 +264,13 @@ const std::vector<Key>& schema() {
     k.push_back(string("precision", "moments", SY_REF(std::string, precision.moments), {"fp32", "bf16"}, "storage of the AdamW moments: FP32, or BF16 (half the optimizer memory; the update computes in FP32; checkpoints hold FP32)"));
     k.push_back(boolean("precision", "fp8_activations", SY_REF(bool, precision.fp8_activations), "FP8 recipes: activations saved for the weight gradient of FP8 linear layers (norm outputs feeding wqkv / dense w13, SwiGLU outputs feeding w2) are kept in FP8, not FP32"));
     // checkpoint
-    k.push_back(integer("checkpoint", "interval", SY_REF(int64_t, checkpoint.interval), 0, kBig, "save every N steps, at the end and on SIGUSR1/SIGTERM; 0 = on signal only"));
+    k.push_back(integer("checkpoint", "interval", SY_REF(int64_t, checkpoint.interval), 0, kBig, "save every N steps (and on SIGUSR1/SIGTERM); 0 = no periodic saves"));
+    k.push_back(boolean("checkpoint", "at_end", SY_REF(bool, checkpoint.at_end), "save a checkpoint when the run reaches train.steps"));
     k.push_back(integer("checkpoint", "keep", SY_REF(int64_t, checkpoint.keep), 1, 1 << 20, "newest checkpoints to keep"));
     k.push_back(integer("checkpoint", "keep_every", SY_REF(int64_t, checkpoint.keep_every), 0, kBig, "also keep every step that is a multiple of this; 0 = none"));
     k.push_back(string("checkpoint", "resume", SY_REF(std::string, checkpoint.resume), {}, "\"auto\" (from latest), \"none\", or a checkpoint directory"));
-    k.push_back(boolean("checkpoint", "fallback", SY_REF(bool, checkpoint.fallback), "on an unusable checkpoint, resume from the newest intact one"));
+    k.push_back(boolean("checkpoint", "fallback", SY_REF(bool, checkpoint.fallback), "on an unusable checkpoint or a damaged `latest`, resume from this run's newest intact checkpoint"));
+    k.push_back(boolean("checkpoint", "overwrite", SY_REF(bool, checkpoint.overwrite), "let a run start in a checkpoint directory that holds another run's checkpoints; they are deleted once this run's first checkpoint is saved"));
     k.push_back(boolean("checkpoint", "async", SY_REF(bool, checkpoint.async), "write checkpoints in the background"));
     k.push_back(integer("checkpoint", "staging_mb", SY_REF(int64_t, checkpoint.staging_mb), 0, 1 << 30, "staging memory per rank for async saves (MiB); larger shards save synchronously"));
     k.push_back(string("checkpoint", "dir", SY_REF(std::string, checkpoint.dir), {}, "checkpoint directory; \"\" = <run dir>/checkpoints"));

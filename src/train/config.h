@@ -72,11 +72,13 @@ struct PrecisionSection {
 };
 
 struct CheckpointSection {
-  int64_t interval = 0;        // save every N steps, at the end, and on SIGUSR1 / SIGTERM; 0 = on signal only
+  int64_t interval = 0;        // save every N steps (and on SIGUSR1 / SIGTERM); 0 = no periodic saves
+  bool at_end = true;          // save when the run reaches train.steps
   int64_t keep = 3;            // newest checkpoints kept
   int64_t keep_every = 0;      // plus every step that is a multiple of this, forever; 0 = none
   std::string resume = "auto"; // "auto" (from `latest` if any), "none", or a checkpoint directory
-  bool fallback = false;       // an unusable checkpoint falls back to the newest intact one
+  bool fallback = false;       // an unusable checkpoint falls back to this run's newest intact one
+  bool overwrite = false;      // start in a directory holding another run's checkpoints (deleted after the first save)
   bool async = true;           // write in the background while training goes on
   int64_t staging_mb = 4096;   // staging memory per rank for async saves; bigger shards save synchronously
   std::string dir;             // "" = <run dir>/checkpoints

@@ -6,12 +6,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include <csignal>
 
+#include "ckpt/files.h"
 #include "comm/shm.h"
 #include "comm/watchdog.h"
 #include "core/check.h"
@@ -32,6 +35,13 @@ std::string human_count(double x) {
   if (x >= 1e6) return fmt::format("{:.2f}M", x / 1e6);
   if (x >= 1e3) return fmt::format("{:.1f}k", x / 1e3);
   return fmt::format("{:.0f}", x);
+}
+
+std::string now_iso() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
 }
 
 std::string human_time(double s) {
@@ -424,8 +434,15 @@ void Trainer::write_metrics(const StepStats& s) {
                                                       {"amax_weight", s.fp8[g].amax_weight},
                                                       {"amax_grad", s.fp8[g].amax_grad},
                                                       {"saturated", s.fp8[g].saturated}};
-  metrics_ << j.dump() << '\n';
+  write_metrics_line(j.dump());
+}
+
+void Trainer::write_metrics_line(const std::string& line) {
+  metrics_ << line << '\n';
   metrics_.flush();
+  const fs::path path = fs::path(cfg_.run_dir()) / "metrics.jsonl";
+  SY_CHECK(metrics_.good(), "cannot append to '{}': {}{}", path.string(), std::strerror(errno),
+           ckpt::io_hint(path.string(), errno));
 }
 
 namespace {
@@ -480,20 +497,32 @@ int64_t Trainer::resume() {
                                              grid_.dp_size(), cfg_.train.val_batches,
                                              static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
       }
+      if (!st.sealed && rank0_)
+        std::cout << "note: a format-1 checkpoint (no checksums over its metadata, no run identity); this run's "
+                     "checkpoints are format 2 under a new run identity\n";
+      ckpt_->set_run_id(st.run_id.empty() ? ckpt_->new_run_id() : st.run_id);
+      resumed_from_ = candidates[c];
       if (rank0_) std::cout << fmt::format("resumed from {} (step {})\n", candidates[c], st.step) << std::flush;
       return st.step;
     } catch (const ConfigError& e) {
-      if (!cfg_.checkpoint.fallback || c + 1 == candidates.size()) throw;
+      if (!cfg_.checkpoint.fallback)
+        throw ConfigError(fmt::format("{}; set checkpoint.fallback = true to resume from this run's newest intact "
+                                      "checkpoint instead", e.what()), e.where());
+      if (c + 1 == candidates.size())
+        throw ConfigError(fmt::format("{}; no intact checkpoint of this run is left to fall back to", e.what()),
+                          e.where());
       if (rank0_)
         std::cout << fmt::format("checkpoint {} is unusable: {}\n  falling back to the next older one\n",
                                  candidates[c], e.what()) << std::flush;
     }
   }
+  ckpt_->set_run_id(ckpt_->new_run_id());
   return 0;
 }
 
 TrainState Trainer::train_state(int64_t steps_done, const StepStats& s) const {
   TrainState st;
+  st.run_id = ckpt_->run_id();
   st.step = steps_done;
   st.seed = cfg_.train.seed;
   st.expert_bias = expert_bias_;
@@ -520,8 +549,8 @@ int Trainer::train() {
     std::error_code ec;
     fs::create_directories(dir, ec);
     SY_CHECK(!ec, "cannot create run directory '{}': {}", dir.string(), ec.message());
-    std::ofstream(dir / "config.toml") << "# resolved configuration of this run (from " << cfg_.source << ")\n"
-                                       << to_toml(cfg_);
+    ckpt::write_file_durably((dir / "config.toml").string(), "# resolved configuration of this run (from " +
+                                                                 cfg_.source + ")\n" + to_toml(cfg_));
     std::cout << fmt::format("switchyard {} | config {} | run dir {}\n{}\n", version(), cfg_.source, dir.string(),
                              describe())
               << std::flush;
@@ -531,19 +560,25 @@ int Trainer::train() {
   const int64_t steps = cfg_.train.steps;
   const int64_t start = resume();
   if (rank0_) {
-    // Keep the metrics of the steps the checkpoint covers, drop any after it.
+    // Recorded metrics are never dropped: append, after a line that marks
+    // this start (a resume repeats the steps after its checkpoint; readers
+    // keep the last record of each step).
     const fs::path path = dir / "metrics.jsonl";
-    std::vector<std::string> kept;
-    if (start > 0) {
-      std::ifstream in(path);
-      for (std::string line; std::getline(in, line);)
-        if (!line.empty() && nlohmann::json::parse(line, nullptr, false).value("step", INT64_MAX) <= start)
-          kept.push_back(line);
+    bool newline = false;  // a line cut short (a full disk, a kill) must not join the next
+    if (std::ifstream in(path, std::ios::binary | std::ios::ate); in && in.tellg() > 0) {
+      in.seekg(-1, std::ios::end);
+      newline = in.get() != '\n';
     }
-    metrics_.open(path, std::ios::trunc);
-    SY_CHECK(metrics_.good(), "cannot write '{}'", path.string());
-    for (const std::string& line : kept) metrics_ << line << '\n';
-    metrics_.flush();
+    metrics_.open(path, std::ios::app | std::ios::binary);
+    SY_CHECK(metrics_.good(), "cannot write '{}': {}{}", path.string(), std::strerror(errno),
+             ckpt::io_hint(path.string(), errno));
+    if (newline) metrics_ << '\n';
+    nlohmann::json ev = {{"event", start > 0 ? "resume" : "start"}, {"from_step", start},
+                         {"run_id", ckpt_->run_id()}, {"time", now_iso()}, {"world", grid_.world().size()},
+                         {"software_version", version()}};
+    if (!resumed_from_.empty()) ev["checkpoint"] = resumed_from_;
+    write_metrics_line(ev.dump());
+    std::cout << fmt::format("run {}: {} at step {}\n", ckpt_->run_id(), start > 0 ? "resuming" : "starting", start);
     if (start >= steps) std::cout << fmt::format("nothing to do: already at step {} of {}\n", start, steps);
   }
   double avg = 0;
@@ -565,7 +600,8 @@ int Trainer::train() {
     grid_.world().allreduce_max(flags, 2);
     const int64_t every = cfg_.checkpoint.interval;
     const bool planned_stop = cfg_.train.stop_after > 0 && i + 1 >= cfg_.train.stop_after && !last;
-    if ((every > 0 && ((i + 1) % every == 0 || last)) || flags[0] || flags[1] || planned_stop)
+    if ((every > 0 && (i + 1) % every == 0) || (last && (every > 0 || cfg_.checkpoint.at_end)) || flags[0] ||
+        flags[1] || planned_stop)
       save_checkpoint(i + 1, s);
     if (flags[1] || planned_stop) {
       ckpt_->finish();

@@ -105,6 +105,7 @@ class Trainer {
   void save_checkpoint(int64_t steps_done, const StepStats& s);
   void log_step(const StepStats& s, double eta_seconds);
   void write_metrics(const StepStats& s);
+  void write_metrics_line(const std::string& line);  // checked: a full disk is an error naming the file
 
   RunConfig cfg_;
   Grid grid_;
@@ -127,6 +128,7 @@ class Trainer {
   std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;
   std::ofstream metrics_;
+  std::string resumed_from_;           // the checkpoint this run resumed from ("" from scratch)
 };
 
 }  // namespace sy

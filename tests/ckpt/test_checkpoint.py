@@ -47,7 +47,9 @@ def ckpt(*args, expect=0):
 
 
 def metrics(run_dir):
-    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    """The step records of metrics.jsonl (not the event lines that mark each start or resume)."""
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
 
 
 def latest(run_dir):
@@ -187,8 +189,21 @@ def test_sigkill_during_save(tmp):
     out = moe_train(run, big[:-3] + [f"train.steps={resumed + 3}", "checkpoint.interval=3"])
     assert f"(step {resumed})" in out, out[-2000:]
     assert not list(ck.glob("*.tmp")), "the interrupted save's directory must be cleaned up"
-    steps = [r["step"] for r in metrics(run)]
-    assert steps == list(range(1, resumed + 4)), steps
+    # Nothing recorded is dropped: the killed attempt's steps stay, then a
+    # resume line, then the steps after the checkpoint again.
+    rows, cut = [], 0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            cut += 1  # the line the kill interrupted, if any: kept on a line of its own
+    assert cut <= 1, cut
+    events = [i for i, r in enumerate(rows) if "event" in r]
+    assert [rows[i]["event"] for i in events] == ["start", "resume"] and rows[events[1]]["from_step"] == resumed, rows
+    before = [r["step"] for r in rows[:events[1]] if "loss" in r]
+    after = [r["step"] for r in rows[events[1]:] if "loss" in r]
+    assert before[:resumed] == list(range(1, resumed + 1)) and len(before) >= resumed, before
+    assert after == list(range(resumed + 1, resumed + 4)), after
 
 
 def test_signals(tmp):
