@@ -17,8 +17,14 @@ namespace sy::h5 {
 namespace {
 
 // HDF5 prints its error stack by default; we turn that into exceptions.
+// And no HDF5 clean-up at exit: a file whose close failed (a full disk)
+// stays in HDF5's tables, and HDF5 1.10's exit handler crashes closing it
+// again. The kernel closes what is left.
 struct Quiet {
-  Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+  Quiet() {
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
 };
 const Quiet quiet;
 

@@ -380,11 +380,23 @@ void Checkpointer::commit() {
         SY_FAIL("{}{}", e.what(), ckpt::io_hint(manifest, errno));
       }
       install(tmp.string(), final_dir.string());
-      ckpt::write_file_durably((fs::path(dir_) / ckpt::kLatest).string(), final_dir.filename().string() + "\n");
+      const fs::path latest = fs::path(dir_) / ckpt::kLatest;
+      if (std::error_code ec; fs::is_directory(fs::symlink_status(latest, ec))) {
+        // A directory where `latest` belongs: keep whatever it holds, out of the way.
+        if (fs::is_empty(latest, ec)) {
+          fs::remove(latest);
+        } else {
+          const std::string aside = fmt::format("{}.damaged-{}", latest.string(), std::time(nullptr));
+          ckpt::rename_noreplace(latest.string(), aside);
+          std::cout << fmt::format("'{}' was a directory; moved it to '{}'\n", latest.string(), aside) << std::flush;
+        }
+      }
+      ckpt::write_file_durably(latest.string(), final_dir.filename().string() + "\n");
       retain();
       if (delete_others_) delete_other_runs();
     } catch (const std::exception& e) {
-      commit_error = fmt::format("committing checkpoint '{}' failed: {}", pending_dir_, e.what());
+      commit_error = fmt::format("committing checkpoint '{}' failed: {} (the previous checkpoint and `latest` are "
+                                 "intact)", pending_dir_, e.what());
       std::error_code ec;
       fs::remove_all(tmp, ec);
     }
