@@ -116,6 +116,13 @@ std::string describe_status(int status) {
 
 int64_t latest_step(const std::string& ckpt_dir) { return ckpt::parse_step_dir(ckpt::read_latest(ckpt_dir)); }
 
+// What `latest` names, and whose it is: a restart may resume from `latest`
+// only once this job has committed a checkpoint there.
+std::string latest_identity(const std::string& ckpt_dir) {
+  const std::string name = ckpt::read_latest(ckpt_dir);
+  return name.empty() ? "" : name + " " + ckpt::read_run_id((fs::path(ckpt_dir) / name).string());
+}
+
 // One attempt's child process and its output.
 class Job {
  public:
@@ -210,6 +217,7 @@ class Supervisor {
   int run() {
     const LaunchSection& L = plan_.cfg.launch;
     RestartPolicy policy(L.max_restarts, L.restart_backoff);
+    latest_at_start_ = latest_identity(plan_.ckpt_dir);
     struct sigaction sa{}, old[4];
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
@@ -365,8 +373,12 @@ class Supervisor {
     dead_.clear();
     const LaunchSection& L = plan_.cfg.launch;
     std::vector<std::string> argv = plan_.argv;
-    if (attempt > 1) {  // carry on from the newest intact checkpoint, whatever checkpoint.resume said
-      argv.insert(argv.end(), {"--set", "checkpoint.resume=auto", "--set", "checkpoint.fallback=true"});
+    if (attempt > 1) {
+      // Carry on from this job's newest intact checkpoint. Until the job has
+      // committed one, start the way the first attempt did (from scratch, or
+      // from checkpoint.resume): `latest` may still be another run's.
+      if (latest_identity(plan_.ckpt_dir) != latest_at_start_) argv.insert(argv.end(), {"--set", "checkpoint.resume=auto"});
+      argv.insert(argv.end(), {"--set", "checkpoint.fallback=true"});
     }
     // Heartbeats of an earlier attempt must not count for this one.
     std::error_code ec;
@@ -504,6 +516,7 @@ class Supervisor {
   }
 
   const Plan& plan_;
+  std::string latest_at_start_;  // latest_identity() before the first attempt
   std::string run_dir_, log_dir_, hb_dir_;
   bool tty_;
   std::string host_;
