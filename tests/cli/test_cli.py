@@ -201,6 +201,91 @@ def test_default_run_learns(d):
     assert first > 5.0 and last["val_loss"] < 2.6, out[-2000:]
 
 
+# ---------------------------------------------------------------- every tool's command line
+
+TOOLS = ["moe-train", "moe-ckpt", "moe-generate", "moe-launch", "moe-plan"]
+
+
+def tool(name, args, cwd, expect_rc, *needles, stream="both"):
+    p = subprocess.run([str(BIN / name)] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                       errors="replace", timeout=300)
+    out = {"both": p.stdout + p.stderr, "stdout": p.stdout, "stderr": p.stderr}[stream]
+    assert p.returncode == expect_rc, f"{name} {args}: exit {p.returncode}, expected {expect_rc}:\n{p.stdout}{p.stderr}"
+    for n in needles:
+        assert n in out, f"{name} {args}: expected {n!r} in:\n{out}"
+    assert "Traceback" not in out and "terminate called" not in out, out
+    return out
+
+
+def test_usage_errors_exit_2(d):
+    # CLI11's own exit codes (105, 106, 109, ...) never leak: a usage error is 2 with a message.
+    cases = [
+        ("moe-train", ["--bogus"], "--bogus"),
+        ("moe-train", ["a.toml", "b.toml"], "b.toml"),
+        ("moe-generate", ["x", "--max-new", "-1"], "--max-new"),
+        ("moe-generate", ["x", "--top-p", "2"], "--top-p"),
+        ("moe-generate", [], "checkpoint is required"),
+        ("moe-ckpt", [], "subcommand is required"),
+        ("moe-ckpt", ["export", "a", "b", "--format", "gguf"], "gguf"),
+        ("moe-ckpt", ["show", "a", "t", "--bins", "0"], "--bins"),
+        ("moe-ckpt", ["reshard", "a", "b", "--dp", "-2"], "--dp"),
+        ("moe-ckpt", ["info"], "checkpoint is required"),
+        ("moe-launch", ["--np", "0"], "--np"),
+        ("moe-launch", ["--json"], "--json needs --dry-run"),
+        ("moe-plan", ["--width", "5"], "--width"),
+        ("moe-plan", ["--pp", "x"], "--pp"),
+    ]
+    for name, args, needle in cases:
+        out = tool(name, args, d, 2, needle, stream="stderr")
+        assert out.startswith(f"{name}: bad "), out
+
+
+def test_help_and_version(d):
+    for name in TOOLS:
+        tool(name, ["--version"], d, 0, f"{name} 0.", stream="stdout")
+        tool(name, ["--help"], d, 0, "Usage:", "--version", stream="stdout")
+    # --help shows the defaults.
+    tool("moe-generate", ["--help"], d, 0, "--max-new INT:INT in [0 - 1073741824]=200", "--top-p FLOAT:FLOAT in [0 - 1]=1")
+    tool("moe-plan", ["--help"], d, 0, "=100")
+    tool("moe-ckpt", ["show", "--help"], d, 0, "=20", "=params")
+
+
+def test_plan_json(d):
+    j = json.loads(tool("moe-plan", ["--pp", "2", "--schedule", "1f1b", "--microbatches", "4", "--json", "--ops"], d, 0,
+                        stream="stdout"))
+    assert j["schedule"] == "1f1b" and j["pp"] == 2 and j["microbatches"] == 4 and not j["split_backward"]
+    assert [s["rank"] for s in j["stages"]] == [0, 1] and j["stages"][0]["first_layer"] == 0
+    assert j["stages"][-1]["last_layer"] == 3 and abs(sum(s["forward_flops_share"] for s in j["stages"]) - 1) < 1e-9
+    assert len(j["ranks"]) == 2
+    for r in j["ranks"]:
+        assert 0 <= r["bubble_simulated"] < 1 and r["bubble_textbook"] == j["bubble"]["textbook"]
+        assert r["activations_held"] >= 1
+        ops = [o["op"] for o in r["ops"]]
+        assert ops.count("F") == 4 and "W" not in ops, ops
+    assert abs(j["bubble"]["textbook"] - 1 / 5) < 1e-12  # (p-1)/(m+p-1)
+    # The same numbers as the text output.
+    text = tool("moe-plan", ["--pp", "2", "--schedule", "1f1b", "--microbatches", "4"], d, 0)
+    assert f"simulated {100 * j['bubble']['simulated_mean']:.1f}% mean" in text, text
+    assert "ops" not in json.loads(tool("moe-plan", ["--pp", "2", "--json"], d, 0, stream="stdout"))["ranks"][0]
+
+
+def test_launch_dry_run_json(d):
+    j = json.loads(tool("moe-launch", ["--dry-run", "--json", "--np", "2", "--set", "run.dir=r"], d, 0,
+                        stream="stdout"))
+    assert j["world"]["ranks"] == 2 and j["world"]["source"] == "--np"
+    assert j["layout"] == {"pp": 1, "dp": 2, "ep": 2, "expert_dp": 1, "experts_per_rank": 4, "zero1": False}, j
+    mem = j["memory_bytes_per_rank"]
+    assert abs(sum(v for k, v in mem.items() if k != "total") - mem["total"]) < 1 and mem["weights"] > 0
+    assert j["compute"]["flops_per_step"] > 0 and j["compute"]["steps"] == 300
+    assert j["checkpoint"]["dir"] == "r/checkpoints" and j["checkpoint"]["bytes"] > 0
+    assert j["argv"][-2:] == ["--set", "run.dir=r"] and j["argv"][-3].endswith("/moe-train"), j["argv"]
+    assert j["resume"] is None
+    # pp > 1 adds the schedule.
+    j = json.loads(tool("moe-launch", ["--dry-run", "--json", "--np", "2", "--set", "parallel.pp=2", "--set",
+                                       "run.dir=r"], d, 0, stream="stdout"))
+    assert j["schedule"]["pp"] == 2 and j["schedule"]["name"] == "1f1b" and 0 < j["schedule"]["simulated_bubble"] < 1
+
+
 if __name__ == "__main__":
     case = sys.argv[2]
     with tempfile.TemporaryDirectory() as d:
