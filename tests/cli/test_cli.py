@@ -269,6 +269,37 @@ def test_plan_json(d):
     assert "ops" not in json.loads(tool("moe-plan", ["--pp", "2", "--json"], d, 0, stream="stdout"))["ranks"][0]
 
 
+def svg_checks(path):
+    """(width, texts) of an SVG, with every text's estimated right edge."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(path).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    width, size = float(root.get("width")), float(root.get("font-size"))
+    texts = []
+    for t in root.iter(ns + "text"):
+        fs = float(t.get("font-size", size))
+        # Monospace: 0.6 em per character is a common upper bound (DejaVu Sans Mono 0.602).
+        texts.append((t.text, float(t.get("x")) + 0.6 * fs * len(t.text)))
+    return width, texts
+
+
+def test_plan_svg(d):
+    for sched, pp, m, has_w in (("1f1b", 4, 8, False), ("zb", 4, 8, True), ("gpipe", 2, 4, False)):
+        svg = Path(d) / f"{sched}.svg"
+        tool("moe-plan", ["--pp", pp, "--schedule", sched, "--microbatches", m, "--svg", svg], d, 0, f"wrote {svg}")
+        width, texts = svg_checks(svg)
+        for text, right in texts:
+            assert right <= width, f"{sched}: '{text}' ends at {right:.0f}, beyond the picture's width {width:.0f}"
+        labels = [t for t, _ in texts]
+        assert sum(t.endswith("%") and t[:-1].replace(".", "").isdigit() for t in labels) == pp, labels
+        assert any("forward" in t for t in labels)
+        assert any("weight gradient (W)" in t for t in labels) == has_w, (sched, labels)
+        assert any("input gradient (B)" in t for t in labels) == has_w, (sched, labels)
+        assert any("backward (B)" in t for t in labels) != has_w, (sched, labels)
+        assert ("#e6550d" in svg.read_text()) == has_w  # W boxes are drawn only when there are W ops
+    tool("moe-plan", ["--svg", Path(d) / "nodir" / "x.svg"], d, 2, "--svg")
+
+
 def test_launch_dry_run_json(d):
     j = json.loads(tool("moe-launch", ["--dry-run", "--json", "--np", "2", "--set", "run.dir=r"], d, 0,
                         stream="stdout"))
