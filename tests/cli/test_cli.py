@@ -317,6 +317,50 @@ def test_launch_dry_run_json(d):
     assert j["schedule"]["pp"] == 2 and j["schedule"]["name"] == "1f1b" and 0 < j["schedule"]["simulated_bubble"] < 1
 
 
+REPORT = Path(__file__).resolve().parents[2] / "tools" / "moe_report.py"
+
+
+def test_report_skips_bad_lines(d):
+    # metrics.jsonl as a crashed and resumed run leaves it, with lines that are not step records.
+    run = Path(d) / "run"
+    run.mkdir()
+    lines = [json.dumps({"event": "start", "from_step": 0})]
+    lines += [json.dumps({"step": s, "loss": 5.0 - 0.1 * s, "tokens_per_s": 1000.0, "expert_load": [[1, 2, 3, 4]],
+                          "imbalance": [1.6], "dropped_frac": 0.0}) for s in range(1, 9)]
+    lines += ['{"step": 9, "lo']  # a partial line: the crash
+    lines += [json.dumps({"event": "resume", "from_step": 6})]
+    lines += [json.dumps({"step": s, "loss": 3.0 - 0.1 * s, "tokens_per_s": 1000.0}) for s in range(7, 11)]
+    bad = ["[1, 2]", '"text"', "7", "null", json.dumps({"step": "11", "loss": 1.0}), json.dumps({"step": 12}),
+           json.dumps({"step": 13, "loss": "low"}), json.dumps({"step": True, "loss": 1.0}), json.dumps({"other": 1}),
+           json.dumps({"step": 14, "loss": None}), json.dumps({"step": 15, "loss": 1.0, "expert_load": "x",
+                                                                "imbalance": [None], "val_loss": "n/a"})]
+    data = "\n".join(lines + bad).encode() + b'\n{"step": 16, "loss": 1.0, "note": "\xff\xfe"}\n'
+    (run / "metrics.jsonl").write_bytes(data)
+    p = subprocess.run(["/usr/bin/python3", str(REPORT), str(run)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    summary = (run / "report" / "summary.txt").read_text()
+    # 1..10 and 15: the last record of steps 7 and 8 (after the resume) is used.
+    assert "steps        1 .. 15 (11 logged; 2 repeated after a resume" in summary, summary
+    assert "loss         4.9000 -> 1.0000 (min 1.0000)" in summary, summary
+    assert "resumes      from step 6" in summary, summary
+    assert "skipped      12 lines" in summary and "1 invalid UTF-8" in summary and "1 not JSON" in summary, summary
+    for png in ("loss.png", "throughput.png", "expert_load.png"):
+        assert (run / "report" / png).stat().st_size > 1000
+    # The last record of a repeated step wins.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("moe_report", REPORT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows, events, skipped, repeats = mod.read_metrics(run / "metrics.jsonl")
+    by_step = {r["step"]: r["loss"] for r in rows}
+    assert abs(by_step[7] - 2.3) < 1e-12 and abs(by_step[6] - 4.4) < 1e-12 and repeats == 2, by_step
+    assert [e["event"] for e in events] == ["start", "resume"] and sum(skipped.values()) == 12
+    # Nothing usable: a message and exit 1, no traceback.
+    (run / "metrics.jsonl").write_bytes(b'{"event": "start", "from_step": 0}\n\xff\n')
+    p = subprocess.run(["/usr/bin/python3", str(REPORT), str(run)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "no step records" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 if __name__ == "__main__":
     case = sys.argv[2]
     with tempfile.TemporaryDirectory() as d:
