@@ -46,8 +46,14 @@ def write_shard(path, tokens, magic=20240520, version=1, count=None):
         f.write(np.asarray(tokens, dtype=np.uint16).tobytes())
 
 
+def step_records(run_dir):
+    """metrics.jsonl's step records (event lines such as {"event": "start", ...} left out)."""
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "event" not in r]
+
+
 def losses(run_dir):
-    return [json.loads(l)["loss"] for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in step_records(run_dir)]
 
 
 # ---------------------------------------------------------------- bad input
@@ -142,7 +148,7 @@ def test_wrong_world_size(d):
 def test_metrics_and_log(d):
     out = run(SMALL + ["--set", "train.steps=4", "--set", "train.val_every=2", "--set", "run.dir=r"], d, 0,
               "step 1/4 | loss ", "tok/s", "GFLOP/s", "| imb ", "| drop ", "| eta ", "| val ")
-    rows = [json.loads(l) for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_records(Path(d) / "r")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         for k in ("loss", "lr", "grad_norm", "tokens_per_s", "expert_load", "dropped_frac", "gflops"):
@@ -176,7 +182,7 @@ def test_bin_shards_train_and_validate(d):
     run(SMALL + ["--set", "data.format=bin", "--set", "data.train=train_*.bin", "--set", "data.val=val_*.bin",
                  "--set", "model.vocab_size=512", "--set", "train.steps=60", "--set", "train.val_every=60",
                  "--set", "train.lr=1e-2", "--set", "run.dir=r"], d, 0, "18000 tokens in 2 files", "val 2001 tokens in 1 file")
-    rows = [json.loads(l) for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_records(Path(d) / "r")
     assert rows[-1]["val_loss"] < 0.6 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["val_loss"])
 
 
@@ -194,7 +200,7 @@ def test_help_config_lists_keys(d):
 def test_default_run_learns(d):
     # The main job as the quickstart runs it: the built-in tiny config, 300 steps.
     out = run(["--set", "run.dir=r"], d, 0, "step 300/300")
-    rows = [json.loads(l) for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_records(Path(d) / "r")
     first, last = rows[0]["loss"], rows[-1]
     print(f"loss {first:.3f} -> {last['loss']:.3f}, val {last['val_loss']:.3f}, "
           f"{sum(r['step_seconds'] for r in rows):.1f} s of steps")
