@@ -287,6 +287,9 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     m.world = world, m.pp = s.pp, m.dp = s.dp, m.ep = s.ep;
   }
   m.zero1 = zero1 ? 1 : 0;
+  // Like reshard and export, consolidate creates the directories above its output.
+  const std::filesystem::path parent = std::filesystem::absolute(out).parent_path();
+  if (single && !std::filesystem::exists(parent)) std::filesystem::create_directories(parent);
   ckpt::repack(r, out, m, files);
   if (as_json) {
     print_json({{"source", path}, {"out", out}, {"kind", single ? "consolidated file" : "sharded directory"},

@@ -523,6 +523,8 @@ def test_moe_ckpt_bad_input(tmp):
         j = json.loads(ckpt(*args, "--json"))
         assert j is not None, args
     assert json.loads(ckpt("show", last, "embed.weight", "--slice", ":3", "--json"))["slice"] == [0, 3]
+    deep = Path(tmp) / "new" / "dir" / "one.h5"  # missing parents are created, as reshard and export do
+    assert json.loads(ckpt("consolidate", last, deep, "--json"))["out"] == str(deep) and deep.is_file()
     two = json.loads(ckpt("reshard", last, Path(tmp) / "two2", "--dp", "2", "--json"))
     assert two["layout"]["dp"] == 2 and two["tensors"] > 0 and two["out"] == str(Path(tmp) / "two2"), two
     # A damaged `latest` is reported, not guessed around; verify calls it a problem (exit 1).
