@@ -1,15 +1,20 @@
 // moe-ckpt: inspect, check, compare and convert Switchyard checkpoints.
 //   moe-ckpt ls CKPT | info CKPT | loads CKPT | show CKPT NAME | verify CKPT | diff A B
 //   moe-ckpt consolidate CKPT OUT.h5 | reshard CKPT OUT --dp N [--ep N] [--pp N] [--zero1]
-//   moe-ckpt export CKPT OUTDIR --format safetensors
-// CKPT is a checkpoint directory (or a consolidated file). --json for scripts.
-// Exit codes: 0 ok (diff: identical), 1 a problem (verify: damage; diff: differences), 2 bad usage.
-#include <CLI/CLI.hpp>
-
+//   moe-ckpt export CKPT OUTDIR --format mixtral|deepseek-v3
+// CKPT is a checkpoint directory, a consolidated file, or a run or
+// checkpoints directory (the checkpoint its `latest` names). --json (before
+// or after the subcommand): one JSON document on stdout, for every command.
+// Exit codes: 0 ok (diff: identical), 1 a problem (verify: damage; diff:
+// differences; an I/O failure), 2 bad input (usage, option values, paths).
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <iostream>
+#include <memory>
 #include <nlohmann/json.hpp>
+
+#include "apps/cli.h"
 
 #include "ckpt/inspect.h"
 #include "ckpt/reader.h"
@@ -28,8 +33,52 @@ using json = nlohmann::ordered_json;
 
 std::string shape_str(const std::vector<int64_t>& s) { return fmt::format("({})", fmt::join(s, ", ")); }
 
+// Text read from a file (tensor names, the config) may hold invalid UTF-8:
+// it is printed with U+FFFD in its place rather than aborting.
+void print_json(const json& j) {
+  std::cout << j.dump(1, ' ', false, json::error_handler_t::replace) << "\n";
+}
+
+// A checkpoint that cannot be opened at all (not HDF5, no readable
+// manifest) is bad input, as in moe-generate and moe-train; damage found
+// while reading its tensors is a problem (exit 1).
+std::unique_ptr<ckpt::Reader> open_checkpoint(const std::string& path) {
+  try {
+    return std::make_unique<ckpt::Reader>(path);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const Error& e) {
+    SY_CONFIG_FAIL("{}", e.what());
+  }
+}
+
+json layout_json(const ckpt::Manifest& m) {
+  return {{"world", m.world}, {"pp", m.pp}, {"dp", m.dp}, {"ep", m.ep}, {"zero1", m.zero1 != 0}};
+}
+
+// "BEGIN:END" flat element indices (either may be empty: 0, n) within [0, n].
+std::pair<int64_t, int64_t> parse_slice(const std::string& slice, int64_t n) {
+  const size_t colon = slice.find(':');
+  SY_CONFIG_CHECK(colon != std::string::npos, "--slice wants BEGIN:END (flat element indices), got '{}'", slice);
+  auto number = [&](std::string_view part, int64_t empty) {
+    if (part.empty()) return empty;
+    int64_t v = 0;
+    auto [end, ec] = std::from_chars(part.data(), part.data() + part.size(), v);
+    SY_CONFIG_CHECK(ec != std::errc::result_out_of_range, "--slice {}: '{}' is out of range (the tensor has {} "
+                    "elements)", slice, part, n);
+    SY_CONFIG_CHECK(ec == std::errc() && end == part.data() + part.size(), "--slice {}: '{}' is not an integer "
+                    "(want BEGIN:END, flat element indices)", slice, part);
+    return v;
+  };
+  const std::string_view all(slice);
+  const int64_t b = number(all.substr(0, colon), 0), e = number(all.substr(colon + 1), n);
+  SY_CONFIG_CHECK(0 <= b && b <= e && e <= n, "--slice {} is outside [0, {}] (or BEGIN > END)", slice, n);
+  return {b, e};
+}
+
 int cmd_ls(const std::string& path, bool as_json) {
-  ckpt::Reader r(path);
+  const auto reader = open_checkpoint(path);
+  ckpt::Reader& r = *reader;
   json rows = json::array();
   double total = 0;
   for (const ckpt::TensorEntry& t : r.manifest().tensors) {
@@ -39,7 +88,7 @@ int cmd_ls(const std::string& path, bool as_json) {
                     {"bytes", 12 * t.numel()}});
   }
   if (as_json) {
-    std::cout << rows.dump(1) << "\n";
+    print_json(rows);
     return 0;
   }
   size_t w = 4;
@@ -71,21 +120,22 @@ json load_stats(const ckpt::Manifest& m) {
 }
 
 int cmd_info(const std::string& path, bool as_json) {
-  ckpt::Reader r(path);
+  const auto reader = open_checkpoint(path);
+  ckpt::Reader& r = *reader;
   const ckpt::Manifest& m = r.manifest();
   int64_t params = 0;
   for (const auto& t : m.tensors) params += t.numel();
   json j = {{"path", path},           {"step", m.step},
             {"tokens_seen", m.tokens_seen}, {"saved_at", m.saved_at},
             {"software_version", m.software_version}, {"format_version", m.format_version},
-            {"layout", {{"world", m.world}, {"pp", m.pp}, {"dp", m.dp}, {"ep", m.ep}, {"zero1", m.zero1 != 0}}},
+            {"layout", layout_json(m)},
             {"shards", m.shards},     {"parameters", params},
             {"seed", m.seed},         {"metrics", m.metrics},
             {"expert_load", load_stats(m)}, {"config", m.config_toml}};
   if (!m.fp8_shape.empty())
     j["fp8_amax_history"] = {{"tensors", m.fp8_shape[0]}, {"steps", m.fp8_shape[2]}};
   if (as_json) {
-    std::cout << j.dump(1) << "\n";
+    print_json(j);
     return 0;
   }
   std::cout << fmt::format(
@@ -105,10 +155,11 @@ int cmd_info(const std::string& path, bool as_json) {
 }
 
 int cmd_loads(const std::string& path, bool as_json) {
-  ckpt::Reader r(path);
+  const auto reader = open_checkpoint(path);
+  ckpt::Reader& r = *reader;
   json layers = load_stats(r.manifest());
   if (as_json) {
-    std::cout << layers.dump(1) << "\n";
+    print_json(layers);
     return 0;
   }
   std::cout << fmt::format("expert loads recorded at step {} (picks per expert before dropping; bias = balancing "
@@ -131,24 +182,21 @@ int cmd_loads(const std::string& path, bool as_json) {
 
 int cmd_show(const std::string& path, const std::string& name, const std::string& group, const std::string& slice,
              int bins, bool as_json) {
-  ckpt::Reader r(path);
+  const auto reader = open_checkpoint(path);
+  ckpt::Reader& r = *reader;
+  SY_CONFIG_CHECK(r.manifest().find(name) != nullptr, "checkpoint '{}' has no tensor '{}' (`moe-ckpt ls {}` lists "
+                  "them)", path, name, path);
   const ckpt::TensorEntry& t = r.tensor(name);
   std::vector<float> v = r.read_all(group, t);
   ckpt::TensorStats s = ckpt::tensor_stats(v, bins);
-  int64_t b = 0, e = std::min<int64_t>(static_cast<int64_t>(v.size()), 8);
-  if (!slice.empty()) {
-    auto colon = slice.find(':');
-    SY_CONFIG_CHECK(colon != std::string::npos, "--slice wants BEGIN:END (flat element indices), got '{}'", slice);
-    b = std::stoll(slice.substr(0, colon)), e = std::stoll(slice.substr(colon + 1));
-    SY_CONFIG_CHECK(0 <= b && b <= e && e <= static_cast<int64_t>(v.size()), "--slice {} is outside [0, {}]", slice,
-                    v.size());
-  }
+  const int64_t n = static_cast<int64_t>(v.size());
+  auto [b, e] = slice.empty() ? std::pair<int64_t, int64_t>{0, std::min<int64_t>(n, 8)} : parse_slice(slice, n);
   std::vector<float> vals(v.begin() + b, v.begin() + e);
   json j = {{"name", name}, {"group", group}, {"shape", t.shape}, {"file", t.file}, {"count", s.count},
             {"min", s.min}, {"max", s.max}, {"mean", s.mean}, {"std", s.std}, {"norm", s.norm}, {"nan", s.nan},
             {"inf", s.inf}, {"histogram", s.histogram}, {"slice", {b, e}}, {"values", vals}};
   if (as_json) {
-    std::cout << j.dump(1) << "\n";
+    print_json(j);
     return 0;
   }
   std::cout << fmt::format("{} [{}] {} in {}\n  min {:.6g}  max {:.6g}  mean {:.6g}  std {:.6g}  norm {:.6g}  NaN {}  Inf {}\n",
@@ -169,7 +217,7 @@ int cmd_verify(const std::string& path, bool as_json) {
   size_t tensors = 0;
   if (problems.empty()) tensors = ckpt::Reader(path).manifest().tensors.size();
   if (as_json) {
-    std::cout << json({{"path", path}, {"ok", problems.empty()}, {"problems", problems}}).dump(1) << "\n";
+    print_json({{"path", path}, {"ok", problems.empty()}, {"problems", problems}});
   } else if (problems.empty()) {
     std::cout << fmt::format("{}: OK ({} tensors, {} datasets, every checksum matches)\n", path, tensors, 3 * tensors);
   } else {
@@ -180,8 +228,8 @@ int cmd_verify(const std::string& path, bool as_json) {
 }
 
 int cmd_diff(const std::string& a, const std::string& b, bool moments, bool as_json) {
-  ckpt::Reader ra(a), rb(b);
-  ckpt::Diff d = ckpt::diff(ra, rb, moments);
+  const auto ra = open_checkpoint(a), rb = open_checkpoint(b);
+  ckpt::Diff d = ckpt::diff(*ra, *rb, moments);
   bool same = d.only_a.empty() && d.only_b.empty();
   for (const auto& row : d.rows) same = same && !row.shape_differs && row.max_abs == 0;
   if (as_json) {
@@ -189,8 +237,8 @@ int cmd_diff(const std::string& a, const std::string& b, bool moments, bool as_j
     for (const auto& row : d.rows)
       rows.push_back({{"name", row.name}, {"group", row.group}, {"max_abs", row.max_abs}, {"max_rel", row.max_rel},
                       {"shape_differs", row.shape_differs}});
-    std::cout << json({{"identical", same}, {"only_in_a", d.only_a}, {"only_in_b", d.only_b}, {"tensors", rows}}).dump(1)
-              << "\n";
+    print_json({{"a", a}, {"b", b}, {"identical", same}, {"only_in_a", d.only_a}, {"only_in_b", d.only_b},
+                {"tensors", rows}});
     return same ? 0 : 1;
   }
   std::sort(d.rows.begin(), d.rows.end(), [](const auto& x, const auto& y) { return x.max_rel > y.max_rel; });
@@ -207,8 +255,10 @@ int cmd_diff(const std::string& a, const std::string& b, bool moments, bool as_j
   return same ? 0 : 1;
 }
 
-int cmd_repack(const std::string& path, const std::string& out, bool single, GridShape shape, bool zero1) {
-  ckpt::Reader r(path);
+int cmd_repack(const std::string& path, const std::string& out, bool single, GridShape shape, bool zero1,
+               bool as_json) {
+  const auto reader = open_checkpoint(path);
+  ckpt::Reader& r = *reader;
   ckpt::Manifest m = r.manifest();
   std::vector<std::string> files(m.tensors.size(), ".");
   if (single) {
@@ -228,74 +278,124 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     for (const ParamInfo& p : full.params())
       homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p) : -1});
     std::vector<int64_t> writers = ckpt::assign_writers(homes, world, s.dp, s.ep, cfg.model.moe.experts);
-    for (size_t i = 0; i < m.tensors.size(); ++i) files[i] = ckpt::shard_file_name(writers[m.tensors[i].index]);
+    for (size_t i = 0; i < m.tensors.size(); ++i) {
+      const int64_t index = m.tensors[i].index;
+      SY_CONFIG_CHECK(index >= 0 && index < static_cast<int64_t>(writers.size()), "{}: tensor '{}' has index {}, "
+                      "the model has {} tensors", path, m.tensors[i].name, index, writers.size());
+      files[i] = ckpt::shard_file_name(writers[static_cast<size_t>(index)]);
+    }
     m.world = world, m.pp = s.pp, m.dp = s.dp, m.ep = s.ep;
   }
   m.zero1 = zero1 ? 1 : 0;
+  // Like reshard and export, consolidate creates the directories above its output.
+  const std::filesystem::path parent = std::filesystem::absolute(out).parent_path();
+  if (single && !std::filesystem::exists(parent)) std::filesystem::create_directories(parent);
   ckpt::repack(r, out, m, files);
+  if (as_json) {
+    print_json({{"source", path}, {"out", out}, {"kind", single ? "consolidated file" : "sharded directory"},
+                {"step", m.step}, {"tensors", m.tensors.size()}, {"layout", layout_json(m)}});
+    return 0;
+  }
   std::cout << fmt::format("wrote {} ({})\n", out,
                            single ? "one file" : fmt::format("shards for pp {} x dp {}, ep {}", m.pp, m.dp, m.ep));
   return 0;
+}
+
+int cmd_export(const std::string& path, const std::string& out, const std::string& format, bool as_json) {
+  const ExportFormat f = parse_export_format(format);
+  const auto reader = open_checkpoint(path);
+  ckpt::Reader& r = *reader;
+  const ExportResult res = export_safetensors(r, out, f);
+  if (as_json) {
+    print_json({{"source", path}, {"out", res.dir}, {"format", res.format}, {"architecture", res.architecture},
+                {"step", r.manifest().step}, {"tensors", res.tensors}, {"bytes", res.bytes},
+                {"files", {"model.safetensors", "config.json"}}});
+    return 0;
+  }
+  std::cout << fmt::format("wrote {0}/model.safetensors ({1} tensors, {2:.1f} MiB) and {0}/config.json ({3}, {4} "
+                           "format)\n", out, res.tensors, static_cast<double>(res.bytes) / (1 << 20), res.architecture,
+                           res.format);
+  return 0;
+}
+
+// verify reports a damaged checkpoint as a problem (exit 1), even when it is
+// too damaged to be recognised as one; a path that does not exist is bad input.
+int cmd_verify_path(const std::string& path, bool as_json) {
+  std::string resolved;
+  try {
+    resolved = ckpt::resolve_checkpoint(path);
+  } catch (const ConfigError& e) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) throw;
+    if (as_json)
+      print_json({{"path", path}, {"ok", false}, {"problems", {e.what()}}});
+    else
+      std::cout << fmt::format("{}: 1 problem\n  {}\n", path, e.what());
+    return 1;
+  }
+  return cmd_verify(resolved, as_json);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"moe-ckpt: inspect, check, compare and convert Switchyard checkpoints"};
+  sy::cli::setup(app, "moe-ckpt");
   app.require_subcommand(1);
+  app.fallthrough();  // --json after the subcommand too
   bool as_json = false;
-  app.add_flag("--json", as_json, "machine-readable output");
-  std::string ckpt, other, name, out, group = "params", slice, format = "safetensors";
+  app.add_flag("--json", as_json, "machine-readable output (one JSON document), before or after the subcommand");
+  std::string ckpt, other, name, out, group = "params", slice, format = "mixtral";
   int bins = 20;
   bool moments = false, zero1 = false;
   int64_t pp = 1, dp = 0, ep = 0;
+  const char* ckpt_help = "checkpoint directory, consolidated file, or run / checkpoints directory (its latest)";
   auto* ls = app.add_subcommand("ls", "tensors: shape, dtype, shard file, bytes");
   auto* info = app.add_subcommand("info", "step, tokens, layout, config, version, timestamps, metrics");
   auto* loads = app.add_subcommand("loads", "expert-load statistics recorded at the checkpoint's step");
   auto* show = app.add_subcommand("show", "one tensor: min/max/mean/std/norm, NaN/Inf, histogram, a slice");
-  auto* verify = app.add_subcommand("verify", "checksums, completeness, shapes");
+  auto* verify = app.add_subcommand("verify", "checksums, completeness, shapes (exit 1 naming what is wrong)");
   auto* diff = app.add_subcommand("diff", "per-tensor max abs / rel differences, missing and extra tensors");
   auto* consolidate = app.add_subcommand("consolidate", "write one unsharded file");
   auto* reshard = app.add_subcommand("reshard", "rewrite the shards for another layout");
-  auto* exp = app.add_subcommand("export", "export the weights (Hugging Face Mixtral names)");
+  auto* exp = app.add_subcommand("export", "export the weights as safetensors + config.json (Mixtral or "
+                                           "DeepSeek-V3 names)");
   for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp})
-    c->add_option("checkpoint", ckpt, "checkpoint directory or consolidated file")->required();
+    c->add_option("checkpoint", ckpt, ckpt_help)->required();
   show->add_option("name", name, "tensor name (see ls)")->required();
   show->add_option("--group", group, "params, adam_m or adam_v")->check(CLI::IsMember({"params", "adam_m", "adam_v"}));
-  show->add_option("--slice", slice, "BEGIN:END flat elements to print");
-  show->add_option("--bins", bins, "histogram bins");
-  diff->add_option("other", other, "second checkpoint")->required();
+  show->add_option("--slice", slice, "BEGIN:END flat elements to print (default 0:8)");
+  show->add_option("--bins", bins, "histogram bins")->check(CLI::Range(1, 10000));
+  diff->add_option("other", other, "second checkpoint (the same forms)")->required();
   diff->add_flag("--moments", moments, "compare the AdamW moments too");
-  consolidate->add_option("out", out, "output file")->required();
-  reshard->add_option("out", out, "output directory")->required();
-  reshard->add_option("--pp", pp, "pipeline stages");
-  reshard->add_option("--dp", dp, "data-parallel ranks")->required();
-  reshard->add_option("--ep", ep, "expert-parallel ranks (0: gcd(dp, experts))");
+  consolidate->add_option("out", out, "output file (must not exist)")->required();
+  reshard->add_option("out", out, "output directory (must not exist)")->required();
+  reshard->add_option("--pp", pp, "pipeline stages")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  reshard->add_option("--dp", dp, "data-parallel ranks")
+      ->required()
+      ->default_str("")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  reshard->add_option("--ep", ep, "expert-parallel ranks (0: gcd(dp, experts))")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
   reshard->add_flag("--zero1", zero1, "record the layout as ZeRO-1");
-  exp->add_option("out", out, "output directory")->required();
-  exp->add_option("--format", format, "safetensors")->check(CLI::IsMember({"safetensors"}));
-  CLI11_PARSE(app, argc, argv);
-  try {
-    if (*ls) return cmd_ls(ckpt, as_json);
-    if (*info) return cmd_info(ckpt, as_json);
-    if (*loads) return cmd_loads(ckpt, as_json);
-    if (*show) return cmd_show(ckpt, name, group, slice, bins, as_json);
-    if (*verify) return cmd_verify(ckpt, as_json);
-    if (*diff) return cmd_diff(ckpt, other, moments, as_json);
-    if (*consolidate) return cmd_repack(ckpt, out, true, {}, false);
-    if (*reshard) return cmd_repack(ckpt, out, false, {pp, dp, ep}, zero1);
-    if (*exp) {
-      ckpt::Reader r(ckpt);
-      sy::export_hf_safetensors(r, out);
-      std::cout << fmt::format("wrote {}/model.safetensors and {}/config.json\n", out, out);
-      return 0;
+  exp->add_option("out", out, "output directory (must not exist)")->required();
+  exp->add_option("--format", format, "mixtral (alias safetensors) or deepseek-v3")
+      ->check(CLI::IsMember({"mixtral", "safetensors", "deepseek-v3"}));
+  if (auto rc = sy::cli::parse(app, argc, argv)) return *rc;
+  return sy::cli::guarded("moe-ckpt", [&]() -> int {
+    using sy::ckpt::resolve_checkpoint;
+    if (*verify) return cmd_verify_path(ckpt, as_json);
+    const std::string path = resolve_checkpoint(ckpt);
+    if (*ls) return cmd_ls(path, as_json);
+    if (*info) return cmd_info(path, as_json);
+    if (*loads) return cmd_loads(path, as_json);
+    if (*show) return cmd_show(path, name, group, slice, bins, as_json);
+    if (*diff) return cmd_diff(path, resolve_checkpoint(other), moments, as_json);
+    if (*consolidate || *reshard) {
+      sy::cli::check_new_output(out, *consolidate ? "the output file" : "the output directory");
+      return cmd_repack(path, out, bool(*consolidate), {pp, dp, ep}, zero1, as_json);
     }
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "moe-ckpt: " << e.what() << "\n";
-    return 2;
-  } catch (const sy::Error& e) {
-    std::cerr << "moe-ckpt: " << e.what() << "\n";
-    return 1;
-  }
-  return 2;
+    if (*exp) return cmd_export(path, out, format, as_json);
+    SY_CONFIG_FAIL("no subcommand (see --help)");
+  });
 }

@@ -3,14 +3,17 @@
 // CHECKPOINT is a checkpoint directory, a consolidated file, or a run /
 // checkpoints directory (its `latest`), written by any layout. The text goes
 // to stdout as it is generated; a statistics line goes to stderr.
+// --json --logits adds the logits of every prompt position (to compare an
+// exported model against Switchyard; --max-new 0 computes only those).
 // Exit codes: 0 success; 1 a failure; 2 bad input (flags, checkpoint, prompt).
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <climits>
 #include <iostream>
 #include <sstream>
 
+#include "apps/cli.h"
 #include "core/check.h"
 #include "core/cpu.h"
 #include "infer/decoder.h"
@@ -29,6 +32,7 @@ std::vector<int32_t> parse_ids(const std::string& s) {
       size_t used = 0;
       long long v = std::stoll(item, &used);
       SY_CONFIG_CHECK(used == item.size(), "--prompt-ids: '{}' is not an integer", item);
+      SY_CONFIG_CHECK(v >= 0 && v <= INT32_MAX, "--prompt-ids: token {} is negative or too large", item);
       ids.push_back(static_cast<int32_t>(v));
     } catch (const std::logic_error&) {
       SY_CONFIG_FAIL("--prompt-ids: '{}' is not an integer (want comma-separated token ids)", item);
@@ -43,15 +47,18 @@ int main(int argc, char** argv) {
   sy::prefer_fast_blas_kernels(argv);
   sy::flush_denormals();
   CLI::App app{"Switchyard: generate text from a checkpoint with a KV cache"};
+  sy::cli::setup(app, "moe-generate");
   std::string checkpoint, prompt, prompt_ids;
   int64_t max_new = 200, context = 0;
   sy::SamplingOptions opt;
-  bool no_cache = false, as_json = false, quiet = false;
+  bool no_cache = false, as_json = false, quiet = false, logits = false;
   app.add_option("checkpoint", checkpoint, "checkpoint directory, consolidated file, or run directory (its latest)")
       ->required();
   app.add_option("--prompt", prompt, "prompt text (byte-level models)");
   app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids (any vocabulary)");
-  app.add_option("--max-new", max_new, "tokens to generate")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  auto* max_new_opt = app.add_option("--max-new", max_new, "tokens to generate (default: 200, or fewer if the context "
+                                     "has less room after the prompt)")
+                          ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   app.add_option("--temperature", opt.temperature, "softmax temperature; 0 = greedy")
       ->check(CLI::Range(0.0, 1e6));
   app.add_option("--top-k", opt.top_k, "sample among the K most likely tokens; 0 = all")
@@ -63,9 +70,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
   app.add_flag("--no-cache", no_cache, "recompute the whole sequence for every token (reference, benchmarks)");
   app.add_flag("--json", as_json, "print one JSON object (ids, text, statistics) instead of streaming text");
+  app.add_flag("--logits", logits, "with --json: also the logits of every prompt position (\"prompt_logits\")");
   app.add_flag("--quiet", quiet, "no statistics line on stderr");
-  CLI11_PARSE(app, argc, argv);
-  try {
+  if (auto rc = sy::cli::parse(app, argc, argv)) return *rc;
+  return sy::cli::guarded("moe-generate", [&]() -> int {
+    SY_CONFIG_CHECK(!logits || as_json, "--logits needs --json");
     SY_CONFIG_CHECK(opt.top_p > 0, "--top-p must be in (0, 1], got {}", opt.top_p);
     sy::LoadedModel m = sy::load_model(checkpoint);
     const sy::ModelConfig& mc = m.config.model;
@@ -85,6 +94,8 @@ int main(int argc, char** argv) {
       SY_CONFIG_CHECK(ids[i] >= 0 && ids[i] < mc.vocab_size, "prompt token {} (position {}) is outside the "
                       "vocabulary of {}", ids[i], i, mc.vocab_size);
     if (context == 0) context = mc.seq_len;
+    if (max_new_opt->count() == 0)
+      max_new = std::max<int64_t>(0, std::min<int64_t>(max_new, context - static_cast<int64_t>(ids.size())));
     const int64_t need = static_cast<int64_t>(ids.size()) + max_new;
     SY_CONFIG_CHECK(need <= context, "the prompt ({} tokens) plus --max-new {} needs {} positions, more than the "
                     "context of {} (the model was trained on seq_len {}); shorten them or raise --context",
@@ -97,9 +108,12 @@ int main(int argc, char** argv) {
       std::cout << (bytes ? sy::decode_bytes(ids) : fmt::format("{}", fmt::join(ids, " "))) << std::flush;
     }
     auto t0 = Clock::now();
-    const float* logits = dec.extend(ids.data(), prompt_len);
+    const float* prefill = dec.extend(ids.data(), prompt_len);
     const double prefill_s = since(t0);
-    const float* last = logits + (prompt_len - 1) * V;
+    std::vector<std::vector<float>> prompt_logits;
+    if (logits)
+      for (int64_t t = 0; t < prompt_len; ++t) prompt_logits.emplace_back(prefill + t * V, prefill + (t + 1) * V);
+    const float* last = prefill + (prompt_len - 1) * V;
     auto t1 = Clock::now();
     for (int64_t i = 0; i < max_new; ++i) {
       const int64_t pos = static_cast<int64_t>(ids.size());
@@ -137,7 +151,8 @@ int main(int argc, char** argv) {
                           {"cache_bytes", dec.cache_bytes()},
                           {"forward_flops", dec.flops()}};
       if (bytes) j["text"] = sy::decode_bytes(generated);
-      std::cout << j.dump() << "\n";
+      if (logits) j["prompt_logits"] = prompt_logits;
+      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {
       std::cout << "\n";
     }
@@ -150,14 +165,5 @@ int main(int argc, char** argv) {
                                dec.cache_bytes_per_token(), mc.n_layers, mc.n_kv_heads, mc.head_size(),
                                static_cast<double>(dec.cache_bytes()) / (1 << 20), context);
     return 0;
-  } catch (const sy::ConfigError& e) {
-    std::cerr << "moe-generate: bad input: " << e.what() << "\n";
-    return 2;
-  } catch (const sy::Error& e) {
-    std::cerr << "moe-generate: error: " << e.what() << "\n  (raised at " << e.where() << ")\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "moe-generate: error: " << e.what() << "\n";
-    return 1;
-  }
+  });
 }

@@ -4,10 +4,9 @@
 // (config, flags, data files, an unusable checkpoint): running again will not
 // help; 3 the watchdog aborted a stuck collective; 4 stopped by SIGTERM/SIGINT
 // after saving a checkpoint (resumable).
-#include <CLI/CLI.hpp>
-
 #include <iostream>
 
+#include "apps/cli.h"
 #include "comm/comm.h"
 #include "core/check.h"
 #include "core/cpu.h"
@@ -19,6 +18,7 @@ int main(int argc, char** argv) {
   sy::prefer_fast_blas_kernels(argv);  // may re-exec; must come before MPI_Init
   sy::flush_denormals();
   CLI::App app{"Switchyard: train a Mixture-of-Experts transformer"};
+  sy::cli::setup(app, "moe-train");
   std::string config_path;
   std::vector<std::string> overrides;
   bool print_config = false, help_config = false;
@@ -26,14 +26,14 @@ int main(int argc, char** argv) {
   app.add_option("--set", overrides, "override a key: --set train.steps=10 (repeatable)");
   app.add_flag("--print-config", print_config, "print the resolved configuration and exit");
   app.add_flag("--help-config", help_config, "list every config key and exit");
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = sy::cli::parse(app, argc, argv)) return *rc;  // before MPI: every rank exits alike
 
   sy::MpiEnv mpi(&argc, &argv);
   sy::Comm world = sy::Comm::world();
-  auto fail = [&](const char* kind, const sy::Error& e, int code) {
+  auto fail = [&](const char* kind, const std::string& what, const std::string& where, int code) {
     std::cerr << fmt::format("moe-train: {}{}: {}\n", kind,
-                             world.size() > 1 ? fmt::format(" on rank {}", world.rank()) : "", e.what())
-              << fmt::format("  (raised at {})\n", e.where()) << std::flush;
+                             world.size() > 1 ? fmt::format(" on rank {}", world.rank()) : "", what)
+              << (where.empty() ? "" : fmt::format("  (raised at {})\n", where)) << std::flush;
     if (world.size() > 1) world.abort(code);
     return code;
   };
@@ -52,10 +52,17 @@ int main(int argc, char** argv) {
     sy::Trainer trainer(std::move(cfg), world);
     return trainer.train();
   } catch (const sy::ConfigError& e) {
-    return fail("bad input", e, 2);
+    return fail("bad input", e.what(), e.where(), sy::cli::kExitBadInput);
   } catch (const sy::Error& e) {
-    return fail("error", e, 1);
+    return fail("error", e.what(), e.where(), sy::cli::kExitError);
+  } catch (const std::filesystem::filesystem_error& e) {
+    const int code = sy::cli::filesystem_exit_code(e.code());
+    return fail(code == sy::cli::kExitBadInput ? "bad input" : "error", e.what(), "", code);
+  } catch (const std::bad_alloc&) {
+    return fail("error", "out of memory", "", sy::cli::kExitError);
   } catch (const std::exception& e) {
-    return fail("error", sy::Error(e.what(), "?"), 1);
+    return fail("error", e.what(), "", sy::cli::kExitError);
+  } catch (...) {
+    return fail("error", "an unknown exception", "", sy::cli::kExitError);
   }
 }

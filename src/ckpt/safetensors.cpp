@@ -1,5 +1,7 @@
 #include "ckpt/safetensors.h"
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -8,9 +10,9 @@
 
 namespace sy::ckpt {
 
-void write_safetensors(const std::string& path, const std::vector<SafeTensor>& tensors,
-                       const std::function<void(size_t, float*)>& fill,
-                       const std::map<std::string, std::string>& metadata) {
+uint64_t write_safetensors(const std::string& path, const std::vector<SafeTensor>& tensors,
+                           const std::function<void(size_t, float*)>& fill,
+                           const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
@@ -19,13 +21,14 @@ void write_safetensors(const std::string& path, const std::vector<SafeTensor>& t
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
     numel.push_back(n);
+    SY_CHECK(!header.contains(t.name), "'{}': tensor name '{}' twice", path, t.name);
     header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * static_cast<uint64_t>(n)}}};
     offset += 4 * static_cast<uint64_t>(n);
   }
-  std::string text = header.dump();
+  std::string text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   text.append((8 - text.size() % 8) % 8, ' ');
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  SY_CHECK(out.good(), "cannot write '{}'", path);
+  SY_CHECK(out.good(), "cannot write '{}': {}", path, std::strerror(errno));
   uint64_t len = text.size();
   unsigned char le[8];
   for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
@@ -36,10 +39,12 @@ void write_safetensors(const std::string& path, const std::vector<SafeTensor>& t
     buf.resize(static_cast<size_t>(numel[i]));
     fill(i, buf.data());
     out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size() * 4));
+    SY_CHECK(out.good(), "writing '{}' failed at tensor '{}': {}", path, tensors[i].name, std::strerror(errno));
   }
   out.close();
-  SY_CHECK(!out.fail(), "writing '{}' failed", path);
+  SY_CHECK(!out.fail(), "writing '{}' failed: {}", path, std::strerror(errno));
   h5::sync_path(path);
+  return 8 + text.size() + offset;
 }
 
 }  // namespace sy::ckpt

@@ -16,9 +16,11 @@ struct SafeTensor {
   std::vector<int64_t> shape;
 };
 
-// Writes float32 tensors; fill(i, out) produces tensor i's data (numel floats).
-void write_safetensors(const std::string& path, const std::vector<SafeTensor>& tensors,
-                       const std::function<void(size_t, float*)>& fill,
-                       const std::map<std::string, std::string>& metadata);
+// Writes float32 tensors; fill(i, out) produces tensor i's data (numel
+// floats). Returns the file's size in bytes; a failed write throws naming
+// the file and the reason (e.g. no space left on device).
+uint64_t write_safetensors(const std::string& path, const std::vector<SafeTensor>& tensors,
+                           const std::function<void(size_t, float*)>& fill,
+                           const std::map<std::string, std::string>& metadata);
 
 }  // namespace sy::ckpt

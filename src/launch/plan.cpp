@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "ckpt/format.h"
@@ -283,6 +284,54 @@ std::string describe(const Plan& p) {
   for (const std::string& n : p.notes) out += "note     : " + n + "\n";
   out += "command  : " + shell_quote(p.argv) + "\n";
   return out;
+}
+
+std::string describe_json(const Plan& p) {
+  using json = nlohmann::ordered_json;
+  const RunConfig& cfg = p.cfg;
+  const ModelConfig& m = cfg.model;
+  const MemoryEstimate& e = p.memory;
+  json j;
+  j["config"] = cfg.source;
+  j["run_dir"] = cfg.run_dir();
+  j["launcher"] = p.slurm ? "srun" : "mpirun";
+  if (p.slurm) j["slurm_job_id"] = p.env.slurm_job_id;
+  if (!p.hosts.empty()) j["hostfile"] = p.command.hostfile;
+  j["world"] = {{"ranks", p.np}, {"source", p.np_source}, {"hosts", p.hosts.size()}};
+  j["layout"] = {{"pp", p.shape.pp}, {"dp", p.shape.dp}, {"ep", p.shape.ep}, {"expert_dp", p.shape.dp / p.shape.ep},
+                 {"experts_per_rank", m.moe_layers() > 0 ? m.moe.experts / p.shape.ep : 0},
+                 {"zero1", cfg.parallel.zero1}};
+  j["model"] = {{"parameters", p.params_total}, {"active_per_token", p.active_per_token},
+                {"parameters_per_rank", p.params_rank}};
+  j["batch"] = {{"global_batch", cfg.train.global_batch}, {"seq_len", m.seq_len},
+                {"micro_batch", cfg.train.micro_batch}, {"grad_accum", cfg.train.grad_accum},
+                {"tokens_per_step", p.tokens_per_step}};
+  j["memory_bytes_per_rank"] = {{"weights", e.params},         {"gradients", e.grads},
+                                {"optimizer", e.optimizer},    {"activations", e.activations},
+                                {"expert_rows", e.expert_rows}, {"checkpoint_staging", e.staging},
+                                {"total", e.total()}};
+  j["compute"] = {{"flops_per_step", p.flops_per_step()}, {"forward_flops_per_token", p.flops_per_token},
+                  {"steps", cfg.train.steps}};
+  if (p.shape.pp > 1) {
+    RunConfig c = cfg;
+    if (c.parallel.microbatches > 0) c.train.grad_accum = c.parallel.microbatches;
+    PipelinePlan pl = plan_pipeline(c, p.shape.pp);
+    pipe::Simulation sim = pipe::simulate(pl.schedule, pipe::Costs::uniform(static_cast<int>(pl.pp), static_cast<int>(pl.v),
+                                                                            1.0, 1.0, 1.0));
+    j["schedule"] = {{"name", pl.schedule.name}, {"pp", pl.pp}, {"virtual", pl.v}, {"microbatches", pl.m},
+                     {"layers_per_stage", pl.counts}, {"simulated_bubble", sim.mean_bubble()},
+                     {"textbook_bubble", pipe::analytic_bubble(pl.schedule)}};
+  } else {
+    j["schedule"] = {{"name", "single-stage"}, {"pp", 1}, {"microbatches", cfg.train.grad_accum}};
+  }
+  j["checkpoint"] = {{"dir", p.ckpt_dir}, {"bytes", p.ckpt_bytes}, {"keep", cfg.checkpoint.keep},
+                     {"bytes_needed", p.ckpt_need}, {"disk_free", p.disk_free >= 0 ? json(p.disk_free) : json(nullptr)}};
+  j["resume"] = p.resume_from.empty() ? json(nullptr) : json(p.resume_from);
+  j["faults"] = {{"hang_timeout", cfg.launch.hang_timeout}, {"max_restarts", cfg.launch.max_restarts},
+                 {"restart_backoff", cfg.launch.restart_backoff}, {"grace", cfg.launch.grace}};
+  j["notes"] = p.notes;
+  j["argv"] = p.argv;
+  return j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace sy::launch

@@ -64,6 +64,10 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env);
 void preflight(Plan& plan);
 // The human-readable plan (--dry-run).
 std::string describe(const Plan& plan);
+// The same as one JSON object (--dry-run --json): world, layout, model,
+// batch, memory estimate (bytes per field), compute, schedule, checkpoint,
+// resume, faults, notes and the argv.
+std::string describe_json(const Plan& plan);
 
 // Forward FLOPs per token of a model with sequence length T (attention
 // averaged over causal positions).

@@ -119,18 +119,51 @@ std::string timeline_text(const Schedule& s, const Simulation& sim, int width) {
   return out;
 }
 
+namespace {
+// Width of `text` in the SVG's monospace font: 0.6 em per character (a
+// slight overestimate for the usual monospace faces), so nothing is clipped.
+double text_width(const std::string& text, double font_size) { return 0.6 * font_size * static_cast<double>(text.size()); }
+}  // namespace
+
 std::string timeline_svg(const Schedule& s, const Simulation& sim, const std::string& title) {
-  const double W = 1000, row = 28, left = 70, top = 40;
+  const double font = 11, title_font = 14, plot_w = 900, row = 28, left = 70, top = 40, pad = 10;
   const double H = top + row * s.p + 50;
-  const double scale = sim.makespan > 0 ? (W - left - 20) / sim.makespan : 0;
+  const double scale = sim.makespan > 0 ? plot_w / sim.makespan : 0;
+  // The legend names only what this schedule has: backward split into B and
+  // W or not, no backward at all for forward-only, lighter chunks when v > 1.
+  struct Entry {
+    const char* fill;  // nullptr: text only
+    std::string text;
+  };
+  std::vector<Entry> legend = {{"#3182bd", "forward (F)"}};
+  if (!s.forward_only) {
+    if (s.split_backward) {
+      legend.push_back({"#31a354", "input gradient (B)"});
+      legend.push_back({"#e6550d", "weight gradient (W)"});
+    } else {
+      legend.push_back({"#31a354", "backward (B)"});
+    }
+  }
+  if (s.v > 1) legend.push_back({nullptr, "lighter: chunk 1, 3, ..."});
+  legend.push_back({nullptr, "grey: idle"});
+  double legend_w = 0;
+  for (const Entry& e : legend) legend_w += (e.fill ? 16 : 0) + text_width(e.text, font) + 16;
+  std::vector<std::string> labels;
+  double label_w = 0;
+  for (double b : sim.bubble) {
+    labels.push_back(fmt::format("{:.1f}%", 100 * b));
+    label_w = std::max(label_w, text_width(labels.back(), font));
+  }
+  const double W = std::ceil(std::max({left + plot_w + 4 + label_w + pad, pad + text_width(title, title_font) + pad,
+                                       left + legend_w + pad}));
   std::string out = fmt::format(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"monospace\" "
-      "font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      "<text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
-      W, H, title);
+      "font-size=\"{}\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{}\" y=\"20\" font-size=\"{}\">{}</text>\n",
+      W, H, font, pad, title_font, title);
   for (int r = 0; r < s.p; ++r) {
     double y = top + row * r;
-    out += fmt::format("<text x=\"10\" y=\"{:.1f}\">rank {}</text>\n", y + row * 0.6, r);
+    out += fmt::format("<text x=\"{}\" y=\"{:.1f}\">rank {}</text>\n", pad, y + row * 0.6, r);
     out += fmt::format("<rect x=\"{}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#eeeeee\"/>\n", left,
                        y + 2, sim.makespan * scale, row - 4);
     for (const Timed& t : sim.ops[static_cast<size_t>(r)]) {
@@ -141,21 +174,24 @@ std::string timeline_svg(const Schedule& s, const Simulation& sim, const std::st
       out += fmt::format("<rect x=\"{:.2f}\" y=\"{:.1f}\" width=\"{:.2f}\" height=\"{:.1f}\" fill=\"{}\" "
                          "stroke=\"white\" stroke-width=\"0.5\"><title>{} mb {} chunk {}: {:.4g} - {:.4g}</title></rect>\n",
                          x, y + 2, w, row - 4, fill, op_name(t.op.kind), t.op.mb, t.op.chunk, t.start, t.end);
-      if (w >= 12)
-        out += fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" fill=\"white\">{}</text>\n", x + 2, y + row * 0.6,
-                           t.op.mb);
+      const std::string mb = std::to_string(t.op.mb);
+      if (w >= text_width(mb, font) + 4)
+        out += fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" fill=\"white\">{}</text>\n", x + 2, y + row * 0.6, mb);
     }
-    out += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\">{:.1f}%</text>\n", left + sim.makespan * scale + 4,
-                       y + row * 0.6, 100 * sim.bubble[static_cast<size_t>(r)]);
+    out += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\">{}</text>\n", left + sim.makespan * scale + 4, y + row * 0.6,
+                       labels[static_cast<size_t>(r)]);
   }
-  double ly = top + row * s.p + 25;
-  out += fmt::format(
-      "<rect x=\"{0}\" y=\"{1}\" width=\"12\" height=\"12\" fill=\"#3182bd\"/><text x=\"{2}\" y=\"{3}\">forward</text>"
-      "<rect x=\"{4}\" y=\"{1}\" width=\"12\" height=\"12\" fill=\"#31a354\"/><text x=\"{5}\" y=\"{3}\">backward "
-      "(input grad)</text><rect x=\"{6}\" y=\"{1}\" width=\"12\" height=\"12\" fill=\"#e6550d\"/><text x=\"{7}\" "
-      "y=\"{3}\">weight grad</text><text x=\"{8}\" y=\"{3}\">lighter: chunk 1, 3, ...; grey: idle</text>\n",
-      left, ly - 10, left + 16, ly, left + 90, left + 106, left + 260, left + 276, left + 380);
-  out += "</svg>\n";
+  const double ly = top + row * s.p + 25;
+  double x = left;
+  for (const Entry& e : legend) {
+    if (e.fill) {
+      out += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"12\" height=\"12\" fill=\"{}\"/>", x, ly - 10, e.fill);
+      x += 16;
+    }
+    out += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\">{}</text>", x, ly, e.text);
+    x += text_width(e.text, font) + 16;
+  }
+  out += "\n</svg>\n";
   return out;
 }
 

@@ -46,8 +46,14 @@ def write_shard(path, tokens, magic=20240520, version=1, count=None):
         f.write(np.asarray(tokens, dtype=np.uint16).tobytes())
 
 
+def step_records(run_dir):
+    """metrics.jsonl's step records (event lines such as {"event": "start", ...} left out)."""
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "event" not in r]
+
+
 def losses(run_dir):
-    return [json.loads(l)["loss"] for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in step_records(run_dir)]
 
 
 # ---------------------------------------------------------------- bad input
@@ -142,7 +148,7 @@ def test_wrong_world_size(d):
 def test_metrics_and_log(d):
     out = run(SMALL + ["--set", "train.steps=4", "--set", "train.val_every=2", "--set", "run.dir=r"], d, 0,
               "step 1/4 | loss ", "tok/s", "GFLOP/s", "| imb ", "| drop ", "| eta ", "| val ")
-    rows = [json.loads(l) for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_records(Path(d) / "r")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         for k in ("loss", "lr", "grad_norm", "tokens_per_s", "expert_load", "dropped_frac", "gflops"):
@@ -176,7 +182,7 @@ def test_bin_shards_train_and_validate(d):
     run(SMALL + ["--set", "data.format=bin", "--set", "data.train=train_*.bin", "--set", "data.val=val_*.bin",
                  "--set", "model.vocab_size=512", "--set", "train.steps=60", "--set", "train.val_every=60",
                  "--set", "train.lr=1e-2", "--set", "run.dir=r"], d, 0, "18000 tokens in 2 files", "val 2001 tokens in 1 file")
-    rows = [json.loads(l) for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_records(Path(d) / "r")
     assert rows[-1]["val_loss"] < 0.6 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["val_loss"])
 
 
@@ -194,11 +200,171 @@ def test_help_config_lists_keys(d):
 def test_default_run_learns(d):
     # The main job as the quickstart runs it: the built-in tiny config, 300 steps.
     out = run(["--set", "run.dir=r"], d, 0, "step 300/300")
-    rows = [json.loads(l) for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = step_records(Path(d) / "r")
     first, last = rows[0]["loss"], rows[-1]
     print(f"loss {first:.3f} -> {last['loss']:.3f}, val {last['val_loss']:.3f}, "
           f"{sum(r['step_seconds'] for r in rows):.1f} s of steps")
     assert first > 5.0 and last["val_loss"] < 2.6, out[-2000:]
+
+
+# ---------------------------------------------------------------- every tool's command line
+
+TOOLS = ["moe-train", "moe-ckpt", "moe-generate", "moe-launch", "moe-plan"]
+
+
+def tool(name, args, cwd, expect_rc, *needles, stream="both"):
+    p = subprocess.run([str(BIN / name)] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                       errors="replace", timeout=300)
+    out = {"both": p.stdout + p.stderr, "stdout": p.stdout, "stderr": p.stderr}[stream]
+    assert p.returncode == expect_rc, f"{name} {args}: exit {p.returncode}, expected {expect_rc}:\n{p.stdout}{p.stderr}"
+    for n in needles:
+        assert n in out, f"{name} {args}: expected {n!r} in:\n{out}"
+    assert "Traceback" not in out and "terminate called" not in out, out
+    return out
+
+
+def test_usage_errors_exit_2(d):
+    # CLI11's own exit codes (105, 106, 109, ...) never leak: a usage error is 2 with a message.
+    cases = [
+        ("moe-train", ["--bogus"], "--bogus"),
+        ("moe-train", ["a.toml", "b.toml"], "b.toml"),
+        ("moe-generate", ["x", "--max-new", "-1"], "--max-new"),
+        ("moe-generate", ["x", "--top-p", "2"], "--top-p"),
+        ("moe-generate", [], "checkpoint is required"),
+        ("moe-ckpt", [], "subcommand is required"),
+        ("moe-ckpt", ["export", "a", "b", "--format", "gguf"], "gguf"),
+        ("moe-ckpt", ["show", "a", "t", "--bins", "0"], "--bins"),
+        ("moe-ckpt", ["reshard", "a", "b", "--dp", "-2"], "--dp"),
+        ("moe-ckpt", ["info"], "checkpoint is required"),
+        ("moe-launch", ["--np", "0"], "--np"),
+        ("moe-launch", ["--json"], "--json needs --dry-run"),
+        ("moe-plan", ["--width", "5"], "--width"),
+        ("moe-plan", ["--pp", "x"], "--pp"),
+    ]
+    for name, args, needle in cases:
+        out = tool(name, args, d, 2, needle, stream="stderr")
+        assert out.startswith(f"{name}: bad "), out
+
+
+def test_help_and_version(d):
+    for name in TOOLS:
+        tool(name, ["--version"], d, 0, f"{name} 0.", stream="stdout")
+        tool(name, ["--help"], d, 0, "Usage:", "--version", stream="stdout")
+    # --help shows the defaults.
+    tool("moe-generate", ["--help"], d, 0, "--max-new INT:INT in [0 - 1073741824]=200", "--top-p FLOAT:FLOAT in [0 - 1]=1")
+    tool("moe-plan", ["--help"], d, 0, "=100")
+    tool("moe-ckpt", ["show", "--help"], d, 0, "=20", "=params")
+
+
+def test_plan_json(d):
+    j = json.loads(tool("moe-plan", ["--pp", "2", "--schedule", "1f1b", "--microbatches", "4", "--json", "--ops"], d, 0,
+                        stream="stdout"))
+    assert j["schedule"] == "1f1b" and j["pp"] == 2 and j["microbatches"] == 4 and not j["split_backward"]
+    assert [s["rank"] for s in j["stages"]] == [0, 1] and j["stages"][0]["first_layer"] == 0
+    assert j["stages"][-1]["last_layer"] == 3 and abs(sum(s["forward_flops_share"] for s in j["stages"]) - 1) < 1e-9
+    assert len(j["ranks"]) == 2
+    for r in j["ranks"]:
+        assert 0 <= r["bubble_simulated"] < 1 and r["bubble_textbook"] == j["bubble"]["textbook"]
+        assert r["activations_held"] >= 1
+        ops = [o["op"] for o in r["ops"]]
+        assert ops.count("F") == 4 and "W" not in ops, ops
+    assert abs(j["bubble"]["textbook"] - 1 / 5) < 1e-12  # (p-1)/(m+p-1)
+    # The same numbers as the text output.
+    text = tool("moe-plan", ["--pp", "2", "--schedule", "1f1b", "--microbatches", "4"], d, 0)
+    assert f"simulated {100 * j['bubble']['simulated_mean']:.1f}% mean" in text, text
+    assert "ops" not in json.loads(tool("moe-plan", ["--pp", "2", "--json"], d, 0, stream="stdout"))["ranks"][0]
+
+
+def svg_checks(path):
+    """(width, texts) of an SVG, with every text's estimated right edge."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(path).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    width, size = float(root.get("width")), float(root.get("font-size"))
+    texts = []
+    for t in root.iter(ns + "text"):
+        fs = float(t.get("font-size", size))
+        # Monospace: 0.6 em per character is a common upper bound (DejaVu Sans Mono 0.602).
+        texts.append((t.text, float(t.get("x")) + 0.6 * fs * len(t.text)))
+    return width, texts
+
+
+def test_plan_svg(d):
+    for sched, pp, m, has_w in (("1f1b", 4, 8, False), ("zb", 4, 8, True), ("gpipe", 2, 4, False)):
+        svg = Path(d) / f"{sched}.svg"
+        tool("moe-plan", ["--pp", pp, "--schedule", sched, "--microbatches", m, "--svg", svg], d, 0, f"wrote {svg}")
+        width, texts = svg_checks(svg)
+        for text, right in texts:
+            assert right <= width, f"{sched}: '{text}' ends at {right:.0f}, beyond the picture's width {width:.0f}"
+        labels = [t for t, _ in texts]
+        assert sum(t.endswith("%") and t[:-1].replace(".", "").isdigit() for t in labels) == pp, labels
+        assert any("forward" in t for t in labels)
+        assert any("weight gradient (W)" in t for t in labels) == has_w, (sched, labels)
+        assert any("input gradient (B)" in t for t in labels) == has_w, (sched, labels)
+        assert any("backward (B)" in t for t in labels) != has_w, (sched, labels)
+        assert ("#e6550d" in svg.read_text()) == has_w  # W boxes are drawn only when there are W ops
+    tool("moe-plan", ["--svg", Path(d) / "nodir" / "x.svg"], d, 2, "--svg")
+
+
+def test_launch_dry_run_json(d):
+    j = json.loads(tool("moe-launch", ["--dry-run", "--json", "--np", "2", "--set", "run.dir=r"], d, 0,
+                        stream="stdout"))
+    assert j["world"]["ranks"] == 2 and j["world"]["source"] == "--np"
+    assert j["layout"] == {"pp": 1, "dp": 2, "ep": 2, "expert_dp": 1, "experts_per_rank": 4, "zero1": False}, j
+    mem = j["memory_bytes_per_rank"]
+    assert abs(sum(v for k, v in mem.items() if k != "total") - mem["total"]) < 1 and mem["weights"] > 0
+    assert j["compute"]["flops_per_step"] > 0 and j["compute"]["steps"] == 300
+    assert j["checkpoint"]["dir"] == "r/checkpoints" and j["checkpoint"]["bytes"] > 0
+    assert j["argv"][-2:] == ["--set", "run.dir=r"] and j["argv"][-3].endswith("/moe-train"), j["argv"]
+    assert j["resume"] is None
+    # pp > 1 adds the schedule.
+    j = json.loads(tool("moe-launch", ["--dry-run", "--json", "--np", "2", "--set", "parallel.pp=2", "--set",
+                                       "run.dir=r"], d, 0, stream="stdout"))
+    assert j["schedule"]["pp"] == 2 and j["schedule"]["name"] == "1f1b" and 0 < j["schedule"]["simulated_bubble"] < 1
+
+
+REPORT = Path(__file__).resolve().parents[2] / "tools" / "moe_report.py"
+
+
+def test_report_skips_bad_lines(d):
+    # metrics.jsonl as a crashed and resumed run leaves it, with lines that are not step records.
+    run = Path(d) / "run"
+    run.mkdir()
+    lines = [json.dumps({"event": "start", "from_step": 0})]
+    lines += [json.dumps({"step": s, "loss": 5.0 - 0.1 * s, "tokens_per_s": 1000.0, "expert_load": [[1, 2, 3, 4]],
+                          "imbalance": [1.6], "dropped_frac": 0.0}) for s in range(1, 9)]
+    lines += ['{"step": 9, "lo']  # a partial line: the crash
+    lines += [json.dumps({"event": "resume", "from_step": 6})]
+    lines += [json.dumps({"step": s, "loss": 3.0 - 0.1 * s, "tokens_per_s": 1000.0}) for s in range(7, 11)]
+    bad = ["[1, 2]", '"text"', "7", "null", json.dumps({"step": "11", "loss": 1.0}), json.dumps({"step": 12}),
+           json.dumps({"step": 13, "loss": "low"}), json.dumps({"step": True, "loss": 1.0}), json.dumps({"other": 1}),
+           json.dumps({"step": 14, "loss": None}), json.dumps({"step": 15, "loss": 1.0, "expert_load": "x",
+                                                                "imbalance": [None], "val_loss": "n/a"})]
+    data = "\n".join(lines + bad).encode() + b'\n{"step": 16, "loss": 1.0, "note": "\xff\xfe"}\n'
+    (run / "metrics.jsonl").write_bytes(data)
+    p = subprocess.run(["/usr/bin/python3", str(REPORT), str(run)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    summary = (run / "report" / "summary.txt").read_text()
+    # 1..10 and 15: the last record of steps 7 and 8 (after the resume) is used.
+    assert "steps        1 .. 15 (11 logged; 2 repeated after a resume" in summary, summary
+    assert "loss         4.9000 -> 1.0000 (min 1.0000)" in summary, summary
+    assert "resumes      from step 6" in summary, summary
+    assert "skipped      12 lines" in summary and "1 invalid UTF-8" in summary and "1 not JSON" in summary, summary
+    for png in ("loss.png", "throughput.png", "expert_load.png"):
+        assert (run / "report" / png).stat().st_size > 1000
+    # The last record of a repeated step wins.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("moe_report", REPORT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows, events, skipped, repeats = mod.read_metrics(run / "metrics.jsonl")
+    by_step = {r["step"]: r["loss"] for r in rows}
+    assert abs(by_step[7] - 2.3) < 1e-12 and abs(by_step[6] - 4.4) < 1e-12 and repeats == 2, by_step
+    assert [e["event"] for e in events] == ["start", "resume"] and sum(skipped.values()) == 12
+    # Nothing usable: a message and exit 1, no traceback.
+    (run / "metrics.jsonl").write_bytes(b'{"event": "start", "from_step": 0}\n\xff\n')
+    p = subprocess.run(["/usr/bin/python3", str(REPORT), str(run)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "no step records" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 if __name__ == "__main__":

@@ -137,6 +137,10 @@ def test_bad_inputs():
     bad([CONSOLIDATED, "--prompt", ""], "empty prompt")
     bad([CONSOLIDATED, "--prompt", "a", "--prompt-ids", "1"], "not both")
     bad([CONSOLIDATED, "--prompt", "a", "--top-p", "0"], "--top-p")
+    bad([CONSOLIDATED, "--prompt", "a", "--max-new", "-1"], "--max-new")  # CLI11 said 105
+    bad([CONSOLIDATED, "--prompt", "a", "--logits"], "--logits needs --json")
+    bad([CONSOLIDATED, "--prompt-ids", "4294967297"], "4294967297")  # not wrapped around to token 1
+    bad([CONSOLIDATED, "--prompt", "a", "--bogus"], "--bogus")
     # A damaged shard: the message names the file and the tensor; nothing is printed to stdout.
     broken = WORK / "broken"
     shutil.rmtree(broken, ignore_errors=True)
@@ -152,6 +156,19 @@ def test_bad_inputs():
     assert p.stdout == "", p.stdout
     # Extending the context past seq_len is allowed when asked for.
     generate(CONSOLIDATED, "--prompt", "x" * 100, "--max-new", "100", "--context", "256", "--quiet")
+
+
+def test_default_max_new_fits_context():
+    # Without --max-new: 200 tokens, or what the context leaves after the prompt (tiny: 128 positions).
+    a = gen_json(CONSOLIDATED, "--prompt", "Q: ", "--temperature", "0")
+    assert a["new_tokens"] == 128 - 3 and len(a["ids"]) == 125, a["new_tokens"]
+    a = gen_json(CONSOLIDATED, "--prompt", "Q: ", "--temperature", "0", "--context", "512")
+    assert a["new_tokens"] == 200, a["new_tokens"]
+    # --logits: the prompt's logits, the last of which picks the first greedy token.
+    b = gen_json(CONSOLIDATED, "--prompt", "Q: ", "--temperature", "0", "--max-new", "1", "--logits")
+    logits = b["prompt_logits"]
+    assert len(logits) == 3 and all(len(r) == 256 for r in logits)
+    assert b["ids"][0] == max(range(256), key=lambda i: logits[-1][i]) == a["ids"][0]
 
 
 if __name__ == "__main__":
