@@ -128,6 +128,7 @@ int cmd_info(const std::string& path, bool as_json) {
   json j = {{"path", path},           {"step", m.step},
             {"tokens_seen", m.tokens_seen}, {"saved_at", m.saved_at},
             {"software_version", m.software_version}, {"format_version", m.format_version},
+            {"run_id", m.run_id},     {"sealed", m.sealed},
             {"layout", layout_json(m)},
             {"shards", m.shards},     {"parameters", params},
             {"seed", m.seed},         {"metrics", m.metrics},
@@ -139,9 +140,11 @@ int cmd_info(const std::string& path, bool as_json) {
     return 0;
   }
   std::cout << fmt::format(
-      "checkpoint  {}\nstep        {}\ntokens seen {}\nsaved at    {} by switchyard {}\nlayout      world {} = pp {} x dp {}, "
-      "ep {}, {}\nshards      {}\nparameters  {}\nseed        {}\n",
-      path, m.step, m.tokens_seen, m.saved_at, m.software_version, m.world, m.pp, m.dp, m.ep,
+      "checkpoint  {}\nrun         {}\nstep        {}\ntokens seen {}\nsaved at    {} by switchyard {} (format {}{})\n"
+      "layout      world {} = pp {} x dp {}, ep {}, {}\nshards      {}\nparameters  {}\nseed        {}\n",
+      path, m.run_id.empty() ? std::string("(none: format 1)") : m.run_id, m.step, m.tokens_seen, m.saved_at,
+      m.software_version, m.format_version, m.sealed ? ", metadata sealed" : ", metadata without checksums", m.world,
+      m.pp, m.dp, m.ep,
       m.zero1 ? "ZeRO-1" : "replicated optimizer", m.shards, params, m.seed);
   for (const auto& [k, v] : m.metrics) std::cout << fmt::format("{:<11} {:.6g}\n", k, v);
   for (const json& l : j["expert_load"])
@@ -215,11 +218,17 @@ int cmd_show(const std::string& path, const std::string& name, const std::string
 int cmd_verify(const std::string& path, bool as_json) {
   std::vector<std::string> problems = ckpt::verify(path);
   size_t tensors = 0;
-  if (problems.empty()) tensors = ckpt::Reader(path).manifest().tensors.size();
+  bool sealed = true;
+  if (problems.empty()) {
+    ckpt::Reader r(path);
+    tensors = r.manifest().tensors.size(), sealed = r.manifest().sealed;
+  }
   if (as_json) {
-    print_json({{"path", path}, {"ok", problems.empty()}, {"problems", problems}});
+    print_json({{"path", path}, {"ok", problems.empty()}, {"sealed", sealed}, {"problems", problems}});
   } else if (problems.empty()) {
-    std::cout << fmt::format("{}: OK ({} tensors, {} datasets, every checksum matches)\n", path, tensors, 3 * tensors);
+    std::cout << fmt::format("{}: OK ({} tensors, {} datasets, every checksum matches{})\n", path, tensors, 3 * tensors,
+                             sealed ? "; metadata sealed, every shard belongs to the manifest"
+                                    : "; format 1: its metadata and shard identities carry no checksums");
   } else {
     std::cout << fmt::format("{}: {} problem{}\n", path, problems.size(), problems.size() == 1 ? "" : "s");
     for (const std::string& p : problems) std::cout << "  " << p << "\n";
