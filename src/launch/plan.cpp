@@ -10,6 +10,7 @@
 #include "ckpt/format.h"
 #include "core/check.h"
 #include "data/dataset.h"
+#include "data/mapped_file.h"
 #include "model/layout.h"
 #include "model/transformer.h"
 #include "pipeline/simulate.h"
@@ -102,6 +103,7 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   SY_CONFIG_CHECK(!(p.slurm && !hostfile.empty()), "inside a Slurm allocation (job {}) the allocation names the "
                   "hosts; drop {}", env.slurm_job_id, flags.hostfile.empty() ? "launch.hostfile" : "--hostfile");
   if (!hostfile.empty()) {
+    check_regular_file(hostfile, "hostfile");  // a FIFO would block the read, a directory never parses
     p.hosts = read_hostfile(hostfile);
     hostfile = absolute(hostfile);
   }
@@ -204,9 +206,10 @@ void preflight(Plan& p) {
   SY_CONFIG_CHECK(!found.empty(), "'{}' not found in PATH ({}); install {}", runner,
                   p.slurm ? "inside a Slurm job" : "outside Slurm", p.slurm ? "slurm-client" : "openmpi-bin");
   p.argv[0] = found;
-  // Data: every pattern matches, every file is readable and well formed, and
-  // there is a window of seq_len + 1 tokens.
-  DataFiles data(cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.val_fraction);
+  // Data: every pattern matches, every file is a regular file and well
+  // formed, every shard token is below model.vocab_size (moe-train's own
+  // DataFiles, the same checks), and there is a window of seq_len + 1 tokens.
+  DataFiles data(cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.val_fraction, cfg.model.vocab_size);
   const int64_t len = cfg.model.seq_len + 1;
   SY_CONFIG_CHECK(data.train().windows(len) > 0, "{}: the training data ({}) has no file with at least "
                   "model.seq_len + 1 = {} tokens", cfg.source, data.train().describe(), len);

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "data/mapped_file.h"
 
 namespace sy::embedded {
 extern const char* const tiny_toml;
@@ -420,11 +421,9 @@ RunConfig parse_config(const std::string& text, const std::string& source,
 }
 
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  SY_CONFIG_CHECK(in.good(), "cannot read config file '{}': {}", path, std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_config(ss.str(), path, overrides);
+  // A regular file only (a FIFO would block, a directory or /dev/zero
+  // never parses): the message names the path and what it is.
+  return parse_config(read_text_file(path, "config file"), path, overrides);
 }
 
 std::string to_toml(const RunConfig& cfg) {

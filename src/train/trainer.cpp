@@ -57,7 +57,8 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
 
-  data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction);
+  data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
+                                      cfg_.model.vocab_size);
   const int64_t len = cfg_.model.seq_len + 1;
   SY_CONFIG_CHECK(data_->train().windows(len) > 0,
                   "{}: the training data ({}) has no file with at least model.seq_len + 1 = {} tokens",
