@@ -177,6 +177,18 @@ def test_only_regular_files(d):
         quick([path], d, 2, f"config file '{path}' is {kind}, not a regular file")
 
 
+def test_ranges_that_would_give_nan(d):
+    quick(["--set", "train.eps=0"], d, 2, "train.eps = 0 is out of range (0, 1]")
+    quick(["--set", "model.norm_eps=0"], d, 2, "model.norm_eps = 0 is out of range (0, 1]")
+
+
+def test_run_name_is_one_path_component(d):
+    escape = f"{Path(d).name}_escaped"  # runs/../../<escape> would land beside this test's directory
+    for name in (f"../../{escape}", "..", "", "a/b", "."):
+        quick(["--set", f"run.name={name}", "--set", "train.steps=1"], d, 2, "is not a single path component")
+    assert not (Path(d).parent / escape).exists()
+
+
 # ---------------------------------------------------------------- good runs
 
 def test_metrics_and_log(d):

@@ -152,6 +152,28 @@ TEST(Data, OnlyRegularFilesAreOpened) {
   EXPECT_EQ(empty.size(), 0u);
 }
 
+TEST(Config, RangesThatWouldGiveNaNAreRefused) {
+  for (const char* key : {"train.eps", "model.norm_eps"}) {
+    const std::string e = config_error([&] { parse_config(default_config_text(), "t", {fmt::format("{}=0", key)}); });
+    EXPECT_TRUE(has(e, fmt::format("{} = 0 is out of range (0, 1]", key))) << e;
+    EXPECT_NO_THROW(parse_config(default_config_text(), "t", {fmt::format("{}=1e-12", key)}));
+    // Used as a float: 1e-300 would round to 0 (and a denormal flushes to 0).
+    const std::string tiny = config_error([&] { parse_config(default_config_text(), "t", {fmt::format("{}=1e-300", key)}); });
+    EXPECT_TRUE(has(tiny, "as a float it must be at least")) << tiny;
+  }
+}
+
+TEST(Config, RunNameIsOnePathComponent) {
+  for (const char* bad : {"../../x", "..", ".", "", "a/b", "/etc", "x/"}) {
+    const std::string e = config_error([&] { parse_config(default_config_text(), "t", {fmt::format("run.name={}", bad)}); });
+    EXPECT_TRUE(has(e, "is not a single path component")) << bad << ": " << e;
+  }
+  const std::string ctl = config_error([&] { parse_config("[run]\nname = \"a\\u0007b\"\n", "c.toml"); });
+  EXPECT_TRUE(has(ctl, "c.toml:2") && has(ctl, "control character")) << ctl;
+  for (const char* good : {"tiny", "x y", "run.2", "...", "-a"})
+    EXPECT_EQ(parse_config(default_config_text(), "t", {fmt::format("run.name={}", good)}).run.name, good);
+}
+
 }  // namespace
 }  // namespace sy
 
