@@ -265,7 +265,7 @@ const std::vector<Key>& schema() {
     k.push_back(integer("train", "log_every", SY_REF(int64_t, train.log_every), 1, kBig, "steps between log lines"));
     k.push_back(integer("train", "val_every", SY_REF(int64_t, train.val_every), 0, kBig, "steps between validations, 0 = never"));
     k.push_back(integer("train", "val_batches", SY_REF(int64_t, train.val_batches), 1, 1 << 20, "micro-batches per validation"));
-    k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank, 0 = OpenMP default"));
+    k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank (at most the machine's CPUs and OpenBLAS's thread limit); 0 = OMP_NUM_THREADS if set, else the CPUs this rank may use shared among the job's ranks on its node"));
     k.push_back(integer("train", "sample_every", SY_REF(int64_t, train.sample_every), 0, kBig, "steps between text samples printed by rank 0 and appended to <run dir>/samples.txt, 0 = never"));
     k.push_back(string("train", "sample_prompt", SY_REF(std::string, train.sample_prompt), {}, "prompt of the samples (byte-level models; token models start from the first validation tokens)"));
     k.push_back(integer("train", "sample_tokens", SY_REF(int64_t, train.sample_tokens), 1, 1 << 20, "tokens generated per sample"));

@@ -189,6 +189,17 @@ def test_run_name_is_one_path_component(d):
     assert not (Path(d).parent / escape).exists()
 
 
+def test_threads(d):
+    quick(["--set", "train.threads=4096"], d, 2, "train.threads = 4096 threads per rank is more than this machine can use")
+    # 0 (the default): OMP_NUM_THREADS when set, else the affinity share; the banner says which.
+    base = SMALL + ["--set", "train.steps=1", "--set", "run.dir=r"]
+    quick(base, d, 0, "1 thread per rank (OMP_NUM_THREADS)", env={"OMP_NUM_THREADS": "1"})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    p = subprocess.run([str(TRAIN)] + base, cwd=d, capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0 and "per rank (affinity share)" in p.stdout, p.stdout + p.stderr
+    quick(base, d, 2, "OMP_NUM_THREADS = 'lots' is not a positive integer", env={"OMP_NUM_THREADS": "lots"})
+
+
 # ---------------------------------------------------------------- good runs
 
 def test_metrics_and_log(d):

@@ -174,6 +174,74 @@ TEST(Config, RunNameIsOnePathComponent) {
     EXPECT_EQ(parse_config(default_config_text(), "t", {fmt::format("run.name={}", good)}).run.name, good);
 }
 
+// Sets or unsets an environment variable for one scope.
+struct EnvVar {
+  std::string name;
+  std::optional<std::string> old;
+  EnvVar(std::string n, const char* value) : name(std::move(n)) {
+    if (const char* v = std::getenv(name.c_str())) old = v;
+    if (value)
+      ::setenv(name.c_str(), value, 1);
+    else
+      ::unsetenv(name.c_str());
+  }
+  ~EnvVar() {
+    if (old)
+      ::setenv(name.c_str(), old->c_str(), 1);
+    else
+      ::unsetenv(name.c_str());
+  }
+};
+
+TEST(Threads, ZeroMeansOmpNumThreadsThenTheAffinityShare) {
+  {
+    EnvVar env("OMP_NUM_THREADS", "1");
+    ThreadCount t = default_thread_count(Comm());
+    EXPECT_EQ(t.threads, 1);
+    EXPECT_EQ(t.source, "OMP_NUM_THREADS");
+  }
+  {
+    EnvVar env("OMP_NUM_THREADS", "3,1");  // OpenMP's per-level list: the outermost counts
+    EXPECT_EQ(default_thread_count(Comm()).threads, 3);
+  }
+  {
+    EnvVar env("OMP_NUM_THREADS", nullptr);
+    ThreadCount t = default_thread_count(Comm());
+    EXPECT_GE(t.threads, 1);
+    EXPECT_EQ(t.source, "affinity share");
+  }
+  for (const char* bad : {"0", "-2", "many", "2x"}) {
+    EnvVar env("OMP_NUM_THREADS", bad);
+    EXPECT_TRUE(has(config_error([] { default_thread_count(Comm()); }), "is not a positive integer")) << bad;
+  }
+}
+
+RunConfig small_config(const TempDir& dir, std::vector<std::string> sets = {}) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += fmt::format("line {} of a small corpus.\n", i);
+  std::vector<std::string> all = {"model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+                                  "model.seq_len=16", "model.dense_hidden=48", "moe.experts=4",
+                                  "moe.expert_hidden=16", "train.global_batch=4", "train.val_every=0",
+                                  "data.train=" + dir.file("corpus.txt", text)};
+  all.insert(all.end(), sets.begin(), sets.end());
+  return parse_config(default_config_text(), "test", all);
+}
+
+TEST(Threads, MoreThanTheMachineCanUseIsRefused) {
+  TempDir dir;
+  const std::string e = config_error([&] { Trainer(small_config(dir, {"train.threads=4096"}), Comm::world()); });
+  EXPECT_TRUE(has(e, "train.threads = 4096 threads per rank is more than this machine can use")) << e;
+  {
+    EnvVar env("OMP_NUM_THREADS", "4096");
+    const std::string o = config_error([&] { Trainer(small_config(dir), Comm::world()); });
+    EXPECT_TRUE(has(o, "OMP_NUM_THREADS = 4096 threads per rank")) << o;
+  }
+  EnvVar env("OMP_NUM_THREADS", "1");
+  Trainer t(small_config(dir), Comm::world());
+  EXPECT_EQ(omp_get_max_threads(), 1);
+  EXPECT_TRUE(has(t.describe(), "1 thread per rank (OMP_NUM_THREADS)")) << t.describe();
+}
+
 }  // namespace
 }  // namespace sy
 
