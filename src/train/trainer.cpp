@@ -21,6 +21,7 @@
 #include "core/timer.h"
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
+#include "train/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -57,6 +58,14 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   cfg_.parallel.ep = grid_.ep_size();
   cfg_.resolve_batch(grid_.dp_size());
   set_threads(world);
+
+  // Before anything that grows with the model: does this rank's share fit
+  // the memory its node has left? Every rank of the node measures before
+  // any of them allocates (the barrier), so none counts another's buffers.
+  const MemoryEstimate need = estimate_memory(cfg_, {grid_.pp_size(), grid_.dp_size(), grid_.ep_size()});
+  const int64_t on_node = node_ranks(world);
+  check_memory(cfg_, need, available_memory(), on_node);
+  world.barrier();
 
   data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
                                       cfg_.model.vocab_size);

@@ -177,6 +177,18 @@ def test_only_regular_files(d):
         quick([path], d, 2, f"config file '{path}' is {kind}, not a regular file")
 
 
+def test_sizes_that_cannot_fit(d):
+    # In range, but far beyond this machine: refused at once, naming the largest
+    # part and its keys, instead of a bare std::bad_alloc after allocating.
+    for key, part, named in (("model.vocab_size=16777216", "activations need", "model.vocab_size = 16777216"),
+                             ("moe.expert_hidden=1048576", "expert rows need", "moe.expert_hidden = 1048576"),
+                             ("train.global_batch=1073741824", "activations need", "train.global_batch = 1073741824"),
+                             ("model.seq_len=1048576", "activations need", "model.seq_len = 1048576"),
+                             ("model.d_model=65536", "AdamW moments need", "model.d_model = 65536")):
+        out = quick(["--set", key, "--set", "run.dir=r"], d, 2, "not enough memory: " + part, named, "available (")
+        assert "(raised at src/train/memory.cpp" in out, out
+
+
 def test_ranges_that_would_give_nan(d):
     quick(["--set", "train.eps=0"], d, 2, "train.eps = 0 is out of range (0, 1]")
     quick(["--set", "model.norm_eps=0"], d, 2, "model.norm_eps = 0 is out of range (0, 1]")

@@ -6,6 +6,7 @@ usage: test_launch.py BIN_DIR WORK_DIR CASE   (CASE "reference" runs the uninter
 """
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -109,7 +110,8 @@ def test_bad_input_is_refused_before_starting():
 
 
 def test_preflight_checks_data_and_memory():
-    """Data that would fail after the ranks started is refused first (exit 2, nothing started)."""
+    """What would fail after the ranks started is refused first (exit 2, nothing started), and the
+    dry run estimates memory from the config without allocating the model."""
     WORK.mkdir(parents=True, exist_ok=True)
     pre = WORK / "pre"
     shutil.rmtree(pre, ignore_errors=True)
@@ -138,6 +140,18 @@ def test_preflight_checks_data_and_memory():
     refused([f"data.train=['{pre}']"], "is a directory, not a regular file")
     refused([], f"hostfile '{pre / 'fifo'}' is a FIFO (named pipe), not a regular file",
             extra=["--hostfile", str(pre / "fifo")])
+    # Every rank on this machine: the estimate is held against its memory.
+    refused(["model.vocab_size=16777216"], "not enough memory: activations need", "model.vocab_size = 16777216")
+    # Ranks elsewhere (a hostfile): the dry run prints the estimate; nothing of the model is allocated
+    # (the activations of 2^20-token sequences, over 100 GiB, would end in std::bad_alloc here).
+    (pre / "hosts").write_text("far1 slots=2\nfar2 slots=2\n")
+    (pre / "long.txt").write_text("a long text " * 100000)  # 1.2 MB: one window of 2^20 + 1 bytes
+    p = subprocess.run(launch_cmd(pre / "run", ["model.seq_len=1048576", f"data.train=['{pre / 'long.txt'}']"], 4,
+                                  ["--dry-run", "--hostfile", str(pre / "hosts")]),
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    act = re.search(r"activations ([0-9.]+) GiB", p.stdout)
+    assert act and float(act.group(1)) > 100, p.stdout
 
 
 def kill_rank_during_run(run_dir, sets, at_step, sig, every_attempt=False):
