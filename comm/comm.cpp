@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -286,14 +287,30 @@ int node_ranks(const Comm& world) {
   return n;
 }
 
-int default_threads(const Comm& world) {
+ThreadCount default_thread_count(const Comm& world) {
+  const int ranks = node_ranks(world);  // collective: every rank calls it, whatever its environment
+  if (const char* env = std::getenv("OMP_NUM_THREADS"); env && *env) {
+    // OpenMP's syntax is a list per nesting level ("4,2"): the first entry
+    // is the team size of the outermost level, the one that matters here.
+    std::string first(env);
+    first = first.substr(0, first.find(','));
+    first.erase(0, first.find_first_not_of(" \t"));
+    first.erase(first.find_last_not_of(" \t") + 1);
+    const bool digits = !first.empty() && first.size() <= 9 &&
+                        std::all_of(first.begin(), first.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const int n = digits ? std::atoi(first.c_str()) : 0;
+    SY_CONFIG_CHECK(n > 0, "OMP_NUM_THREADS = '{}' is not a positive integer; unset it, or set train.threads", env);
+    return {n, "OMP_NUM_THREADS"};
+  }
   cpu_set_t set;
   CPU_ZERO(&set);
   int mine = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
   int online = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   // Bound to a subset already (mpirun --bind-to core): use it all; else share.
-  return std::max(1, std::min(mine, online / node_ranks(world)));
+  return {std::max(1, std::min(mine, online / ranks)), "affinity share"};
 }
+
+int default_threads(const Comm& world) { return default_thread_count(world).threads; }
 
 std::string host_name() {
   char buf[256] = {};

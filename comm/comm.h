@@ -149,8 +149,16 @@ std::string host_name();
 
 // Ranks of this job on this node (the members of `world` sharing memory).
 int node_ranks(const Comm& world);
-// CPU threads each rank should use: the CPUs this process may run on,
-// divided among the job's ranks on this node (at least 1).
-int default_threads(const Comm& world);
+// CPU threads each rank should use when train.threads = 0, and where the
+// number came from: OMP_NUM_THREADS when set (its first entry; anything but a
+// positive integer is a ConfigError), else the CPUs this process may run on
+// divided among the job's ranks on this node (at least 1). Collective over
+// `world` (it counts the ranks on the node) whatever the environment says.
+struct ThreadCount {
+  int threads = 1;
+  std::string source;  // "OMP_NUM_THREADS" or "affinity share"
+};
+ThreadCount default_thread_count(const Comm& world);
+int default_threads(const Comm& world);  // default_thread_count(world).threads
 
 }  // namespace sy

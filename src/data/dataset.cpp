@@ -1,33 +1,70 @@
 #include "data/dataset.h"
 
-#include <fcntl.h>
 #include <glob.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 #include "core/check.h"
 #include "core/rng.h"
+#include "data/mapped_file.h"
 
 namespace sy {
+
+// ---------------------------------------------------------------- token scan
+
+namespace {
+
+// Index of the first value >= limit in v[0, n), or -1. Each block's max is
+// a SIMD reduction (16 uint16 per AVX2 instruction), blocks run on all
+// threads, and only the first block whose max is out of range is searched
+// again for the position: one pass over memory for a clean file.
+template <class T>
+int64_t first_at_or_above(const T* v, int64_t n, int64_t limit) {
+  if (n <= 0 || limit > static_cast<int64_t>(std::numeric_limits<T>::max())) return -1;
+  const T lim = static_cast<T>(std::max<int64_t>(limit, 0));
+  const int64_t blocks = (n + kTokenScanBlock - 1) / kTokenScanBlock;
+  int64_t first = blocks;
+#pragma omp parallel for schedule(static) reduction(min : first) if (blocks > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const T* p = v + b * kTokenScanBlock;
+    const int64_t len = std::min(kTokenScanBlock, n - b * kTokenScanBlock);
+    T m = 0;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < len; ++i) m = p[i] > m ? p[i] : m;
+    if (m >= lim) first = std::min(first, b);
+  }
+  if (first == blocks) return -1;
+  const int64_t end = std::min(n, (first + 1) * kTokenScanBlock);
+  for (int64_t i = first * kTokenScanBlock; i < end; ++i)
+    if (v[i] >= lim) return i;
+  return -1;  // not reached: the block's max was >= lim
+}
+
+}  // namespace
+
+TokenScan first_token_at_or_above(const uint16_t* tokens, int64_t n, int64_t vocab) {
+  TokenScan r;
+  r.position = first_at_or_above(tokens, n, vocab);
+  if (r.position >= 0) r.token = tokens[r.position];
+  return r;
+}
+
+int64_t first_byte_at_or_above(const uint8_t* bytes, int64_t n, int64_t limit) {
+  return first_at_or_above(bytes, n, limit);
+}
 
 // ---------------------------------------------------------------- files
 
 struct DataFiles::File {
-  std::string path;
-  std::vector<uint8_t> text;          // text files are read
-  void* map = nullptr;                // shards are mapped
-  size_t map_bytes = 0;
-  const uint16_t* tokens = nullptr;
+  MappedFile map;                     // text bytes, or a shard (header, then tokens)
+  const uint8_t* bytes = nullptr;     // text
+  const uint16_t* tokens = nullptr;   // shard
   int64_t count = 0;
-  ~File() {
-    if (map) munmap(map, map_bytes);
-  }
+  const std::string& path() const { return map.path(); }
 };
 
 std::vector<std::string> expand_patterns(const std::vector<std::string>& patterns, const std::string& what) {
@@ -47,71 +84,68 @@ std::vector<std::string> expand_patterns(const std::vector<std::string>& pattern
 
 namespace {
 
-std::unique_ptr<DataFiles::File> read_text(const std::string& path) {
+std::unique_ptr<DataFiles::File> map_text(const std::string& path, int64_t vocab) {
   auto f = std::make_unique<DataFiles::File>();
-  f->path = path;
-  std::ifstream in(path, std::ios::binary);
-  SY_CONFIG_CHECK(in.good(), "data file '{}' cannot be read: {}", path, std::strerror(errno));
-  f->text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  SY_CONFIG_CHECK(!in.bad(), "data file '{}': read error: {}", path, std::strerror(errno));
-  SY_CONFIG_CHECK(!f->text.empty(), "data file '{}' is empty", path);
-  f->count = static_cast<int64_t>(f->text.size());
+  f->map = MappedFile(path, "data file");
+  SY_CONFIG_CHECK(f->map.size() > 0, "data file '{}' is empty", path);
+  f->bytes = f->map.data();
+  f->count = static_cast<int64_t>(f->map.size());
+  if (vocab < 256) {  // byte tokens: only a model with fewer than 256 ids can meet one outside
+    const int64_t at = first_byte_at_or_above(f->bytes, f->count, vocab);
+    SY_CONFIG_CHECK(at < 0, "data file '{}': token {} at position {} is outside the vocabulary (model.vocab_size = {})",
+                    path, at < 0 ? 0 : f->bytes[at], at, vocab);
+  }
   return f;
 }
 
-std::unique_ptr<DataFiles::File> map_shard(const std::string& path) {
+std::unique_ptr<DataFiles::File> map_shard(const std::string& path, int64_t vocab) {
   auto f = std::make_unique<DataFiles::File>();
-  f->path = path;
-  int fd = open(path.c_str(), O_RDONLY);
-  SY_CONFIG_CHECK(fd >= 0, "data shard '{}' cannot be opened: {}", path, std::strerror(errno));
-  struct stat sb{};
-  fstat(fd, &sb);
-  size_t bytes = static_cast<size_t>(sb.st_size);
-  size_t header = kShardHeaderInts * sizeof(int32_t);
-  if (bytes < header) {
-    close(fd);
-    SY_CONFIG_FAIL("data shard '{}' is {} bytes, shorter than its {}-byte header", path, bytes, header);
-  }
-  void* m = mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-  int err = errno;
-  close(fd);
-  SY_CONFIG_CHECK(m != MAP_FAILED, "data shard '{}' cannot be mapped: {}", path, std::strerror(err));
-  f->map = m;
-  f->map_bytes = bytes;
-  const int32_t* h = static_cast<const int32_t*>(m);
+  f->map = MappedFile(path, "data shard");
+  const size_t bytes = f->map.size();
+  const size_t header = kShardHeaderInts * sizeof(int32_t);
+  SY_CONFIG_CHECK(bytes >= header, "data shard '{}' is {} bytes, shorter than its {}-byte header", path, bytes, header);
+  int32_t h[3];
+  std::memcpy(h, f->map.data(), sizeof(h));
   SY_CONFIG_CHECK(h[0] == kShardMagic, "data shard '{}': bad magic {} in header (expected {}: an llm.c .bin token shard)",
            path, h[0], kShardMagic);
   SY_CONFIG_CHECK(h[1] == kShardVersion, "data shard '{}': header version {} is not supported (expected {})", path,
            h[1], kShardVersion);
-  int64_t n = h[2];
-  size_t want = header + static_cast<size_t>(n) * sizeof(uint16_t);
+  const int64_t n = h[2];
   SY_CONFIG_CHECK(n > 0, "data shard '{}' holds no tokens (header token count {})", path, n);
+  const size_t want = header + static_cast<size_t>(n) * sizeof(uint16_t);
   SY_CONFIG_CHECK(bytes == want, "data shard '{}': header says {} tokens ({} bytes) but the file has {} bytes (truncated?)",
            path, n, want, bytes);
-  f->tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(m) + header);
+  f->tokens = reinterpret_cast<const uint16_t*>(f->map.data() + header);
   f->count = n;
+  // Every token once, now, rather than a bad one failing the step that
+  // first reads its window.
+  const TokenScan bad = first_token_at_or_above(f->tokens, n, vocab);
+  SY_CONFIG_CHECK(bad.position < 0, "data file '{}': token {} at position {} is outside the vocabulary "
+                  "(model.vocab_size = {}); every token of a shard must be below it", path, bad.token, bad.position,
+                  vocab);
   return f;
 }
 
 Segment segment_of(const DataFiles::File& f, int64_t begin, int64_t end) {
   Segment s;
-  s.file = f.path;
+  s.file = f.path();
   s.begin = begin;
   s.count = end - begin;
   if (f.tokens)
     s.u16 = f.tokens + begin;
   else
-    s.bytes = f.text.data() + begin;
+    s.bytes = f.bytes + begin;
   return s;
 }
 
 }  // namespace
 
 DataFiles::DataFiles(const std::string& format, const std::vector<std::string>& train_patterns,
-                     const std::vector<std::string>& val_patterns, double val_fraction) {
+                     const std::vector<std::string>& val_patterns, double val_fraction, int64_t vocab) {
   SY_CONFIG_CHECK(format == "text" || format == "bin", "data.format '{}' is neither \"text\" nor \"bin\"", format);
+  SY_CHECK(vocab >= 1, "DataFiles: vocabulary size {} must be positive", vocab);
   auto load = [&](const std::string& path) {
-    files_.push_back(format == "text" ? read_text(path) : map_shard(path));
+    files_.push_back(format == "text" ? map_text(path, vocab) : map_shard(path, vocab));
     return files_.back().get();
   };
   for (const std::string& path : expand_patterns(train_patterns, "data.train")) {

@@ -39,13 +39,16 @@ class TokenDataset {
   std::vector<Segment> segments_;
 };
 
-// Owns the file contents (read or mapped) behind the datasets.
+// Owns the memory maps behind the datasets.
 class DataFiles {
  public:
   // format "text" or "bin"; patterns are paths or globs. val_patterns empty:
-  // the last val_fraction of every train file is the validation set.
+  // the last val_fraction of every train file is the validation set. Only
+  // regular files are accepted (see mapped_file.h); each is memory-mapped,
+  // and every token of a shard is checked against `vocab` once, here
+  // (ConfigError naming the file, the first bad position and token).
   DataFiles(const std::string& format, const std::vector<std::string>& train_patterns,
-            const std::vector<std::string>& val_patterns, double val_fraction);
+            const std::vector<std::string>& val_patterns, double val_fraction, int64_t vocab);
   ~DataFiles();
   DataFiles(const DataFiles&) = delete;
   DataFiles& operator=(const DataFiles&) = delete;
@@ -59,6 +62,18 @@ class DataFiles {
   std::vector<std::unique_ptr<File>> files_;
   TokenDataset train_, val_;
 };
+
+// The first token >= vocab in tokens[0, n) (position -1 if none): a
+// vectorised max over blocks of kTokenScanBlock tokens on all OpenMP
+// threads, memory-bound; only a block holding a bad token is searched again.
+inline constexpr int64_t kTokenScanBlock = int64_t{1} << 16;
+struct TokenScan {
+  int64_t position = -1;
+  int64_t token = 0;
+};
+TokenScan first_token_at_or_above(const uint16_t* tokens, int64_t n, int64_t vocab);
+// The same for byte tokens (text files); -1 if none.
+int64_t first_byte_at_or_above(const uint8_t* bytes, int64_t n, int64_t limit);
 
 // Expands glob patterns; every pattern must match at least one file.
 std::vector<std::string> expand_patterns(const std::vector<std::string>& patterns, const std::string& what);

@@ -11,8 +11,8 @@
 #include "ckpt/format.h"
 #include "core/check.h"
 #include "data/dataset.h"
-#include "model/layout.h"
-#include "model/transformer.h"
+#include "data/mapped_file.h"
+#include "model/estimate.h"
 #include "pipeline/simulate.h"
 #include "train/pipeline_plan.h"
 
@@ -103,6 +103,7 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   SY_CONFIG_CHECK(!(p.slurm && !hostfile.empty()), "inside a Slurm allocation (job {}) the allocation names the "
                   "hosts; drop {}", env.slurm_job_id, flags.hostfile.empty() ? "launch.hostfile" : "--hostfile");
   if (!hostfile.empty()) {
+    check_regular_file(hostfile, "hostfile");  // a FIFO would block the read, a directory never parses
     p.hosts = read_hostfile(hostfile);
     hostfile = absolute(hostfile);
   }
@@ -137,34 +138,15 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
 
   // Sizes.
   const ModelConfig& m = cfg.model;
-  ParamLayout full(m);
-  ParamLayout local(m, {0, m.moe.experts / p.shape.ep});
-  p.params_total = full.total();
-  p.params_rank = local.total();
-  int64_t expert_local = 0, expert_all = 0;
-  for (const ParamInfo& x : local.params()) expert_local += x.expert >= 0 ? x.numel() : 0;
-  for (const ParamInfo& x : full.params()) expert_all += x.expert >= 0 ? x.numel() : 0;
-  p.active_per_token = p.params_total - expert_all +
-                       (m.moe.experts > 0 ? expert_all / m.moe.experts * m.moe.top_k : 0);
-  const double f4 = 4.0;
-  p.memory.params = f4 * static_cast<double>(p.params_rank);
-  p.memory.grads = p.memory.params;
-  const double dense_local = static_cast<double>(p.params_rank - expert_local);
-  const double edp = static_cast<double>(p.shape.dp / p.shape.ep);
-  p.memory.optimizer = 2 * (cfg.precision.moments == "bf16" ? 2.0 : f4) *
-                       (cfg.parallel.zero1 ? dense_local / static_cast<double>(p.shape.dp) + static_cast<double>(expert_local) / edp
-                                           : static_cast<double>(p.params_rank));
-  {
-    Transformer t(m, cfg.train.micro_batch);
-    p.memory.activations = static_cast<double>(t.activation_bytes());
-  }
-  const double N = static_cast<double>(cfg.train.micro_batch * m.seq_len);
-  p.memory.expert_rows = m.moe_layers() > 0 ? f4 * N * static_cast<double>(m.moe.top_k) *
-                                                  (4.0 * m.d_model + 6.0 * m.moe.expert_hidden) * m.moe_layers()
-                                            : 0;
-  p.ckpt_bytes = 3 * f4 * static_cast<double>(p.params_total);
-  if (cfg.checkpoint.async && p.ckpt_bytes / static_cast<double>(p.np) <= cfg.checkpoint.staging_mb * 1048576.0)
-    p.memory.staging = p.ckpt_bytes / static_cast<double>(p.np) * 1.5;  // a writer holds up to its share plus a tensor
+  const ParamCount full = count_params(m), local = count_params(m, {0, m.moe.experts / p.shape.ep});
+  p.params_total = full.total;
+  p.params_rank = local.total;
+  p.active_per_token = p.params_total - full.expert +
+                       (m.moe.experts > 0 ? full.expert / m.moe.experts * m.moe.top_k : 0);
+  // Memory per rank: the estimate moe-train checks before it allocates
+  // (nothing of the model is allocated here).
+  p.memory = estimate_memory(cfg, p.shape);
+  p.ckpt_bytes = 3 * 4.0 * static_cast<double>(p.params_total);
   p.ckpt_need = p.ckpt_bytes * static_cast<double>(cfg.checkpoint.keep + 1);
   p.flops_per_token = forward_flops_per_token(m);
   p.tokens_per_step = static_cast<double>(cfg.train.global_batch * m.seq_len);
@@ -205,15 +187,20 @@ void preflight(Plan& p) {
   SY_CONFIG_CHECK(!found.empty(), "'{}' not found in PATH ({}); install {}", runner,
                   p.slurm ? "inside a Slurm job" : "outside Slurm", p.slurm ? "slurm-client" : "openmpi-bin");
   p.argv[0] = found;
-  // Data: every pattern matches, every file is readable and well formed, and
-  // there is a window of seq_len + 1 tokens.
-  DataFiles data(cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.val_fraction);
+  // Data: every pattern matches, every file is a regular file and well
+  // formed, every shard token is below model.vocab_size (moe-train's own
+  // DataFiles, the same checks), and there is a window of seq_len + 1 tokens.
+  DataFiles data(cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.val_fraction, cfg.model.vocab_size);
   const int64_t len = cfg.model.seq_len + 1;
   SY_CONFIG_CHECK(data.train().windows(len) > 0, "{}: the training data ({}) has no file with at least "
                   "model.seq_len + 1 = {} tokens", cfg.source, data.train().describe(), len);
   if (cfg.train.val_every > 0)
     SY_CONFIG_CHECK(data.val().windows(len) > 0, "{}: validation is on but the validation data ({}) has no window "
                     "of {} tokens", cfg.source, data.val().describe(), len);
+  // Memory: with every rank on this machine (no hostfile, no Slurm) the
+  // estimate can be held against what it has; elsewhere each moe-train
+  // checks its own node before it allocates.
+  if (p.hosts.empty() && !p.slurm) check_memory(cfg, p.memory, available_memory(), p.np);
   // A writable run directory (logs, heartbeats, metrics) and checkpoint directory.
   for (const std::string& dir : {cfg.run_dir(), p.ckpt_dir}) {
     std::error_code ec;

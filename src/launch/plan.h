@@ -10,6 +10,7 @@
 #include "comm/grid.h"
 #include "launch/command.h"
 #include "train/config.h"
+#include "train/memory.h"
 
 namespace sy::launch {
 
@@ -31,10 +32,8 @@ struct Environment {
   static Environment current();
 };
 
-struct MemoryEstimate {              // bytes on the busiest rank
-  double params = 0, grads = 0, optimizer = 0, activations = 0, expert_rows = 0, staging = 0;
-  double total() const { return params + grads + optimizer + activations + expert_rows + staging; }
-};
+// Bytes on the busiest rank: the one estimate moe-train checks too (train/memory.h).
+using MemoryEstimate = sy::MemoryEstimate;
 
 struct Plan {
   LaunchFlags flags;
@@ -60,7 +59,9 @@ struct Plan {
 // fault (a layout that does not fit the world size, a bad hostfile, ...).
 Plan make_plan(const LaunchFlags& flags, const Environment& env);
 // Checks what would make the job fail after it started: binaries, data
-// files, a writable run directory, free disk for the checkpoints.
+// files (every token of a shard against model.vocab_size), a writable run
+// directory, free disk for the checkpoints, and, for a job on this machine
+// alone, the memory estimate against the memory it has available.
 void preflight(Plan& plan);
 // The human-readable plan (--dry-run).
 std::string describe(const Plan& plan);

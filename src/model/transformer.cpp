@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/check.h"
@@ -66,6 +67,60 @@ Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext
   arena_.reserve(plan.bytes());
   bind(arena_);
   rope_table(rope_cos_, rope_sin_, d_.T, d_.D, cfg_.rope_theta);
+}
+
+namespace {
+// Counts bytes the way Arena::alloc hands them out (ArenaPlan's habit), in
+// double so that no total overflows.
+struct ArenaCounter {
+  double bytes = 0;
+  template <class T>
+  T* alloc(size_t count) {
+    bytes += static_cast<double>(Arena::round_up(count * sizeof(T)));
+    return nullptr;
+  }
+};
+}  // namespace
+
+Transformer::Transformer(CountOnly, const ModelConfig& cfg, int64_t micro_batch, bool fp8_activations, StageRun run)
+    : cfg_(cfg), run_(std::move(run)), d_(cfg, micro_batch), fp8_activations_(fp8_activations) {
+  if (run_.end < 0) run_.end = cfg_.n_layers;
+  SY_CHECK(run_.begin >= 0 && run_.begin <= run_.end && run_.end <= cfg_.n_layers && run_.slots >= 1,
+           "stage run [{}, {}) with {} slots does not fit a model of {} layers", run_.begin, run_.end, run_.slots,
+           cfg_.n_layers);
+  slots_.resize(static_cast<size_t>(run_.slots));
+}
+
+double Transformer::arena_bytes(const ModelConfig& cfg, int64_t micro_batch, bool fp8_activations, StageRun run) {
+  run.layout = nullptr;
+  auto count = [&](int64_t B, int64_t slots) {
+    StageRun r = run;
+    r.slots = slots;
+    Transformer t(CountOnly{}, cfg, B, fp8_activations, r);
+    ArenaCounter c;
+    t.bind(c);
+    return c.bytes;
+  };
+  // The largest element count one alloc asks for is N times the widest row
+  // (logits V, dense / shared up-projections 2 Fd / 2 S, qkv R, router E,
+  // attention's per-head lse H): past 2^60 bytes the int64 products in bind
+  // could overflow, so such sizes come from one and two sequences instead.
+  const Dims d(cfg, micro_batch);
+  const double widest = static_cast<double>(std::max({d.C, d.V, d.R, d.H * d.D, 2 * d.Fd, 2 * d.S, d.E, d.H, d.K}));
+  const bool exact = static_cast<double>(d.N) * widest * sizeof(float) < 0x1p60;
+  auto at = [&](int64_t slots) {
+    if (exact) return count(micro_batch, slots);
+    const double one = count(1, slots), two = count(2, slots);
+    return one + static_cast<double>(micro_batch - 1) * (two - one);
+  };
+  const double one = at(1);
+  return run.slots == 1 ? one : one + static_cast<double>(run.slots - 1) * (at(2) - one);
+}
+
+size_t Transformer::moe_scratch_bytes() const {
+  const MoeScratch& s = moe_scratch_;
+  return (s.send.capacity() + s.recv.capacity() + s.send2.capacity() + s.recv2.capacity() + s.dact.capacity() +
+          s.dup.capacity()) * sizeof(float) + s.dy_win.bytes() + s.dx_win.bytes();
 }
 
 Transformer::ActivationMemory Transformer::activation_memory() const {

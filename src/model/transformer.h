@@ -71,6 +71,16 @@ class Transformer {
   };
   ActivationMemory activation_memory() const;
   size_t activation_bytes() const { return activation_memory().total(); }
+  // Row buffers all MoE layers share (transfer both ways, expert backward),
+  // which activation_memory() leaves out.
+  size_t moe_scratch_bytes() const;
+
+  // The arena a Transformer(cfg, micro_batch, {}, fp8_activations, run)
+  // reserves, counted without allocating it: bind() runs on a counter for
+  // one and two slots (every slot binds the same sizes), and, when a size
+  // would overflow 64 bits, for one and two sequences (sizes are affine in
+  // micro_batch). Exact whenever the arena is below 2^53 bytes.
+  static double arena_bytes(const ModelConfig& cfg, int64_t micro_batch, bool fp8_activations, StageRun run = {});
 
   // inputs, targets: (B, T) token ids. expert_bias: (moe_layers, E) or null.
   // With `train`, keeps the activations backward() needs and the gradient
@@ -106,6 +116,9 @@ class Transformer {
  private:
   template <class A>
   void bind(A& a);
+  struct CountOnly {};
+  // Members and slots, no layout and no arena: for arena_bytes().
+  Transformer(CountOnly, const ModelConfig& cfg, int64_t micro_batch, bool fp8_activations, StageRun run);
 
   // What one micro-batch in flight holds.
   struct Slot {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "data/mapped_file.h"
 
 namespace sy::embedded {
 extern const char* const tiny_toml;
@@ -65,10 +66,14 @@ Key integer(std::string sec, std::string name, int64_t& (*ref)(RunConfig&), int6
   return k;
 }
 
+// lo_open: the lower bound is excluded (lo < x), for values a division
+// would turn into Inf / NaN at lo (an epsilon of 0). Such a value is used as
+// a float, so it must also stay a normal float: 1e-300 would become 0 (and a
+// denormal is 0 with flush-to-zero on).
 Key real(std::string sec, std::string name, double& (*ref)(RunConfig&), double lo, double hi,
-         std::string doc) {
+         std::string doc, bool lo_open = false) {
   Key k{std::move(sec), std::move(name), "a number", std::move(doc), false, nullptr, nullptr};
-  k.set = [k, ref, lo, hi](RunConfig& c, const toml::node& v, const Where& w) {
+  k.set = [k, ref, lo, hi, lo_open](RunConfig& c, const toml::node& v, const Where& w) {
     double x;
     if (v.is_floating_point())
       x = v.as_floating_point()->get();
@@ -76,8 +81,12 @@ Key real(std::string sec, std::string name, double& (*ref)(RunConfig&), double l
       x = static_cast<double>(v.as_integer()->get());
     else
       bad_type(k, v, w);
-    SY_CONFIG_CHECK(std::isfinite(x) && x >= lo && x <= hi, "{}: {} = {} is out of range [{}, {}]",
-                    w.str(), k.full(), x, lo, hi);
+    const bool above = lo_open ? x > lo && std::abs(x) >= std::numeric_limits<float>::min() : x >= lo;
+    SY_CONFIG_CHECK(std::isfinite(x) && above && x <= hi, "{}: {} = {} is out of range {}{}, {}]{}", w.str(), k.full(),
+                    x, lo_open ? "(" : "[", lo, hi,
+                    lo_open && x > lo ? fmt::format(" (as a float it must be at least {})",
+                                                    std::numeric_limits<float>::min())
+                                      : "");
     ref(c) = x;
   };
   k.show = [ref](const RunConfig& c) {
@@ -103,6 +112,22 @@ std::string quote(const std::string& s) {
   std::ostringstream os;
   os << toml::value<std::string>(s);
   return os.str();
+}
+
+// run.name becomes runs/<name>: one path component, so a name can neither
+// leave runs/ ("../x", "/etc") nor name runs/ itself ("", ".", "..").
+void check_run_name(const std::string& name, const Where& w) {
+  const bool control = std::any_of(name.begin(), name.end(), [](char ch) {
+    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+  const char* why = name.empty()                          ? "it is empty"
+                    : name == "." || name == ".."         ? "it names a directory"
+                    : name.find('/') != std::string::npos ? "it contains '/'"
+                    : control                             ? "it contains a control character"
+                                                          : nullptr;
+  SY_CONFIG_CHECK(!why, "{}: run.name = {} is not a single path component ({}); the run directory is "
+                  "runs/<run.name>: pick a plain name, or set run.dir for a directory elsewhere", w.str(), quote(name),
+                  why);
 }
 
 Key string(std::string sec, std::string name, std::string& (*ref)(RunConfig&),
@@ -185,7 +210,11 @@ const std::vector<Key>& schema() {
   static const std::vector<Key> keys = [] {
     std::vector<Key> k;
     // run
-    k.push_back(string("run", "name", SY_REF(std::string, run.name), {}, "run name"));
+    k.push_back(string("run", "name", SY_REF(std::string, run.name), {}, "run name, one path component: the run directory is runs/<name> unless run.dir says otherwise"));
+    k.back().set = [base = k.back().set](RunConfig& c, const toml::node& v, const Where& w) {
+      base(c, v, w);
+      check_run_name(c.run.name, w);
+    };
     k.push_back(string("run", "dir", SY_REF(std::string, run.dir), {}, "run directory; \"\" = runs/<name>"));
     // model
     k.push_back(integer("model", "vocab_size", SY_REF(int64_t, model.vocab_size), 2, 1 << 24, "vocabulary size V"));
@@ -198,7 +227,7 @@ const std::vector<Key>& schema() {
     k.push_back(integer("model", "dense_layers", SY_REF(int64_t, model.dense_layers), 0, 1024, "leading blocks with a dense SwiGLU FFN"));
     k.push_back(integer("model", "dense_hidden", SY_REF(int64_t, model.dense_hidden), 0, 1 << 20, "dense FFN width; 0 = 8/3 d_model rounded to 64"));
     k.push_back(real("model", "rope_theta", SY_REF(double, model.rope_theta), 1.0, 1e12, "RoPE base"));
-    k.push_back(real("model", "norm_eps", SY_REF(double, model.norm_eps), 0.0, 1.0, "RMSNorm epsilon"));
+    k.push_back(real("model", "norm_eps", SY_REF(double, model.norm_eps), 0.0, 1.0, "RMSNorm epsilon, > 0 (0 divides by zero on an all-zero row)", true));
     k.push_back(boolean("model", "tie_embeddings", SY_REF(bool, model.tie_embeddings), "share the embedding with the LM head"));
     k.push_back(real("model", "init_std", SY_REF(double, model.init_std), 0.0, 10.0, "init standard deviation of matrices"));
     // moe
@@ -230,13 +259,13 @@ const std::vector<Key>& schema() {
     k.push_back(integer("train", "warmup_steps", SY_REF(int64_t, train.warmup_steps), 0, kBig, "linear warm-up steps"));
     k.push_back(real("train", "beta1", SY_REF(double, train.beta1), 0.0, 0.999999, "AdamW beta1"));
     k.push_back(real("train", "beta2", SY_REF(double, train.beta2), 0.0, 0.999999, "AdamW beta2"));
-    k.push_back(real("train", "eps", SY_REF(double, train.eps), 0.0, 1.0, "AdamW epsilon"));
+    k.push_back(real("train", "eps", SY_REF(double, train.eps), 0.0, 1.0, "AdamW epsilon, > 0 (0 gives 0/0 = NaN where a gradient is zero)", true));
     k.push_back(real("train", "weight_decay", SY_REF(double, train.weight_decay), 0.0, 10.0, "decoupled weight decay (matrices only)"));
     k.push_back(real("train", "grad_clip", SY_REF(double, train.grad_clip), 0.0, 1e9, "global gradient-norm clip, 0 = off"));
     k.push_back(integer("train", "log_every", SY_REF(int64_t, train.log_every), 1, kBig, "steps between log lines"));
     k.push_back(integer("train", "val_every", SY_REF(int64_t, train.val_every), 0, kBig, "steps between validations, 0 = never"));
     k.push_back(integer("train", "val_batches", SY_REF(int64_t, train.val_batches), 1, 1 << 20, "micro-batches per validation"));
-    k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank, 0 = OpenMP default"));
+    k.push_back(integer("train", "threads", SY_REF(int64_t, train.threads), 0, 4096, "CPU threads per rank (at most the machine's CPUs and OpenBLAS's thread limit); 0 = OMP_NUM_THREADS if set, else the CPUs this rank may use shared among the job's ranks on its node"));
     k.push_back(integer("train", "sample_every", SY_REF(int64_t, train.sample_every), 0, kBig, "steps between text samples printed by rank 0 and appended to <run dir>/samples.txt, 0 = never"));
     k.push_back(string("train", "sample_prompt", SY_REF(std::string, train.sample_prompt), {}, "prompt of the samples (byte-level models; token models start from the first validation tokens)"));
     k.push_back(integer("train", "sample_tokens", SY_REF(int64_t, train.sample_tokens), 1, 1 << 20, "tokens generated per sample"));
@@ -422,11 +451,9 @@ RunConfig parse_config(const std::string& text, const std::string& source,
 }
 
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  SY_CONFIG_CHECK(in.good(), "cannot read config file '{}': {}", path, std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_config(ss.str(), path, overrides);
+  // A regular file only (a FIFO would block, a directory or /dev/zero
+  // never parses): the message names the path and what it is.
+  return parse_config(read_text_file(path, "config file"), path, overrides);
 }
 
 std::string to_toml(const RunConfig& cfg) {

@@ -13,6 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include <csignal>
+#include <cstdlib>
+
+#include <unistd.h>
 
 #include "ckpt/files.h"
 #include "comm/shm.h"
@@ -21,6 +24,7 @@
 #include "core/timer.h"
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
+#include "train/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -63,11 +67,18 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
   cfg_.resolve_batch(grid_.dp_size());
-  int threads = cfg_.train.threads > 0 ? static_cast<int>(cfg_.train.threads) : default_threads(world);
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  set_threads(world);
 
-  data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction);
+  // Before anything that grows with the model: does this rank's share fit
+  // the memory its node has left? Every rank of the node measures before
+  // any of them allocates (the barrier), so none counts another's buffers.
+  const MemoryEstimate need = estimate_memory(cfg_, {grid_.pp_size(), grid_.dp_size(), grid_.ep_size()});
+  const int64_t on_node = node_ranks(world);
+  check_memory(cfg_, need, available_memory(), on_node);
+  world.barrier();
+
+  data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
+                                      cfg_.model.vocab_size);
   const int64_t len = cfg_.model.seq_len + 1;
   SY_CONFIG_CHECK(data_->train().windows(len) > 0,
                   "{}: the training data ({}) has no file with at least model.seq_len + 1 = {} tokens",
@@ -131,6 +142,31 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
 }
 
 
+void Trainer::set_threads(const Comm& world) {
+  ThreadCount tc = default_thread_count(world);  // collective (counts the node's ranks): every rank calls it
+  std::string key = tc.source;
+  if (cfg_.train.threads > 0) tc = {static_cast<int>(cfg_.train.threads), "train.threads"}, key = "train.threads";
+  // More threads than CPUs only makes OpenMP and OpenBLAS threads spin
+  // against each other: the fault campaign saw train.threads = 4096 hang
+  // inside OpenBLAS on a Zen 3; on 2 cores of an EPYC 64 threads ran at
+  // half the speed of 2. Beyond what OpenBLAS was built for (MAX_THREADS,
+  // 64 in Debian's build) openblas_set_num_threads silently cuts to its
+  // limit and resets OpenMP's team with it, so 128 or 4096 ran as 64: the
+  // run would not be what the config says.
+  const int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  const std::string config = blas_info().config;
+  const auto at = config.find("MAX_THREADS=");
+  const int blas_max = at == std::string::npos ? 0 : std::atoi(config.c_str() + at + 12);
+  const int limit = blas_max > 0 ? std::min(std::max(cpus, 1), blas_max) : std::max(cpus, 1);
+  SY_CONFIG_CHECK(tc.threads <= limit, "{}{} = {} threads per rank is more than this machine can use: {} CPUs{}; "
+                  "use at most {}{}", key == "train.threads" ? cfg_.source + ": " : "", key, tc.threads, cpus,
+                  blas_max > 0 ? fmt::format(", OpenBLAS built for at most {} threads", blas_max) : "", limit,
+                  key == "train.threads" ? " (0 = OMP_NUM_THREADS, else the CPUs shared among the node's ranks)" : "");
+  threads_source_ = tc.source;
+  omp_set_num_threads(tc.threads);
+  openblas_set_num_threads(tc.threads);
+}
+
 std::string Trainer::describe() const {
   const ModelConfig& m = cfg_.model;
   const ParamLayout& full = *full_layout_;
@@ -160,7 +196,7 @@ std::string Trainer::describe() const {
       "layout : {} | {}{} | {} params on rank 0\n"
       "data   : train {}, val {}\n"
       "batch  : {} seq x {} accum x {} dp = {} tokens/step\n"
-      "cpu    : {} threads per rank | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank{}",
+      "cpu    : {} thread{} per rank ({}) | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank{}",
       m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
       human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
       grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
@@ -170,7 +206,7 @@ std::string Trainer::describe() const {
                            : std::string(", MPI dispatch"),
       human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
       data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
-      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), blas.core, blas.parallel,
+      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.core, blas.parallel,
       static_cast<double>(model_->activation_bytes()) / (1 << 20), pipe);
 }
 

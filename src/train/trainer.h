@@ -97,6 +97,9 @@ class Trainer {
 
  private:
   void update_bias(const std::vector<std::vector<int64_t>>& load);
+  // train.threads, else OMP_NUM_THREADS, else the affinity share; refuses
+  // more than the machine and OpenBLAS can use.
+  void set_threads(const Comm& world);
   // Pipeline parallelism (pipeline_exec.cpp).
   void setup_pipeline(const MoeContext& ctx, bool fp8_activations);
   void run_pipeline(int64_t step, StepStats& s, double* sums);
@@ -111,6 +114,7 @@ class Trainer {
   Grid grid_;
   bool rank0_ = true;
   bool shm_ = false;  // MoE rows through shared memory
+  std::string threads_source_;  // where the thread count came from, for the banner
   std::vector<std::unique_ptr<Transformer>> chunks_;  // one per pipeline chunk this rank runs
   Transformer* model_ = nullptr;                      // chunks_[0]
   std::unique_ptr<PipeState> pipe_;

@@ -143,6 +143,81 @@ def test_wrong_world_size(d):
     run(SMALL + ["--set", "parallel.dp=2"], d, 2, "parallel.pp x parallel.dp = 1 x 2 = 2 ranks, but the job has 1 rank")
 
 
+# ---------------------------------------------------------------- inputs refused before anything runs
+
+def quick(args, cwd, expect_rc, *needles, env=None, timeout=60):
+    """run() with a short timeout: a case that blocks or allocates its way to a crash fails fast."""
+    p = subprocess.run([str(TRAIN)] + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, **(env or {})))
+    out = p.stdout + p.stderr
+    assert p.returncode == expect_rc, f"{args}: exit {p.returncode}, expected {expect_rc}; output:\n{out}"
+    for n in needles:
+        assert n in out, f"{args}: expected {n!r} in output:\n{out}"
+    assert "bad_alloc" not in out and "underflow" not in out, out
+    return out
+
+
+def test_shard_tokens_checked_at_open(d):
+    # The bad token sits where a short run never reads (60000 tokens, 2 steps of
+    # 4 x 33-token windows): it must fail before step 1, not when a window hits it.
+    toks = [5] * 60000
+    toks[51234] = 700
+    write_shard(Path(d) / "late.bin", toks)
+    quick(SMALL + ["--set", "data.format=bin", "--set", "data.train=late.bin", "--set", "train.steps=2",
+                   "--set", "run.dir=r"], d, 2,
+          "data file 'late.bin': token 700 at position 51234", "model.vocab_size = 256")
+    assert not (Path(d) / "r" / "metrics.jsonl").exists() or not [
+        l for l in (Path(d) / "r" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l], "it trained"
+    quick(SMALL + ["--set", "data.format=bin", "--set", "data.train=late.bin", "--set", "model.vocab_size=701",
+                   "--set", "train.steps=1", "--set", "run.dir=ok"], d, 0, "step 1/1")
+
+
+def test_only_regular_files(d):
+    fifo = Path(d) / "fifo"
+    os.mkfifo(fifo)
+    (Path(d) / "adir").mkdir()
+    for path, kind in ((str(fifo), "a FIFO (named pipe)"), ("adir", "a directory"), ("/dev/zero", "a character device")):
+        for fmt_, what in (("text", "data file"), ("bin", "data shard")):
+            quick(SMALL + ["--set", f"data.format={fmt_}", "--set", f"data.train={path}"], d, 2,
+                  f"{what} '{path}' is {kind}, not a regular file")
+        quick([path], d, 2, f"config file '{path}' is {kind}, not a regular file")
+
+
+def test_sizes_that_cannot_fit(d):
+    # In range, but far beyond this machine: refused at once, naming the largest
+    # part and its keys, instead of a bare std::bad_alloc after allocating.
+    for key, part, named in (("model.vocab_size=16777216", "activations need", "model.vocab_size = 16777216"),
+                             ("moe.expert_hidden=1048576", "expert rows need", "moe.expert_hidden = 1048576"),
+                             ("train.global_batch=1073741824", "activations need", "train.global_batch = 1073741824"),
+                             ("model.seq_len=1048576", "activations need", "model.seq_len = 1048576"),
+                             ("model.d_model=65536", "AdamW moments need", "model.d_model = 65536")):
+        out = quick(["--set", key, "--set", "run.dir=r"], d, 2, "not enough memory: " + part, named, "available (")
+        assert "(raised at src/train/memory.cpp" in out, out
+
+
+def test_ranges_that_would_give_nan(d):
+    quick(["--set", "train.eps=0"], d, 2, "train.eps = 0 is out of range (0, 1]")
+    quick(["--set", "model.norm_eps=0"], d, 2, "model.norm_eps = 0 is out of range (0, 1]")
+
+
+def test_run_name_is_one_path_component(d):
+    escape = f"{Path(d).name}_escaped"  # runs/../../<escape> would land beside this test's directory
+    for name in (f"../../{escape}", "..", "", "a/b", "."):
+        quick(["--set", f"run.name={name}", "--set", "train.steps=1"], d, 2, "is not a single path component")
+    assert not (Path(d).parent / escape).exists()
+
+
+def test_threads(d):
+    quick(["--set", "train.threads=4096"], d, 2, "train.threads = 4096 threads per rank is more than this machine can use")
+    # 0 (the default): OMP_NUM_THREADS when set, else the affinity share; the banner says which.
+    base = SMALL + ["--set", "train.steps=1", "--set", "run.dir=r"]
+    quick(base, d, 0, "1 thread per rank (OMP_NUM_THREADS)", env={"OMP_NUM_THREADS": "1"})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    p = subprocess.run([str(TRAIN)] + base, cwd=d, capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0 and "per rank (affinity share)" in p.stdout, p.stdout + p.stderr
+    quick(base, d, 2, "OMP_NUM_THREADS = 'lots' is not a positive integer", env={"OMP_NUM_THREADS": "lots"})
+
+
 # ---------------------------------------------------------------- good runs
 
 def test_metrics_and_log(d):

@@ -6,8 +6,10 @@ usage: test_launch.py BIN_DIR WORK_DIR CASE   (CASE "reference" runs the uninter
 """
 import json
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -105,6 +107,51 @@ def test_bad_input_is_refused_before_starting():
     out = launch(WORK / "bad2", [f"checkpoint.resume={WORK / 'no_such_checkpoint'}"], np=2, expect=2)
     assert "no_such_checkpoint" in out and "not restarting" in out and "attempt 2" not in out, out[-3000:]
     assert [a["outcome"] for a in attempts(WORK / "bad2")] == ["bad_input"]
+
+
+def test_preflight_checks_data_and_memory():
+    """What would fail after the ranks started is refused first (exit 2, nothing started), and the
+    dry run estimates memory from the config without allocating the model."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    pre = WORK / "pre"
+    shutil.rmtree(pre, ignore_errors=True)
+    pre.mkdir()
+
+    def refused(sets, *needles, extra=()):
+        p = subprocess.run(launch_cmd(pre / "run", sets, 2, extra), capture_output=True, text=True, env=ENV,
+                           timeout=60)
+        out = p.stdout + p.stderr
+        assert p.returncode == 2, f"exit {p.returncode}:\n{out[-3000:]}"
+        for n in needles:
+            assert n in out, (n, out)
+        assert not (pre / "run" / "heartbeat").exists(), "ranks were started"
+
+    # A token >= model.vocab_size anywhere in a shard (llm.c format: 256 int32 header, uint16 tokens).
+    toks = [7] * 50000
+    toks[45678] = 1000
+    with open(pre / "bad.bin", "wb") as f:
+        f.write(struct.pack("<256i", 20240520, 1, len(toks), *([0] * 253)))
+        f.write(struct.pack(f"<{len(toks)}H", *toks))
+    refused(["data.format=bin", f"data.train=['{pre / 'bad.bin'}']"], "token 1000 at position 45678",
+            "model.vocab_size = 256")
+    # Not a regular file: refused, never opened (a FIFO would block the open).
+    os.mkfifo(pre / "fifo")
+    refused([f"data.train=['{pre / 'fifo'}']"], f"'{pre / 'fifo'}' is a FIFO (named pipe), not a regular file")
+    refused([f"data.train=['{pre}']"], "is a directory, not a regular file")
+    refused([], f"hostfile '{pre / 'fifo'}' is a FIFO (named pipe), not a regular file",
+            extra=["--hostfile", str(pre / "fifo")])
+    # Every rank on this machine: the estimate is held against its memory.
+    refused(["model.vocab_size=16777216"], "not enough memory: activations need", "model.vocab_size = 16777216")
+    # Ranks elsewhere (a hostfile): the dry run prints the estimate; nothing of the model is allocated
+    # (the activations of 2^20-token sequences, over 100 GiB, would end in std::bad_alloc here).
+    (pre / "hosts").write_text("far1 slots=2\nfar2 slots=2\n")
+    (pre / "long.txt").write_text("a long text " * 100000)  # 1.2 MB: one window of 2^20 + 1 bytes
+    p = subprocess.run(launch_cmd(pre / "run", ["model.seq_len=1048576", f"data.train=['{pre / 'long.txt'}']"], 4,
+                                  ["--dry-run", "--hostfile", str(pre / "hosts")]),
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    act = re.search(r"activations ([0-9.]+) GiB", p.stdout)
+    assert act and float(act.group(1)) > 100, p.stdout
 
 
 def kill_rank_during_run(run_dir, sets, at_step, sig, every_attempt=False):

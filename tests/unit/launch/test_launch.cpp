@@ -163,6 +163,24 @@ TEST(Plan, EstimatesFollowTheLayout) {
   EXPECT_DOUBLE_EQ(forward_flops_per_token(m), 80 + 96 + 32 + 32 + 240 + 120);
 }
 
+TEST(Plan, MemoryIsTheTrainersEstimateAndAllocatesNothing) {
+  // The dry run's figures are moe-train's check (one function), pipeline
+  // stages included; a model whose activations could never be allocated
+  // here (2^20-token sequences: hundreds of GiB) is still planned.
+  for (const auto& sets : std::vector<std::vector<std::string>>{
+           {"parallel.ep=2"}, {"parallel.pp=2", "parallel.zero1=true"}, {"model.seq_len=1048576"}}) {
+    Plan p = make_plan(flags(sets, 4), env());
+    const MemoryEstimate e = estimate_memory(p.cfg, p.shape);
+    EXPECT_EQ(p.memory.total(), e.total());
+    EXPECT_EQ(p.memory.activations, e.activations);
+  }
+  Plan huge = make_plan(flags({"model.seq_len=1048576"}, 4), env());
+  EXPECT_GT(huge.memory.activations, 100.0 * (1 << 30));
+  // Pipeline rank 0 holds the embedding, the last the head: the busiest is reported.
+  Plan pp = make_plan(flags({"parallel.pp=2"}, 2), env());
+  EXPECT_LT(pp.memory.params, make_plan(flags({}, 1), env()).memory.params);
+}
+
 TEST(Restart, BackoffDoublesAndRunsOut) {
   RestartPolicy p(3, 2.0);
   EXPECT_EQ(p.on_failure("a"), 2.0);

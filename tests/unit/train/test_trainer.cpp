@@ -136,7 +136,7 @@ TEST(Trainer, LossFallsOnARepetitiveCorpus) {
 TEST(Data, TextSplitAndWindowsStayInsideFiles) {
   TempDir dir;
   std::string a = dir.file("a.txt", std::string(100, 'a')), b = dir.file("b.txt", std::string(50, 'b'));
-  DataFiles files("text", {(dir.path / "*.txt").string()}, {}, 0.1);
+  DataFiles files("text", {(dir.path / "*.txt").string()}, {}, 0.1, 256);
   EXPECT_EQ(files.train().tokens(), 90 + 45);
   EXPECT_EQ(files.val().tokens(), 10 + 5);
   EXPECT_EQ(files.train().windows(40), (90 - 39) + (45 - 39));
@@ -152,7 +152,7 @@ TEST(Data, ShardRoundTrip) {
   std::vector<uint16_t> toks(1000);
   for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<uint16_t>(i * 7 % 50000);
   write_token_shard((dir.path / "s.bin").string(), toks);
-  DataFiles files("bin", {(dir.path / "s.bin").string()}, {}, 0.0);
+  DataFiles files("bin", {(dir.path / "s.bin").string()}, {}, 0.0, 50257);
   std::vector<int32_t> w(10);
   files.train().window(123, 10, w.data(), 50257);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(w[i], toks[123 + i]);
@@ -169,7 +169,7 @@ TEST(Batcher, GlobalBatchIsIndependentOfDataParallelLayout) {
   std::string text;
   for (int i = 0; i < 3000; ++i) text += static_cast<char>('a' + (i * 31 + i / 7) % 26);
   dir.file("t.txt", text);
-  DataFiles files("text", {(dir.path / "t.txt").string()}, {}, 0.1);
+  DataFiles files("text", {(dir.path / "t.txt").string()}, {}, 0.1, 256);
   const int64_t T = 8;
   // dp = 1 with 4 sequences vs dp = 2 with 2 sequences each, grad_accum 2.
   Batcher one(files.train(), files.val(), T, 4, 1, 2, 99, 256), two(files.train(), files.val(), T, 2, 2, 2, 99, 256);
