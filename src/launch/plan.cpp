@@ -55,12 +55,22 @@ namespace {
 
 std::string absolute(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
 
-// Newest checkpoint `latest` names, "" if none.
-std::string latest_checkpoint(const std::string& dir) {
-  const std::string name = ckpt::read_latest(dir);
-  if (name.empty()) return "";
-  fs::path p = fs::path(dir) / name;
-  return fs::exists(p / ckpt::kManifest) ? p.string() : "";
+// Where a run with checkpoint.resume = "auto" starts, as moe-train will
+// decide it: the line the plan shows ("from scratch", the checkpoint `latest`
+// names and its run, or what moe-train will refuse) and that checkpoint.
+std::string resume_point(const std::string& dir, bool fallback, std::string* from) {
+  const ckpt::LatestFile l = ckpt::inspect_latest(dir);
+  if (l.valid()) {
+    *from = (fs::path(dir) / l.name).string();
+    const std::string run = ckpt::read_run_id(*from);
+    return fmt::format("from {}{}", *from, run.empty() ? "" : fmt::format(" (run {})", run));
+  }
+  const std::vector<int64_t> steps = ckpt::list_steps(dir);
+  if (!l.exists && steps.empty()) return "from scratch";
+  const std::string what = l.exists ? l.problem : fmt::format("'{}' has no `latest`", dir);
+  return fallback ? fmt::format("{}: checkpoint.fallback picks this run's newest intact checkpoint", what)
+                  : fmt::format("REFUSED by moe-train: {}, beside {} step director{} (set checkpoint.fallback = true)",
+                                what, steps.size(), steps.size() == 1 ? "y" : "ies");
 }
 
 double free_bytes(fs::path p) {
@@ -151,7 +161,12 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   p.flops_per_token = forward_flops_per_token(m);
   p.tokens_per_step = static_cast<double>(cfg.train.global_batch * m.seq_len);
   p.ckpt_dir = cfg.checkpoint.dir.empty() ? (fs::path(cfg.run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
-  p.resume_from = cfg.checkpoint.resume == "auto" ? latest_checkpoint(p.ckpt_dir) : "";
+  if (cfg.checkpoint.resume == "auto") {
+    p.resume_line = resume_point(p.ckpt_dir, cfg.checkpoint.fallback, &p.resume_from);
+  } else {
+    p.resume_from = cfg.checkpoint.resume == "none" ? "" : cfg.checkpoint.resume;
+    p.resume_line = p.resume_from.empty() ? "from scratch (checkpoint.resume = \"none\")" : "from " + p.resume_from;
+  }
 
   // Command.
   CommandOptions& c = p.command;
@@ -264,7 +279,7 @@ std::string describe(const Plan& p) {
   out += fmt::format("ckpt     : {} each in {}; keep {} + 1 in flight needs {}{}\n", bytes(p.ckpt_bytes), p.ckpt_dir,
                      cfg.checkpoint.keep, bytes(p.ckpt_need),
                      p.disk_free >= 0 ? fmt::format(" ({} free)", bytes(p.disk_free)) : "");
-  out += fmt::format("resume   : {}\n", p.resume_from.empty() ? "from scratch" : "from " + p.resume_from);
+  out += fmt::format("resume   : {}\n", p.resume_line);
   out += fmt::format("faults   : heartbeat timeout {:g} s, up to {} restarts (backoff {:g} s, doubling), grace {:g} s "
                      "for a checkpoint on SIGTERM/SIGINT/SIGUSR1\n",
                      cfg.launch.hang_timeout, cfg.launch.max_restarts, cfg.launch.restart_backoff, cfg.launch.grace);
@@ -314,6 +329,7 @@ std::string describe_json(const Plan& p) {
   j["checkpoint"] = {{"dir", p.ckpt_dir}, {"bytes", p.ckpt_bytes}, {"keep", cfg.checkpoint.keep},
                      {"bytes_needed", p.ckpt_need}, {"disk_free", p.disk_free >= 0 ? json(p.disk_free) : json(nullptr)}};
   j["resume"] = p.resume_from.empty() ? json(nullptr) : json(p.resume_from);
+  j["resume_line"] = p.resume_line;
   j["faults"] = {{"hang_timeout", cfg.launch.hang_timeout}, {"max_restarts", cfg.launch.max_restarts},
                  {"restart_backoff", cfg.launch.restart_backoff}, {"grace", cfg.launch.grace}};
   j["notes"] = p.notes;

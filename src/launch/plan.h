@@ -48,7 +48,8 @@ struct Plan {
   MemoryEstimate memory;
   double flops_per_token = 0, tokens_per_step = 0;
   double ckpt_bytes = 0, ckpt_need = 0, disk_free = -1;
-  std::string ckpt_dir, resume_from;  // resume_from: latest checkpoint, if any
+  std::string ckpt_dir, resume_from;  // resume_from: the checkpoint the run starts from ("" from scratch)
+  std::string resume_line;            // how it starts, as --dry-run says it (or what moe-train will refuse)
   CommandOptions command;
   std::vector<std::string> argv;
   std::vector<std::string> notes;
