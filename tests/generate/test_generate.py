@@ -14,8 +14,12 @@ import sys
 from pathlib import Path
 
 BIN, WORK, CASE = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+# One thread everywhere: moe-generate takes its thread count from OMP_NUM_THREADS, training from
+# train.threads. Runs whose tokens are compared (another layout of the same weights, the trainer's own
+# sample) then do the same GEMMs on the same thread count.
+THREADS = 1
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1")
+           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS=str(THREADS))
 RUN = WORK / "run"
 CONSOLIDATED = WORK / "consolidated.h5"
 STEPS = 40
@@ -45,10 +49,9 @@ def setup():
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     sets = [f"run.dir={RUN}", f"train.steps={STEPS}", "train.sample_every=20", "train.val_every=0",
-            f"checkpoint.interval={STEPS}", "parallel.ep=2", "moe.bias_update_rate=0.01"]
+            f"checkpoint.interval={STEPS}", "parallel.ep=2", "moe.bias_update_rate=0.01", f"train.threads={THREADS}"]
     args = [a for s in sets for a in ("--set", s)]
-    run(["mpiexec", "-n", "2", "--bind-to", "none", BIN / "moe-train", *args], timeout=600,
-        env=dict(ENV, OMP_NUM_THREADS="1"))
+    run(["mpiexec", "-n", "2", "--bind-to", "none", BIN / "moe-train", *args], timeout=600)
     run([BIN / "moe-ckpt", "consolidate", checkpoint_dir(), CONSOLIDATED])
 
 
