@@ -137,7 +137,9 @@ int main(int argc, char** argv) {
                           {"cache_bytes", dec.cache_bytes()},
                           {"forward_flops", dec.flops()}};
       if (bytes) j["text"] = sy::decode_bytes(generated);
-      std::cout << j.dump() << "\n";
+      // A byte-level model's text need not be valid UTF-8 (any byte can be sampled): invalid bytes become
+      // U+FFFD in "text" ("ids" holds the exact tokens) instead of failing the whole command.
+      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {
       std::cout << "\n";
     }

@@ -92,6 +92,23 @@ def test_seed_reproduces_sampling():
     assert g["ids"] == k1["ids"]
 
 
+def test_json_with_invalid_utf8():
+    # A byte-level model can sample any byte; --json must still print valid JSON (invalid bytes of the
+    # text become U+FFFD, "ids" keeps the exact tokens). At temperature 50 the bytes are nearly uniform,
+    # so 64 of them are invalid UTF-8 unless about half are ASCII runs: a few seeds find a case for sure.
+    for seed in range(10):
+        out = gen_json(CONSOLIDATED, "--prompt", "A", "--max-new", "64", "--temperature", "50", "--seed", str(seed))
+        assert len(out["ids"]) == 64 and isinstance(out["text"], str), out
+        raw = bytes(out["ids"])
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            assert "\ufffd" in out["text"], (raw, out["text"])
+            return
+        assert out["text"] == raw.decode("utf-8"), (raw, out["text"])
+    raise AssertionError("no sample of 10 had invalid UTF-8: the case was not exercised")
+
+
 def test_training_sample_equals_moe_generate():
     # The trainer gathered the experts of both ranks on rank 0 and sampled
     # with train.sample_temperature and a seed it wrote down; moe-generate on
