@@ -151,6 +151,8 @@ int main(int argc, char** argv) {
                           {"cache_bytes", dec.cache_bytes()},
                           {"forward_flops", dec.flops()}};
       if (bytes) j["text"] = sy::decode_bytes(generated);
+      // A byte-level model's text need not be valid UTF-8 (any byte can be sampled): invalid bytes become
+      // U+FFFD in "text" ("ids" holds the exact tokens) instead of failing the whole command.
       if (logits) j["prompt_logits"] = prompt_logits;
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {

@@ -186,6 +186,7 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
   linear_forward(a.logits, h, params + o.router, N, C, E);
   router_scores(a.scores, a.probs, a.logits, N, E, cfg.score);
   router_topk(a.idx, a.gates, a.scores, bias, N, E, K, cfg.renormalize);
+  a.margin = router_margin(a.idx, a.scores, bias, N, E, K);
   RouterSums local(E);
   router_sums(local, a.idx, a.logits, a.probs, N, E, K);
   // ... and its statistics over the whole data-parallel micro-batch.

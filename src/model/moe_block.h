@@ -55,6 +55,7 @@ struct MoeActs {
   EpDispatch plan;
   RouterSums sums;  // over the data-parallel group
   int64_t Ntot = 0, dropped = 0;
+  double margin = 0;  // router_margin of this rank's tokens (how near the top-k choice came to a tie)
   GrowBuffer<float> x_recv;  // (M_recv, C) expert inputs (MPI transport)
   SharedWindow x_win;        // (M_recv, C) expert inputs (shared-memory transport)
   SharedWindow y_win;        // (M_recv, C) expert outputs, read in place by the senders (shared-memory transport)

@@ -171,6 +171,7 @@ MicroBatchStats Transformer::forward(int64_t slot, const float* params, const fl
                         o, d, cfg_.moe, ctx_, moe_scratch_);
       st.router.push_back(router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
       st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
+      st.margin.push_back(L.moe.margin);
       st.moe_index.push_back(m);
       st.dropped += L.moe.dropped;
       st.picks += d.N * d.K;

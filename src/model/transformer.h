@@ -28,6 +28,7 @@ struct MicroBatchStats {
   int64_t tokens = 0;
   std::vector<RouterLosses> router;         // per MoE layer (unweighted values)
   std::vector<std::vector<int64_t>> load;   // per MoE layer: (E) picks before dropping
+  std::vector<double> margin;               // per MoE layer: router_margin of this rank's tokens
   int64_t dropped = 0, picks = 0;           // routed picks dropped / made
   double flops = 0;                         // forward FLOPs (GEMMs and attention)
   std::vector<int64_t> moe_index;           // per entry of router / load: its MoE layer (0-based among MoE layers)

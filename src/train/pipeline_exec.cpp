@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <map>
 
 #include "comm/watchdog.h"
@@ -91,6 +92,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
     for (int64_t a = 0; a < m; ++a)
       batcher_->train_batch(step, a, grid_.dp_rank(), P.inputs.data() + a * N, P.targets.data() + a * N);
   std::vector<double> load(static_cast<size_t>(moe_layers * E), 0.0), router(static_cast<size_t>(moe_layers * 3), 0.0);
+  std::vector<double> margin(static_cast<size_t>(moe_layers), std::numeric_limits<double>::infinity());
   const int v = S.v;
   P.sum_f.assign(static_cast<size_t>(v), 0), P.sum_b = P.sum_f, P.sum_w = P.sum_f;
   P.n_f.assign(static_cast<size_t>(v), 0), P.n_b = P.n_f, P.n_w = P.n_f;
@@ -144,6 +146,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
           const size_t l = static_cast<size_t>(mb.moe_index[i]);
           for (int64_t e = 0; e < E; ++e) load[l * static_cast<size_t>(E) + static_cast<size_t>(e)] += static_cast<double>(mb.load[i][static_cast<size_t>(e)]);
           router[3 * l] += mb.router[i].aux, router[3 * l + 1] += mb.router[i].z, router[3 * l + 2] += mb.router[i].entropy;
+          margin[l] = std::min(margin[l], mb.margin[i]);
         }
         P.sum_f[ch] += now_seconds() - t1, ++P.n_f[ch];
         break;
@@ -214,6 +217,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
   pp.allreduce_sum(router.data(), router.size());
   s.load.assign(static_cast<size_t>(moe_layers), std::vector<int64_t>(static_cast<size_t>(E)));
   s.router.assign(static_cast<size_t>(moe_layers), {});
+  s.router_margin = margin;  // this stage's layers (+inf for the others): the step's all-reduce takes the minimum
   for (int64_t l = 0; l < moe_layers; ++l) {
     for (int64_t e = 0; e < E; ++e) s.load[static_cast<size_t>(l)][static_cast<size_t>(e)] = static_cast<int64_t>(std::llround(load[static_cast<size_t>(l * E + e)]));
     s.router[static_cast<size_t>(l)].aux = router[static_cast<size_t>(3 * l)];

@@ -244,9 +244,11 @@ StepStats Trainer::step(int64_t step) {
     if (s.load.empty()) {
       s.load = mb.load;
       s.router = mb.router;
+      s.router_margin = mb.margin;
     } else {
       for (size_t l = 0; l < mb.load.size(); ++l) {
         for (size_t e = 0; e < mb.load[l].size(); ++e) s.load[l][e] += mb.load[l][e];
+        s.router_margin[l] = std::min(s.router_margin[l], mb.margin[l]);
         s.router[l].aux += mb.router[l].aux;
         s.router[l].z += mb.router[l].z;
         s.router[l].entropy += mb.router[l].entropy;
@@ -254,6 +256,8 @@ StepStats Trainer::step(int64_t step) {
     }
   }
   for (RouterLosses& r : s.router) r.aux /= A, r.z /= A, r.entropy /= A;
+  // The closest top-k call anywhere (a minimum: the same on any layout).
+  if (!s.router_margin.empty()) grid_.world().allreduce_min(s.router_margin.data(), s.router_margin.size());
   watchdog::set_phase("optimizer");
   sync_->finish();
 
@@ -462,6 +466,7 @@ void Trainer::write_metrics(const StepStats& s) {
   j["aux_loss"] = aux;
   j["z_loss"] = z;
   j["router_entropy"] = ent;
+  j["router_margin"] = s.router_margin;  // +inf (no decision: every expert chosen) is written as null
   if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
   j["activation_mib"] = {{"arena", s.act_mib[0]}, {"expert_rows", s.act_mib[1]}, {"fp8", s.act_mib[2]},
                          {"total", s.act_mib[3]}};

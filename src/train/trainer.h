@@ -45,6 +45,9 @@ struct StepStats {
   std::vector<std::vector<int64_t>> load;  // per MoE layer, per expert (before dropping), global
   std::vector<double> imbalance;           // per MoE layer: max / mean load
   std::vector<RouterLosses> router;        // per MoE layer, mean over micro-batches
+  // Per MoE layer: the smallest router_margin of the step's tokens (every
+  // micro-batch, every rank); null in metrics when every expert is chosen.
+  std::vector<double> router_margin;
   double val_loss = -1;                    // < 0: not computed this step
   std::vector<Fp8GroupStats> fp8;          // per FP8 group (FP8 recipes): amax max and saturation sum over ranks
   double act_mib[4] = {0, 0, 0, 0};        // activation memory held, max over ranks: arena, expert rows, FP8 storage, total

@@ -19,13 +19,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-BIN = Path(sys.argv[1])
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from equivalence import Comparison, metric_rows  # noqa: E402
+
+BIN = Path(sys.argv[1]) if __name__ == "__main__" else None
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1")
+           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS="1")
+# Every run, whatever its rank count, has train.threads = 1: runs that are
+# compared (resume against straight, one layout against another) must not
+# differ in how OpenBLAS splits its GEMMs over threads.
+THREADS = 1
 SMALL = ["model.d_model=32", "model.n_layers=3", "model.n_heads=4", "model.n_kv_heads=2", "model.seq_len=32",
          "model.dense_hidden=64", "moe.experts=8", "moe.expert_hidden=24", "moe.shared_experts=1",
          "moe.bias_update_rate=0.01", "train.global_batch=8", "train.micro_batch=0", "train.val_every=0",
-         "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-2"]
+         "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-2", f"train.threads={THREADS}"]
 
 
 def moe_train(run_dir, sets, ranks=1, expect=0, timeout=600):
@@ -33,8 +40,7 @@ def moe_train(run_dir, sets, ranks=1, expect=0, timeout=600):
     for s in SMALL + [f"run.dir={run_dir}"] + sets:
         args += ["--set", s]
     cmd = ([str(BIN / "moe-train")] if ranks == 1 else ["mpiexec", "-n", str(ranks), str(BIN / "moe-train")]) + args
-    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(ENV, OMP_NUM_THREADS="1" if ranks > 1 else "2"),
-                       timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
     out = p.stdout + p.stderr
     assert p.returncode == expect, f"exit {p.returncode}, expected {expect}:\n{out[-3000:]}"
     return out
@@ -47,9 +53,18 @@ def ckpt(*args, expect=0):
 
 
 def metrics(run_dir):
-    """The step records of metrics.jsonl (not the event lines that mark each start or resume)."""
-    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "loss" in r]
+    """The per-step rows of metrics.jsonl (event lines and a line being written are skipped)."""
+    return metric_rows(run_dir)
+
+
+def wait_until(what, cond, proc=None, timeout=300, period=0.05):
+    """Polls cond() until it is true; fails after `timeout` s or if proc exits first. Generous: a loaded
+    2-core machine may take long, and nothing here is a measurement of speed."""
+    t0 = time.time()
+    while not cond():
+        assert proc is None or proc.poll() is None, f"moe-train exited ({proc.returncode}) before {what}"
+        assert time.time() - t0 < timeout, f"no {what} after {timeout} s"
+        time.sleep(period)
 
 
 def latest(run_dir):
@@ -87,26 +102,59 @@ def test_async_equals_sync(tmp):
     assert "identical" in ckpt("diff", latest(Path(tmp) / "a"), latest(Path(tmp) / "s"), "--moments")
 
 
-def test_reshard_on_load(tmp):
-    common = ["train.steps=10", "checkpoint.interval=5", "moe.capacity_factor=1.0"]
-    for src_ranks, src_sets, targets in [
-        (4, ["parallel.ep=4", "parallel.zero1=true"], [(1, 1, "false"), (2, 1, "true"), (2, 2, "false"), (4, 2, "true")]),
-        (1, [], [(4, 4, "true"), (2, 2, "true")]),
-    ]:
+# Resharding on load: a checkpoint written by one layout, resumed by another,
+# continues like the writer's own uninterrupted run. Steps 1-5 are the
+# writer's (bitwise equal to its straight run: same layout, same threads).
+# Steps 6-10 run on another layout; every target differs from the writer in
+# dp or ep, so its gradients are summed in another order (see
+# tests/mpi/test_layouts.py) and it is compared with a tolerance, routing
+# near-ties handled as tests/equivalence.py says. Measured by
+# bench/layout_spread.py --groups reshard (seeds 1-3 x default, Haswell and
+# Sandybridge kernels, 54 comparisons): largest relative loss difference
+# 1.3e-8, no routing difference. These runs drop by capacity (1.0), and a
+# near-tie in which token an over-full expert keeps moves the loss of this
+# model by a jump of ~4.4e-6 (tests/mpi/test_layouts.py's measurement), so
+# the tolerance covers one such jump: 1e-5.
+RESHARD_TOL = 1e-5
+# Gradient norms: measured here up to 8.6e-8; with a capacity near-tie they
+# jump by up to 3.5e-3 in the layouts' measurement of this model, whose
+# tolerance (1e-2) this takes.
+RESHARD_GRAD_NORM_TOL = 1e-2
+RESHARD_CASES = [  # (writer's ranks, writer's settings, [(ranks, ep, zero1) of the readers])
+    (4, ["parallel.ep=4", "parallel.zero1=true"], [(1, 1, "false"), (2, 1, "true"), (2, 2, "false"), (4, 2, "true")]),
+    (1, [], [(4, 4, "true"), (2, 2, "true")]),
+]
+
+
+def reshard_on_load(tmp, extra=(), report=None):
+    """Runs every reshard case; report(name, Comparison) for each (default: print and assert)."""
+    common = ["train.steps=10", "checkpoint.interval=5", "moe.capacity_factor=1.0", *extra]
+    for src_ranks, src_sets, targets in RESHARD_CASES:
         base, src = Path(tmp) / f"base{src_ranks}", Path(tmp) / f"src{src_ranks}"
         moe_train(base, common + src_sets, src_ranks)
         moe_train(src, common + src_sets + ["train.stop_after=5"], src_ranks)
-        want = [r["loss"] for r in metrics(base)]
+        want = metrics(base)
         for ranks, ep, zero1 in targets:
             d = Path(tmp) / f"from{src_ranks}_to{ranks}_{ep}_{zero1}"
-            shutil.copytree(src, d)
+            shutil.copytree(src, d)  # the writer's run dir: its checkpoints, resumed by the same run
             out = moe_train(d, common + [f"parallel.ep={ep}", f"parallel.zero1={zero1}"], ranks)
             assert "resumed from" in out
-            got = [r["loss"] for r in metrics(d)]
-            worst = max(abs(g - w) / w for g, w in zip(got, want))
-            print(f"written on {src_ranks} rank(s) {src_sets}, loaded on {ranks} ranks ep {ep} zero1 {zero1}: "
-                  f"worst relative loss difference {worst:.2e}")
-            assert len(got) == 10 and worst <= 1e-5
+            got = metrics(d)
+            writer = "+".join(x.split(".")[1] for x in src_sets) or "ep=1"
+            name = f"written on {src_ranks} ranks {writer} -> {ranks} ranks ep={ep} zero1={zero1}"
+            assert [r["step"] for r in got] == list(range(1, 11)), [r["step"] for r in got]
+            first = Comparison(got[:5], want[:5])  # the writer's own steps
+            assert first.ok, f"{name}, steps 1-5: {first.summary()}"
+            c = Comparison(got[5:], want[5:], RESHARD_TOL, RESHARD_GRAD_NORM_TOL)
+            if report:
+                report(name, c)
+            else:
+                print(f"{name}: steps 6-10 {c.summary()}")
+                assert c.ok, c.problems
+
+
+def test_reshard_on_load(tmp):
+    reshard_on_load(tmp)
 
 
 # ---------------------------------------------------------------- bad checkpoints
@@ -169,11 +217,12 @@ def test_sigkill_during_save(tmp):
     for s in SMALL + [f"run.dir={run}"] + big:
         args += ["--set", s]
     p = subprocess.Popen([str(BIN / "moe-train")] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=dict(ENV, OMP_NUM_THREADS="2"))
+                         env=ENV)
     ck = run / "checkpoints"
     killed_during = None
     t0 = time.time()
-    while time.time() - t0 < 240 and killed_during is None:
+    # Every third step saves: on a loaded machine one poll may miss a save, the next ones will not.
+    while time.time() - t0 < 600 and killed_during is None and p.poll() is None:
         if (ck / "latest").exists():
             for d in ck.glob("step_*.tmp"):
                 if any(d.glob("shard_*.h5")):
@@ -181,8 +230,10 @@ def test_sigkill_during_save(tmp):
                     killed_during = d.name
                     break
         time.sleep(0.005)
+    if killed_during is None:
+        p.kill()  # not left running when the assertion below fails
     p.wait()
-    assert killed_during, "never caught a save in progress"
+    assert killed_during, f"never caught a save in progress (moe-train exit {p.returncode})"
     print(f"killed during {killed_during}; latest is {(ck / 'latest').read_text().strip()}")
     assert "OK" in ckpt("verify", latest(run))
     resumed = int((ck / "latest").read_text().strip()[5:])
@@ -211,17 +262,20 @@ def test_signals(tmp):
     args = []
     for s in SMALL + [f"run.dir={run}", "train.steps=100000", "checkpoint.interval=0"]:
         args += ["--set", s]
-    p = subprocess.Popen([str(BIN / "moe-train")] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(ENV, OMP_NUM_THREADS="2"))
-    while not (run / "metrics.jsonl").exists() or len(metrics(run)) < 3:
-        time.sleep(0.05)
+    # Output to a file, not a pipe: nobody reads it while training runs, and a full pipe would stall it.
+    log = open(Path(tmp) / "train.log", "w+")
+    p = subprocess.Popen([str(BIN / "moe-train")] + args, stdout=log, stderr=subprocess.STDOUT, text=True, env=ENV)
+    wait_until("3 steps in metrics.jsonl", lambda: (run / "metrics.jsonl").exists() and len(metrics(run)) >= 3, p)
     p.send_signal(signal.SIGUSR1)  # checkpoint, keep going
-    while not (run / "checkpoints" / "latest").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_until("checkpoint after SIGUSR1", lambda: (run / "checkpoints" / "latest").exists(), p)
+    # Still training after the checkpoint: two more steps come (not a fixed sleep: any speed will do).
+    after = len(metrics(run))
+    wait_until("steps after the SIGUSR1 checkpoint", lambda: len(metrics(run)) >= after + 2, p)
     assert p.poll() is None, "SIGUSR1 must not stop training"
     p.send_signal(signal.SIGTERM)  # checkpoint and stop
-    out, _ = p.communicate(timeout=60)
+    p.wait(timeout=300)
+    log.seek(0)
+    out = log.read()
     assert p.returncode == 4, f"exit {p.returncode}\n{out[-2000:]}"
     assert "stopped by a signal" in out
     stopped = int((run / "checkpoints" / "latest").read_text().strip()[5:])

@@ -28,12 +28,14 @@ def main():
         run = Path(tmp) / "run"
         cmd = ["mpiexec", "-n", "2", str(BIN / "moe-train"), "--set", f"run.dir={run}", "--set", "train.steps=100000",
                "--set", "parallel.timeout=4", "--set", "train.val_every=0", "--set", "model.d_model=32",
-               "--set", "model.n_layers=2", "--set", "train.global_batch=4", "--set", "model.seq_len=32"]
+               "--set", "model.n_layers=2", "--set", "train.global_batch=4", "--set", "model.seq_len=32",
+               "--set", "train.threads=1"]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
         beat = run / "heartbeat" / "rank_00001.json"
         t0 = time.time()
         pid = None
-        while time.time() - t0 < 60:
+        # A condition with a generous deadline: starting 2 MPI ranks on a loaded machine can take a while.
+        while time.time() - t0 < 300 and p.poll() is None:
             try:
                 hb = json.loads(beat.read_text())
                 if hb["step"] >= 2:

@@ -13,7 +13,9 @@ Checked, with tolerances as relative max-norm errors (max|a-b| / max|b|):
   step-0 balance terms (aux, z, entropy)          1e-5
   step-0 gradient of every parameter              1e-4
   gradient norm and loss of each of the steps     1e-4
-  expert loads of every step                      exactly equal
+  expert loads of every step                      exactly equal, up to a
+      routing near-tie (see NEAR_TIE below; then later steps and the final
+      weights are not compared, and the run says so)
   parameters after the last step                  1e-3 (Adam divides by
       sqrt(v): coordinates whose gradient is at the FP32 noise floor move
       by up to lr in either run, so the final weights agree less tightly
@@ -36,6 +38,24 @@ TOL_LOGITS = 1e-5
 TOL_GRAD = 1e-4
 TOL_STEP = 1e-4
 TOL_FINAL = 1e-3
+# Routing. Switchyard (FP32) and this reference (float64) choose the same
+# experts unless a token's top-k call is closer than their difference in
+# scores. While the routes agree, the two router_margins (smallest gap
+# between the last chosen and the best unchosen expert) differed by at most
+# 9.9e-8 over the 3 variants x default (SkylakeX), Haswell and Sandybridge
+# kernels, train.threads = 1 (each run prints its "margin drift").
+MARGIN_DRIFT_MEASURED = 1e-7
+# Step 0 starts from the same weights, so its scores differ only by FP32
+# rounding: every step-0 call must be at least 10x the measured drift away
+# from a tie, or the variant's config is a bad test (pick another seed).
+# Measured closest step-0 calls: 2.7e-5 (base), 5.4e-5, 4.8e-4.
+STEP0_MIN_MARGIN = 10 * MARGIN_DRIFT_MEASURED
+# Later steps: a load difference is a near-tie flip (Adam amplifies FP32
+# noise in tiny gradients, so the weights drift apart) when that step's
+# closest call was within NEAR_TIE in either run; the runs then take
+# different routes and are compared no further (reported). Any other load
+# difference fails.
+NEAR_TIE = 10 * MARGIN_DRIFT_MEASURED
 
 failures = []
 
@@ -121,8 +141,10 @@ class Model:
         scores = logits.softmax(-1) if self.softmax else logits.sigmoid()
         probs = scores if self.softmax else scores / scores.sum(-1, keepdim=True)
         # Top-k on scores + bias; equal values go to the lower expert (stable sort).
-        order = torch.sort(scores.detach() + bias, dim=-1, descending=True, stable=True).indices
-        idx = order[:, :K]
+        ranked = torch.sort(scores.detach() + bias, dim=-1, descending=True, stable=True)
+        idx = ranked.indices[:, :K]
+        # How close the choice came to a tie (Switchyard's router_margin, here in float64).
+        self.margins.append((ranked.values[:, K - 1] - ranked.values[:, K]).min().item() if K < E else math.inf)
         gates = scores.gather(1, idx)
         if self.renorm:
             gates = gates / gates.sum(-1, keepdim=True)
@@ -154,6 +176,7 @@ class Model:
 
     def forward(self, P, inputs, targets, bias):
         B, T, C = inputs.shape[0], self.T, self.C
+        self.margins = []  # per MoE layer
         x = P["embed.weight"][inputs]
         terms, loads, dropped = [], [], 0
         for l in range(self.L):
@@ -198,9 +221,14 @@ def main():
     P = {n: t["param0." + n].clone().requires_grad_(True) for n in names}
     bias = torch.zeros(n_moe, model.E)
     worst = {}
+    drift, step0_margin = 0.0, math.inf
     for a in range(A):
         logits, ce, obj, terms, loads, dropped = model.forward(P, *batch(0, a), bias)
         mb = meta["step0_micro_batches"][a]
+        for mine, theirs in zip(model.margins, mb["router_margin"]):
+            if theirs is not None:
+                drift = max(drift, abs(mine - theirs))
+            step0_margin = min(step0_margin, mine)
         if loads != mb["load"]:
             failures.append(f"step 0 micro-batch {a}: expert loads differ (routing): torch {loads} vs switchyard {mb['load']}")
         if dropped != mb["dropped"]:
@@ -219,7 +247,10 @@ def main():
     for n, e in gerr.items():
         check(f"step 0 gradient of {n}", e, TOL_GRAD)
     print(f"  step 0: logits {worst['logits']:.2e}, worst loss/balance term {max(worst.values()):.2e}, "
-          f"worst gradient {gerr[gname]:.2e} ({gname})")
+          f"worst gradient {gerr[gname]:.2e} ({gname}); closest routing call {step0_margin:.1e}")
+    if n_moe and step0_margin < STEP0_MIN_MARGIN:
+        failures.append(f"step 0: a routing call is {step0_margin:.1e} from a tie (< {STEP0_MIN_MARGIN:.0e}): FP32 "
+                        "rounding could flip it on another CPU; this variant needs another config or seed")
 
     # ---- training: the same steps as Switchyard's trainer
     P = {n: t["param0." + n].clone().requires_grad_(True) for n in names}
@@ -231,18 +262,31 @@ def main():
     rate = cfg["moe"]["bias_update_rate"]
     bias = torch.zeros(n_moe, model.E)
     loss_err = gn_err = 0.0
+    flipped = None
     for s in range(steps):
         ref = meta["steps"][s]
         opt.zero_grad()
         loss = 0.0
         load_sum = None
+        margins = [math.inf] * n_moe
         for a in range(A):
             _, ce, obj, _, loads, _ = model.forward(P, *batch(s, a), bias)
+            margins = [min(x, y) for x, y in zip(margins, model.margins)]
             (obj / A).backward()
             loss += ce.item() / A
             load_sum = loads if load_sum is None else [[x + y for x, y in zip(p, q)] for p, q in zip(load_sum, loads)]
+        theirs = [math.inf if m is None else m for m in ref.get("router_margin", [None] * n_moe)]
         if (load_sum or []) != ref["load"]:
-            failures.append(f"step {s}: expert loads differ (routing): torch {load_sum} vs switchyard {ref['load']}")
+            layer = next(i for i, (p, q) in enumerate(zip(load_sum, ref["load"])) if p != q)
+            closest = min(margins[layer], theirs[layer])
+            if closest <= NEAR_TIE:
+                flipped = (s, layer, closest)
+                print(f"  step {s + 1:2d}: routing near-tie in MoE layer {layer} (closest call {closest:.1e} <= "
+                      f"{NEAR_TIE:.0e}): the runs route differently from here and are compared no further")
+                break
+            failures.append(f"step {s}: expert loads differ (routing) in MoE layer {layer} although the closest call "
+                            f"was {closest:.1e} from a tie: torch {load_sum} vs switchyard {ref['load']}")
+        drift = max([drift] + [abs(x - y) for x, y in zip(margins, theirs) if math.isfinite(x) and math.isfinite(y)])
         gn = math.sqrt(sum((p.grad ** 2).sum().item() for p in P.values()))
         loss_err = max(loss_err, rel_err(ref["loss"], loss))
         gn_err = max(gn_err, rel_err(ref["grad_norm"], gn))
@@ -260,13 +304,20 @@ def main():
                 lt = torch.tensor(l, dtype=torch.float64)
                 bias[i] += rate * torch.sign(lt.mean() - lt)
         print(f"  step {s + 1:2d}: loss {ref['loss']:.6f} (torch {loss:.6f})  grad norm {ref['grad_norm']:.6f} (torch {gn:.6f})")
-    ferr = {n: rel_err(t["param_final." + n], P[n].detach()) for n in names}
-    fname = max(ferr, key=ferr.get)
-    for n, e in ferr.items():
-        check(f"final weights {n}", e, TOL_FINAL)
-    if n_moe:
-        check("final expert bias", rel_err(t["expert_bias_final"], bias), 1e-6)
-    print(f"  worst over {steps} steps: loss {loss_err:.2e}, grad norm {gn_err:.2e}; final weights {ferr[fname]:.2e} ({fname})")
+    if flipped is None:
+        ferr = {n: rel_err(t["param_final." + n], P[n].detach()) for n in names}
+        fname = max(ferr, key=ferr.get)
+        for n, e in ferr.items():
+            check(f"final weights {n}", e, TOL_FINAL)
+        if n_moe:
+            check("final expert bias", rel_err(t["expert_bias_final"], bias), 1e-6)
+        print(f"  worst over {steps} steps: loss {loss_err:.2e}, grad norm {gn_err:.2e}; final weights "
+              f"{ferr[fname]:.2e} ({fname})")
+    else:
+        print(f"  worst over steps 1..{flipped[0]}: loss {loss_err:.2e}, grad norm {gn_err:.2e}; final weights not "
+              f"compared (routing near-tie at step {flipped[0] + 1})")
+    print(f"  margin drift (largest |router_margin difference| while the routes agree): {drift:.1e} "
+          f"(measured bound {MARGIN_DRIFT_MEASURED:.0e})")
 
     if failures:
         print("FAIL:\n  " + "\n  ".join(failures))

@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
       m["z"] = z;
       m["entropy"] = ent;
       m["dropped"] = st.dropped;
+      m["router_margin"] = st.margin;
       mb_meta.push_back(m);
       model.forward(params0.data(), zero_bias.data(), in.data(), tg.data(), true, 1.0 / static_cast<double>(A));
       model.backward(params0.data(), grads.data());
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
     nlohmann::json run = nlohmann::json::array();
     for (int64_t s = 0; s < steps; ++s) {
       sy::StepStats st = trainer.step(s);
-      run.push_back({{"loss", st.loss}, {"grad_norm", st.grad_norm}, {"lr", st.lr}, {"load", st.load}});
+      run.push_back({{"loss", st.loss}, {"grad_norm", st.grad_norm}, {"lr", st.lr}, {"load", st.load},
+                     {"router_margin", st.router_margin}});
     }
     meta["steps"] = run;
     for (const sy::ParamInfo& p : layout.params())

@@ -1,6 +1,7 @@
 #include "kernels/cpu/router.h"
 
 #include <cfloat>
+#include <limits>
 
 #include "core/parallel.h"
 
@@ -58,6 +59,33 @@ void router_topk(int32_t* idx, float* gates, const float* scores, const float* b
     }
    }
   });
+}
+
+double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K) {
+  const int64_t chunks = chunk_count(N, 256);
+  std::vector<double> part(static_cast<size_t>(chunks), std::numeric_limits<double>::infinity());
+  parallel_chunks(N, chunks, [&](int64_t t0, int64_t t1, int64_t c) {
+    std::vector<uint8_t> chosen(static_cast<size_t>(E));
+    double m = std::numeric_limits<double>::infinity();
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* s = scores + t * E;
+      std::fill(chosen.begin(), chosen.end(), 0);
+      float lo = std::numeric_limits<float>::infinity(), hi = -std::numeric_limits<float>::infinity();
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = idx[t * K + k];
+        chosen[static_cast<size_t>(e)] = 1;
+        lo = std::min(lo, s[e] + (bias ? bias[e] : 0.f));  // the value router_topk compared
+      }
+      for (int64_t e = 0; e < E; ++e)
+        if (!chosen[static_cast<size_t>(e)]) hi = std::max(hi, s[e] + (bias ? bias[e] : 0.f));
+      if (hi > -std::numeric_limits<float>::infinity())
+        m = std::min(m, static_cast<double>(lo) - static_cast<double>(hi));
+    }
+    part[static_cast<size_t>(c)] = m;
+  });
+  double m = std::numeric_limits<double>::infinity();
+  for (double x : part) m = std::min(m, x);
+  return m;
 }
 
 namespace {

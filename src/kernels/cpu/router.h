@@ -26,6 +26,14 @@ void router_scores(float* scores, float* probs, const float* logits, int64_t N, 
 void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N,
                  int64_t E, int64_t K, bool renormalize);
 
+// How close the top-k choice of these N tokens came to a tie: the smallest,
+// over tokens, of (lowest chosen score + bias) - (highest unchosen score +
+// bias); +inf when every expert is chosen (K == E) or N == 0. Two runs whose
+// scores differ by less than this (rounding, e.g. another reduction order)
+// choose the same experts; a larger margin means a different choice is not
+// a rounding effect.
+double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K);
+
 // Sums over these N tokens, added into the outputs (so micro-batches and
 // ranks can be summed): counts (E) of top-k picks, prob_sum (E),
 // z_sum = sum_t lse_t^2, entropy_sum = sum_t H(probs_t).

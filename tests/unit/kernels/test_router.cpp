@@ -41,6 +41,38 @@ TEST(Router, TiesGoToTheLowerExpertAndBiasShiftsChoiceNotGates) {
   EXPECT_EQ(g, (std::vector<float>{0.25f, 0.25f}));  // gates are unbiased scores
 }
 
+TEST(Router, MarginIsTheGapBetweenTheLastChosenAndTheBestUnchosen) {
+  // Token 0: biased values 0.5, 0.3, 0.2, 0.1 -> top-2 {0, 1}, margin 0.3 - 0.2.
+  // Token 1: 0.25 + bias {0, 0, 0.1, 0.2} -> {3, 2}, margin 0.35 - 0.25.
+  int64_t E = 4, K = 2;
+  std::vector<float> s = {0.5f, 0.3f, 0.2f, 0.1f, 0.25f, 0.25f, 0.25f, 0.25f};
+  std::vector<float> bias = {0.f, 0.f, 0.1f, 0.2f}, g(2 * K);
+  std::vector<int32_t> idx(2 * K);
+  router_topk(idx.data(), g.data(), s.data(), nullptr, 1, E, K, false);
+  EXPECT_NEAR(router_margin(idx.data(), s.data(), nullptr, 1, E, K), 0.1, 1e-7);
+  router_topk(idx.data() + K, g.data() + K, s.data() + E, bias.data(), 1, E, K, false);
+  EXPECT_NEAR(router_margin(idx.data() + K, s.data() + E, bias.data(), 1, E, K), 0.1, 1e-7);
+  // Both tokens with the bias: token 0's values 0.5, 0.3, 0.3, 0.3 tie at the cut -> margin 0.
+  router_topk(idx.data(), g.data(), s.data(), bias.data(), 2, E, K, false);
+  EXPECT_EQ(router_margin(idx.data(), s.data(), bias.data(), 2, E, K), 0.0);
+  // Every expert chosen: no decision, no margin.
+  std::vector<int32_t> all = {0, 1, 2, 3};
+  EXPECT_TRUE(std::isinf(router_margin(all.data(), s.data(), nullptr, 1, E, E)));
+  // Many tokens (several parallel chunks): the minimum over all of them.
+  int64_t N = 1000, E2 = 8, K2 = 2;
+  auto sc = randn(N * E2, 3, 1.f);
+  std::vector<int32_t> id(N * K2);
+  std::vector<float> gg(N * K2);
+  router_topk(id.data(), gg.data(), sc.data(), nullptr, N, E2, K2, false);
+  double want = 1e30;
+  for (int64_t t = 0; t < N; ++t) {
+    std::vector<float> v(sc.begin() + t * E2, sc.begin() + (t + 1) * E2);
+    std::sort(v.begin(), v.end(), std::greater<float>());
+    want = std::min(want, static_cast<double>(v[K2 - 1]) - static_cast<double>(v[K2]));
+  }
+  EXPECT_EQ(router_margin(id.data(), sc.data(), nullptr, N, E2, K2), want);
+}
+
 TEST(Router, BackwardIsGradientOfObjective) {
   // Analytic float backward vs central differences of the double reference
   // objective (gate chain + aux + z + entropy), for both score functions.
