@@ -17,6 +17,8 @@ usage: test_hostile_args.py BIN_DIR CASE     (CASE: train_launch_plan, ckpt_gene
 import os
 import random
 import sys
+import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,17 +62,53 @@ class Paths:
                 ("an empty file", self.empty_file, "empty"), ("random bytes", self.binary, "binary"),
                 ("an empty string", "", "")]
 
+    def out_fifo(self):
+        """A FIFO of its own for a case that may write to it: a writer opening the readers' FIFO would
+        unblock a concurrent case that reads it (and feed it what it wrote)."""
+        self.n_out = getattr(self, "n_out", 0) + 1
+        p = self.fifo.parent / f"out_fifo_{self.n_out}"
+        os.mkfifo(p)
+        return p
+
     def outputs(self):
         """(label, path, culprit, may succeed) for paths a tool should write (must not exist yet)."""
         return [("an existing file", self.file, "afile", False), ("an existing directory", self.dir, "adir", False),
-                ("a FIFO", self.fifo, "fifo", False), ("a path under a regular file", self.under_file, "afile", False),
+                ("a FIFO", self.out_fifo(), "fifo", False), ("a path under a regular file", self.under_file, "afile", False),
                 ("/dev/full", Path("/dev/full"), "/dev/full", False), ("/dev/null", Path("/dev/null"), "/dev/null", False),
                 ("a 5000-character name", self.long, "lllll", False), ("an empty string", "", "", False)]
 
 
-def check(tally, group, cid, cmd, allowed, culprits=(), timeout=30, cwd=None, unchanged=(), env=None, max_mb=1024):
-    """Runs one case. allowed: exit codes; culprits: the message must contain one (when it fails)."""
+def drain(fifo, seconds):
+    """Reads the FIFO (a reader, as `tool --out >(cat)` would have) until its writer closes it."""
+    import threading
+
+    def read():
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        t0 = time.time()
+        try:
+            while time.time() - t0 < seconds:
+                try:
+                    if os.read(fd, 1 << 16) == b"" and time.time() - t0 > 0.5:
+                        break
+                except BlockingIOError:
+                    time.sleep(0.01)
+        finally:
+            os.close(fd)
+    th = threading.Thread(target=read, daemon=True)
+    th.start()
+    return th
+
+
+def check(tally, group, cid, cmd, allowed, culprits=(), timeout=30, cwd=None, unchanged=(), env=None, max_mb=1024,
+          reader=None):
+    """Runs one case. allowed: exit codes; culprits: the message must contain one (when it fails);
+    reader: a FIFO the tool may write, read meanwhile."""
     before = {Path(p): snapshot(p) for p in unchanged}
+    if reader:
+        drain(reader, timeout)
     res = C.run(cmd, timeout, cwd=cwd, env=env, max_mb=max_mb)
     why = C.crash(res)
     verdict = "fail" if why else "ok" if res.rc == 0 else "clean"
@@ -119,7 +157,7 @@ def case_train_launch_plan(bin_dir, tmp, tally):
     P = Paths(tmp)
     corpus(tmp / "corpus.txt")
     run = tmp / "run"
-    safe = [f"run.dir={run}", f'data.train=["{tmp / "corpus.txt"}"]', "train.steps=2", "checkpoint.at_end=false"]
+    safe = [f'data.train=["{tmp / "corpus.txt"}"]', "train.steps=2", "checkpoint.at_end=false"]
     safe_args = [a for s in C.SMALL + safe for a in ("--set", s)]
     train = [bin_dir / "moe-train"]
     cases = []  # (group, id, cmd, allowed, culprits, extra kwargs)
@@ -225,18 +263,22 @@ def case_train_launch_plan(bin_dir, tmp, tally):
     for label, path, cul in P.inputs():
         if label != "an empty string":
             add("moe-plan paths", f"moe-plan config = {label}", plan + [path], (2,), [cul, "config"])
-    # --svg is an output a user names: replacing a file or writing into /dev/null or a FIFO (with
-    # a reader or not: it must not block) is fine; "" means no picture.
+    # --svg is an output a user names: replacing a file, writing into /dev/null or into a FIFO
+    # someone reads is fine; "" means no picture.
     svg_ok = {"an existing file": (0, 1, 2), "a FIFO": (0, 1, 2), "/dev/null": (0,), "an empty string": (0,)}
     for label, path, cul, _ in P.outputs():
         unchanged = [path] if label == "an existing directory" else []
-        add("moe-plan paths", f"moe-plan --svg {label}", plan + ["--svg", path], svg_ok.get(label, (1, 2)),
-            [cul, "--svg"], unchanged=unchanged)
+        add("moe-plan paths", f"moe-plan --svg {label} (with a reader)" if label == "a FIFO" else
+            f"moe-plan --svg {label}", plan + ["--svg", path], svg_ok.get(label, (1, 2)), [cul, "--svg"],
+            unchanged=unchanged, reader=path if label == "a FIFO" else None)
     add("moe-plan paths", "moe-plan --svg in a new directory", plan + ["--svg", tmp / "new" / "t.svg"], (0, 1, 2),
         ["--svg", "new"])
 
     def one(w, case):
         group, cid, cmd, allowed, culprits, kw = case
+        if group.startswith("moe-train"):
+            # a run directory of its own (one job per checkpoint directory; a later --set wins)
+            cmd = cmd[:1] + ["--set", f"run.dir={run}_{zlib.crc32(cid.encode()):08x}"] + cmd[1:]
         check(tally, group, cid, cmd, allowed, culprits, timeout=6, cwd=tmp, **kw)
 
     C.parallel(one, cases, C.workers())
