@@ -432,7 +432,7 @@ def case_data_shards(bin_dir, tmp, tally):
         val.write_bytes(val_bad if expect == "bad-val" else val_good)
         culprit = val.name if expect == "bad-val" else shard.name
         cfg = d / "c.toml"
-        text = BIN_BASE.replace(f'train = ["{{corpus}}"]', f'train = ["{shard}"]\nval = ["{val}"]')
+        text = BIN_BASE.replace('train = ["{corpus}"]', f'train = ["{shard}"]\nval = ["{val}"]')
         cfg.write_text(text)
         for tool, cmd in (("moe-train", [bin_dir / "moe-train", cfg]),
                           ("moe-launch --dry-run", [bin_dir / "moe-launch", cfg, "--np", "1", "--dry-run"])):
