@@ -10,6 +10,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <new>
@@ -34,15 +38,35 @@ inline void setup(CLI::App& app, const std::string& tool) {
   app.set_version_flag("--version", fmt::format("{} {}", tool, sy::version()), "print the version and exit");
 }
 
-// Parses argv. Returns the exit code to return at once (0 after --help or
-// --version, 2 after a usage error, whose message went to stderr) or
-// nullopt when the tool should run.
+// A finite number (CLI::Range lets NaN through: every comparison with it is false).
+inline const CLI::Validator kFinite(
+    [](std::string& s) -> std::string {
+      char* end = nullptr;
+      const double v = std::strtod(s.c_str(), &end);
+      return !s.empty() && *end == '\0' && std::isfinite(v) ? "" : "'" + s + "' is not a finite number";
+    },
+    "FINITE");
+
+// A whole number in [0, 2^64): CLI11's own conversion accepts what wraps.
+inline const CLI::Validator kUint64(
+    [](std::string& s) -> std::string {
+      uint64_t v = 0;
+      const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+      return !s.empty() && ec == std::errc() && p == s.data() + s.size()
+                 ? ""
+                 : "'" + s + "' is not a whole number from 0 to 18446744073709551615";
+    },
+    "UINT64");
+
 inline void hide_empty_defaults(CLI::App& app) {
   for (CLI::Option* o : app.get_options())
     if (o->get_default_str() == "[]") o->default_str("");  // an empty list (--set): no default to show
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) hide_empty_defaults(*sub);
 }
 
+// Parses argv. Returns the exit code to return at once (0 after --help or
+// --version, 2 after a usage error, whose message went to stderr) or
+// nullopt when the tool should run.
 inline std::optional<int> parse(CLI::App& app, int argc, char** argv) {
   hide_empty_defaults(app);
   try {

@@ -132,23 +132,43 @@ std::string new_run_id() {
   return id;
 }
 
-std::string read_run_id(const std::string& checkpoint_dir) {
-  std::error_code ec;
+namespace {
+std::string run_id_of(const fs::path& file) {
   try {
-    h5::File f = h5::File::open((fs::path(checkpoint_dir) / kManifest).string());
+    h5::File f = h5::File::open(file.string());
     if (f.has_attr("", "run_id")) return f.attr_string("", "run_id");
   } catch (const Error&) {
   }
+  return "";
+}
+
+std::vector<fs::path> shard_files_in(const std::string& checkpoint_dir) {
+  std::error_code ec;
+  std::vector<fs::path> shards;
   for (const auto& e : fs::directory_iterator(checkpoint_dir, ec)) {
     const std::string name = e.path().filename().string();
-    if (!name.starts_with("shard_") || !name.ends_with(".h5")) continue;
-    try {
-      h5::File f = h5::File::open(e.path().string());
-      if (f.has_attr("", "run_id")) return f.attr_string("", "run_id");
-    } catch (const Error&) {
-    }
+    if (name.starts_with("shard_") && name.ends_with(".h5")) shards.push_back(e.path());
   }
+  std::sort(shards.begin(), shards.end());
+  return shards;
+}
+}  // namespace
+
+std::string read_run_id(const std::string& checkpoint_dir) {
+  if (std::string id = run_id_of(fs::path(checkpoint_dir) / kManifest); !id.empty()) return id;
+  for (const fs::path& p : shard_files_in(checkpoint_dir))
+    if (std::string id = run_id_of(p); !id.empty()) return id;
   return "";
+}
+
+std::vector<std::string> read_run_ids(const std::string& checkpoint_dir) {
+  std::vector<std::string> ids;
+  auto add = [&](std::string id) {
+    if (!id.empty() && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(std::move(id));
+  };
+  add(run_id_of(fs::path(checkpoint_dir) / kManifest));
+  for (const fs::path& p : shard_files_in(checkpoint_dir)) add(run_id_of(p));
+  return ids;
 }
 
 void write_tensor(h5::File& f, const std::string& group, const std::string& name, const float* data,

@@ -88,6 +88,10 @@ std::string new_run_id();
 // the manifest is unreadable, any readable shard's; "" when none says
 // (format 1, or everything damaged).
 std::string read_run_id(const std::string& checkpoint_dir);
+// Every run identity the checkpoint's files carry (manifest first, then the
+// shards), without repeats: more than one means files were mixed between
+// runs. Opens every shard: for a damaged checkpoint, not for routine use.
+std::vector<std::string> read_run_ids(const std::string& checkpoint_dir);
 
 // group/<name> with its shape and checksums.
 void write_tensor(h5::File& f, const std::string& group, const std::string& name, const float* data,

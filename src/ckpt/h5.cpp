@@ -7,14 +7,19 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "ckpt/crc32c.h"
 #include "core/check.h"
 
+#include <fmt/ranges.h>
+
 namespace sy::h5 {
 
 namespace {
+
+constexpr size_t kMaxFixedString = 60000;
 
 // HDF5 prints its error stack by default; we turn that into exceptions.
 // And no HDF5 clean-up at exit: a file whose close failed (a full disk)
@@ -276,7 +281,7 @@ void File::check_seal(std::vector<std::string>& found) {
   int64_t stored = 0;
   try {
     stored = attr_int("", "seal_crc32c");
-    const int64_t n = numel("seal");
+    const int64_t n = stored_numel("seal");
     table.resize(static_cast<size_t>(n));
     Handle d{SY_H5(H5Dopen2(id_, "seal", H5P_DEFAULT), "{}: no dataset 'seal'", path_), H5Dclose};
     if (n > 0)
@@ -353,6 +358,7 @@ void File::check_seal(std::vector<std::string>& found) {
         Handle t{H5Dget_type(d.id), H5Tclose};
         const H5T_class_t cls = H5Tget_class(t.id);
         const std::vector<int64_t> dims = shape(object);
+        if (item.kind != 'b') stored_numel(object);  // before allocating from dims
         if (item.kind == 'b') {
           got = cls == H5T_FLOAT ? canonical_crc('B', dims, nullptr, 0) : 0;
         } else if (cls == H5T_FLOAT) {
@@ -490,6 +496,26 @@ int64_t File::numel(const std::string& name) const {
   return n;
 }
 
+int64_t File::stored_numel(const std::string& name) const {
+  // A dataset's shape is metadata a flipped bit can enlarge: before anything
+  // is allocated from it, it must agree with the bytes the file holds.
+  const std::vector<int64_t> dims = shape(name);
+  Handle d{SY_H5(H5Dopen2(id_, name.c_str(), H5P_DEFAULT), "{}: no dataset '{}'", path_, name), H5Dclose};
+  Handle t{H5Dget_type(d.id), H5Tclose};
+  const size_t elem = H5Tget_size(t.id);
+  const hsize_t stored = H5Dget_storage_size(d.id);
+  int64_t n = 1;
+  bool overflow = false;
+  for (int64_t x : dims) {
+    if (x < 0 || (x > 0 && n > std::numeric_limits<int64_t>::max() / x)) overflow = true;
+    else n *= x;
+  }
+  SY_CHECK(!overflow && elem > 0 && static_cast<hsize_t>(n) <= stored / elem,
+           "{}: dataset '{}' claims shape [{}] ({} bytes per value) but the file stores {} bytes for it: the file is "
+           "corrupt", path_, name, fmt::join(dims, ", "), elem, stored);
+  return n;
+}
+
 void File::read(const std::string& name, float* out, int64_t begin, int64_t end) const {
   require_listed('D', name);
   read_dataset(*this, name, out, begin, end, H5T_NATIVE_FLOAT);
@@ -501,12 +527,31 @@ void File::read(const std::string& name, int64_t* out, int64_t begin, int64_t en
 }
 
 void File::set_attr(const std::string& object, const std::string& key, const std::string& value) {
+  // Fixed-length, NUL-padded: the value lives in the object header, where
+  // reading it touches nothing else. A variable-length string keeps only a
+  // global-heap ID there, and HDF5 1.10 follows a damaged ID into a segfault
+  // before any checksum can be compared (the fault campaign's flipped bits).
+  // An object header message holds at most 64 KiB, so a longer value (a
+  // config text beyond kMaxFixedString; real ones are a few KiB) stays
+  // variable-length, its CRC still sealed.
+  SY_CHECK(value.find('\0') == std::string::npos, "{}: attribute '{}' of '{}' holds a NUL byte", path_, key, object);
   Handle t{H5Tcopy(H5T_C_S1), H5Tclose};
-  H5Tset_size(t.id, H5T_VARIABLE);
+  if (value.size() > kMaxFixedString) {
+    H5Tset_size(t.id, H5T_VARIABLE);
+    H5Tset_cset(t.id, H5T_CSET_UTF8);
+    Handle s{H5Screate(H5S_SCALAR), H5Sclose};
+    const char* p = value.c_str();
+    write_attr(*this, object, key, t.id, s.id, &p);
+    seal('a', object, key, canonical_crc('s', {}, value.data(), value.size()));
+    return;
+  }
+  H5Tset_size(t.id, std::max<size_t>(value.size(), 1));
+  H5Tset_strpad(t.id, H5T_STR_NULLPAD);
   H5Tset_cset(t.id, H5T_CSET_UTF8);
   Handle s{H5Screate(H5S_SCALAR), H5Sclose};
-  const char* p = value.c_str();
-  write_attr(*this, object, key, t.id, s.id, &p);
+  std::string padded = value;
+  padded.resize(std::max<size_t>(value.size(), 1), '\0');
+  write_attr(*this, object, key, t.id, s.id, padded.data());
   seal('a', object, key, canonical_crc('s', {}, value.data(), value.size()));
 }
 

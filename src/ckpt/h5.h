@@ -61,6 +61,9 @@ class File {
   void read(const std::string& name, float* out, int64_t begin, int64_t end) const;
   void read(const std::string& name, int64_t* out, int64_t begin, int64_t end) const;
   int64_t numel(const std::string& name) const;
+  // The number of values, checked against the bytes the file stores for it
+  // (a corrupt shape must not size an allocation).
+  int64_t stored_numel(const std::string& name) const;
 
   // Attributes of the root ("") or of an object.
   void set_attr(const std::string& object, const std::string& key, const std::string& value);

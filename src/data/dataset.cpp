@@ -77,6 +77,8 @@ std::vector<std::string> expand_patterns(const std::vector<std::string>& pattern
     SY_CONFIG_CHECK(rc == 0 && !hits.empty(), "{}: no file matches '{}'{}", what, p,
              rc == GLOB_ABORTED ? " (a directory could not be read)" : "");
     std::sort(hits.begin(), hits.end());
+    for (const std::string& hit : hits)  // a wildcard's match is named with the key and pattern that chose it
+      if (hit != p) check_regular_file(hit, fmt::format("{} (pattern '{}') file", what, p));
     out.insert(out.end(), hits.begin(), hits.end());
   }
   return out;

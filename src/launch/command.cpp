@@ -8,10 +8,14 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "data/mapped_file.h"
 
 namespace sy::launch {
 
 namespace fs = std::filesystem;
+
+// More slots than any node has cores (mpirun would try to start them all).
+constexpr long long kMaxSlots = 65536;
 
 std::vector<Host> parse_hostfile(const std::string& text, const std::string& path) {
   std::vector<Host> hosts;
@@ -34,8 +38,8 @@ std::vector<Host> parse_hostfile(const std::string& text, const std::string& pat
       if (key == "slots" || key == "max_slots" || key == "max-slots") {
         char* end = nullptr;
         long long v = std::strtoll(value.c_str(), &end, 10);
-        SY_CONFIG_CHECK(!value.empty() && *end == '\0' && v >= 1, "{}:{}: {} must be a positive integer, got '{}'",
-                        path, line_no, key, value);
+        SY_CONFIG_CHECK(!value.empty() && *end == '\0' && v >= 1 && v <= kMaxSlots,
+                        "{}:{}: {} must be an integer from 1 to {}, got '{}'", path, line_no, key, kMaxSlots, value);
         if (key == "slots") h.slots = v;
       } else {
         SY_CONFIG_FAIL("{}:{}: unknown hostfile key '{}' (known: slots, max_slots)", path, line_no, key);
@@ -50,11 +54,8 @@ std::vector<Host> parse_hostfile(const std::string& text, const std::string& pat
 }
 
 std::vector<Host> read_hostfile(const std::string& path) {
-  std::ifstream in(path);
-  SY_CONFIG_CHECK(in.good(), "cannot read hostfile '{}'", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_hostfile(ss.str(), path);
+  // A regular file of at most 1 MiB (a FIFO would block, /dev/zero never end).
+  return parse_hostfile(read_text_file(path, "hostfile", size_t{1} << 20), path);
 }
 
 int64_t total_slots(const std::vector<Host>& hosts) {

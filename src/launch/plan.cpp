@@ -195,8 +195,10 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
 void preflight(Plan& p) {
   const RunConfig& cfg = p.cfg;
   // Binaries.
-  SY_CONFIG_CHECK(!p.command.train_binary.empty() && ::access(p.command.train_binary.c_str(), X_OK) == 0,
-                  "moe-train not found or not executable at '{}'", p.command.train_binary);
+  std::error_code bin_ec;
+  SY_CONFIG_CHECK(!p.command.train_binary.empty() && fs::is_regular_file(p.command.train_binary, bin_ec) &&
+                      ::access(p.command.train_binary.c_str(), X_OK) == 0,
+                  "moe-train not found or not an executable file at '{}'", p.command.train_binary);
   const std::string runner = p.argv[0];
   const std::string found = find_program(runner);
   SY_CONFIG_CHECK(!found.empty(), "'{}' not found in PATH ({}); install {}", runner,

@@ -63,6 +63,24 @@ std::string bcast_string(const Comm& world, std::string s, int root) {
 
 bool is_tmp_dir(const std::string& name) { return name.size() > 4 && name.ends_with(".tmp"); }
 
+// Deleting a checkpoint is two steps: an atomic rename out of the step
+// namespace (a name ending in .tmp, which no reader takes for a checkpoint
+// and the next save clears), then the removal. A kill in between leaves the
+// leftover under a .tmp name, never a half-deleted step directory.
+void remove_checkpoint_dir(const fs::path& dir) {
+  fs::path aside = dir;
+  aside += ".retired.tmp";
+  std::error_code ec;
+  fs::remove_all(aside, ec);
+  fs::rename(dir, aside, ec);
+  if (ec) {  // the new checkpoint is committed: a retention failure is worth a warning, not the run
+    std::cerr << fmt::format("warning: could not delete checkpoint '{}' (rename to '{}'): {}; it stays\n",
+                             dir.string(), aside.string(), ec.message()) << std::flush;
+    return;
+  }
+  fs::remove_all(aside, ec);
+}
+
 }  // namespace
 
 Checkpointer::Checkpointer(const RunConfig& cfg, const Grid& grid, const ParamLayout& local, const ParamLayout& full,
@@ -416,7 +434,7 @@ void Checkpointer::retain() const {
     const std::string name = ckpt::step_dir_name(mine[i]);
     const bool newest = static_cast<int64_t>(i) < keep;
     const bool milestone = every > 0 && mine[i] % every == 0;
-    if (!newest && !milestone && name != latest) fs::remove_all(fs::path(dir_) / name);
+    if (!newest && !milestone && name != latest) remove_checkpoint_dir(fs::path(dir_) / name);
   }
 }
 
@@ -425,7 +443,7 @@ void Checkpointer::delete_other_runs() const {
     const fs::path d = fs::path(dir_) / ckpt::step_dir_name(s);
     const std::string owner = ckpt::read_run_id(d.string());
     if (owner == run_id_) continue;
-    fs::remove_all(d);
+    remove_checkpoint_dir(d);
     std::cout << fmt::format("checkpoint.overwrite: deleted '{}' ({})\n", d.string(),
                              owner.empty() ? std::string("no run identity") : "run " + owner)
               << std::flush;
@@ -506,10 +524,19 @@ std::string Checkpointer::plan_resume() {
     const std::string p = (fs::path(dir_) / latest.name).string();
     out.push_back(p);
     if (c.fallback) {
-      std::string run = ckpt::read_run_id(p);
-      if (run.empty() && owners.size() == 1) run = owners.begin()->first;  // the damaged one is one of theirs
-      if (!run.empty())
-        for (const std::string& q : own_checkpoints(run, p)) out.push_back(q);
+      // Fall back only within the run that wrote `latest`. Its files may
+      // disagree (a manifest or shard swapped in from another run): then the
+      // run is the one among them that has other checkpoints here.
+      std::vector<std::string> ids = ckpt::read_run_ids(p), with_others;
+      if (ids.empty() && owners.size() == 1 && !owners.begin()->first.empty())
+        ids.push_back(owners.begin()->first);  // unreadable, and only one run is here: it is one of theirs
+      for (const std::string& id : ids)
+        if (!own_checkpoints(id, p).empty()) with_others.push_back(id);
+      SY_CONFIG_CHECK(with_others.size() <= 1, "'{}' mixes files of runs {} and each has other checkpoints in '{}': "
+                      "checkpoint.fallback cannot tell which run to resume. Set checkpoint.resume = <a step "
+                      "directory>", p, fmt::join(with_others, " and "), dir_);
+      if (!with_others.empty())
+        for (const std::string& q : own_checkpoints(with_others[0], p)) out.push_back(q);
     }
   } else if (latest.exists || !steps.empty()) {
     const std::string what = latest.exists ? latest.problem : fmt::format("'{}' has no `latest`", dir_);

@@ -69,66 +69,8 @@ def _expect(owner, reason, *ids):
 
 CKPT, CLI, DATA = "checkpoint/trainer", "CLI/apps", "data/config"
 
-_expect(CKPT, "new: a flipped bit in the global-heap ID of a variable-length string attribute makes HDF5 1.10.8 "
-        "segfault in H5HG_read (called by h5::File::attr_string from check_seal); fixed-length string attributes "
-        "would keep the value in the object header, where the seal covers it",
-        "manifest.h5: attr-ref attribute 'file' of 'tensors/layers.1.moe.experts.2.w2' byte 14 bit 2 / verify",
-        "manifest.h5: attr-ref attribute 'file' of 'tensors/layers.1.moe.experts.4.w13' byte 13 bit 2 / verify",
-        "manifest.h5: attr-ref attribute 'file' of 'tensors/layers.1.moe.experts.5.w2' byte 14 bit 6 / verify",
-        "manifest.h5: attr-ref attribute 'file' of 'tensors/layers.1.moe.experts.6.w13' byte 13 bit 6 / verify")
-_expect(CKPT, "new: check_seal (ckpt/h5.cpp) allocates a dataset's elements from its shape before comparing the "
-        "shape with the sealed one: a flipped dimension gives std::bad_alloc ('out of memory', naming no file or "
-        "dataset)",
-        "manifest.h5: dset-shape dataset 'expert_load' byte 6 bit 5 / verify",
-        "shard_00000.h5: dset-shape dataset 'seal' byte 5 bit 2 / verify")
-_expect(CKPT, "new: with a manifest copied in from another run, fallback takes that run's identity and says 'no "
-        "intact checkpoint of this run is left', although step 2 of the run that wrote the shards is intact",
-        "manifest from step 4 of another run / resume with fallback")
-# A kill's moment depends on the machine: matched by what failed (never an unexpected pass).
-_expect(CKPT, "new: retain() deletes a retired checkpoint in place (fs::remove_all): a kill in between leaves a "
-        "step directory without its shard or manifest, which fails verify (and, both gone, an empty step "
-        "directory of no known run that retention never removes); renaming it aside first makes it atomic",
-        "* kill * :: half-deleted*", "*: the run completes after * kills :: half-deleted*")
-
-_expect(CLI, "new: --temperature nan passes CLI::Range(0, 1e6) (NaN compares false) and sampling runs on NaN",
-        "moe-generate --temperature nan")
-_expect(CLI, "new: --seed 18446744073709551616 (2^64) is accepted instead of a usage error",
-        "moe-generate --seed 2^64")
-_expect(CLI, "new: the dry run's preflight accepts a directory as --train-binary",
-        "moe-launch --dry-run --train-binary a directory")
-
-_expect(DATA, "known: a directory given as a text data file fails with 'basic_filebuf::underflow error' naming no "
-        "file (exit 1)",
-        "config p001 path: data.train = b'\".\"' / moe-train", "config p002 path: data.val = b'\".\"' / moe-train",
-        "config p003 path: data.train = b'\"..\"' / moe-train",
-        "config p004 path: data.train = b'\"../../..\"' / moe-train",
-        "config p009 path: data.train = b'\"$TMP/adir\"' / moe-train",
-        "config p015 path: data.train = b'\"*\"' / moe-launch --dry-run",
-        "config p023 path: data.train = b'[\"$TMP/adir\"]' / moe-train",
-        "config p024 path: data.val = b'[\"$TMP/adir\"]' / moe-train")
-_expect(DATA, "known: a FIFO as a data file blocks moe-train and the dry run forever",
-        "config p008 path: data.train = b'\"$TMP/fifo\"' / moe-train",
-        "config p019 path: data.train = b'[\"$TMP/fifo\"]' / moe-train",
-        "config p020 path: data.val = b'[\"$TMP/fifo\"]' / moe-train",
-        "config p020 path: data.val = b'[\"$TMP/fifo\"]' / moe-launch --dry-run",
-        "shard: a FIFO / moe-train", "shard: a FIFO / moe-launch --dry-run")
-_expect(DATA, "known: /dev/zero as a text data file is read until memory runs out",
-        "config p007 path: data.train = b'\"/dev/zero\"' / moe-train",
-        "config p021 path: data.train = b'[\"/dev/zero\"]' / moe-train",
-        "config p022 path: data.val = b'[\"/dev/zero\"]' / moe-train",
-        "config p022 path: data.val = b'[\"/dev/zero\"]' / moe-launch --dry-run")
-_expect(DATA, "known: tokens >= model.vocab_size in a .bin shard are found only when their window is read (not "
-        "when the shard is opened, nor by the dry run's preflight): a short run succeeds on bad data",
-        "shard: token * (>= vocab 256) at * / *", "shard: val shard: token 300 at 5 / *")
-_expect(DATA, "known: a config file that is a FIFO blocks, /dev/zero is read until memory runs out, and a "
-        "directory reads as an empty config (the defaults run)",
-        "moe-train config = a directory", "moe-train config = a FIFO", "moe-train config = /dev/zero",
-        "moe-launch --dry-run config = a FIFO", "moe-launch --dry-run config = /dev/zero",
-        "moe-plan config = a FIFO", "moe-plan config = /dev/zero")
-_expect(DATA, "new: a hostfile that is a FIFO blocks the dry run, /dev/zero is read forever, and slots=2^40 is "
-        "accepted (mpirun -np 1099511627776)",
-        "moe-launch --dry-run --hostfile a FIFO", "moe-launch --dry-run --hostfile /dev/zero",
-        "moe-launch --dry-run --hostfile with slots=2^40")
+# Every case the campaign found failing has been fixed; list a new one here
+# (with _expect(owner, reason, *case ids)) only while its fix is in progress.
 
 
 def expected(case_id, why=None):
@@ -143,6 +85,7 @@ def expected(case_id, why=None):
         elif case_id == pat or fnmatch.fnmatchcase(case_id, pat):
             return pat, reason
     return None
+
 
 
 # ---------------------------------------------------------------- running things
@@ -359,7 +302,7 @@ class Tally:
             print(f"\nFAILURES ({len(self.failures)}):")
             for case_id, why, cmd in self.failures:
                 print(f"  {case_id}\n      {why[:1500]}\n      command: {cmd}")
-        return 1 if self.failures else 0
+        return 1 if self.failures or self.xpasses else 0
 
 
 # ---------------------------------------------------------------- checkpoints that must not be lost
