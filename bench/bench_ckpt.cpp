@@ -24,7 +24,7 @@
 #include "core/timer.h"
 #include "kernels/cpu/blas.h"
 #include "train/checkpoint.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;

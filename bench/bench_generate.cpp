@@ -21,7 +21,7 @@
 #include "core/timer.h"
 #include "infer/decoder.h"
 #include "kernels/cpu/blas.h"
-#include "train/config.h"
+#include "config/run.h"
 
 namespace {
 

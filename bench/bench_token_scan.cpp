@@ -20,7 +20,7 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "data/dataset.h"
-#include "data/mapped_file.h"
+#include "core/mapped_file.h"
 
 namespace {
 

@@ -16,7 +16,7 @@
 #include "core/cpu.h"
 #include "core/timer.h"
 #include "kernels/cpu/blas.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/trainer.h"
 
 namespace {

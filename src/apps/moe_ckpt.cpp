@@ -22,7 +22,7 @@
 #include "comm/grid.h"
 #include "core/check.h"
 #include "model/layout.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/pipeline_plan.h"
 #include "train/export.h"
 

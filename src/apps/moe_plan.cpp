@@ -14,7 +14,7 @@
 #include "apps/cli.h"
 #include "core/check.h"
 #include "pipeline/simulate.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/pipeline_plan.h"
 
 namespace {

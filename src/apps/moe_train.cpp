@@ -11,7 +11,7 @@
 #include "core/check.h"
 #include "core/cpu.h"
 #include "kernels/cpu/blas.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {

@@ -10,7 +10,7 @@
 
 #include "core/check.h"
 #include "core/rng.h"
-#include "data/mapped_file.h"
+#include "core/mapped_file.h"
 
 namespace sy {
 

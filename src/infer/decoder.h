@@ -15,10 +15,10 @@
 
 #include "core/arena.h"
 #include "model/blocks.h"
-#include "model/config.h"
+#include "config/model.h"
 #include "model/layout.h"
 #include "model/moe_block.h"
-#include "train/config.h"
+#include "config/run.h"
 
 namespace sy {
 

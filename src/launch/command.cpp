@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "core/check.h"
-#include "data/mapped_file.h"
+#include "core/mapped_file.h"
 
 namespace sy::launch {
 

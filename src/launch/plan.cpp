@@ -11,7 +11,7 @@
 #include "ckpt/format.h"
 #include "core/check.h"
 #include "data/dataset.h"
-#include "data/mapped_file.h"
+#include "core/mapped_file.h"
 #include "model/estimate.h"
 #include "pipeline/simulate.h"
 #include "train/pipeline_plan.h"
@@ -35,20 +35,6 @@ Environment Environment::current() {
   }
   std::sort(e.forward.begin(), e.forward.end());
   return e;
-}
-
-double forward_flops_per_token(const ModelConfig& m) {
-  const double C = m.d_model, D = m.head_size(), H = m.n_heads, T = m.seq_len;
-  const double R = m.qkv_width(), F = m.moe.expert_hidden, S = m.moe.shared_experts * F;
-  double f = 2.0 * C * m.vocab_size;
-  for (int64_t l = 0; l < m.n_layers; ++l) {
-    f += 2.0 * C * (R + H * D) + 2.0 * H * D * (T + 1);  // projections; QK^T and PV over (T+1)/2 keys on average
-    if (m.is_moe_layer(l))
-      f += 2.0 * C * m.moe.experts + 6.0 * C * F * m.moe.top_k + 6.0 * C * S;
-    else
-      f += 6.0 * C * m.dense_width();
-  }
-  return f;
 }
 
 namespace {
@@ -151,8 +137,7 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   const ParamCount full = count_params(m), local = count_params(m, {0, m.moe.experts / p.shape.ep});
   p.params_total = full.total;
   p.params_rank = local.total;
-  p.active_per_token = p.params_total - full.expert +
-                       (m.moe.experts > 0 ? full.expert / m.moe.experts * m.moe.top_k : 0);
+  p.active_per_token = active_params_per_token(m, full);
   // Memory per rank: the estimate moe-train checks before it allocates
   // (nothing of the model is allocated here).
   p.memory = estimate_memory(cfg, p.shape);

@@ -9,7 +9,7 @@
 
 #include "comm/grid.h"
 #include "launch/command.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/memory.h"
 
 namespace sy::launch {
@@ -70,9 +70,5 @@ std::string describe(const Plan& plan);
 // batch, memory estimate (bytes per field), compute, schedule, checkpoint,
 // resume, faults, notes and the argv.
 std::string describe_json(const Plan& plan);
-
-// Forward FLOPs per token of a model with sequence length T (attention
-// averaged over causal positions).
-double forward_flops_per_token(const ModelConfig& m);
 
 }  // namespace sy::launch

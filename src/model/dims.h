@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "model/config.h"
+#include "config/model.h"
 
 namespace sy {
 

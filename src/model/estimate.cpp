@@ -55,6 +55,10 @@ ParamCount count_params(const ModelConfig& m, ExpertSlice experts, const StageSp
   return n;
 }
 
+int64_t active_params_per_token(const ModelConfig& m, const ParamCount& full) {
+  return full.total - full.expert + (m.moe.experts > 0 ? full.expert / m.moe.experts * m.moe.top_k : 0);
+}
+
 namespace {
 
 // FP8 storage of one saved input of `rows` x `cols` (kept transposed for the

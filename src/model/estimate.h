@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "model/config.h"
+#include "config/model.h"
 #include "model/layout.h"
 #include "model/transformer.h"
 
@@ -27,6 +27,10 @@ struct ParamCount {
   int64_t total = 0, expert = 0, embed_head = 0, largest = 0;
 };
 ParamCount count_params(const ModelConfig& m, ExpertSlice experts = {}, const StageSpec& stage = {});
+
+// Parameters one token passes through: everything but the routed experts,
+// plus top_k of each MoE layer's experts (`full` counts the whole model).
+int64_t active_params_per_token(const ModelConfig& m, const ParamCount& full);
 
 // How a rank runs the MoE layers, for the data-dependent row buffers.
 struct RowOptions {

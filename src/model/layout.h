@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/shape.h"
-#include "model/config.h"
+#include "config/model.h"
 
 namespace sy {
 

@@ -16,7 +16,7 @@
 #include "core/arena.h"
 #include "kernels/cpu/router.h"
 #include "model/blocks.h"
-#include "model/config.h"
+#include "config/model.h"
 #include "model/dims.h"
 #include "model/layout.h"
 #include "model/moe_block.h"

@@ -44,7 +44,7 @@
 
 #include "comm/grid.h"
 #include "model/layout.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
 

@@ -11,7 +11,7 @@
 
 #include "ckpt/safetensors.h"
 #include "core/check.h"
-#include "train/config.h"
+#include "config/run.h"
 
 namespace sy {
 
@@ -162,7 +162,7 @@ nlohmann::ordered_json config_json(const ModelConfig& m, const ckpt::Manifest& m
     j["n_routed_experts"] = m.moe.experts;
     j["n_shared_experts"] = m.moe.shared_experts;
     j["num_experts_per_tok"] = m.moe.top_k;
-    j["scoring_func"] = m.moe.score == ScoreFn::softmax ? "softmax" : "sigmoid";
+    j["scoring_func"] = std::string(score_name(m.moe.score));
     j["norm_topk_prob"] = m.moe.renormalize;
     j["topk_method"] = "noaux_tc";
     j["n_group"] = 1;

@@ -52,7 +52,7 @@
 #include <vector>
 
 #include "ckpt/reader.h"
-#include "model/config.h"
+#include "config/model.h"
 
 namespace sy {
 

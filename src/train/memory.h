@@ -11,7 +11,7 @@
 #include <string>
 
 #include "comm/grid.h"
-#include "train/config.h"
+#include "config/run.h"
 
 namespace sy {
 

@@ -8,7 +8,7 @@
 
 #include "core/arena.h"
 #include "model/layout.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/grad_sync.h"
 
 namespace sy {

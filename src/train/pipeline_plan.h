@@ -10,7 +10,7 @@
 
 #include "model/layout.h"
 #include "pipeline/schedule.h"
-#include "train/config.h"
+#include "config/run.h"
 
 namespace sy {
 
@@ -33,10 +33,6 @@ struct PipelinePlan {
   // One line per stage: rank, chunk, layers, estimated share of the FLOPs.
   std::string describe() const;
 };
-
-// Estimated forward FLOPs per token of block l, and of the head.
-double layer_flops(const ModelConfig& m, int64_t l);
-double head_flops(const ModelConfig& m);
 
 // Throws ConfigError naming cfg.source and the key at fault. `pp` is the
 // resolved number of stages; micro-batches come from cfg (resolve_batch has run

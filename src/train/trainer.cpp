@@ -24,6 +24,7 @@
 #include "core/timer.h"
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
+#include "model/estimate.h"
 #include "train/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -170,17 +171,18 @@ void Trainer::set_threads(const Comm& world) {
 std::string Trainer::describe() const {
   const ModelConfig& m = cfg_.model;
   const ParamLayout& full = *full_layout_;
-  int64_t expert = 0;
+  ParamCount counted;
+  counted.total = full.total();
   for (const ParamInfo& p : full.params())
-    if (p.expert >= 0) expert += p.numel();
-  int64_t active = full.total() - expert + (m.moe.experts > 0 ? expert / m.moe.experts * m.moe.top_k : 0);
+    if (p.expert >= 0) counted.expert += p.numel();
+  const int64_t active = active_params_per_token(m, counted);
   BlasInfo blas = blas_info();
   std::string moe = m.moe_layers() == 0
                         ? "no MoE layers"
                         : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}", m.moe_layers(),
                                       m.moe_layers() == 1 ? "" : "s", m.moe.experts, m.moe.top_k,
                                       m.moe.expert_hidden, m.moe.shared_experts,
-                                      m.moe.score == ScoreFn::softmax ? "softmax" : "sigmoid",
+                                      score_name(m.moe.score),
                                       m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
                                                                 : std::string("dropless"));
   const ParallelSection& p = cfg_.parallel;

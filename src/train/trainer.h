@@ -19,7 +19,7 @@
 #include "train/checkpoint.h"
 #include "infer/decoder.h"
 #include "kernels/cpu/fp8_linear.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
 #include "train/pipeline_plan.h"

@@ -18,9 +18,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/types.h"
+
 namespace sy {
 
-enum class ScoreFn : uint8_t { softmax, sigmoid };
 
 void router_scores(float* scores, float* probs, const float* logits, int64_t N, int64_t E, ScoreFn fn);
 void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N,

@@ -13,9 +13,9 @@
 
 #include "comm/comm.h"
 #include "data/dataset.h"
-#include "data/mapped_file.h"
+#include "core/mapped_file.h"
 #include "testing.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/trainer.h"
 
 namespace sy {

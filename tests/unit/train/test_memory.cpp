@@ -13,7 +13,7 @@
 #include "model/layout.h"
 #include "model/transformer.h"
 #include "testing.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/memory.h"
 #include "train/trainer.h"
 

@@ -7,7 +7,7 @@
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "testing.h"
-#include "train/config.h"
+#include "config/run.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"

@@ -1,8 +1,26 @@
-#include "model/config.h"
+#include "config/model.h"
 
 #include "core/check.h"
 
 namespace sy {
+
+double layer_flops(const ModelConfig& m, int64_t l) {
+  const double C = static_cast<double>(m.d_model), T = static_cast<double>(m.seq_len);
+  const double HD = static_cast<double>(m.n_heads * m.head_size());
+  double f = 2 * C * static_cast<double>(m.qkv_width() + m.n_heads * m.head_size()) + 4 * HD * (T + 1) / 2;
+  if (!m.is_moe_layer(l)) return f + 6 * C * static_cast<double>(m.dense_width());
+  const MoeConfig& e = m.moe;
+  const double F = static_cast<double>(e.expert_hidden);
+  return f + 2 * C * static_cast<double>(e.experts) + 6 * C * F * static_cast<double>(e.top_k + e.shared_experts);
+}
+
+double head_flops(const ModelConfig& m) { return 2.0 * static_cast<double>(m.d_model * m.vocab_size); }
+
+double forward_flops_per_token(const ModelConfig& m) {
+  double f = head_flops(m);
+  for (int64_t l = 0; l < m.n_layers; ++l) f += layer_flops(m, l);
+  return f;
+}
 
 void validate(const ModelConfig& m, const std::string& where) {
   auto need = [&](bool ok, const char* key, const std::string& why) {

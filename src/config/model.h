@@ -1,10 +1,10 @@
-// Model hyper-parameters: plain data, filled from TOML by train/config.
+// Model hyper-parameters: plain data, filled from TOML by config/run.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-#include "kernels/cpu/router.h"
+#include "kernels/types.h"
 
 namespace sy {
 
@@ -46,6 +46,14 @@ struct ModelConfig {
   bool is_moe_layer(int64_t layer) const { return layer >= dense_layers; }
   int64_t moe_layers() const { return n_layers - dense_layers; }
 };
+
+// The FLOP model (one home: the pipeline split, the trainer and moe-launch's
+// plan all use it). Forward FLOPs per token, multiply-adds counted as 2:
+// block l's projections, attention over (T + 1) / 2 keys on average, and its
+// FFN (dense SwiGLU, or router + top-k routed + shared experts); the head.
+double layer_flops(const ModelConfig& m, int64_t layer);
+double head_flops(const ModelConfig& m);
+double forward_flops_per_token(const ModelConfig& m);  // every block and the head
 
 // Cross-key checks; throws ConfigError naming the key. `where` names the
 // config file for the message.

@@ -1,4 +1,4 @@
-#include "train/config.h"
+#include "config/run.h"
 
 #include <toml++/toml.h>
 
@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "core/check.h"
-#include "data/mapped_file.h"
+#include "core/mapped_file.h"
 
 namespace sy::embedded {
 extern const char* const tiny_toml;
@@ -185,20 +185,17 @@ Key integers(std::string sec, std::string name, std::vector<int64_t>& (*ref)(Run
 }
 
 Key score_fn() {
-  Key k{"moe", "score", "one of \"softmax\", \"sigmoid\"",
+  Key k{"moe", "score", fmt::format("one of \"{}\"", fmt::join(kScoreFnNames, "\", \"")),
         "router score function (DeepSeek-V3 uses sigmoid)", true, nullptr, nullptr};
   k.set = [k](RunConfig& c, const toml::node& v, const Where& w) {
     if (!v.is_string()) bad_type(k, v, w);
     std::string x = v.as_string()->get();
-    if (x == "softmax")
-      c.model.moe.score = ScoreFn::softmax;
-    else if (x == "sigmoid")
-      c.model.moe.score = ScoreFn::sigmoid;
-    else
-      SY_CONFIG_FAIL("{}: moe.score = \"{}\" is not {}", w.str(), x, k.type);
+    const std::optional<ScoreFn> f = parse_score(x);
+    SY_CONFIG_CHECK(f.has_value(), "{}: moe.score = \"{}\" is not {}", w.str(), x, k.type);
+    c.model.moe.score = *f;
   };
   k.show = [](const RunConfig& c) {
-    return std::string(c.model.moe.score == ScoreFn::softmax ? "\"softmax\"" : "\"sigmoid\"");
+    return fmt::format("\"{}\"", score_name(c.model.moe.score));
   };
   return k;
 }
