@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "pipeline/schedule.h"
 #include "core/mapped_file.h"
 
 namespace sy::embedded {
@@ -128,6 +129,13 @@ void check_run_name(const std::string& name, const Where& w) {
   SY_CONFIG_CHECK(!why, "{}: run.name = {} is not a single path component ({}); the run directory is "
                   "runs/<run.name>: pick a plain name, or set run.dir for a directory elsewhere", w.str(), quote(name),
                   why);
+}
+
+// The schedules the pipeline module builds (their one home: pipeline/schedule.h).
+std::vector<std::string> schedule_list() {
+  std::vector<std::string> out;
+  for (const auto& [name, doc] : pipe::schedule_names()) out.push_back(name);
+  return out;
 }
 
 Key string(std::string sec, std::string name, std::string& (*ref)(RunConfig&),
@@ -271,7 +279,7 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 0, 1 << 20, "data-parallel ranks; 0 = job ranks / pp"));
     k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));
     k.push_back(integer("parallel", "pp", SY_REF(int64_t, parallel.pp), 1, 1 << 20, "pipeline stages"));
-    k.push_back(string("parallel", "schedule", SY_REF(std::string, parallel.schedule), {"gpipe", "1f1b", "interleaved", "zb"}, "pipeline schedule (pp > 1): GPipe, 1F1B, interleaved 1F1B over parallel.virtual chunks, or zero-bubble (split backward)"));
+    k.push_back(string("parallel", "schedule", SY_REF(std::string, parallel.schedule), schedule_list(), "pipeline schedule (pp > 1): GPipe, 1F1B, interleaved 1F1B over parallel.virtual chunks, or zero-bubble (split backward)"));
     k.push_back(integer("parallel", "microbatches", SY_REF(int64_t, parallel.microbatches), 0, 1 << 14, "micro-batches per step through the pipeline; 0 = train.grad_accum (with pp > 1 it sets train.grad_accum)"));
     k.push_back(integer("parallel", "virtual", SY_REF(int64_t, parallel.virtual_stages), 1, 64, "model chunks per pipeline rank (interleaved schedule)"));
     k.push_back(integers("parallel", "split", SY_REF(std::vector<int64_t>, parallel.split), "layers per pipeline stage (pp x virtual entries, stage order); empty = balanced by estimated cost"));

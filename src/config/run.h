@@ -49,7 +49,7 @@ struct TrainSection {
 
 struct ParallelSection {
   int64_t dp = 0, ep = 0, pp = 1;  // dp, ep = 0: from the job (dp = ranks / pp, ep = gcd(dp, experts))
-  std::string schedule = "1f1b";   // pipeline schedule: "gpipe", "1f1b", "interleaved", "zb"
+  std::string schedule = "1f1b";   // pipeline schedule: one of pipe::schedule_names()
   int64_t microbatches = 0;        // micro-batches per step through the pipeline; 0 = train.grad_accum
   int64_t virtual_stages = 1;      // parallel.virtual: model chunks per pipeline rank (interleaved)
   std::vector<int64_t> split;      // layers per stage (pp x virtual); empty = balanced by cost

@@ -32,7 +32,7 @@ ALLOWED = {
     "kernels_cuda": {"kernels", "kernels_cpu", "core"},  # the CUDA FP8 path shares the CPU's scale rules
     "fp8": {"kernels", "core"},
     "pipeline": {"core"},
-    "config": {"kernels", "core"},  # kernels: the device-neutral op types a config selects
+    "config": {"pipeline", "kernels", "core"},  # the schedules and device-neutral op types a config selects
     "comm": {"core"},
     "data": {"core"},
     "ckpt": {"core"},
