@@ -19,6 +19,7 @@
 
 #include "ckpt/h5.h"
 #include "comm/comm.h"
+#include "comm/mpi/mpi_comm.h"
 #include "core/check.h"
 #include "core/cpu.h"
 #include "core/timer.h"
@@ -48,14 +49,14 @@ bool drop_caches(const sy::Comm& world) {
 // contiguous share with a collective MPI-IO write, then fsync.
 double parallel_hdf5_write(const sy::Comm& world, const std::string& path, int64_t my_floats) {
   int64_t offset = my_floats, total = my_floats;
-  MPI_Exscan(&my_floats, &offset, 1, MPI_INT64_T, MPI_SUM, world.raw());
+  MPI_Exscan(&my_floats, &offset, 1, MPI_INT64_T, MPI_SUM, sy::mpi_handle(world));
   if (world.rank() == 0) offset = 0;
   world.allreduce_sum(&total, 1);
   std::vector<float> data(static_cast<size_t>(my_floats), 0.5f);
   world.barrier();
   double t0 = sy::now_seconds();
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  H5Pset_fapl_mpio(fapl, world.raw(), MPI_INFO_NULL);
+  H5Pset_fapl_mpio(fapl, sy::mpi_handle(world), MPI_INFO_NULL);
   hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   hsize_t dims = static_cast<hsize_t>(total), start = static_cast<hsize_t>(offset), count = static_cast<hsize_t>(my_floats);
   hid_t fs_ = H5Screate_simple(1, &dims, nullptr);

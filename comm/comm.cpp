@@ -4,43 +4,16 @@
 #include <unistd.h>
 
 #include <algorithm>
-
-#include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 
+#include "comm/backend.h"
 #include "comm/watchdog.h"
 #include "core/check.h"
 
 namespace sy {
 
 namespace {
-bool g_thread_multiple = false;
-
-int as_count(int64_t n, const char* what) {
-  SY_CHECK(n >= 0 && n <= INT_MAX, "{}: count {} exceeds MPI's int range", what, n);
-  return static_cast<int>(n);
-}
-
-std::vector<int> as_counts(const std::vector<int64_t>& v, const char* what) {
-  std::vector<int> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = as_count(v[i], what);
-  return out;
-}
-
-// A contiguous datatype of `row` floats, created once per row length.
-MPI_Datatype row_type(int64_t row) {
-  static std::map<int64_t, MPI_Datatype> cache;
-  auto it = cache.find(row);
-  if (it != cache.end()) return it->second;
-  MPI_Datatype t;
-  SY_MPI_CHECK(MPI_Type_contiguous(as_count(row, "row length"), MPI_FLOAT, &t));
-  SY_MPI_CHECK(MPI_Type_commit(&t));
-  cache.emplace(row, t);
-  return t;
-}
-
 std::string ranges(const std::vector<int>& r) {
   if (r.empty()) return "";
   std::string out;
@@ -56,67 +29,42 @@ std::string ranges(const std::vector<int>& r) {
 }
 }  // namespace
 
-std::string mpi_error_string(int code) {
-  char buf[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(code, buf, &len) != MPI_SUCCESS) return fmt::format("MPI error {}", code);
-  return std::string(buf, static_cast<size_t>(len));
-}
-
-MpiEnv::MpiEnv(int* argc, char*** argv) {
-  int provided = 0;
-  SY_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
-  g_thread_multiple = provided >= MPI_THREAD_MULTIPLE;
-  // Errors come back as codes and become exceptions (SY_MPI_CHECK).
-  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-}
-
-MpiEnv::~MpiEnv() {
-  watchdog::stop();
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Finalize();
-}
-
-bool MpiEnv::thread_multiple() { return g_thread_multiple; }
-
 // ---------------------------------------------------------------- Request
 
-Request::Request(MPI_Request r, std::string what, const Comm* comm, Counts counts)
-    : req_(r), what_(std::move(what)), comm_(comm), counts_(std::move(counts)) {}
+Request::Request() = default;
 
-Request::Request(Request&& o) noexcept
-    : req_(o.req_), what_(std::move(o.what_)), comm_(o.comm_), counts_(std::move(o.counts_)) {
-  o.req_ = MPI_REQUEST_NULL;
-}
+Request::Request(std::unique_ptr<RequestImpl> impl, std::string what, const Comm* comm)
+    : impl_(std::move(impl)), what_(std::move(what)), comm_(comm) {}
+
+Request::Request(Request&& o) noexcept = default;
 
 Request& Request::operator=(Request&& o) noexcept {
   if (this != &o) {
     if (pending()) wait();
-    req_ = o.req_;
+    impl_ = std::move(o.impl_);
     what_ = std::move(o.what_);
     comm_ = o.comm_;
-    counts_ = std::move(o.counts_);
-    o.req_ = MPI_REQUEST_NULL;
   }
   return *this;
 }
 
-Request::~Request() {
-  if (pending()) MPI_Wait(&req_, MPI_STATUS_IGNORE);
-}
+Request::~Request() = default;  // a pending backend request finishes in its destructor
 
 bool Request::test() {
   if (!pending()) return true;
-  int flag = 0;
-  SY_MPI_CHECK(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE));
-  return flag != 0;
+  if (!impl_->test()) return false;
+  impl_.reset();
+  return true;
 }
 
 void Request::wait() {
   if (!pending()) return;
-  watchdog::Scope scope(what_.c_str(), comm_ ? comm_->describe() : "?", comm_ ? comm_->world_ranks() : std::vector<int>{});
-  SY_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+  {
+    watchdog::Scope scope(what_.c_str(), comm_ ? comm_->describe() : "?",
+                          comm_ ? comm_->world_ranks() : std::vector<int>{});
+    impl_->wait();
+  }
+  impl_.reset();
 }
 
 void wait_all(std::vector<Request>& reqs) {
@@ -126,21 +74,13 @@ void wait_all(std::vector<Request>& reqs) {
 
 // ---------------------------------------------------------------- Comm
 
-Comm::Comm(MPI_Comm c, std::string name) : comm_(c), name_(std::move(name)) {
-  SY_MPI_CHECK(MPI_Comm_rank(c, &rank_));
-  SY_MPI_CHECK(MPI_Comm_size(c, &size_));
-  MPI_Group g, wg;
-  MPI_Comm_group(c, &g);
-  MPI_Comm_group(MPI_COMM_WORLD, &wg);
-  std::vector<int> mine(static_cast<size_t>(size_));
-  for (int i = 0; i < size_; ++i) mine[static_cast<size_t>(i)] = i;
-  world_ranks_.assign(static_cast<size_t>(size_), 0);
-  MPI_Group_translate_ranks(g, size_, mine.data(), wg, world_ranks_.data());
-  MPI_Group_free(&g);
-  MPI_Group_free(&wg);
+Comm::Comm(std::shared_ptr<const CommBackend> backend, std::string name)
+    : backend_(std::move(backend)), name_(std::move(name)) {
+  SY_CHECK(backend_ != nullptr, "communicator '{}' has no backend", name_);
+  rank_ = backend_->rank();
+  size_ = backend_->size();
+  world_ranks_ = backend_->world_ranks();
 }
-
-Comm Comm::world() { return Comm(MPI_COMM_WORLD, "world"); }
 
 std::string Comm::describe() const {
   return fmt::format("{} (world rank{} {})", name_, world_ranks_.size() == 1 ? "" : "s", ranges(world_ranks_));
@@ -148,10 +88,7 @@ std::string Comm::describe() const {
 
 Comm Comm::split(int color, int key, const std::string& name) const {
   if (solo()) return Comm();
-  MPI_Comm c;
-  SY_MPI_CHECK(MPI_Comm_split(comm_, color, key, &c));
-  MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
-  return Comm(c, name);
+  return Comm(backend_->split(color, key), name);
 }
 
 void Comm::barrier() const { barrier_as("barrier"); }
@@ -159,19 +96,19 @@ void Comm::barrier() const { barrier_as("barrier"); }
 void Comm::barrier_as(const char* what) const {
   if (solo()) return;
   watchdog::Scope scope(what, describe(), world_ranks_);
-  SY_MPI_CHECK(MPI_Barrier(comm_));
+  backend_->barrier();
 }
 
-void Comm::allreduce(void* data, size_t n, MPI_Datatype t, MPI_Op op) const {
+void Comm::allreduce(void* data, size_t n, DType t, ReduceOp op) const {
   if (solo()) return;
   watchdog::Scope scope("allreduce", describe(), world_ranks_);
-  SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, as_count(static_cast<int64_t>(n), "allreduce"), t, op, comm_));
+  backend_->allreduce(data, n, t, op);
 }
 
 void Comm::bcast_bytes(void* data, size_t bytes, int root) const {
   if (solo()) return;
   watchdog::Scope scope("broadcast", describe(), world_ranks_);
-  SY_MPI_CHECK(MPI_Bcast(data, as_count(static_cast<int64_t>(bytes), "broadcast"), MPI_BYTE, root, comm_));
+  backend_->bcast(data, bytes, root);
 }
 
 void Comm::allgather_bytes(const void* send, size_t bytes, void* recv) const {
@@ -180,19 +117,17 @@ void Comm::allgather_bytes(const void* send, size_t bytes, void* recv) const {
     return;
   }
   watchdog::Scope scope("allgather", describe(), world_ranks_);
-  int n = as_count(static_cast<int64_t>(bytes), "allgather");
-  SY_MPI_CHECK(MPI_Allgather(send, n, MPI_BYTE, recv, n, MPI_BYTE, comm_));
+  backend_->allgather(send, bytes, recv);
 }
 
 void Comm::allgatherv_typed(const void* send, int64_t n, void* recv, const std::vector<int64_t>& counts,
-                            const std::vector<int64_t>& displs, MPI_Datatype t, size_t elem) const {
+                            const std::vector<int64_t>& displs, DType t, size_t elem) const {
   if (solo()) {
     std::memcpy(static_cast<char*>(recv) + displs[0] * static_cast<int64_t>(elem), send, static_cast<size_t>(n) * elem);
     return;
   }
   watchdog::Scope scope("allgatherv", describe(), world_ranks_);
-  auto c = as_counts(counts, "allgatherv"), d = as_counts(displs, "allgatherv");
-  SY_MPI_CHECK(MPI_Allgatherv(send, as_count(n, "allgatherv"), t, recv, c.data(), d.data(), t, comm_));
+  backend_->allgatherv(send, n, recv, counts, displs, t);
 }
 
 void Comm::alltoall_bytes(const void* send, size_t bytes, void* recv) const {
@@ -201,8 +136,7 @@ void Comm::alltoall_bytes(const void* send, size_t bytes, void* recv) const {
     return;
   }
   watchdog::Scope scope("alltoall", describe(), world_ranks_);
-  int n = as_count(static_cast<int64_t>(bytes), "alltoall");
-  SY_MPI_CHECK(MPI_Alltoall(send, n, MPI_BYTE, recv, n, MPI_BYTE, comm_));
+  backend_->alltoall(send, bytes, recv);
 }
 
 void Comm::alltoallv_rows(const float* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl,
@@ -220,33 +154,22 @@ Request Comm::ialltoallv_rows(const float* send, const std::vector<int64_t>& sco
       std::memmove(recv + rdispl[0] * row, send + sdispl[0] * row, static_cast<size_t>(scount[0] * row) * sizeof(float));
     return {};
   }
-  MPI_Datatype t = row_type(row);
-  auto sc = as_counts(scount, what), sd = as_counts(sdispl, what), rc = as_counts(rcount, what),
-       rd = as_counts(rdispl, what);
-  MPI_Request req;
-  SY_MPI_CHECK(MPI_Ialltoallv(send, sc.data(), sd.data(), t, recv, rc.data(), rd.data(), t, comm_, &req));
-  return Request(req, what, this, {std::move(sc), std::move(sd), std::move(rc), std::move(rd)});
+  return Request(backend_->ialltoallv_rows(send, scount, sdispl, recv, rcount, rdispl, row, what), what, this);
 }
 
 Request Comm::isend(const float* data, int64_t n, int peer, int tag, const char* what) const {
   SY_CHECK(!solo() && peer >= 0 && peer < size_, "{}: no member {} in {}", what, peer, describe());
-  MPI_Request req;
-  SY_MPI_CHECK(MPI_Isend(data, as_count(n, what), MPI_FLOAT, peer, tag, comm_, &req));
-  return Request(req, what, this);
+  return Request(backend_->isend(data, n, peer, tag, what), what, this);
 }
 
 Request Comm::irecv(float* data, int64_t n, int peer, int tag, const char* what) const {
   SY_CHECK(!solo() && peer >= 0 && peer < size_, "{}: no member {} in {}", what, peer, describe());
-  MPI_Request req;
-  SY_MPI_CHECK(MPI_Irecv(data, as_count(n, what), MPI_FLOAT, peer, tag, comm_, &req));
-  return Request(req, what, this);
+  return Request(backend_->irecv(data, n, peer, tag, what), what, this);
 }
 
 Request Comm::iallreduce_sum(float* data, int64_t n, const char* what) const {
   if (solo()) return {};
-  MPI_Request req;
-  SY_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, as_count(n, what), MPI_FLOAT, MPI_SUM, comm_, &req));
-  return Request(req, what, this);
+  return Request(backend_->iallreduce_sum(data, n, what), what, this);
 }
 
 Request Comm::ireduce_scatter_sum(const float* data, float* recv, const std::vector<int64_t>& counts,
@@ -255,37 +178,21 @@ Request Comm::ireduce_scatter_sum(const float* data, float* recv, const std::vec
     if (data != recv) std::memcpy(recv, data, static_cast<size_t>(counts[0]) * sizeof(float));
     return {};
   }
-  auto c = as_counts(counts, what);
-  MPI_Request req;
-  SY_MPI_CHECK(MPI_Ireduce_scatter(data, recv, c.data(), MPI_FLOAT, MPI_SUM, comm_, &req));
-  return Request(req, what, this, {std::move(c)});
+  return Request(backend_->ireduce_scatter_sum(data, recv, counts, what), what, this);
 }
 
 Request Comm::iallgatherv(float* data, const std::vector<int64_t>& counts, const std::vector<int64_t>& displs,
                           const char* what) const {
   if (solo()) return {};
-  auto c = as_counts(counts, what), d = as_counts(displs, what);
-  MPI_Request req;
-  SY_MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, c.data(), d.data(), MPI_FLOAT, comm_, &req));
-  return Request(req, what, this, {std::move(c), std::move(d)});
+  return Request(backend_->iallgatherv(data, counts, displs, what), what, this);
 }
 
 void Comm::abort(int code) const {
-  int init = 0;
-  MPI_Initialized(&init);
-  if (init) MPI_Abort(solo() ? MPI_COMM_WORLD : comm_, code);
-  std::_Exit(code);
+  if (backend_) backend_->abort(code);
+  abort_job(code);
 }
 
-int node_ranks(const Comm& world) {
-  if (world.solo()) return 1;
-  MPI_Comm node;
-  SY_MPI_CHECK(MPI_Comm_split_type(world.raw(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-  int n = 1;
-  MPI_Comm_size(node, &n);
-  MPI_Comm_free(&node);
-  return n;
-}
+int node_ranks(const Comm& world) { return world.solo() ? 1 : world.backend()->node_size(); }
 
 ThreadCount default_thread_count(const Comm& world) {
   const int ranks = node_ranks(world);  // collective: every rank calls it, whatever its environment

@@ -1,14 +1,17 @@
 // The communicator: moves typed buffers between ranks and knows nothing of
-// the model. MPI backend. A default-constructed Comm is a group of one
-// (no MPI needed): every collective is then a local copy or a no-op, so
-// single-process code and tests run the same paths without MPI.
+// the model. `Comm` is the typed face every caller uses; the transport is a
+// CommBackend behind it (comm/backend.h): MPI today (comm/mpi/), NCCL next
+// (comm/nccl/, see comm/backend.h for how it will be created). No MPI type
+// appears here, so nothing outside comm/ sees <mpi.h>.
+//
+// A default-constructed Comm is a group of one (no backend at all): every
+// collective is then a local copy or a no-op, so single-process code and
+// tests run the same paths without MPI.
 //
 // Every blocking call, and Request::wait, is timed by the watchdog (see
 // watchdog.h): a peer that never arrives becomes an abort naming the group,
 // the operation and the silent rank, not a hang.
 #pragma once
-
-#include <mpi.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -28,13 +31,18 @@ class MpiEnv {
   static bool thread_multiple();  // MPI_THREAD_MULTIPLE was granted
 };
 
-template <class T>
-MPI_Datatype mpi_type();
-template <> inline MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
-template <> inline MPI_Datatype mpi_type<double>() { return MPI_DOUBLE; }
-template <> inline MPI_Datatype mpi_type<int32_t>() { return MPI_INT32_T; }
-template <> inline MPI_Datatype mpi_type<int64_t>() { return MPI_INT64_T; }
-template <> inline MPI_Datatype mpi_type<uint8_t>() { return MPI_UINT8_T; }
+// Element types and reductions a backend moves (its own type tables map them).
+enum class DType : uint8_t { f32, f64, i32, i64, u8 };
+enum class ReduceOp : uint8_t { sum, max, min };
+template <class T> constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::f32; }
+template <> constexpr DType dtype_of<double>() { return DType::f64; }
+template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
+template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
+template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
+
+class CommBackend;
+class RequestImpl;
 
 class Comm;
 
@@ -43,10 +51,9 @@ class Comm;
 // request waits for it, so buffers are never freed under MPI's feet.
 class Request {
  public:
-  using Counts = std::vector<std::vector<int>>;
-  Request() = default;
-  // `counts`: count / displacement arrays MPI reads until completion.
-  Request(MPI_Request r, std::string what, const Comm* comm, Counts counts = {});
+  Request();
+  // A backend's pending operation, named `what` for the watchdog.
+  Request(std::unique_ptr<RequestImpl> impl, std::string what, const Comm* comm);
   Request(Request&& o) noexcept;
   Request& operator=(Request&& o) noexcept;
   Request(const Request&) = delete;
@@ -54,13 +61,12 @@ class Request {
   ~Request();
   bool test();
   void wait();
-  bool pending() const { return req_ != MPI_REQUEST_NULL; }
+  bool pending() const { return impl_ != nullptr; }
 
  private:
-  MPI_Request req_ = MPI_REQUEST_NULL;
+  std::unique_ptr<RequestImpl> impl_;
   std::string what_;
   const Comm* comm_ = nullptr;
-  Counts counts_;
 };
 
 void wait_all(std::vector<Request>& reqs);
@@ -68,8 +74,8 @@ void wait_all(std::vector<Request>& reqs);
 class Comm {
  public:
   Comm() = default;  // a group of one
-  Comm(MPI_Comm c, std::string name);
-  static Comm world();
+  Comm(std::shared_ptr<const CommBackend> backend, std::string name);
+  static Comm world();  // every rank of the job (MPI_COMM_WORLD)
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -77,8 +83,10 @@ class Comm {
   // World ranks of the members, in group order (for messages).
   const std::vector<int>& world_ranks() const { return world_ranks_; }
   std::string describe() const;  // "ep[1] (world ranks 4-7)"
-  MPI_Comm raw() const { return comm_; }
-  bool solo() const { return comm_ == MPI_COMM_NULL; }
+  bool solo() const { return backend_ == nullptr; }
+  // The transport (null when solo): for code inside comm/ that needs more
+  // than the typed calls below (shared windows, a backend's native handle).
+  const CommBackend* backend() const { return backend_.get(); }
 
   // Members with the same color form a new group, ordered by key.
   Comm split(int color, int key, const std::string& name) const;
@@ -86,11 +94,11 @@ class Comm {
   void barrier() const;
   void barrier_as(const char* what) const;  // a barrier the watchdog names `what`
   template <class T>
-  void allreduce_sum(T* data, size_t n) const { allreduce(data, n, mpi_type<T>(), MPI_SUM); }
+  void allreduce_sum(T* data, size_t n) const { allreduce(data, n, dtype_of<T>(), ReduceOp::sum); }
   template <class T>
-  void allreduce_max(T* data, size_t n) const { allreduce(data, n, mpi_type<T>(), MPI_MAX); }
+  void allreduce_max(T* data, size_t n) const { allreduce(data, n, dtype_of<T>(), ReduceOp::max); }
   template <class T>
-  void allreduce_min(T* data, size_t n) const { allreduce(data, n, mpi_type<T>(), MPI_MIN); }
+  void allreduce_min(T* data, size_t n) const { allreduce(data, n, dtype_of<T>(), ReduceOp::min); }
   template <class T>
   void bcast(T* data, size_t n, int root) const { bcast_bytes(data, n * sizeof(T), root); }
   void bcast_bytes(void* data, size_t bytes, int root) const;
@@ -102,7 +110,7 @@ class Comm {
   template <class T>
   void allgatherv(const T* send, int64_t n, T* recv, const std::vector<int64_t>& counts,
                   const std::vector<int64_t>& displs) const {
-    allgatherv_typed(send, n, recv, counts, displs, mpi_type<T>(), sizeof(T));
+    allgatherv_typed(send, n, recv, counts, displs, dtype_of<T>(), sizeof(T));
   }
   // recv[i * n .. ] = member i's send[rank * n ..].
   template <class T>
@@ -136,16 +144,19 @@ class Comm {
   [[noreturn]] void abort(int code) const;
 
  private:
-  void allreduce(void* data, size_t n, MPI_Datatype t, MPI_Op op) const;
+  void allreduce(void* data, size_t n, DType t, ReduceOp op) const;
   void allgatherv_typed(const void* send, int64_t n, void* recv, const std::vector<int64_t>& counts,
-                        const std::vector<int64_t>& displs, MPI_Datatype t, size_t elem) const;
-  MPI_Comm comm_ = MPI_COMM_NULL;
+                        const std::vector<int64_t>& displs, DType t, size_t elem) const;
+  std::shared_ptr<const CommBackend> backend_;
   int rank_ = 0, size_ = 1;
   std::string name_ = "self";
   std::vector<int> world_ranks_{0};
 };
 
 std::string host_name();
+
+// Ends the whole job (MPI_Abort on the world when MPI runs), else this process.
+[[noreturn]] void abort_job(int code);
 
 // Ranks of this job on this node (the members of `world` sharing memory).
 int node_ranks(const Comm& world);

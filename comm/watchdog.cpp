@@ -1,6 +1,6 @@
 #include "comm/watchdog.h"
 
-#include <mpi.h>
+#include "comm/mpi/mpi_comm.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -137,7 +137,7 @@ void loop() {
           "at step {}; its members:\n{}aborting the job.\n",
           s.cfg.rank, s.host, now - s.op_start, s.cfg.timeout, op, group, step, describe_peers(s, members, now));
       std::cerr << msg << std::flush;
-      if (MpiEnv::thread_multiple()) MPI_Abort(MPI_COMM_WORLD, kWatchdogExitCode);
+      if (MpiEnv::thread_multiple()) mpi_abort_world(kWatchdogExitCode);
       std::_Exit(kWatchdogExitCode);  // the launcher (mpirun / srun) ends the others
     }
     lk.lock();

@@ -30,9 +30,6 @@ class ConfigError : public Error {
 [[noreturn]] void throw_error(const char* file, int line, std::string msg);
 [[noreturn]] void throw_config_error(const char* file, int line, std::string msg);
 
-// Text for an MPI / HDF5 error code; defined by the comm / ckpt libraries.
-std::string mpi_error_string(int code);
-
 }  // namespace sy
 
 #define SY_CHECK(cond, ...)                                             \
@@ -52,12 +49,3 @@ std::string mpi_error_string(int code);
 #define SY_CONFIG_FAIL(...) \
   ::sy::throw_config_error(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
 
-// SY_MPI_CHECK(MPI_Allreduce(...)): throws with the MPI error text.
-#define SY_MPI_CHECK(call)                                                     \
-  do {                                                                         \
-    int sy_rc_ = (call);                                                       \
-    if (sy_rc_ != 0) [[unlikely]]                                              \
-      ::sy::throw_error(__FILE__, __LINE__,                                    \
-                        ::fmt::format("{} failed: {}", #call,                  \
-                                      ::sy::mpi_error_string(sy_rc_)));        \
-  } while (0)

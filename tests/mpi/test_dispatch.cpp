@@ -3,7 +3,7 @@
 // regenerate every rank's routing, so each checks what it received.
 #include <gtest/gtest.h>
 #include <fmt/format.h>
-#include <mpi.h>
+#include "comm/mpi/mpi_comm.h"
 
 #include <algorithm>
 #include <map>
@@ -117,11 +117,11 @@ TEST_P(Dispatch, RowsReachTheRightExpertsInPlanOrderAndComeBackUnchanged) {
           }
   std::vector<float> flat;
   for (int d = 0; d < P; ++d) sd[d] = static_cast<int>(flat.size()), flat.insert(flat.end(), by_dst[d].begin(), by_dst[d].end());
-  MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, ep.raw());
+  MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, sy::mpi_handle(ep));
   int total = 0;
   for (int s = 0; s < P; ++s) rd[s] = total, total += rc[s];
   std::vector<float> ref(total);
-  MPI_Alltoallv(flat.data(), sc.data(), sd.data(), MPI_FLOAT, ref.data(), rc.data(), rd.data(), MPI_FLOAT, ep.raw());
+  MPI_Alltoallv(flat.data(), sc.data(), sd.data(), MPI_FLOAT, ref.data(), rc.data(), rd.data(), MPI_FLOAT, sy::mpi_handle(ep));
   // Reassemble ours as (source, expert, chunk) to compare with (source, expert).
   std::vector<float> ours;
   for (int src = 0; src < P; ++src)
