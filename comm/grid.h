@@ -10,12 +10,9 @@
 #include <string>
 
 #include "comm/comm.h"
+#include "config/layout.h"
 
 namespace sy {
-
-struct GridShape {
-  int64_t pp = 1, dp = 0, ep = 0;  // dp, ep = 0: choose automatically
-};
 
 class Grid {
  public:
@@ -25,10 +22,6 @@ class Grid {
   // (experts = 0: no MoE layers) and splits the groups. Throws ConfigError,
   // on every rank alike, saying what would fit. `source` names the config.
   Grid(const Comm& world, GridShape shape, int64_t experts, const std::string& source);
-
-  // Resolves automatic values (dp = world / pp; ep = gcd(dp, experts)) and
-  // checks the shape without needing MPI (the same checks the constructor runs).
-  static GridShape resolve(int64_t world, GridShape shape, int64_t experts, const std::string& source);
 
   const Comm& world() const { return world_; }
   const Comm& dp() const { return dp_; }    // same pipeline stage: dense gradients

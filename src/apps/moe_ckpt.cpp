@@ -276,7 +276,7 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     RunConfig cfg = parse_config(m.config_toml, path + " (its config)");
     const int64_t experts = cfg.model.moe_layers() > 0 ? cfg.model.moe.experts : 0;
     const int64_t world = shape.pp * shape.dp;
-    GridShape s = Grid::resolve(world, shape, experts, "--pp/--dp/--ep");
+    GridShape s = resolve_layout(world, shape, experts, "--pp/--dp/--ep");
     ParamLayout full(cfg.model);
     std::vector<ckpt::TensorHome> homes;
     RunConfig sized = cfg;

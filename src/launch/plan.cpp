@@ -126,7 +126,7 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
 
   // Layout: the same checks moe-train runs, before anything starts.
   const int64_t experts = cfg.model.moe_layers() > 0 ? cfg.model.moe.experts : 0;
-  p.shape = Grid::resolve(p.np, {cfg.parallel.pp, cfg.parallel.dp, cfg.parallel.ep}, experts,
+  p.shape = resolve_layout(p.np, {cfg.parallel.pp, cfg.parallel.dp, cfg.parallel.ep}, experts,
                           cfg.source + fmt::format(" with {} ranks ({})", p.np, p.np_source));
   cfg.parallel.dp = p.shape.dp;
   cfg.parallel.ep = p.shape.ep;

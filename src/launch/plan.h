@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/grid.h"
+#include "config/layout.h"
 #include "launch/command.h"
 #include "config/run.h"
 #include "train/memory.h"

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "comm/grid.h"
+#include "config/layout.h"
 #include "config/run.h"
 
 namespace sy {

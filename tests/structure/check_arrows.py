@@ -33,7 +33,7 @@ ALLOWED = {
     "fp8": {"kernels", "core"},
     "pipeline": {"core"},
     "config": {"pipeline", "kernels", "core"},  # the schedules and device-neutral op types a config selects
-    "comm": {"comm_mpi", "core"},  # Comm::world and the watchdog's job abort are MPI's
+    "comm": {"comm_mpi", "config", "core"},  # MPI: Comm::world, the watchdog's abort; config: the grid's layout
     "comm_mpi": {"comm", "core"},
     "comm_nccl": {"comm", "comm_mpi", "core"},  # created from an MPI group (unique-id broadcast)
     "data": {"core"},
@@ -65,7 +65,6 @@ KNOWN_BY_KIND = {
     ("launch", "model"): ("estimates come from model/ (no model-size module yet)", ["src/launch/plan.cpp"]),
     ("launch", "train"): ("the pipeline plan (FLOP model, split) lives in train/",
                           ["src/launch/plan.h", "src/launch/plan.cpp"]),
-    ("launch", "comm"): ("the plan uses comm/grid.h for the layout", ["src/launch/plan.h"]),
     ("launch", "ckpt"): ("the dry run and the supervisor read `latest` through ckpt/format.h",
                          ["src/launch/plan.cpp", "src/launch/supervisor.cpp"]),
 }
