@@ -25,6 +25,7 @@
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
 #include "model/estimate.h"
+#include "moe/balance.h"
 #include "train/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -317,22 +318,7 @@ StepStats Trainer::step(int64_t step) {
 }
 
 void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
-  // DeepSeek-V3's auxiliary-loss-free balancing: raise the bias of
-  // under-loaded experts, lower the over-loaded, by a fixed step. Loads are
-  // global, so every rank makes the same update.
-  const double rate = cfg_.model.moe.bias_update_rate;
-  if (rate == 0) return;
-  const int64_t E = cfg_.model.moe.experts;
-  for (size_t l = 0; l < load.size(); ++l) {
-    double mean = 0;
-    for (int64_t c : load[l]) mean += static_cast<double>(c);
-    mean /= static_cast<double>(E);
-    for (int64_t e = 0; e < E; ++e) {
-      double err = mean - static_cast<double>(load[l][static_cast<size_t>(e)]);
-      float sign = err > 0 ? 1.f : (err < 0 ? -1.f : 0.f);
-      expert_bias_[l * static_cast<size_t>(E) + static_cast<size_t>(e)] += static_cast<float>(rate) * sign;
-    }
-  }
+  update_expert_bias(expert_bias_, load, cfg_.model.moe.experts, cfg_.model.moe.bias_update_rate);
 }
 
 double Trainer::validate() {
