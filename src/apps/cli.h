@@ -45,7 +45,15 @@ inline const CLI::Validator kFinite(
       const double v = std::strtod(s.c_str(), &end);
       return !s.empty() && *end == '\0' && std::isfinite(v) ? "" : "'" + s + "' is not a finite number";
     },
-    "FINITE");
+    "");
+
+// CLI::Range that also refuses NaN, shown in --help as the range alone.
+inline CLI::Validator finite_range(double lo, double hi) {
+  CLI::Range range(lo, hi);
+  CLI::Validator v = kFinite & range;
+  v.description(range.get_description());
+  return v;
+}
 
 // A whole number in [0, 2^64): CLI11's own conversion accepts what wraps.
 inline const CLI::Validator kUint64(
@@ -56,7 +64,7 @@ inline const CLI::Validator kUint64(
                  ? ""
                  : "'" + s + "' is not a whole number from 0 to 18446744073709551615";
     },
-    "UINT64");
+    "");
 
 inline void hide_empty_defaults(CLI::App& app) {
   for (CLI::Option* o : app.get_options())

@@ -60,11 +60,11 @@ int main(int argc, char** argv) {
                                      "has less room after the prompt)")
                           ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   app.add_option("--temperature", opt.temperature, "softmax temperature; 0 = greedy")
-      ->check(sy::cli::kFinite & CLI::Range(0.0, 1e6));
+      ->check(sy::cli::finite_range(0.0, 1e6));
   app.add_option("--top-k", opt.top_k, "sample among the K most likely tokens; 0 = all")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   app.add_option("--top-p", opt.top_p, "sample among the most likely tokens reaching probability P")
-      ->check(sy::cli::kFinite & CLI::Range(0.0, 1.0));
+      ->check(sy::cli::finite_range(0.0, 1.0));
   app.add_option("--seed", opt.seed, "sampling seed: the same seed gives the same text")->check(sy::cli::kUint64);
   app.add_option("--context", context, "positions the KV cache holds; 0 = the model's seq_len")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));

@@ -62,7 +62,8 @@ def latest(run_dir):
 
 def run_id(ckpt):
     with h5py.File(Path(ckpt) / "manifest.h5", "r") as m:
-        return m.attrs["run_id"]
+        v = m.attrs["run_id"]  # fixed-length UTF-8: h5py gives bytes
+        return v.decode() if isinstance(v, bytes) else v
 
 
 def flip_bit(path, offset, bit=2):
