@@ -4,9 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -82,5 +87,24 @@ inline void expect_fd_gradient(const std::function<double()>& loss, double* x, c
   }
   EXPECT_LE(worst, tol) << "finite-difference gradient of " << what;
 }
+
+// A scratch directory of its own under the system's temp dir, removed with
+// everything in it when the test ends.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    static int counter = 0;
+    path = std::filesystem::temp_directory_path() / fmt::format("sy_test_{}_{}", ::getpid(), counter++);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  // Writes `text` to a file of that name in the directory; returns its path.
+  std::string file(const std::string& name, const std::string& text) const {
+    std::ofstream(path / name) << text;
+    return (path / name).string();
+  }
+};
 
 }  // namespace sy::test

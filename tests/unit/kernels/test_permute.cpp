@@ -1,4 +1,3 @@
-#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/permute.h"
 #include "testing.h"
 
@@ -98,31 +97,6 @@ TEST(Permute, ScatteredRowMapMatchesContiguous) {
   moe_gather_backward(d1.data(), scattered, pos.data(), N, K, C);
   moe_gather_backward(d2.data(), dy_contiguous, pos.data(), N, K, C);
   EXPECT_EQ(d1, d2);
-}
-
-TEST(AdamW, FastMatchesReferenceOverSteps) {
-  int64_t n = 1000;
-  auto p = randn(n, 1), pr = p;
-  std::vector<float> m(n, 0.f), v(n, 0.f), mr(n, 0.f), vr(n, 0.f);
-  for (int64_t step = 1; step <= 5; ++step) {
-    auto g = randn(n, 10 + step);
-    AdamWParams a{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, step, step == 3 ? 0.25f : 1.f};  // step 3 clipped
-    adamw_update(p.data(), g.data(), m.data(), v.data(), n, a);
-    adamw_update_ref(pr.data(), g.data(), mr.data(), vr.data(), n, a);
-  }
-  SY_EXPECT_CLOSE(p.data(), pr.data(), n, 1e-6);
-  SY_EXPECT_CLOSE(m.data(), mr.data(), n, 1e-6);
-  SY_EXPECT_CLOSE(v.data(), vr.data(), n, 1e-6);
-}
-
-TEST(AdamW, FirstStepMovesEachWeightByLr) {
-  // With bias correction, step 1 moves every weight by ~lr * sign(g).
-  std::vector<float> p(4, 1.f), g = {2.f, -3.f, 0.5f, -0.01f}, m(4, 0.f), v(4, 0.f);
-  adamw_update(p.data(), g.data(), m.data(), v.data(), 4, {0.1f, 0.9f, 0.999f, 1e-12f, 0.f, 1});
-  EXPECT_NEAR(p[0], 0.9f, 1e-6);
-  EXPECT_NEAR(p[1], 1.1f, 1e-6);
-  EXPECT_NEAR(p[2], 0.9f, 1e-6);
-  EXPECT_NEAR(p[3], 1.1f, 1e-5);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/rmsnorm.h"
@@ -157,36 +156,4 @@ TEST(CrossEntropy, FastMatchesReferenceInPlaceAndFiniteDifference) {
 }
 
 }  // namespace
-// BF16 rounding is to nearest even with NaN kept, and the BF16-moment AdamW
-// equals the FP32 one step by step when the FP32 one rounds its moments the
-// same way (a reference written out here), and stays close to plain FP32.
-TEST(AdamWBf16, RoundsToNearestEvenAndTracksFp32) {
-  EXPECT_EQ(bf16_from_float(1.f), 0x3f80);
-  EXPECT_EQ(bf16_to_float(bf16_from_float(1.f + 0x1p-8f)), 1.f);               // tie -> even (down)
-  EXPECT_EQ(bf16_to_float(bf16_from_float(1.f + 3 * 0x1p-8f)), 1.f + 0x1p-6f);  // tie -> even (up)
-  EXPECT_EQ(bf16_to_float(bf16_from_float(1.f + 0x1p-8f + 0x1p-20f)), 1.f + 0x1p-7f);
-  EXPECT_TRUE(std::isnan(bf16_to_float(bf16_from_float(std::nanf("")))));
-  EXPECT_EQ(bf16_to_float(bf16_from_float(-std::numeric_limits<float>::infinity())),
-            -std::numeric_limits<float>::infinity());
-  const int64_t n = 5000;
-  auto p0 = test::randn(n, 1), g = test::randn(n, 2);
-  std::vector<float> p16 = p0, p32 = p0, pref = p0, m32(n, 0.f), v32(n, 0.f), mref(n, 0.f), vref(n, 0.f);
-  std::vector<uint16_t> m16(n, 0), v16(n, 0);
-  for (int64_t step = 1; step <= 20; ++step) {
-    AdamWParams a{1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.5f};
-    adamw_update_bf16(p16.data(), g.data(), m16.data(), v16.data(), n, a);
-    adamw_update(p32.data(), g.data(), m32.data(), v32.data(), n, a);
-    adamw_update(pref.data(), g.data(), mref.data(), vref.data(), n, a);
-    for (int64_t i = 0; i < n; ++i) {
-      mref[i] = bf16_to_float(bf16_from_float(mref[i]));
-      vref[i] = bf16_to_float(bf16_from_float(vref[i]));
-    }
-  }
-  EXPECT_EQ(p16, pref);
-  for (int64_t i = 0; i < n; ++i) {
-    EXPECT_EQ(bf16_to_float(m16[i]), mref[i]);
-    ASSERT_NEAR(p16[i], p32[i], 2e-4f) << i;  // 20 steps of lr 1e-3: within a fraction of one step
-  }
-}
-
 }  // namespace sy
