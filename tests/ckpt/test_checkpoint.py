@@ -5,7 +5,6 @@ crashes during saves, signals, retention, h5py access and moe-ckpt.
 usage: test_checkpoint.py BIN_DIR CASE
 """
 import json
-import os
 import shutil
 import signal
 import struct
@@ -21,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from equivalence import Comparison, metric_rows  # noqa: E402
+from testenv import mpi_env  # noqa: E402
 
 
 def text(attr):
@@ -30,8 +30,7 @@ def text(attr):
     return attr.decode() if isinstance(attr, (bytes, np.bytes_)) else attr
 
 BIN = Path(sys.argv[1]) if __name__ == "__main__" else None
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS="1")
+ENV = mpi_env(OMP_NUM_THREADS="1")
 # Every run, whatever its rank count, has train.threads = 1: runs that are
 # compared (resume against straight, one layout against another) must not
 # differ in how OpenBLAS splits its GEMMs over threads.

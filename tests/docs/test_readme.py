@@ -31,10 +31,12 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from testenv import mpi_env  # noqa: E402
+
 ROOT, WORK, CASE = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), sys.argv[3]
 SANDBOX = WORK / "clone"
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_WAIT_POLICY="passive")
+ENV = mpi_env(OMP_WAIT_POLICY="passive")
 SKIP = {
     "./dev.sh": "the quickstart itself: CI runs ./dev.sh test, and CASE setup runs what ./dev.sh train runs",
     "sbatch": "needs a Slurm cluster (tests/slurm runs the templates on a local one-node Slurm)",

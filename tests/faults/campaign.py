@@ -32,6 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from testenv import mpi_env  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PY = "/usr/bin/python3"
@@ -45,11 +48,9 @@ SMALL = ["model.d_model=32", "model.n_layers=3", "model.n_heads=4", "model.n_kv_
 # One-rank moe-train without mpirun: an isolated singleton with the shared
 # memory and self transports starts in ~0.3 s instead of ~1 s (it spawns no
 # orted and probes no network); nothing it does is checkpoint-specific.
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1",
-           OMPI_MCA_ess_singleton_isolated="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader",
-           OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive", OPENBLAS_NUM_THREADS="1",
-           UBSAN_OPTIONS=os.environ.get("UBSAN_OPTIONS", "print_stacktrace=1"), PYTHONDONTWRITEBYTECODE="1")
+ENV = mpi_env(OMPI_MCA_ess_singleton_isolated="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader",
+              OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive", OPENBLAS_NUM_THREADS="1",
+              UBSAN_OPTIONS=os.environ.get("UBSAN_OPTIONS", "print_stacktrace=1"), PYTHONDONTWRITEBYTECODE="1")
 SANITIZED = "ASAN_OPTIONS" in os.environ or os.environ.get("SY_SANITIZED") == "1"
 # Sanitized binaries run several times slower.
 SLOW = 4.0 if SANITIZED else 1.0

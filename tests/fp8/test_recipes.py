@@ -11,14 +11,15 @@ block-wise run by 1.64% on Zen 3: OpenBLAS's Haswell/Zen sgemm rounds
 differently on 1 and 2 threads, and 100 steps of training amplify it).
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from testenv import mpi_env  # noqa: E402
+
+ENV = mpi_env()
 THREADS = 1
 STEPS = 100
 SETS = ["model.seq_len=64", f"train.steps={STEPS}", "train.log_every=10", "train.val_every=100",

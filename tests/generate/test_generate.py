@@ -6,20 +6,21 @@ bad inputs.
 usage: test_generate.py BIN_DIR WORK_DIR CASE   (CASE "setup" trains the model)
 """
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from testenv import mpi_env  # noqa: E402
+
 BIN, WORK, CASE = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 # One thread everywhere: moe-generate takes its thread count from OMP_NUM_THREADS, training from
 # train.threads. Runs whose tokens are compared (another layout of the same weights, the trainer's own
 # sample) then do the same GEMMs on the same thread count.
 THREADS = 1
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS=str(THREADS))
+ENV = mpi_env(OMP_NUM_THREADS=str(THREADS))
 RUN = WORK / "run"
 CONSOLIDATED = WORK / "consolidated.h5"
 STEPS = 40

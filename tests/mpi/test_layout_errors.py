@@ -4,15 +4,16 @@ what would fit, with exit code 2 (and no rank left hanging).
 
 usage: test_layout_errors.py BIN_DIR
 """
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from testenv import mpi_env  # noqa: E402
+
 BIN = Path(sys.argv[1])
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
+ENV = mpi_env(OMP_NUM_THREADS="1")
 
 CASES = [
     # (ranks, --set overrides, expected message pieces)

@@ -29,7 +29,6 @@ Which layouts are bitwise equal to one rank, and why:
       than one rank's single GEMM over all rows. Tolerance, whatever ep,
       transport or ZeRO-1.
 """
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from equivalence import Comparison, metric_rows  # noqa: E402
+from testenv import mpi_env  # noqa: E402
 
 THREADS = 1
 GLOBAL_SEQ = 16
@@ -64,8 +64,7 @@ TOL_DROP = 1e-5  # 2.3x the largest, covers one drop flip
 # largest measured relative difference 3.5e-3. A gradient-reduction bug that
 # drops or doubles a rank's share is off by tens of percent.
 GRAD_NORM_TOL = 1e-2  # 2.9x
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS=str(THREADS))
+ENV = mpi_env(OMP_NUM_THREADS=str(THREADS))
 
 
 def plan(dp, ep):

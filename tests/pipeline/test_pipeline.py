@@ -35,7 +35,6 @@ Which layouts are bitwise equal to one rank, and why:
       halves' weight gradients are summed by the data-parallel reduction:
       another order (and GEMMs of fewer rows). Tolerance.
 """
-import os
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from equivalence import Comparison, metric_rows  # noqa: E402
+from testenv import mpi_env  # noqa: E402
 
 THREADS = 1
 M = 8  # micro-batches per step
@@ -69,8 +69,7 @@ TOL_3D = 1e-5  # 4.9x
 # tests/equivalence.py says.
 # Gradient norms of those layouts: largest measured 7.1e-6 (3d), 4.0e-6 (tied).
 GRAD_NORM_TOL = 3e-5  # 4.2x
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS=str(THREADS))
+ENV = mpi_env(OMP_NUM_THREADS=str(THREADS))
 
 
 def schedules(pp):
