@@ -122,12 +122,4 @@ TEST(Trainer, LossFallsOnARepetitiveCorpus) {
 }  // namespace sy
 
 // Trainer needs MPI (a singleton world of one rank).
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { env_ = std::make_unique<sy::MpiEnv>(nullptr, nullptr); }
-  void TearDown() override { env_.reset(); }
-
- private:
-  std::unique_ptr<sy::MpiEnv> env_;
-};
-static auto* const mpi_env = ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
+#include "mpi_environment.h"
