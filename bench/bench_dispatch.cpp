@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
           acts.bind(arena, d);
         }
         std::vector<float> out(N * C), dh(N * C);
-        moe_block_forward(acts, out.data(), h.data(), params.data(), nullptr, layout.block(0), d, m.moe, plain, scratch);
+        moe_block_forward(Ops{}, acts, out.data(), h.data(), params.data(), nullptr, layout.block(0), d, m.moe, plain, scratch);
         const EpDispatch& plan = acts.plan;
         const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
         std::vector<float> send(Ms * C), recv(Mr * C), back(Ms * C), combined(N * C);
@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
 
         // The whole MoE layer, forward + backward, plain and overlapped.
         auto layer = [&](MoeContext& ctx) {
-          moe_block_forward(acts, out.data(), h.data(), params.data(), nullptr, layout.block(0), d, m.moe, ctx, scratch);
+          moe_block_forward(Ops{}, acts, out.data(), h.data(), params.data(), nullptr, layout.block(0), d, m.moe, ctx, scratch);
           Scratch s;
           ArenaPlan sp;
           s.bind(sp, d);
@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
           if (sa.capacity() < sp.bytes()) sa.reserve(sp.bytes());
           sa.clear();
           s.bind(sa, d);
-          moe_block_backward(dh.data(), grads.data(), acts, out.data(), h.data(), params.data(), layout.block(0), d,
+          moe_block_backward(Ops{}, dh.data(), grads.data(), acts, out.data(), h.data(), params.data(), layout.block(0), d,
                              m.moe, 1.0, ctx, scratch, s);
         };
         MoeTimers tp;

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace sy {
 
 // MPI_Init_thread / MPI_Finalize for the life of main().
@@ -32,7 +34,6 @@ class MpiEnv {
 };
 
 // Element types and reductions a backend moves (its own type tables map them).
-enum class DType : uint8_t { f32, f64, i32, i64, u8 };
 enum class ReduceOp : uint8_t { sum, max, min };
 template <class T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::f32; }

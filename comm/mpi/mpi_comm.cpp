@@ -32,6 +32,7 @@ MPI_Datatype mpi_type(DType t) {
     case DType::i32: return MPI_INT32_T;
     case DType::i64: return MPI_INT64_T;
     case DType::u8: return MPI_UINT8_T;
+    default: break;  // the storage-only types (bf16, fp8, u16) are not communicated
   }
   SY_FAIL("unknown element type {}", static_cast<int>(t));
 }

@@ -4,6 +4,22 @@
 
 namespace sy {
 
+namespace {
+class HostAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::cpu; }
+  void* allocate(size_t bytes, size_t align) override {
+    return ::operator new[](bytes, std::align_val_t{align});  // throws std::bad_alloc when out of memory
+  }
+  void deallocate(void* p, size_t, size_t align) override { ::operator delete[](p, std::align_val_t{align}); }
+};
+}  // namespace
+
+Allocator& host_allocator() {
+  static HostAllocator a;
+  return a;
+}
+
 void* FloatBuffer::allocate_pages(size_t bytes) {
   constexpr size_t kHuge = size_t{2} << 20;
   const bool big = bytes >= 2 * kHuge;

@@ -1,6 +1,9 @@
 // A bump allocator: one aligned block, handed out in aligned slices, all
 // freed at once. Activation buffers come from here, sized once per shape,
-// so a training step allocates nothing.
+// so a training step allocates nothing. The block comes from an Allocator
+// (host memory by default; a backend's device memory otherwise): the arena
+// only does pointer arithmetic and never touches what it hands out, so it
+// works the same for memory the host cannot dereference.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/device.h"
 
 namespace sy {
 
@@ -19,12 +23,19 @@ class Arena {
   static constexpr size_t kAlign = 64;
 
   Arena() = default;
-  explicit Arena(size_t bytes) { reserve(bytes); }
+  explicit Arena(size_t bytes, Allocator& alloc = host_allocator()) : alloc_(&alloc) { reserve(bytes); }
+  explicit Arena(Allocator& alloc) : alloc_(&alloc) {}
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  ~Arena() { release(); }
+
+  Device device() const { return alloc_->device(); }
 
   // Drops everything handed out and makes room for `bytes`.
   void reserve(size_t bytes) {
+    release();
     bytes = round_up(bytes);
-    block_.reset(static_cast<std::byte*>(::operator new[](bytes, std::align_val_t{kAlign})));
+    block_ = static_cast<std::byte*>(alloc_->allocate(bytes, kAlign));
     capacity_ = bytes;
     used_ = 0;
   }
@@ -35,7 +46,7 @@ class Arena {
     SY_CHECK(used_ + bytes <= capacity_,
              "arena exhausted: asked for {} bytes with {} of {} used (a size estimate is wrong)",
              bytes, used_, capacity_);
-    T* p = reinterpret_cast<T*>(block_.get() + used_);
+    T* p = reinterpret_cast<T*>(block_ + used_);
     used_ += bytes;
     return p;
   }
@@ -46,10 +57,12 @@ class Arena {
   static size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
  private:
-  struct Free {
-    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{kAlign}); }
-  };
-  std::unique_ptr<std::byte[], Free> block_;
+  void release() {
+    if (block_) alloc_->deallocate(block_, capacity_, kAlign);
+    block_ = nullptr, capacity_ = 0, used_ = 0;
+  }
+  Allocator* alloc_ = &host_allocator();
+  std::byte* block_ = nullptr;
   size_t capacity_ = 0, used_ = 0;
 };
 

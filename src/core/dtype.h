@@ -10,15 +10,19 @@
 
 namespace sy {
 
-enum class DType : uint8_t { f32, bf16, f8e4m3, f8e5m2, i32, u16 };
+// Stored and communicated element types (comm/ moves f32, f64, i32, i64, u8).
+enum class DType : uint8_t { f32, f64, bf16, f8e4m3, f8e5m2, i32, i64, u8, u16 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
     case DType::f32: return 4;
+    case DType::f64: return 8;
     case DType::bf16: return 2;
     case DType::f8e4m3: return 1;
     case DType::f8e5m2: return 1;
     case DType::i32: return 4;
+    case DType::i64: return 8;
+    case DType::u8: return 1;
     case DType::u16: return 2;
   }
   return 0;
@@ -27,10 +31,13 @@ constexpr size_t dtype_size(DType t) {
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
     case DType::f32: return "f32";
+    case DType::f64: return "f64";
     case DType::bf16: return "bf16";
     case DType::f8e4m3: return "f8e4m3";
     case DType::f8e5m2: return "f8e5m2";
     case DType::i32: return "i32";
+    case DType::i64: return "i64";
+    case DType::u8: return "u8";
     case DType::u16: return "u16";
   }
   return "?";

@@ -9,26 +9,13 @@
 
 #include "ckpt/reader.h"
 #include "core/check.h"
-#include "core/parallel.h"
 #include "core/rng.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/rope.h"
 
 namespace sy {
 
 namespace fs = std::filesystem;
 
 namespace {
-void add_rows(float* z, const float* a, const float* b, int64_t n, int64_t C) {
-  parallel_for(n, [&](int64_t i) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) z[i * C + c] = a[i * C + c] + b[i * C + c];
-  });
-}
-
 ModelConfig dropless(ModelConfig m) {
   m.moe.capacity_factor = 0;  // every routed pick is computed at inference
   return m;
@@ -50,9 +37,10 @@ void Decoder::bind(A& a) {
   scratch_.bind(a, d);
 }
 
-Decoder::Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context)
+Decoder::Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context,
+                 Ops ops)
     : cfg_(dropless(cfg)), layout_(cfg_), params_(std::move(params)), bias_(std::move(bias)), context_(context),
-      d_(cfg_, 1) {
+      d_(cfg_, 1), ops_(ops), arena_(ops_.b().allocator()) {
   SY_CHECK(context_ >= 1, "generation context must be at least 1 token, got {}", context_);
   SY_CHECK(static_cast<int64_t>(params_.size()) == layout_.total(),
            "generation: {} weights given, the model needs {}", params_.size(), layout_.total());
@@ -64,7 +52,7 @@ Decoder::Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<
   bind(plan);
   arena_.reserve(plan.bytes());
   bind(arena_);
-  rope_table(rope_cos_, rope_sin_, context_, d_.D, cfg_.rope_theta);
+  ops_.b().rope_table(rope_cos_, rope_sin_, context_, d_.D, cfg_.rope_theta, ops_.stream);
   const size_t cache = static_cast<size_t>(cfg_.n_layers * context_ * d_.Hkv * d_.D);
   k_cache_.assign(cache, 0.f);
   v_cache_.assign(cache, 0.f);
@@ -81,39 +69,40 @@ const float* Decoder::extend(const int32_t* tokens, int64_t n) {
   const float eps = static_cast<float>(cfg_.norm_eps);
   const float* P = params_.data();
   const int64_t half = d.D / 2, kv = d.Hkv * d.D;
-  embedding_forward(x_, tokens, P + layout_.embed(), n, d.C);
+  ops_.b().embedding_forward(x_, tokens, P + layout_.embed(), n, d.C, ops_.stream);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     BlockActs& L = layers_[static_cast<size_t>(l)];
     const BlockOffsets& o = layout_.block(l);
-    rmsnorm_forward(L.attn.h1, L.attn.rstd1, x_, P + o.attn_norm, n, d.C, eps);
-    linear_forward(L.attn.qkv, L.attn.h1, P + o.wqkv, n, d.C, d.R);
+    ops_.b().rmsnorm_forward(L.attn.h1, L.attn.rstd1, x_, P + o.attn_norm, n, d.C, eps, ops_.stream);
+    ops_.b().linear_forward(L.attn.qkv, L.attn.h1, P + o.wqkv, n, d.C, d.R, ops_.stream);
     // Row i is position pos_ + i: tables from pos_, "sequence length" n.
-    rope_forward(L.attn.qkv, rope_cos_ + pos_ * half, rope_sin_ + pos_ * half, n, n, d.H + d.Hkv, d.D, d.R);
+    ops_.b().rope_forward(L.attn.qkv, rope_cos_ + pos_ * half, rope_sin_ + pos_ * half, n, n, d.H + d.Hkv, d.D, d.R, ops_.stream);
     float* kc = k_cache_.data() + l * context_ * kv;
     float* vc = v_cache_.data() + l * context_ * kv;
     for (int64_t i = 0; i < n; ++i) {
       const float* row = L.attn.qkv + i * d.R;
-      std::memcpy(kc + (pos_ + i) * kv, row + d.H * d.D, static_cast<size_t>(kv) * sizeof(float));
-      std::memcpy(vc + (pos_ + i) * kv, row + (d.H + d.Hkv) * d.D, static_cast<size_t>(kv) * sizeof(float));
+      ops_.b().copy(kc + (pos_ + i) * kv, row + d.H * d.D, static_cast<size_t>(kv) * sizeof(float), ops_.stream);
+      ops_.b().copy(vc + (pos_ + i) * kv, row + (d.H + d.Hkv) * d.D, static_cast<size_t>(kv) * sizeof(float),
+                    ops_.stream);
     }
-    attention_cached(L.attn.att, L.attn.qkv, d.R, kc, vc, pos_, n, d.H, d.Hkv, d.D);
-    linear_forward(scratch_.tmp, L.attn.att, P + o.wo, n, d.H * d.D, d.C);
-    add_rows(L.x_mid, x_, scratch_.tmp, n, d.C);
+    ops_.b().attention_cached(L.attn.att, L.attn.qkv, d.R, kc, vc, pos_, n, d.H, d.Hkv, d.D, ops_.stream);
+    ops_.b().linear_forward(scratch_.tmp, L.attn.att, P + o.wo, n, d.H * d.D, d.C, ops_.stream);
+    ops_.b().add(L.x_mid, x_, scratch_.tmp, n * d.C, ops_.stream);
     flops_ += 2.0 * n * d.C * (d.R + d.H * d.D) + 4.0 * d.H * d.D * (n * pos_ + n * (n + 1) / 2.0);
-    rmsnorm_forward(L.h2, L.rstd2, L.x_mid, P + o.ffn_norm, n, d.C, eps);
+    ops_.b().rmsnorm_forward(L.h2, L.rstd2, L.x_mid, P + o.ffn_norm, n, d.C, eps, ops_.stream);
     if (cfg_.is_moe_layer(l)) {
       const int64_t m = l - cfg_.dense_layers;
-      moe_block_forward(L.moe, out_, L.h2, P, bias_.empty() ? nullptr : bias_.data() + m * d.E, o, d, cfg_.moe,
+      moe_block_forward(ops_, L.moe, out_, L.h2, P, bias_.empty() ? nullptr : bias_.data() + m * d.E, o, d, cfg_.moe,
                         MoeContext{}, moe_scratch_);
       flops_ += moe_block_flops(L.moe, d);
     } else {
-      dense_ffn_forward(L.dense, out_, L.h2, P, o, d);
+      dense_ffn_forward(ops_, L.dense, out_, L.h2, P, o, d);
       flops_ += 2.0 * n * d.C * 3.0 * d.Fd;
     }
-    add_rows(x_, L.x_mid, out_, n, d.C);
+    ops_.b().add(x_, L.x_mid, out_, n * d.C, ops_.stream);
   }
-  rmsnorm_forward(hf_, rstdf_, x_, P + layout_.final_norm(), n, d.C, eps);
-  linear_forward(logits_, hf_, P + layout_.lm_head(), n, d.C, d.V);
+  ops_.b().rmsnorm_forward(hf_, rstdf_, x_, P + layout_.final_norm(), n, d.C, eps, ops_.stream);
+  ops_.b().linear_forward(logits_, hf_, P + layout_.lm_head(), n, d.C, d.V, ops_.stream);
   flops_ += 2.0 * n * d.C * d.V;
   pos_ += n;
   return logits_;

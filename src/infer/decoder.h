@@ -18,6 +18,7 @@
 #include "config/model.h"
 #include "model/layout.h"
 #include "model/moe_block.h"
+#include "model/ops.h"
 #include "config/run.h"
 
 namespace sy {
@@ -26,7 +27,10 @@ class Decoder {
  public:
   // params: the whole model (all experts) in ParamLayout(cfg) order; bias:
   // (moe_layers, E) or empty. context: positions the cache holds.
-  Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context);
+  // ops: the backend it decodes on (weights and the KV cache are host
+  // vectors today; a device backend stages them).
+  Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context,
+          Ops ops = {});
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
 
@@ -55,6 +59,7 @@ class Decoder {
   std::vector<float> params_, bias_;
   int64_t context_, pos_ = 0;
   Dims d_;  // sized for a chunk of `context_` tokens
+  Ops ops_;
   Arena arena_;
   std::vector<BlockActs> layers_;
   float *x_, *out_, *hf_, *rstdf_, *logits_, *rope_cos_, *rope_sin_;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace sy {
 
@@ -22,5 +23,47 @@ constexpr std::optional<ScoreFn> parse_score(std::string_view s) {
     if (kScoreFnNames[i] == s) return static_cast<ScoreFn>(i);
   return std::nullopt;
 }
+
+// Where the expert-side copy of MoE send row r lives: a contiguous buffer
+// (row r at r * C), or rows scattered over other ranks' shared-memory
+// segments (base[rank[r]] + row[r] * C), so a gather writes a token row
+// straight into the expert's buffer and a combine reads expert outputs from it.
+struct RowMap {
+  float* local = nullptr;                // contiguous rows, or
+  float* const* base = nullptr;          // per-rank segment bases
+  const int32_t* rank = nullptr;         // per send row
+  const int32_t* row = nullptr;          // per send row, within its rank's segment
+  static RowMap contiguous(float* p) { return {p, nullptr, nullptr, nullptr}; }
+  static RowMap scattered(float* const* b, const int32_t* rk, const int32_t* rw) { return {nullptr, b, rk, rw}; }
+  float* at(int64_t r, int64_t C) const { return local ? local + r * C : base[rank[r]] + int64_t{row[r]} * C; }
+};
+
+// Router balance statistics over N tokens, added into (so micro-batches and
+// ranks can be summed): counts (E) of top-k picks, prob_sum (E),
+// z_sum = sum_t lse_t^2, entropy_sum = sum_t H(probs_t). Host values.
+struct RouterSums {
+  std::vector<double> counts, prob_sum;
+  double z_sum = 0, entropy_sum = 0;
+  explicit RouterSums(int64_t E = 0)
+      : counts(static_cast<size_t>(E), 0.0), prob_sum(static_cast<size_t>(E), 0.0) {}
+};
+
+// The balance terms' values (see kernels/cpu/router.h for their definitions).
+struct RouterLosses {
+  double aux = 0, z = 0, entropy = 0;
+};
+
+// Coefficients of the balance terms in the objective, already multiplied by
+// the loss scale of this micro-batch.
+struct RouterCoefs {
+  float aux = 0, z = 0, entropy = 0;
+};
+
+// One AdamW update's hyper-parameters (see kernels/cpu/adamw.h for the math).
+struct AdamWParams {
+  float lr, beta1, beta2, eps, weight_decay;
+  int64_t step;  // 1-based step count, for bias correction
+  float grad_scale = 1.f;
+};
 
 }  // namespace sy

@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "core/arena.h"
-#include "kernels/cpu/fp8_linear.h"
+#include "model/ops.h"
 #include "model/dims.h"
 #include "model/layout.h"
 
@@ -78,11 +78,11 @@ struct AttnActs {
 };
 
 // x_mid = x_in + wo(attention(rope(wqkv(norm(x_in)))))
-void attention_block_forward(AttnActs& a, float* x_mid, const float* x_in, const float* params,
+void attention_block_forward(const Ops& ops, AttnActs& a, float* x_mid, const float* x_in, const float* params,
                              const BlockOffsets& o, const Dims& d, const RopeTables& rope,
                              float eps, Scratch& s);
 // dres: in = dL/dx_mid, out = dL/dx_in (the residual passes straight through).
-void attention_block_backward(float* dres, float* grads, const AttnActs& a, const float* x_in,
+void attention_block_backward(const Ops& ops, float* dres, float* grads, const AttnActs& a, const float* x_in,
                               const float* params, const BlockOffsets& o, const Dims& d,
                               const RopeTables& rope, Scratch& s);
 
@@ -101,10 +101,10 @@ struct DenseActs {
 
 // out (N, C) = w2(swiglu(w13(h)))  (overwritten). With FP8 storage h is
 // not read again in backward.
-void dense_ffn_forward(DenseActs& a, float* out, const float* h, const float* params,
+void dense_ffn_forward(const Ops& ops, DenseActs& a, float* out, const float* h, const float* params,
                        const BlockOffsets& o, const Dims& d);
 // dh (N, C) overwritten with dL/dh, given dout = dL/dout.
-void dense_ffn_backward(float* dh, float* grads, const DenseActs& a, const float* dout,
+void dense_ffn_backward(const Ops& ops, float* dh, float* grads, const DenseActs& a, const float* dout,
                         const float* h, const float* params, const BlockOffsets& o, const Dims& d,
                         Scratch& s);
 

@@ -4,12 +4,7 @@
 #include <optional>
 #include <vector>
 
-#include "kernels/cpu/grouped_gemm.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/permute.h"
-#include "kernels/cpu/swiglu.h"
 #include "core/timer.h"
-#include "kernels/cpu/fp8_linear.h"
 #include "moe/capacity.h"
 
 namespace sy {
@@ -63,26 +58,26 @@ float* expert_act(MoeActs& a, MoeScratch& scratch, int64_t n) {
   return scratch.act.ensure(static_cast<size_t>(n));
 }
 
-void shared_forward(MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
+void shared_forward(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
                     const Dims& d, const MoeContext& ctx) {
   Timed t(ctx, &MoeTimers::shared);
   if (d.S > 0) {
-    mm_forward(Fp8Group::shared, a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
-    swiglu_forward(a.s_act, a.s_up, d.N, d.S);
-    mm_forward(Fp8Group::shared, out, a.s_act, params + o.shared_w2, d.N, d.S, d.C, a.fp8 ? &a.s_act_q : nullptr);
+    mm_forward(ops, Fp8Group::shared, a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
+    ops.b().swiglu_forward(a.s_act, a.s_up, d.N, d.S, ops.stream);
+    mm_forward(ops, Fp8Group::shared, out, a.s_act, params + o.shared_w2, d.N, d.S, d.C, a.fp8 ? &a.s_act_q : nullptr);
   } else {
     std::memset(out, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
   }
 }
 
-void shared_backward(float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
+void shared_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
                      const BlockOffsets& o, const Dims& d, const MoeContext& ctx, Scratch& s) {
   Timed t(ctx, &MoeTimers::shared);
   if (d.S > 0) {
-    mm_backward(Fp8Group::shared, s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C,
+    mm_backward(ops, Fp8Group::shared, s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C,
                 false, a.fp8 ? &a.s_act_q : nullptr);
-    swiglu_backward(s.dup, s.dact, a.s_up, d.N, d.S);
-    mm_backward(Fp8Group::shared, dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
+    ops.b().swiglu_backward(s.dup, s.dact, a.s_up, d.N, d.S, ops.stream);
+    mm_backward(ops, Fp8Group::shared, dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
   } else {
     std::memset(dh, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
   }
@@ -92,7 +87,7 @@ void shared_backward(float* dh, float* grads, MoeActs& a, const float* dout, con
 // straight into the expert rank's receive segment and expert outputs read
 // straight from its segment: one copy each way, no staging. Fences order
 // the phases; the comments say why each buffer is free to reuse when it is.
-void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
+void moe_forward_shm(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
                      const Dims& d, const MoeContext& ctx, MoeScratch& scratch) {
   const EpDispatch& plan = a.plan;
   const int64_t C = d.C, F = d.F, Ms = plan.send_rows(), Mr = plan.recv_rows();
@@ -114,9 +109,9 @@ void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params
   RowMap from_y = RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row());
   {
     Timed t(ctx, &MoeTimers::permute);
-    moe_gather(to_x, h, plan.send_token().data(), Ms, d.C);
+    ops.b().moe_gather(to_x, h, plan.send_token().data(), Ms, d.C, ops.stream);
   }
-  shared_forward(a, out, h, params, o, d, ctx);  // while the others are still writing
+  shared_forward(ops, a, out, h, params, o, d, ctx);  // while the others are still writing
   {
     Timed t(ctx, &MoeTimers::wait);
     x_win.fence(ctx.ep, "moe dispatch (shared memory)");
@@ -124,10 +119,10 @@ void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params
   {
     Timed t(ctx, &MoeTimers::experts);
     ChunkGemm g(plan, 0, params, nullptr, o);
-    grouped_linear_forward(a.up.data(), x_win.local(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
+    grouped_forward(ops, a.up.data(), x_win.local(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
                            a.fp8 ? &a.x_q : nullptr);
-    swiglu_forward(act, a.up.data(), Mr, F);
-    grouped_linear_forward(a.y_win.local(), act, g.w2.data(), g.offsets.data(), g.groups(), F, C,
+    ops.b().swiglu_forward(act, a.up.data(), Mr, F, ops.stream);
+    grouped_forward(ops, a.y_win.local(), act, g.w2.data(), g.offsets.data(), g.groups(), F, C,
                            a.fp8 ? &a.act_q : nullptr);
   }
   {
@@ -135,10 +130,10 @@ void moe_forward_shm(MoeActs& a, float* out, const float* h, const float* params
     a.y_win.fence(ctx.ep, "moe combine (shared memory)");
   }
   Timed t(ctx, &MoeTimers::permute);
-  moe_combine(out, from_y, nullptr, a.gates, plan.send_pos().data(), d.N, d.K, C);
+  ops.b().moe_combine(out, from_y, nullptr, a.gates, plan.send_pos().data(), d.N, d.K, C, ops.stream);
 }
 
-void moe_backward_shm(float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
+void moe_backward_shm(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
                       const BlockOffsets& o, const Dims& d, const MoeContext& ctx, MoeScratch& scratch, Scratch& s) {
   const EpDispatch& plan = a.plan;
   const int64_t C = d.C, F = d.F, Mr = plan.recv_rows();
@@ -148,11 +143,11 @@ void moe_backward_shm(float* dh, float* grads, MoeActs& a, const float* dout, co
   float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
   {
     Timed t(ctx, &MoeTimers::permute);
-    moe_combine_backward(RowMap::scattered(scratch.dy_win.peers(), plan.dest_rank(), plan.dest_row()), s.dgates, dout,
+    ops.b().moe_combine_backward(RowMap::scattered(scratch.dy_win.peers(), plan.dest_rank(), plan.dest_row()), s.dgates, dout,
                          RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row()), a.gates,
-                         plan.send_pos().data(), d.N, d.K, C);
+                         plan.send_pos().data(), d.N, d.K, C, ops.stream);
   }
-  shared_backward(dh, grads, a, dout, h, params, o, d, ctx, s);
+  shared_backward(ops, dh, grads, a, dout, h, params, o, d, ctx, s);
   {
     Timed t(ctx, &MoeTimers::wait);
     scratch.dy_win.fence(ctx.ep, "moe dispatch (backward, shared memory)");
@@ -160,10 +155,10 @@ void moe_backward_shm(float* dh, float* grads, MoeActs& a, const float* dout, co
   {
     Timed t(ctx, &MoeTimers::experts);
     ChunkGemm g(plan, 0, params, grads, o);
-    grouped_linear_backward(dact, g.dw2.data(), scratch.dy_win.local(), a.fp8 ? nullptr : a.act.data(), g.w2.data(),
+    grouped_backward(ops, dact, g.dw2.data(), scratch.dy_win.local(), a.fp8 ? nullptr : a.act.data(), g.w2.data(),
                             g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
-    swiglu_backward(dup, dact, a.up.data(), Mr, F);
-    grouped_linear_backward(scratch.dx_win.local(), g.dw13.data(), dup, a.fp8 ? nullptr : a.x_win.local(),
+    ops.b().swiglu_backward(dup, dact, a.up.data(), Mr, F, ops.stream);
+    grouped_backward(ops, scratch.dx_win.local(), g.dw13.data(), dup, a.fp8 ? nullptr : a.x_win.local(),
                             g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F, a.fp8 ? &a.x_q : nullptr);
   }
   {
@@ -171,24 +166,24 @@ void moe_backward_shm(float* dh, float* grads, MoeActs& a, const float* dout, co
     scratch.dx_win.fence(ctx.ep, "moe combine (backward, shared memory)");
   }
   Timed t(ctx, &MoeTimers::permute);
-  moe_gather_backward(dh, RowMap::scattered(scratch.dx_win.peers(), plan.dest_rank(), plan.dest_row()),
-                      plan.send_pos().data(), d.N, d.K, C);
+  ops.b().moe_gather_backward(dh, RowMap::scattered(scratch.dx_win.peers(), plan.dest_rank(), plan.dest_row()),
+                      plan.send_pos().data(), d.N, d.K, C, ops.stream);
 }
 
 }  // namespace
 
-void moe_block_forward(MoeActs& a, float* out, const float* h, const float* params, const float* bias,
+void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const float* bias,
                        const BlockOffsets& o, const Dims& d, const MoeConfig& cfg, const MoeContext& ctx,
                        MoeScratch& scratch) {
   const int64_t N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
   std::optional<Timed> timed(std::in_place, ctx, &MoeTimers::router);
   // Router on the local tokens.
-  linear_forward(a.logits, h, params + o.router, N, C, E);
-  router_scores(a.scores, a.probs, a.logits, N, E, cfg.score);
-  router_topk(a.idx, a.gates, a.scores, bias, N, E, K, cfg.renormalize);
-  a.margin = router_margin(a.idx, a.scores, bias, N, E, K);
+  ops.b().linear_forward(a.logits, h, params + o.router, N, C, E, ops.stream);
+  ops.b().router_scores(a.scores, a.probs, a.logits, N, E, cfg.score, ops.stream);
+  ops.b().router_topk(a.idx, a.gates, a.scores, bias, N, E, K, cfg.renormalize, ops.stream);
+  a.margin = ops.b().router_margin(a.idx, a.scores, bias, N, E, K, ops.stream);
   RouterSums local(E);
-  router_sums(local, a.idx, a.logits, a.probs, N, E, K);
+  ops.b().router_sums(local, a.idx, a.logits, a.probs, N, E, K, ops.stream);
   // ... and its statistics over the whole data-parallel micro-batch.
   std::vector<double> buf(2 * E + 2);
   std::copy(local.counts.begin(), local.counts.end(), buf.begin());
@@ -209,7 +204,7 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
   timed.emplace(ctx, &MoeTimers::plan);
   a.plan.plan(ctx.ep, a.idx, a.keep, N, K, E, ctx.overlap && !ctx.shm ? ctx.chunks : 1, ctx.shm);
   timed.reset();
-  if (ctx.shm) return moe_forward_shm(a, out, h, params, o, d, ctx, scratch);
+  if (ctx.shm) return moe_forward_shm(ops, a, out, h, params, o, d, ctx, scratch);
 
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
@@ -224,10 +219,10 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
   float* y_recv = solo ? a.y_send.data() : scratch.recv.ensure(static_cast<size_t>(Mr * C));
   {
     Timed t(ctx, &MoeTimers::permute);
-    moe_gather(RowMap::contiguous(x_send), h, plan.send_token().data(), Ms, C);
+    ops.b().moe_gather(RowMap::contiguous(x_send), h, plan.send_token().data(), Ms, C, ops.stream);
   }
 
-  auto shared = [&] { shared_forward(a, out, h, params, o, d, ctx); };
+  auto shared = [&] { shared_forward(ops, a, out, h, params, o, d, ctx); };
   const int nc = plan.chunks();
   std::vector<Request> to(nc), back(nc);
   if (ctx.overlap)
@@ -245,10 +240,10 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
       Timed t(ctx, &MoeTimers::experts);
       ChunkGemm g(plan, c, params, nullptr, o);
       const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-      grouped_linear_forward(a.up.data(), x_recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
+      grouped_forward(ops, a.up.data(), x_recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
                              a.fp8 ? &a.x_q : nullptr);
-      swiglu_forward(act + b * F, a.up.data() + b * 2 * F, rows, F);
-      grouped_linear_forward(y_recv, act, g.w2.data(), g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
+      ops.b().swiglu_forward(act + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
+      grouped_forward(ops, y_recv, act, g.w2.data(), g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
     }
     back[c] = plan.from_experts(ctx.ep, c, y_recv, a.y_send.data(), C, "moe combine");
     Timed t(ctx, &MoeTimers::wait);
@@ -260,17 +255,17 @@ void moe_block_forward(MoeActs& a, float* out, const float* h, const float* para
     wait_all(back);
   }
   Timed t(ctx, &MoeTimers::permute);
-  moe_combine(out, RowMap::contiguous(a.y_send.data()), nullptr, a.gates, plan.send_pos().data(), N, K, C);
+  ops.b().moe_combine(out, RowMap::contiguous(a.y_send.data()), nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
 }
 
-void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
+void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
                         const float* params, const BlockOffsets& o, const Dims& d, const MoeConfig& cfg,
                         double loss_scale, const MoeContext& ctx, MoeScratch& scratch, Scratch& s) {
   const int64_t N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
   if (ctx.shm) {
-    moe_backward_shm(dh, grads, a, dout, h, params, o, d, ctx, scratch, s);
+    moe_backward_shm(ops, dh, grads, a, dout, h, params, o, d, ctx, scratch, s);
   } else {
   const bool solo = ctx.ep.solo();
   float* dy_send = scratch.send.ensure(static_cast<size_t>(Ms * C));
@@ -282,10 +277,10 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
 
   {
     Timed t(ctx, &MoeTimers::permute);
-    moe_combine_backward(RowMap::contiguous(dy_send), s.dgates, dout, RowMap::contiguous(a.y_send.data()), a.gates,
-                         plan.send_pos().data(), N, K, C);
+    ops.b().moe_combine_backward(RowMap::contiguous(dy_send), s.dgates, dout, RowMap::contiguous(a.y_send.data()), a.gates,
+                         plan.send_pos().data(), N, K, C, ops.stream);
   }
-  auto shared = [&] { shared_backward(dh, grads, a, dout, h, params, o, d, ctx, s); };
+  auto shared = [&] { shared_backward(ops, dh, grads, a, dout, h, params, o, d, ctx, s); };
   const int nc = plan.chunks();
   std::vector<Request> to(nc), back(nc);
   if (ctx.overlap)
@@ -303,10 +298,10 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
       Timed t(ctx, &MoeTimers::experts);
       ChunkGemm g(plan, c, params, grads, o);
       const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-      grouped_linear_backward(dact, g.dw2.data(), dy_recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
+      grouped_backward(ops, dact, g.dw2.data(), dy_recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
                               g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
-      swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F);
-      grouped_linear_backward(dx_recv, g.dw13.data(), dup, a.fp8 ? nullptr : a.x_recv.data(), g.w13.data(),
+      ops.b().swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
+      grouped_backward(ops, dx_recv, g.dw13.data(), dup, a.fp8 ? nullptr : a.x_recv.data(), g.w13.data(),
                               g.offsets.data(), g.groups(), C, 2 * F, a.fp8 ? &a.x_q : nullptr);
     }
     back[c] = plan.from_experts(ctx.ep, c, dx_recv, dx_send, C, "moe combine (backward)");
@@ -320,7 +315,7 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
   }
   {
     Timed t(ctx, &MoeTimers::permute);
-    moe_gather_backward(dh, RowMap::contiguous(dx_send), plan.send_pos().data(), N, K, C);
+    ops.b().moe_gather_backward(dh, RowMap::contiguous(dx_send), plan.send_pos().data(), N, K, C, ops.stream);
   }
   }
 
@@ -328,9 +323,9 @@ void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, 
   Timed t(ctx, &MoeTimers::router);
   RouterCoefs coefs{static_cast<float>(cfg.aux_loss_coef * loss_scale), static_cast<float>(cfg.z_loss_coef * loss_scale),
                     static_cast<float>(cfg.entropy_coef * loss_scale)};
-  router_backward(s.drl, s.dgates, a.idx, a.logits, a.scores, a.probs, a.sums, N, a.Ntot, E, K, cfg.score,
-                  cfg.renormalize, coefs);
-  linear_backward(dh, grads + o.router, s.drl, h, params + o.router, N, C, E, true);
+  ops.b().router_backward(s.drl, s.dgates, a.idx, a.logits, a.scores, a.probs, a.sums, N, a.Ntot, E, K, cfg.score,
+                  cfg.renormalize, coefs, ops.stream);
+  linear_backward(ops, dh, grads + o.router, s.drl, h, params + o.router, N, C, E, true);
 }
 
 size_t MoeActs::row_bytes() const {

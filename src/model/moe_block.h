@@ -11,8 +11,9 @@
 #include "comm/comm.h"
 #include "comm/shm.h"
 #include "core/arena.h"
-#include "kernels/cpu/router.h"
+#include "kernels/types.h"
 #include "model/blocks.h"
+#include "model/ops.h"
 #include "moe/ep_dispatch.h"
 
 namespace sy {
@@ -116,13 +117,13 @@ struct MoeScratch {
 // out (N, C) = shared(h) + sum_k gate_k * expert_k(h)   (overwritten).
 // bias (E) shifts expert choice only; may be null. `experts` weights of this
 // rank's local experts come from params at o.expert_w13 / o.expert_w2.
-void moe_block_forward(MoeActs& a, float* out, const float* h, const float* params, const float* bias,
+void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const float* bias,
                        const BlockOffsets& o, const Dims& d, const MoeConfig& cfg, const MoeContext& ctx,
                        MoeScratch& scratch);
 
 // dh (N, C) overwritten with dL/dh. The balance terms enter with their
 // coefficients times loss_scale.
-void moe_block_backward(float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
+void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
                         const float* params, const BlockOffsets& o, const Dims& d, const MoeConfig& cfg,
                         double loss_scale, const MoeContext& ctx, MoeScratch& scratch, Scratch& s);
 

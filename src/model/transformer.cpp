@@ -4,12 +4,6 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "core/parallel.h"
-#include "kernels/cpu/cross_entropy.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/linear.h"
-#include "kernels/cpu/rmsnorm.h"
-#include "kernels/cpu/rope.h"
 
 namespace sy {
 
@@ -46,13 +40,15 @@ ExpertSlice local_experts(const ModelConfig& cfg, const MoeContext& ctx) {
 }  // namespace
 
 Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx, bool fp8_activations,
-                         StageRun run)
+                         StageRun run, Ops ops)
     : cfg_(cfg),
+      ops_(ops),
       ctx_(std::move(ctx)),
       run_(std::move(run)),
       layout_(run_.layout ? run_.layout : std::make_shared<const ParamLayout>(cfg, local_experts(cfg, ctx_))),
       d_(cfg, micro_batch),
-      fp8_activations_(fp8_activations) {
+      fp8_activations_(fp8_activations),
+      arena_(ops_.b().allocator()) {
   if (run_.end < 0) run_.end = cfg_.n_layers;
   SY_CHECK(run_.begin >= 0 && run_.begin <= run_.end && run_.end <= cfg_.n_layers && run_.slots >= 1,
            "stage run [{}, {}) with {} slots does not fit a model of {} layers", run_.begin, run_.end, run_.slots,
@@ -66,7 +62,7 @@ Transformer::Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext
   bind(plan);
   arena_.reserve(plan.bytes());
   bind(arena_);
-  rope_table(rope_cos_, rope_sin_, d_.T, d_.D, cfg_.rope_theta);
+  ops_.b().rope_table(rope_cos_, rope_sin_, d_.T, d_.D, cfg_.rope_theta, ops_.stream);
 }
 
 namespace {
@@ -154,22 +150,22 @@ MicroBatchStats Transformer::forward(int64_t slot, const float* params, const fl
   MicroBatchStats st;
 
   if (run_.embed) {
-    std::memcpy(S.tokens, inputs, static_cast<size_t>(d.N) * sizeof(int32_t));
-    embedding_forward(S.x[static_cast<size_t>(run_.begin)], inputs, params + layout.embed(), d.N, d.C);
+    ops_.b().copy(S.tokens, inputs, static_cast<size_t>(d.N) * sizeof(int32_t), ops_.stream);
+    ops_.b().embedding_forward(S.x[static_cast<size_t>(run_.begin)], inputs, params + layout.embed(), d.N, d.C, ops_.stream);
   }
   double attn_flops = 4.0 * d.B * d.H * d.D * (d.T * (d.T + 1) / 2);  // QK^T and PV, causal
   for (int64_t l = run_.begin; l < run_.end; ++l) {
     BlockActs& L = S.layers[static_cast<size_t>(l)];
     const BlockOffsets& o = layout.block(l);
-    attention_block_forward(L.attn, L.x_mid, S.x[static_cast<size_t>(l)], params, o, d, rope, eps, scratch_);
+    attention_block_forward(ops_, L.attn, L.x_mid, S.x[static_cast<size_t>(l)], params, o, d, rope, eps, scratch_);
     st.flops += 2.0 * d.N * d.C * (d.R + d.H * d.D) + attn_flops;
-    rmsnorm_forward(L.h2, L.rstd2, L.x_mid, params + o.ffn_norm, d.N, d.C, eps);
+    ops_.b().rmsnorm_forward(L.h2, L.rstd2, L.x_mid, params + o.ffn_norm, d.N, d.C, eps, ops_.stream);
     float* ffn_out = scratch_.tmp;
     if (cfg_.is_moe_layer(l)) {
       int64_t m = l - cfg_.dense_layers;
-      moe_block_forward(L.moe, ffn_out, L.h2, params, expert_bias ? expert_bias + m * d.E : nullptr,
+      moe_block_forward(ops_, L.moe, ffn_out, L.h2, params, expert_bias ? expert_bias + m * d.E : nullptr,
                         o, d, cfg_.moe, ctx_, moe_scratch_);
-      st.router.push_back(router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
+      st.router.push_back(ops_.b().router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
       st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
       st.margin.push_back(L.moe.margin);
       st.moe_index.push_back(m);
@@ -177,33 +173,32 @@ MicroBatchStats Transformer::forward(int64_t slot, const float* params, const fl
       st.picks += d.N * d.K;
       st.flops += moe_block_flops(L.moe, d);
     } else {
-      dense_ffn_forward(L.dense, ffn_out, L.h2, params, o, d);
+      dense_ffn_forward(ops_, L.dense, ffn_out, L.h2, params, o, d);
       st.flops += 2.0 * d.N * d.C * 3.0 * d.Fd;
     }
     float* x_out = S.x[static_cast<size_t>(l + 1)];
-    parallel_for(d.N, [&](int64_t n) {
-      const float* a = L.x_mid + n * d.C;
-      const float* b = ffn_out + n * d.C;
-      float* z = x_out + n * d.C;
-#pragma omp simd
-      for (int64_t c = 0; c < d.C; ++c) z[c] = a[c] + b[c];
-    });
+    ops_.b().add(x_out, L.x_mid, ffn_out, d.N * d.C, ops_.stream);
   }
   S.loss_scale = loss_scale;
   S.have_train_forward = train;
   if (!run_.head) return st;
   st.tokens = d.N;
-  rmsnorm_forward(S.hf, S.rstdf, S.x[static_cast<size_t>(run_.end)], params + layout.final_norm(), d.N, d.C, eps);
-  linear_forward(S.logits, S.hf, params + layout.lm_head(), d.N, d.C, d.V);
+  ops_.b().rmsnorm_forward(S.hf, S.rstdf, S.x[static_cast<size_t>(run_.end)], params + layout.final_norm(), d.N, d.C, eps, ops_.stream);
+  ops_.b().linear_forward(S.logits, S.hf, params + layout.lm_head(), d.N, d.C, d.V, ops_.stream);
   st.flops += 2.0 * d.N * d.C * d.V;
   // Mean over the tokens of the whole data-parallel micro-batch.
   float dscale = static_cast<float>(loss_scale / static_cast<double>(d.N * ctx_.dp.size()));
-  cross_entropy(S.losses, train ? S.logits : nullptr, S.logits, targets, d.N, d.V, dscale);
-  for (int64_t n = 0; n < d.N; ++n) st.loss_sum += S.losses[n];
+  ops_.b().cross_entropy(S.losses, train ? S.logits : nullptr, S.logits, targets, d.N, d.V, dscale, ops_.stream);
+  host_losses_.resize(static_cast<size_t>(d.N));  // the per-token losses, read on the host
+  ops_.b().copy(host_losses_.data(), S.losses, static_cast<size_t>(d.N) * sizeof(float), ops_.stream);
+  ops_.b().synchronize(ops_.stream);
+  for (int64_t n = 0; n < d.N; ++n) st.loss_sum += host_losses_[static_cast<size_t>(n)];
   return st;
 }
 
-void Transformer::backward(int64_t slot, const float* params, float* grads, const std::function<void(int64_t)>& ready) {
+void Transformer::backward(int64_t slot, const float* params, float* grads, const std::function<void(int64_t)>& ready,
+                           WgradQueue* defer) {
+  const Ops ops = ops_.with_defer(defer);
   Slot& S = slots_[static_cast<size_t>(slot)];
   SY_CHECK(S.have_train_forward, "Transformer::backward needs a forward with train = true first (slot {})", slot);
   S.have_train_forward = false;
@@ -213,10 +208,10 @@ void Transformer::backward(int64_t slot, const float* params, float* grads, cons
   Scratch& s = scratch_;
 
   if (run_.head) {  // S.logits holds dL/dlogits
-    linear_backward(s.dh, grads + layout.lm_head(), S.logits, S.hf, params + layout.lm_head(), d.N, d.C, d.V);
-    std::memset(S.dres, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
-    rmsnorm_backward(S.dres, grads + layout.final_norm(), s.dh, S.x[static_cast<size_t>(run_.end)],
-                     params + layout.final_norm(), S.rstdf, d.N, d.C);
+    linear_backward(ops, s.dh, grads + layout.lm_head(), S.logits, S.hf, params + layout.lm_head(), d.N, d.C, d.V);
+    ops.b().zero(S.dres, static_cast<size_t>(d.N * d.C) * sizeof(float), ops.stream);
+    ops_.b().rmsnorm_backward(S.dres, grads + layout.final_norm(), s.dh, S.x[static_cast<size_t>(run_.end)],
+                     params + layout.final_norm(), S.rstdf, d.N, d.C, ops_.stream);
     if (ready) ready(cfg_.n_layers);
   }
   for (int64_t l = run_.end - 1; l >= run_.begin; --l) {
@@ -224,16 +219,16 @@ void Transformer::backward(int64_t slot, const float* params, float* grads, cons
     const BlockOffsets& o = layout.block(l);
     // dres = dL/dx_{l+1} = dL/d ffn_out; the residual carries it to x_mid.
     if (cfg_.is_moe_layer(l))
-      moe_block_backward(s.dh, grads, L.moe, S.dres, L.h2, params, o, d, cfg_.moe, S.loss_scale, ctx_,
+      moe_block_backward(ops, s.dh, grads, L.moe, S.dres, L.h2, params, o, d, cfg_.moe, S.loss_scale, ctx_,
                          moe_scratch_, s);
     else
-      dense_ffn_backward(s.dh, grads, L.dense, S.dres, L.h2, params, o, d, s);
-    rmsnorm_backward(S.dres, grads + o.ffn_norm, s.dh, L.x_mid, params + o.ffn_norm, L.rstd2, d.N, d.C);
-    attention_block_backward(S.dres, grads, L.attn, S.x[static_cast<size_t>(l)], params, o, d, rope, s);
+      dense_ffn_backward(ops, s.dh, grads, L.dense, S.dres, L.h2, params, o, d, s);
+    ops_.b().rmsnorm_backward(S.dres, grads + o.ffn_norm, s.dh, L.x_mid, params + o.ffn_norm, L.rstd2, d.N, d.C, ops_.stream);
+    attention_block_backward(ops, S.dres, grads, L.attn, S.x[static_cast<size_t>(l)], params, o, d, rope, s);
     if (ready) ready(l);
   }
   if (run_.embed) {
-    embedding_backward(grads + layout.embed(), S.dres, S.tokens, d.N, d.C);
+    ops_.b().embedding_backward(grads + layout.embed(), S.dres, S.tokens, d.N, d.C, ops_.stream);
     if (ready) ready(-1);
   }
 }

@@ -14,12 +14,13 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "kernels/cpu/router.h"
+#include "kernels/types.h"
 #include "model/blocks.h"
 #include "config/model.h"
 #include "model/dims.h"
 #include "model/layout.h"
 #include "model/moe_block.h"
+#include "model/ops.h"
 
 namespace sy {
 
@@ -54,8 +55,10 @@ class Transformer {
   // fp8_activations: the inputs of FP8 linear layers that only their weight
   // gradient reads are kept in FP8, not FP32 (needs an active FP8 recipe
   // around forward and backward).
+  // ops: the backend the model runs on and the FP8 recipe state (Ops::defer
+  // is given per backward call).
   Transformer(const ModelConfig& cfg, int64_t micro_batch, MoeContext ctx = {}, bool fp8_activations = false,
-              StageRun run = {});
+              StageRun run = {}, Ops ops = {});
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
 
@@ -109,7 +112,9 @@ class Transformer {
   void backward(const float* params, float* grads, const std::function<void(int64_t)>& ready = {}) {
     backward(0, params, grads, ready);
   }
-  void backward(int64_t slot, const float* params, float* grads, const std::function<void(int64_t)>& ready = {});
+  // defer: queue the FP32 weight-gradient GEMMs there (zero-bubble schedules).
+  void backward(int64_t slot, const float* params, float* grads, const std::function<void(int64_t)>& ready = {},
+                WgradQueue* defer = nullptr);
 
   const float* logits() const { return slots_[0].logits; }  // (N, V) after forward
   const float* losses() const { return slots_[0].losses; }  // (N) per-token CE
@@ -136,6 +141,7 @@ class Transformer {
   };
 
   ModelConfig cfg_;
+  Ops ops_;
   MoeContext ctx_;
   StageRun run_;
   std::shared_ptr<const ParamLayout> layout_;
@@ -147,6 +153,7 @@ class Transformer {
   Fp8Staging staging_;      // FP8 activation storage: FP32 values while forward needs them
   float* rope_cos_;         // (T, D/2)
   float* rope_sin_;
+  std::vector<float> host_losses_;  // (N) the per-token losses copied to the host
   Scratch scratch_;
 };
 

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
+#include "core/dtype.h"
 #include "core/parallel.h"
-#include "kernels/cpu/adamw.h"
 
 namespace sy {
 
@@ -42,8 +42,9 @@ double clip_coef(double norm, double max_norm) {
   return std::min(1.0, max_norm / (norm + 1e-6));
 }
 
-AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t, bool bf16_moments)
-    : ranges_(std::move(ranges)), t_(t), bf16_(bf16_moments) {
+AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t, bool bf16_moments,
+             const Backend& be, Stream stream)
+    : ranges_(std::move(ranges)), t_(t), bf16_(bf16_moments), be_(&be), stream_(stream) {
   const size_t n = static_cast<size_t>(state_size);
   if (bf16_)
     m16_.assign(n, 0), v16_.assign(n, 0);
@@ -58,7 +59,7 @@ void AdamW::get_moments(char which, int64_t state, int64_t n, float* out) const 
     return;
   }
   const uint16_t* src = (which == 'm' ? m16_ : v16_).data() + state;
-  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(src[i]);
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(src[i]);
 }
 
 void AdamW::set_moments(char which, int64_t state, int64_t n, const float* in) {
@@ -67,7 +68,7 @@ void AdamW::set_moments(char which, int64_t state, int64_t n, const float* in) {
     return;
   }
   uint16_t* dst = (which == 'm' ? m16_ : v16_).data() + state;
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_from_float(in[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(in[i]);
 }
 
 void AdamW::update(float* params, const float* grads, int64_t step, double lr, double grad_scale) {
@@ -76,10 +77,11 @@ void AdamW::update(float* params, const float* grads, int64_t step, double lr, d
                   static_cast<float>(t_.eps), r.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
                   static_cast<float>(grad_scale)};
     if (bf16_)
-      adamw_update_bf16(params + r.begin, grads + r.state, m16_.data() + r.state, v16_.data() + r.state,
-                        r.end - r.begin, a);
+      be_->adamw_update_bf16(params + r.begin, grads + r.state, m16_.data() + r.state, v16_.data() + r.state,
+                             r.end - r.begin, a, stream_);
     else
-      adamw_update(params + r.begin, grads + r.state, m_.data() + r.state, v_.data() + r.state, r.end - r.begin, a);
+      be_->adamw_update(params + r.begin, grads + r.state, m_.data() + r.state, v_.data() + r.state, r.end - r.begin,
+                        a, stream_);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "kernels/backend.h"
 #include "model/layout.h"
 #include "config/run.h"
 #include "train/grad_sync.h"
@@ -34,7 +35,9 @@ class AdamW {
  public:
   // bf16_moments: m and v stored in BF16 (half the optimizer memory); the
   // update computes in FP32. Checkpoints hold them as FP32 (exact).
-  AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t, bool bf16_moments = false);
+  // The update runs on `be` (the moments live in its memory).
+  AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSection& t, bool bf16_moments = false,
+        const Backend& be = backend(Device::cpu), Stream stream = {});
   // One update at 0-based `step` with learning rate lr, on gradients
   // (found at state offsets) times grad_scale, the clipping factor.
   void update(float* params, const float* grads_by_state, int64_t step, double lr, double grad_scale = 1.0);
@@ -50,6 +53,8 @@ class AdamW {
   std::vector<OptRange> ranges_;
   TrainSection t_;
   bool bf16_ = false;
+  const Backend* be_;
+  Stream stream_;
   FloatBuffer m_, v_;                  // FP32 moments
   std::vector<uint16_t> m16_, v16_;    // BF16 moments
 };

@@ -15,7 +15,6 @@
 #include "comm/watchdog.h"
 #include "core/check.h"
 #include "core/timer.h"
-#include "kernels/cpu/linear.h"
 #include "pipeline/simulate.h"
 #include "train/pipeline_state.h"
 #include "train/trainer.h"
@@ -62,7 +61,7 @@ void Trainer::setup_pipeline(const MoeContext& ctx, bool fp8_activations) {
     if (P.recompute) slots = 1;  // one working set; the inputs wait in saved_in
     StageRun run{pl.bounds[static_cast<size_t>(st)], pl.bounds[static_cast<size_t>(st + 1)], st == 0,
                  st == pl.stages() - 1, slots, layout_};
-    chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_activations, run));
+    chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_activations, run, ops_));
     for (int64_t k = slots - 1; k >= 0; --k) P.free_slots[static_cast<size_t>(c)].push_back(k);
     P.defer[static_cast<size_t>(c)].resize(static_cast<size_t>(slots));
   }
@@ -164,12 +163,9 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
           if (st > 0) std::copy_n(P.saved_in[ch].at(op.mb).data(), N * C, T.input(slot));
           T.forward(slot, params_.data(), expert_bias_.data(), in, tg, true, scale);
         }
-        if (op.kind == OpKind::backward_input) {
-          WgradScope defer(&P.defer[ch][static_cast<size_t>(slot)]);
-          T.backward(slot, params_.data(), grads_.data());
-        } else {
-          T.backward(slot, params_.data(), grads_.data());
-        }
+        // backward_input: the weight-gradient GEMMs wait in this slot's queue for backward_weight.
+        T.backward(slot, params_.data(), grads_.data(), {},
+                   op.kind == OpKind::backward_input ? &P.defer[ch][static_cast<size_t>(slot)] : nullptr);
         P.sum_b[ch] += now_seconds() - t1, ++P.n_b[ch];
         if (op.kind == OpKind::backward && st == 0) free_slot(op.chunk, op.mb);
         break;
@@ -182,7 +178,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
       }
       case OpKind::backward_weight: {
         watchdog::set_phase("pipeline weight gradient");
-        P.defer[ch][static_cast<size_t>(P.slot_of[ch].at(op.mb))].run();
+        P.defer[ch][static_cast<size_t>(P.slot_of[ch].at(op.mb))].run(*ops_.be, ops_.stream);
         P.sum_w[ch] += now_seconds() - t1, ++P.n_w[ch];
         free_slot(op.chunk, op.mb);
         break;

@@ -10,7 +10,7 @@
 
 #include "comm/comm.h"
 #include "core/check.h"
-#include "kernels/cpu/linear.h"
+#include "model/ops.h"
 #include "pipeline/schedule.h"
 #include "train/pipeline_plan.h"
 
@@ -26,7 +26,7 @@ struct PipeState {
   // Per chunk: free activation slots, the slot of each micro-batch in flight.
   std::vector<std::vector<int64_t>> free_slots;
   std::vector<std::map<int, int64_t>> slot_of;
-  std::vector<std::vector<WgradDefer>> defer;  // [chunk][slot]
+  std::vector<std::vector<WgradQueue>> defer;  // [chunk][slot]
   // recompute: each micro-batch's stage input while it is in flight, per chunk
   std::vector<std::map<int, std::vector<float>>> saved_in;
   // Messages: receives by (is_grad, mb, chunk), sends in flight.

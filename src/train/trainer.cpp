@@ -102,26 +102,6 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   shm_ = one_node && transport != "mpi";
   MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
                  static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap, shm_};
-  const bool fp8_acts = cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations;
-  if (pipelined()) {
-    setup_pipeline(ctx, fp8_acts);
-  } else {
-    SY_CONFIG_CHECK(cfg_.parallel.recompute == "none", "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
-                    "it needs parallel.pp > 1", cfg_.source, cfg_.parallel.recompute);
-    SY_CONFIG_CHECK(cfg_.parallel.virtual_stages == 1 && cfg_.parallel.split.empty(),
-                    "{}: parallel.virtual and parallel.split need parallel.pp > 1", cfg_.source);
-    chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_acts));
-  }
-  model_ = chunks_[0].get();
-  full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
-  const ParamLayout& layout = model_->layout();
-  params_.resize(static_cast<size_t>(layout.total()));
-  grads_.resize(static_cast<size_t>(layout.total()));
-  init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
-  sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
-  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train, cfg_.precision.moments == "bf16");
-  ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
-  expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   if (cfg_.precision.recipe != "fp32") {
     Fp8Recipe r;
     const std::string& name = cfg_.precision.recipe;
@@ -131,7 +111,32 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
     r.amax_history = cfg_.precision.amax_history;
     r.pow2_scales = cfg_.precision.pow2_scales;
     r.saturate = cfg_.precision.saturate;
-    fp8_ = std::make_unique<Fp8Linear>(r);
+    fp8_ = std::make_unique<Fp8Linear>(r, *ops_.be, ops_.stream);
+  }
+  ops_.fp8 = fp8_.get();
+  const bool fp8_acts = cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations;
+  if (pipelined()) {
+    setup_pipeline(ctx, fp8_acts);
+  } else {
+    SY_CONFIG_CHECK(cfg_.parallel.recompute == "none", "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
+                    "it needs parallel.pp > 1", cfg_.source, cfg_.parallel.recompute);
+    SY_CONFIG_CHECK(cfg_.parallel.virtual_stages == 1 && cfg_.parallel.split.empty(),
+                    "{}: parallel.virtual and parallel.split need parallel.pp > 1", cfg_.source);
+    chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_acts, StageRun{}, ops_));
+  }
+  model_ = chunks_[0].get();
+  full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
+  const ParamLayout& layout = model_->layout();
+  params_.resize(static_cast<size_t>(layout.total()));
+  grads_.resize(static_cast<size_t>(layout.total()));
+  init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
+  sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
+  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train, cfg_.precision.moments == "bf16",
+                                 *ops_.be, ops_.stream);
+  ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
+  expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
+  if (fp8_) {
+    const Fp8Recipe& r = fp8_->recipe();
     if (r.scaling == Fp8Scaling::tensor_delayed) {  // histories by global tensor index: reduced, checkpointed
       std::vector<std::pair<const float*, int64_t>> ids;
       for (const ParamInfo& p : layout.params()) ids.emplace_back(params_.data() + p.offset, p.index);
@@ -214,7 +219,6 @@ std::string Trainer::describe() const {
 }
 
 StepStats Trainer::step(int64_t step) {
-  Fp8Scope fp8_scope(fp8_.get());  // FP8 recipes: the linear layers' GEMMs go through it
   const double t0 = now_seconds();
   reset_gemm_counters();
   watchdog::set_step(step);
@@ -323,7 +327,6 @@ void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
 
 double Trainer::validate() {
   watchdog::set_phase("validation");
-  Fp8Scope fp8_scope(fp8_.get());
   if (pipelined()) return validate_pipeline();
   double sums[2] = {0, 0};
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {

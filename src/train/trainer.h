@@ -18,7 +18,8 @@
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "infer/decoder.h"
-#include "kernels/cpu/fp8_linear.h"
+#include "fp8/linear.h"
+#include "model/ops.h"
 #include "config/run.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
@@ -129,8 +130,9 @@ class Trainer {
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Checkpointer> ckpt_;
-  std::unique_ptr<Decoder> sampler_;
-  std::unique_ptr<Fp8Linear> fp8_;     // FP8 recipes: the linear layers' GEMMs  // rank 0, train.sample_every > 0
+  std::unique_ptr<Decoder> sampler_;   // rank 0, train.sample_every > 0
+  std::unique_ptr<Fp8Linear> fp8_;     // FP8 recipes: the recipe state the linear layers' GEMMs use
+  Ops ops_;                            // what the model chunks run with: the backend, fp8_
   int64_t tokens_seen_ = 0;
   std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;

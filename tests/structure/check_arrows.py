@@ -54,10 +54,6 @@ OWNED_SYSTEM = {"mpi.h": "comm_mpi", "hdf5.h": "ckpt", "nccl.h": "comm_nccl"}
 # Forbidden arrows that exist today, by the kind of debt: (from module, to
 # module) -> (why, the files that draw it). The redesign removes them.
 KNOWN_BY_KIND = {
-    ("model", "kernels_cpu"): ("ops not yet behind the backend interface", [
-        "src/model/blocks.cpp", "src/model/blocks.h", "src/model/moe_block.cpp",
-        "src/model/moe_block.h", "src/model/transformer.cpp", "src/model/transformer.h"]),
-    ("infer", "kernels_cpu"): ("ops not yet behind the backend interface", ["src/infer/decoder.cpp"]),
     ("model", "comm"): ("MoeContext holds a Comm and the MoE block picks the transport",
                         ["src/model/moe_block.h"]),
     ("model", "moe"): ("the MoE block lives in model/ and calls moe/ (it belongs in moe/)",

@@ -34,7 +34,7 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const
 }
 
 void adamw_update_bf16(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWParams& a) {
-  adamw_loop(p, g, m, v, n, a, bf16_to_float, bf16_from_float);
+  adamw_loop(p, g, m, v, n, a, bf16_to_f32, f32_to_bf16);
 }
 
 }  // namespace sy

@@ -10,30 +10,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/dtype.h"
+#include "kernels/types.h"
+
 namespace sy {
 
-struct AdamWParams {
-  float lr, beta1, beta2, eps, weight_decay;
-  int64_t step;  // 1-based step count, for bias correction
-  float grad_scale = 1.f;
-};
-
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a);
-
-// BF16 storage (the upper half of an FP32, rounded to nearest even; NaN stays NaN).
-inline uint16_t bf16_from_float(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-inline float bf16_to_float(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // The same update with moments stored in BF16: read, updated in FP32 (the
 // weight step uses the FP32 values), stored rounded to nearest even.

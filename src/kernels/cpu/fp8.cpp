@@ -8,7 +8,6 @@
 
 namespace sy {
 
-std::string to_string(Fp8Format f) { return f == Fp8Format::e4m3 ? "e4m3" : "e5m2"; }
 
 float fp8_decode(uint8_t code, Fp8Format f) { return fp8_table(f)[code]; }
 

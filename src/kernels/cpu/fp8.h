@@ -12,15 +12,9 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/fp8_types.h"
+
 namespace sy {
-
-enum class Fp8Format : uint8_t { e4m3, e5m2 };
-
-constexpr float fp8_max(Fp8Format f) { return f == Fp8Format::e4m3 ? 448.f : 57344.f; }
-// Magnitudes that saturate (or overflow): beyond what rounds to the largest
-// finite value, i.e. above max + half an ulp (E5M2: from it, the tie rounds up).
-constexpr bool fp8_overflows(float a, Fp8Format f) { return f == Fp8Format::e4m3 ? a > 464.f : a >= 61440.f; }
-std::string to_string(Fp8Format f);
 
 // Encoding of one format, inlined into the quantization loops.
 template <Fp8Format F>
@@ -62,9 +56,5 @@ float fp8_decode(uint8_t code, Fp8Format f);
 // The 256 decoded values of a format (exact in float).
 const float* fp8_table(Fp8Format f);
 
-struct QuantStats {
-  float amax = 0;          // max |x| before scaling (finite values)
-  int64_t saturated = 0;   // |x * scale| beyond what rounds to the largest finite value (fp8_overflows)
-};
 
 }  // namespace sy

@@ -9,26 +9,6 @@
 
 namespace sy {
 
-std::string to_string(ScaleMode m) {
-  switch (m) {
-    case ScaleMode::tensor: return "tensor";
-    case ScaleMode::rows_1x128: return "1x128";
-    default: return "128x128";
-  }
-}
-
-float fp8_scale_for(float amax, Fp8Format f, bool pow2) {
-  if (!(amax > 0) || !std::isfinite(amax)) return 1.f;
-  float s = fp8_max(f) / amax;
-  if (!std::isfinite(s)) s = 0x1p126f;  // amax is tiny: the largest sensible scale
-  if (pow2) {  // round down to a power of two, exactly (log2 in float can round up just below one)
-    int e = 0;
-    std::frexp(s, &e);
-    s = std::ldexp(1.f, e - 1);
-  }
-  return s;
-}
-
 namespace {
 thread_local std::vector<float> t_buf;
 float* scratch(size_t n) {

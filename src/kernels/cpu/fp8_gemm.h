@@ -26,39 +26,6 @@
 
 namespace sy {
 
-inline constexpr int64_t kFp8Block = 128;
-
-enum class ScaleMode : uint8_t { tensor, rows_1x128, blocks_128x128 };
-std::string to_string(ScaleMode m);
-
-struct Fp8Matrix {
-  int64_t rows = 0, cols = 0;
-  Fp8Format fmt = Fp8Format::e4m3;
-  ScaleMode mode = ScaleMode::tensor;
-  std::vector<uint8_t> q;          // (rows, cols)
-  std::vector<float> scale_inv;    // tensor: 1; rows: rows x kb; blocks: ceil(rows/128) x kb
-  int64_t kblocks() const { return (cols + kFp8Block - 1) / kFp8Block; }
-  float sinv(int64_t r, int64_t kb) const {
-    switch (mode) {
-      case ScaleMode::tensor: return scale_inv[0];
-      case ScaleMode::rows_1x128: return scale_inv[static_cast<size_t>(r * kblocks() + kb)];
-      default: return scale_inv[static_cast<size_t>((r / kFp8Block) * kblocks() + kb)];
-    }
-  }
-  size_t bytes() const { return q.size() + scale_inv.size() * sizeof(float); }
-};
-
-struct QuantOptions {
-  Fp8Format fmt = Fp8Format::e4m3;
-  ScaleMode mode = ScaleMode::tensor;
-  bool pow2 = false;          // scales rounded down to powers of two
-  bool saturate = true;
-  float scale = 0;            // tensor mode: a given scale (delayed scaling); 0 = from this tensor's amax
-};
-
-// The scale that maps amax to the format's largest value.
-float fp8_scale_for(float amax, Fp8Format f, bool pow2);
-
 // Quantizes x (rows, cols) row-major. With `transpose`, quantizes x^T (cols,
 // rows) instead (the K dimension of the GEMM that reads it is `rows`).
 QuantStats quantize_matrix(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,

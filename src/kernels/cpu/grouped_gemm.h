@@ -10,15 +10,17 @@
 
 namespace sy {
 
-// With `save` (FP8 only) each group's input is kept in FP8 for backward,
-// which then reads `saved` instead of inp.
-struct Fp8Saved;
+// FP32. (The FP8 path runs each group through the FP8 linear: fp8/linear.h.)
 void grouped_linear_forward(float* out, const float* inp, const float* const* w,
-                            const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
-                            Fp8Saved* save = nullptr);
+                            const int64_t* offsets, int64_t groups, int64_t I, int64_t O);
 void grouped_linear_backward(float* dinp, float* const* dw, const float* dout, const float* inp,
                              const float* const* w, const int64_t* offsets, int64_t groups,
-                             int64_t I, int64_t O, const Fp8Saved* saved = nullptr);
+                             int64_t I, int64_t O);
+// The halves of backward (grouped_linear_backward is exactly both).
+void grouped_linear_dgrad(float* dinp, const float* dout, const float* const* w, const int64_t* offsets,
+                          int64_t groups, int64_t I, int64_t O);
+void grouped_linear_wgrad(float* const* dw, const float* dout, const float* inp, const int64_t* offsets,
+                          int64_t groups, int64_t I, int64_t O);
 
 template <class T>
 void grouped_linear_forward_ref(T* out, const T* inp, const T* const* w, const int64_t* offsets,

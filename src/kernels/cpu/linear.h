@@ -6,49 +6,18 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 namespace sy {
-
-// Split backward (zero-bubble pipeline schedules): while a WgradDefer is
-// active on this thread (WgradScope), linear_backward and the FP32 path of
-// grouped_linear_backward compute the input gradient at once and queue the
-// weight-gradient GEMM dW += dout^T . inp, keeping a copy of dout; inp must
-// stay alive until run(). run() does the queued GEMMs, the same calls in the
-// same order as without deferral.
-class WgradDefer {
- public:
-  void add(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O);
-  void run();
-  bool empty() const { return tasks_.empty(); }
-  size_t capacity_bytes() const { return store_.capacity() * sizeof(float); }
-
- private:
-  struct Task {
-    float* dw;
-    size_t dout;  // offset into store_
-    const float* inp;
-    int64_t N, I, O;
-  };
-  std::vector<Task> tasks_;
-  std::vector<float> store_;
-};
-WgradDefer* active_wgrad_defer();
-class WgradScope {
- public:
-  explicit WgradScope(WgradDefer* d);
-  ~WgradScope();
-  WgradScope(const WgradScope&) = delete;
-  WgradScope& operator=(const WgradScope&) = delete;
-
- private:
-  WgradDefer* prev_;
-};
 
 void linear_forward(float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O);
 // dinp may be null (no input gradient wanted).
 void linear_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                      int64_t N, int64_t I, int64_t O, bool accumulate_dinp = false);
+// The two halves of backward, for callers that run them apart (zero-bubble
+// schedules defer the weight gradient): linear_backward is exactly both.
+void linear_dgrad(float* dinp, const float* dout, const float* w, int64_t N, int64_t I, int64_t O,
+                  bool accumulate_dinp = false);
+void linear_wgrad(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O);
 
 template <class T>
 void linear_forward_ref(T* out, const T* inp, const T* w, int64_t N, int64_t I, int64_t O) {

@@ -14,17 +14,10 @@
 
 #include <cstdint>
 
+#include "kernels/types.h"
+
 namespace sy {
 
-struct RowMap {
-  float* local = nullptr;                // contiguous rows, or
-  float* const* base = nullptr;          // per-rank segment bases
-  const int32_t* rank = nullptr;         // per send row
-  const int32_t* row = nullptr;          // per send row, within its rank's segment
-  static RowMap contiguous(float* p) { return {p, nullptr, nullptr, nullptr}; }
-  static RowMap scattered(float* const* b, const int32_t* rk, const int32_t* rw) { return {nullptr, b, rk, rw}; }
-  float* at(int64_t r, int64_t C) const { return local ? local + r * C : base[rank[r]] + int64_t{row[r]} * C; }
-};
 
 void moe_gather(RowMap dst, const float* x, const int32_t* row_token, int64_t M, int64_t C);
 void moe_gather_backward(float* dx, RowMap src, const int32_t* pos, int64_t N, int64_t K, int64_t C);

@@ -38,25 +38,11 @@ double router_margin(const int32_t* idx, const float* scores, const float* bias,
 // Sums over these N tokens, added into the outputs (so micro-batches and
 // ranks can be summed): counts (E) of top-k picks, prob_sum (E),
 // z_sum = sum_t lse_t^2, entropy_sum = sum_t H(probs_t).
-struct RouterSums {
-  std::vector<double> counts, prob_sum;
-  double z_sum = 0, entropy_sum = 0;
-  explicit RouterSums(int64_t E = 0)
-      : counts(static_cast<size_t>(E), 0.0), prob_sum(static_cast<size_t>(E), 0.0) {}
-};
 void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs,
                  int64_t N, int64_t E, int64_t K);
 
-struct RouterLosses {
-  double aux = 0, z = 0, entropy = 0;
-};
 RouterLosses router_losses(const RouterSums& sums, int64_t Ntot, int64_t E, int64_t K);
 
-// Coefficients of the balance terms in the objective, already multiplied by
-// the loss scale of this micro-batch.
-struct RouterCoefs {
-  float aux = 0, z = 0, entropy = 0;
-};
 
 // dlogits (N, E) (overwritten) = gradient of
 //   sum_tk dgates_tk * gates_tk + coefs.aux * aux + coefs.z * z + coefs.entropy * entropy

@@ -42,12 +42,12 @@ TEST(AdamW, FirstStepMovesEachWeightByLr) {
 // equals the FP32 one step by step when the FP32 one rounds its moments the
 // same way (a reference written out here), and stays close to plain FP32.
 TEST(AdamWBf16, RoundsToNearestEvenAndTracksFp32) {
-  EXPECT_EQ(bf16_from_float(1.f), 0x3f80);
-  EXPECT_EQ(bf16_to_float(bf16_from_float(1.f + 0x1p-8f)), 1.f);               // tie -> even (down)
-  EXPECT_EQ(bf16_to_float(bf16_from_float(1.f + 3 * 0x1p-8f)), 1.f + 0x1p-6f);  // tie -> even (up)
-  EXPECT_EQ(bf16_to_float(bf16_from_float(1.f + 0x1p-8f + 0x1p-20f)), 1.f + 0x1p-7f);
-  EXPECT_TRUE(std::isnan(bf16_to_float(bf16_from_float(std::nanf("")))));
-  EXPECT_EQ(bf16_to_float(bf16_from_float(-std::numeric_limits<float>::infinity())),
+  EXPECT_EQ(f32_to_bf16(1.f), 0x3f80);
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.f + 0x1p-8f)), 1.f);               // tie -> even (down)
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.f + 3 * 0x1p-8f)), 1.f + 0x1p-6f);  // tie -> even (up)
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.f + 0x1p-8f + 0x1p-20f)), 1.f + 0x1p-7f);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(std::nanf("")))));
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(-std::numeric_limits<float>::infinity())),
             -std::numeric_limits<float>::infinity());
   const int64_t n = 5000;
   auto p0 = test::randn(n, 1), g = test::randn(n, 2);
@@ -59,13 +59,13 @@ TEST(AdamWBf16, RoundsToNearestEvenAndTracksFp32) {
     adamw_update(p32.data(), g.data(), m32.data(), v32.data(), n, a);
     adamw_update(pref.data(), g.data(), mref.data(), vref.data(), n, a);
     for (int64_t i = 0; i < n; ++i) {
-      mref[i] = bf16_to_float(bf16_from_float(mref[i]));
-      vref[i] = bf16_to_float(bf16_from_float(vref[i]));
+      mref[i] = bf16_to_f32(f32_to_bf16(mref[i]));
+      vref[i] = bf16_to_f32(f32_to_bf16(vref[i]));
     }
   }
   EXPECT_EQ(p16, pref);
   for (int64_t i = 0; i < n; ++i) {
-    EXPECT_EQ(bf16_to_float(m16[i]), mref[i]);
+    EXPECT_EQ(bf16_to_f32(m16[i]), mref[i]);
     ASSERT_NEAR(p16[i], p32[i], 2e-4f) << i;  // 20 steps of lr 1e-3: within a fraction of one step
   }
 }

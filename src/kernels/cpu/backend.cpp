@@ -1,0 +1,210 @@
+#include "kernels/cpu/backend.h"
+
+#include <array>
+#include <cstring>
+#include <string>
+
+#include "core/check.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/fp8_gemm.h"
+#include "kernels/cpu/grouped_gemm.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/permute.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/router.h"
+#include "kernels/cpu/swiglu.h"
+
+namespace sy {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu; }
+  const char* name() const override { return "cpu"; }
+
+  Allocator& allocator() const override { return host_allocator(); }
+  void copy(void* dst, const void* src, size_t bytes, Stream) const override {
+    if (bytes) std::memmove(dst, src, bytes);
+  }
+  void zero(void* dst, size_t bytes, Stream) const override {
+    if (bytes) std::memset(dst, 0, bytes);
+  }
+  void synchronize(Stream) const override {}
+
+  void add(float* z, const float* x, const float* y, int64_t n, Stream) const override { add_vectors(z, x, y, n); }
+
+  void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, Stream) const override {
+    sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  void linear_forward(float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                      Stream) const override {
+    sy::linear_forward(out, inp, w, N, I, O);
+  }
+  void linear_dgrad(float* dinp, const float* dout, const float* w, int64_t N, int64_t I, int64_t O, bool acc,
+                    Stream) const override {
+    if (dinp) sy::linear_dgrad(dinp, dout, w, N, I, O, acc);
+  }
+  void linear_wgrad(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O,
+                    Stream) const override {
+    sy::linear_wgrad(dw, dout, inp, N, I, O);
+  }
+  void grouped_linear_forward(float* out, const float* inp, const float* const* w, const int64_t* offsets,
+                              int64_t groups, int64_t I, int64_t O, Stream) const override {
+    sy::grouped_linear_forward(out, inp, w, offsets, groups, I, O);
+  }
+  void grouped_linear_dgrad(float* dinp, const float* dout, const float* const* w, const int64_t* offsets,
+                            int64_t groups, int64_t I, int64_t O, Stream) const override {
+    sy::grouped_linear_dgrad(dinp, dout, w, offsets, groups, I, O);
+  }
+  void grouped_linear_wgrad(float* const* dw, const float* dout, const float* inp, const int64_t* offsets,
+                            int64_t groups, int64_t I, int64_t O, Stream) const override {
+    sy::grouped_linear_wgrad(dw, dout, inp, offsets, groups, I, O);
+  }
+
+  QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
+                          bool transpose, Stream) const override {
+    return quantize_matrix(out, x, rows, cols, o, transpose);
+  }
+  void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, Stream) const override {
+    sy::fp8_gemm(C, A, B, accumulate);
+  }
+
+  void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                         int64_t D, Stream) const override {
+    sy::attention_forward(out, lse, qkv, B, T, H, Hkv, D);
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+                          int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, Stream) const override {
+    sy::attention_backward(dqkv, dout, qkv, out, lse, B, T, H, Hkv, D);
+  }
+  void attention_cached(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                        int64_t pos0, int64_t n, int64_t H, int64_t Hkv, int64_t D, Stream) const override {
+    sy::attention_cached(out, q, q_stride, k_cache, v_cache, pos0, n, H, Hkv, D);
+  }
+
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int64_t N, int64_t C, float eps,
+                       Stream) const override {
+    sy::rmsnorm_forward(out, rstd, inp, w, N, C, eps);
+  }
+  void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                        const float* rstd, int64_t N, int64_t C, Stream) const override {
+    sy::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C);
+  }
+
+  void rope_table(float* cos_t, float* sin_t, int64_t T, int64_t D, double theta, Stream) const override {
+    sy::rope_table(cos_t, sin_t, T, D, theta);
+  }
+  void rope_forward(float* x, const float* cos_t, const float* sin_t, int64_t N, int64_t T, int64_t heads,
+                    int64_t D, int64_t stride, Stream) const override {
+    sy::rope_forward(x, cos_t, sin_t, N, T, heads, D, stride);
+  }
+  void rope_backward(float* dx, const float* cos_t, const float* sin_t, int64_t N, int64_t T, int64_t heads,
+                     int64_t D, int64_t stride, Stream) const override {
+    sy::rope_backward(dx, cos_t, sin_t, N, T, heads, D, stride);
+  }
+
+  void swiglu_forward(float* out, const float* inp, int64_t N, int64_t F, Stream) const override {
+    sy::swiglu_forward(out, inp, N, F);
+  }
+  void swiglu_backward(float* dinp, const float* dout, const float* inp, int64_t N, int64_t F,
+                       Stream) const override {
+    sy::swiglu_backward(dinp, dout, inp, N, F);
+  }
+
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N, int64_t C,
+                         Stream) const override {
+    sy::embedding_forward(out, tokens, wte, N, C);
+  }
+  void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N, int64_t C,
+                          Stream) const override {
+    sy::embedding_backward(dwte, dout, tokens, N, C);
+  }
+  void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N,
+                     int64_t V, float dscale, Stream) const override {
+    sy::cross_entropy(losses, dlogits, logits, targets, N, V, dscale);
+  }
+
+  void router_scores(float* scores, float* probs, const float* logits, int64_t N, int64_t E, ScoreFn fn,
+                     Stream) const override {
+    sy::router_scores(scores, probs, logits, N, E, fn);
+  }
+  void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N, int64_t E,
+                   int64_t K, bool renormalize, Stream) const override {
+    sy::router_topk(idx, gates, scores, bias, N, E, K, renormalize);
+  }
+  double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
+                       Stream) const override {
+    return sy::router_margin(idx, scores, bias, N, E, K);
+  }
+  void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs, int64_t N,
+                   int64_t E, int64_t K, Stream) const override {
+    sy::router_sums(sums, idx, logits, probs, N, E, K);
+  }
+  RouterLosses router_losses(const RouterSums& sums, int64_t Ntot, int64_t E, int64_t K) const override {
+    return sy::router_losses(sums, Ntot, E, K);
+  }
+  void router_backward(float* dlogits, const float* dgates, const int32_t* idx, const float* logits,
+                       const float* scores, const float* probs, const RouterSums& sums, int64_t N, int64_t Ntot,
+                       int64_t E, int64_t K, ScoreFn fn, bool renormalize, RouterCoefs coefs,
+                       Stream) const override {
+    sy::router_backward(dlogits, dgates, idx, logits, scores, probs, sums, N, Ntot, E, K, fn, renormalize, coefs);
+  }
+
+  void moe_gather(RowMap dst, const float* x, const int32_t* row_token, int64_t M, int64_t C,
+                  Stream) const override {
+    sy::moe_gather(dst, x, row_token, M, C);
+  }
+  void moe_gather_backward(float* dx, RowMap src, const int32_t* pos, int64_t N, int64_t K, int64_t C,
+                           Stream) const override {
+    sy::moe_gather_backward(dx, src, pos, N, K, C);
+  }
+  void moe_combine(float* out, RowMap y, float* y_copy, const float* gates, const int32_t* pos, int64_t N,
+                   int64_t K, int64_t C, Stream) const override {
+    sy::moe_combine(out, y, y_copy, gates, pos, N, K, C);
+  }
+  void moe_combine_backward(RowMap dy, float* dgates, const float* dout, RowMap y, const float* gates,
+                            const int32_t* pos, int64_t N, int64_t K, int64_t C, Stream) const override {
+    sy::moe_combine_backward(dy, dgates, dout, y, gates, pos, N, K, C);
+  }
+
+  void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a,
+                    Stream) const override {
+    sy::adamw_update(p, g, m, v, n, a);
+  }
+  void adamw_update_bf16(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWParams& a,
+                         Stream) const override {
+    sy::adamw_update_bf16(p, g, m, v, n, a);
+  }
+};
+
+std::array<const Backend*, 2>& registry() {
+  static std::array<const Backend*, 2> r{&cpu_backend(), nullptr};
+  return r;
+}
+
+}  // namespace
+
+const Backend& cpu_backend() {
+  static const CpuBackend b;
+  return b;
+}
+
+// The registry lives with the CPU backend, the one backend every build links.
+const Backend& backend(Device d) {
+  const Backend* b = registry()[static_cast<size_t>(d)];
+  SY_CHECK(b, "no {} backend in this build: configure with nvcc on the PATH (CMake builds the CUDA targets "
+           "whenever it finds it) and link switchyard::kernels_cuda", device_name(d));
+  return *b;
+}
+
+void register_backend(Device d, const Backend* b) { registry()[static_cast<size_t>(d)] = b; }
+
+}  // namespace sy

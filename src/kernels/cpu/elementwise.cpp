@@ -1,0 +1,16 @@
+#include "kernels/cpu/elementwise.h"
+
+#include "core/parallel.h"
+
+namespace sy {
+
+void add_vectors(float* z, const float* x, const float* y, int64_t n) {
+  constexpr int64_t kChunk = 4096;  // elements per task
+  parallel_for((n + kChunk - 1) / kChunk, [&](int64_t c) {
+    const int64_t b = c * kChunk, e = b + kChunk < n ? b + kChunk : n;
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) z[i] = x[i] + y[i];
+  });
+}
+
+}  // namespace sy

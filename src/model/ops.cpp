@@ -1,0 +1,74 @@
+#include "model/ops.h"
+
+#include "core/check.h"
+
+namespace sy {
+
+void WgradQueue::add(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O) {
+  const size_t at = store_.size();
+  store_.insert(store_.end(), dout, dout + N * O);
+  tasks_.push_back({dw, at, inp, N, I, O});
+}
+
+void WgradQueue::run(const Backend& be, Stream s) {
+  for (const Task& t : tasks_) be.linear_wgrad(t.dw, store_.data() + t.dout, t.inp, t.N, t.I, t.O, s);
+  tasks_.clear();
+  store_.clear();  // keeps its capacity for the next micro-batch
+}
+
+void mm_forward(const Ops& ops, Fp8Group g, float* out, const float* inp, const float* w, int64_t N, int64_t I,
+                int64_t O, Fp8Saved* save) {
+  SY_CHECK(ops.fp8 || !save, "activations saved in FP8 ({} layer) need an FP8 recipe", to_string(g));
+  if (!ops.fp8) return ops.b().linear_forward(out, inp, w, N, I, O, ops.stream);
+  if (save) save->reset();
+  ops.fp8->forward(g, out, inp, w, N, I, O, save, 0);
+}
+
+void linear_backward(const Ops& ops, float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                     int64_t N, int64_t I, int64_t O, bool accumulate_dinp) {
+  if (dinp) ops.b().linear_dgrad(dinp, dout, w, N, I, O, accumulate_dinp, ops.stream);
+  if (ops.defer) return ops.defer->add(dw, dout, inp, N, I, O);
+  ops.b().linear_wgrad(dw, dout, inp, N, I, O, ops.stream);
+}
+
+void mm_backward(const Ops& ops, Fp8Group g, float* dinp, float* dw, const float* dout, const float* inp,
+                 const float* w, int64_t N, int64_t I, int64_t O, bool accumulate_dinp, const Fp8Saved* saved) {
+  SY_CHECK(ops.fp8 || !saved, "activations saved in FP8 ({} layer) need an FP8 recipe", to_string(g));
+  if (!ops.fp8) return linear_backward(ops, dinp, dw, dout, inp, w, N, I, O, accumulate_dinp);
+  ops.fp8->backward(g, dinp, dw, dout, inp, w, N, I, O, accumulate_dinp, saved, 0);
+}
+
+void grouped_forward(const Ops& ops, float* out, const float* inp, const float* const* w, const int64_t* offsets,
+                     int64_t groups, int64_t I, int64_t O, Fp8Saved* save) {
+  SY_CHECK(ops.fp8 || !save, "expert activations saved in FP8 need an FP8 recipe");
+  if (!ops.fp8) return ops.b().grouped_linear_forward(out, inp, w, offsets, groups, I, O, ops.stream);
+  for (int64_t e = 0; e < groups; ++e) {
+    const int64_t n = offsets[e + 1] - offsets[e];
+    if (n == 0) continue;
+    ops.fp8->forward(Fp8Group::experts, out + offsets[e] * O, inp + offsets[e] * I, w[e], n, I, O, save, offsets[e]);
+  }
+}
+
+void grouped_backward(const Ops& ops, float* dinp, float* const* dw, const float* dout, const float* inp,
+                      const float* const* w, const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
+                      const Fp8Saved* saved) {
+  if (ops.fp8) {
+    for (int64_t e = 0; e < groups; ++e) {
+      const int64_t n = offsets[e + 1] - offsets[e];
+      if (n == 0) continue;
+      const float* inp_e = inp ? inp + offsets[e] * I : nullptr;  // null: saved in FP8
+      ops.fp8->backward(Fp8Group::experts, dinp + offsets[e] * I, dw[e], dout + offsets[e] * O, inp_e, w[e], n, I,
+                        O, false, saved, offsets[e]);
+    }
+    return;
+  }
+  SY_CHECK(inp && !saved, "expert activations saved in FP8 need an FP8 recipe");
+  ops.b().grouped_linear_dgrad(dinp, dout, w, offsets, groups, I, O, ops.stream);
+  if (!ops.defer) return ops.b().grouped_linear_wgrad(dw, dout, inp, offsets, groups, I, O, ops.stream);
+  for (int64_t e = 0; e < groups; ++e) {
+    const int64_t n = offsets[e + 1] - offsets[e];
+    if (n > 0) ops.defer->add(dw[e], dout + offsets[e] * O, inp + offsets[e] * I, n, I, O);
+  }
+}
+
+}  // namespace sy
