@@ -209,6 +209,27 @@ Fp8Matrix to_host(const DeviceFp8& m) {
   return h;
 }
 
+void from_host(DeviceFp8& m, const Fp8Matrix& h) {
+  m.rows = h.rows, m.cols = h.cols, m.fmt = h.fmt, m.mode = h.mode;
+  m.q.resize(h.q.size());
+  m.q.upload(h.q.data(), h.q.size());
+  if (h.mode == ScaleMode::tensor) {
+    m.scale_ld = 1;
+    m.scale_inv.resize(sizeof(float));
+    m.scale_inv.upload(h.scale_inv.data(), sizeof(float));
+    return;
+  }
+  const int64_t sr = scaled_rows(m), kb = m.kblocks();
+  SY_CHECK(static_cast<int64_t>(h.scale_inv.size()) == sr * kb, "FP8 matrix {}x{} ({}) carries {} scales, not {}",
+           h.rows, h.cols, to_string(h.mode), h.scale_inv.size(), sr * kb);
+  m.scale_ld = round_up4(sr);
+  std::vector<float> dev(static_cast<size_t>(m.scale_ld * kb), 0.f);
+  for (int64_t r = 0; r < sr; ++r)
+    for (int64_t b = 0; b < kb; ++b) dev[static_cast<size_t>(b * m.scale_ld + r)] = h.scale_inv[static_cast<size_t>(r * kb + b)];
+  m.scale_inv.resize(dev.size() * sizeof(float));
+  m.scale_inv.upload(dev.data(), dev.size() * sizeof(float));
+}
+
 void fp8_gemm(float* C, const DeviceFp8& A, const DeviceFp8& B, bool accumulate) {
   const int64_t M = A.rows, N = B.rows, K = A.cols;
   SY_CHECK(A.cols == B.cols, "FP8 GEMM: A is {}x{}, B is {}x{}: K differs", A.rows, A.cols, B.rows, B.cols);

@@ -69,6 +69,8 @@ QuantStats quantize(DeviceFp8& out, const float* x_dev, int64_t rows, int64_t co
 
 // The CPU layout of a device matrix (codes and scale_inv), for comparison.
 Fp8Matrix to_host(const DeviceFp8& m);
+// The inverse: a host matrix in the device layout (into out, grown as needed).
+void from_host(DeviceFp8& out, const Fp8Matrix& h);
 
 // C (device, M x N row-major) (+)= A * B^T through cuBLASLt. A.cols == B.cols == K,
 // K a multiple of 16; E5M2 x E5M2 is not a tensor-core combination.

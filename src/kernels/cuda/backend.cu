@@ -1,0 +1,698 @@
+// The CUDA backend (see backend.h). Simple, correct kernels first: one
+// thread per element, row or query, grid-stride loops; the per-element
+// arithmetic is kernels/math.h. Reductions whose order the CPU fixes
+// (embedding, norm-weight and attention key/value gradients) use atomics
+// here, so results agree with the CPU within the gpu tests' tolerances,
+// not bit for bit.
+#include "kernels/cuda/backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+#include "core/check.h"
+#include "kernels/cpu/router.h"
+#include "kernels/cuda/fp8_cuda.h"
+#include "kernels/math.h"
+
+namespace sy::cuda {
+
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  SY_CHECK(e == cudaSuccess, "CUDA: {} failed: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+void check_blas(cublasStatus_t s, const char* what) {
+  SY_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLAS: {} failed with status {}", what, static_cast<int>(s));
+}
+cudaStream_t cs(Stream s) { return static_cast<cudaStream_t>(s.handle); }
+void launched(const char* what) { check_cuda(cudaGetLastError(), what); }
+
+constexpr int kThreads = 256;
+unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>((n + kThreads - 1) / kThreads, 1), 65535));
+}
+#define SY_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); i += int64_t{gridDim.x} * blockDim.x)
+
+// ---- elementwise -----------------------------------------------------------
+__global__ void add_kernel(float* z, const float* x, const float* y, int64_t n) {
+  SY_GRID_LOOP(i, n) z[i] = x[i] + y[i];
+}
+
+__global__ void embedding_fwd_kernel(float* out, const int32_t* tok, const float* wte, int64_t N, int64_t C) {
+  SY_GRID_LOOP(i, N * C) out[i] = wte[int64_t{tok[i / C]} * C + i % C];
+}
+__global__ void embedding_bwd_kernel(float* dwte, const float* dout, const int32_t* tok, int64_t N, int64_t C) {
+  SY_GRID_LOOP(i, N * C) atomicAdd(dwte + int64_t{tok[i / C]} * C + i % C, dout[i]);
+}
+
+__global__ void swiglu_fwd_kernel(float* out, const float* inp, int64_t N, int64_t F) {
+  SY_GRID_LOOP(i, N * F) {
+    const int64_t n = i / F, f = i % F;
+    out[i] = math::swiglu(inp[n * 2 * F + f], inp[n * 2 * F + F + f]);
+  }
+}
+__global__ void swiglu_bwd_kernel(float* dinp, const float* dout, const float* inp, int64_t N, int64_t F) {
+  SY_GRID_LOOP(i, N * F) {
+    const int64_t n = i / F, f = i % F;
+    math::swiglu_grad(inp[n * 2 * F + f], inp[n * 2 * F + F + f], dout[i], dinp + n * 2 * F + f,
+                      dinp + n * 2 * F + F + f);
+  }
+}
+
+__global__ void rope_table_kernel(float* cos_t, float* sin_t, int64_t T, int64_t D, double theta) {
+  const int64_t half = D / 2;
+  SY_GRID_LOOP(k, T * half) {
+    const int64_t t = k / half, i = k % half;
+    const double angle = static_cast<double>(t) / pow(theta, static_cast<double>(2 * i) / static_cast<double>(D));
+    cos_t[k] = static_cast<float>(cos(angle));
+    sin_t[k] = static_cast<float>(sin(angle));
+  }
+}
+__global__ void rope_kernel(float* x, const float* cos_t, const float* sin_t, int64_t N, int64_t T, int64_t heads,
+                            int64_t D, int64_t stride, float sign) {
+  const int64_t half = D / 2;
+  SY_GRID_LOOP(k, N * heads * half) {
+    const int64_t n = k / (heads * half), h = (k / half) % heads, i = k % half, t = n % T;
+    float* v = x + n * stride + h * D;
+    math::rope_pair(v + i, v + i + half, cos_t[t * half + i], sin_t[t * half + i], sign);
+  }
+}
+
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, math::AdamWConsts k) {
+  SY_GRID_LOOP(i, n) math::adamw(p + i, g[i], m + i, v + i, k);
+}
+__global__ void adamw_bf16_kernel(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n,
+                                  math::AdamWConsts k) {
+  SY_GRID_LOOP(i, n) {
+    float mi = math::bf16_value(m[i]), vi = math::bf16_value(v[i]);
+    math::adamw(p + i, g[i], &mi, &vi, k);
+    m[i] = math::bf16_round(mi);
+    v[i] = math::bf16_round(vi);
+  }
+}
+
+// ---- rows: one block per row, a shared-memory tree reduction ---------------
+__device__ float block_sum(float x, float* sh) {
+  sh[threadIdx.x] = x;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  const float r = sh[0];
+  __syncthreads();
+  return r;
+}
+__device__ float block_max(float x, float* sh) {
+  sh[threadIdx.x] = x;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const float r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+__global__ void rmsnorm_fwd_kernel(float* out, float* rstd, const float* inp, const float* w, int64_t C, float eps) {
+  __shared__ float sh[kThreads];
+  const float* x = inp + blockIdx.x * C;
+  float ss = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += x[c] * x[c];
+  const float r = 1.f / sqrtf(block_sum(ss, sh) / static_cast<float>(C) + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[blockIdx.x * C + c] = x[c] * r * w[c];
+}
+__global__ void rmsnorm_bwd_kernel(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                                   const float* rstd, int64_t C) {
+  __shared__ float sh[kThreads];
+  const float* x = inp + blockIdx.x * C;
+  const float* dy = dout + blockIdx.x * C;
+  const float r = rstd[blockIdx.x];
+  float dot = 0.f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += w[c] * dy[c] * x[c];
+  dot = block_sum(dot, sh);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    dinp[blockIdx.x * C + c] += r * w[c] * dy[c] - r * r * r / static_cast<float>(C) * dot * x[c];
+    atomicAdd(dw + c, dy[c] * x[c] * r);
+  }
+}
+
+__global__ void cross_entropy_kernel(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                                     int64_t V, float dscale) {
+  __shared__ float sh[kThreads];
+  const float* z = logits + blockIdx.x * V;
+  float m = -INFINITY;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, z[v]);
+  m = block_max(m, sh);
+  float s = 0.f;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) s += expf(z[v] - m);
+  s = block_sum(s, sh);
+  const int32_t t = targets[blockIdx.x];
+  const float zt = z[t];  // read before dlogits may overwrite it in place
+  __syncthreads();
+  if (threadIdx.x == 0) losses[blockIdx.x] = m + logf(s) - zt;
+  if (!dlogits) return;
+  float* d = dlogits + blockIdx.x * V;
+  const float inv = 1.f / s;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) d[v] = expf(z[v] - m) * inv * dscale - (v == t ? dscale : 0.f);
+}
+
+// ---- attention: one thread per (batch, head, query), online softmax --------
+constexpr int64_t kMaxHead = 256;  // head size the per-thread accumulators hold
+
+__global__ void attention_fwd_kernel(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H,
+                                     int64_t Hkv, int64_t D) {
+  const int64_t R = (H + 2 * Hkv) * D, group = H / Hkv;
+  const float scale = 1.f / sqrtf(static_cast<float>(D));
+  SY_GRID_LOOP(k, B * H * T) {
+    const int64_t b = k / (H * T), h = (k / T) % H, i = k % T, g = h / group;
+    const float* q = qkv + (b * T + i) * R + h * D;
+    float acc[kMaxHead];
+    for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
+    math::OnlineSoftmax sm;
+    for (int64_t j = 0; j <= i; ++j) {
+      const float* kk = qkv + (b * T + j) * R + (H + g) * D;
+      const float* vv = qkv + (b * T + j) * R + (H + Hkv + g) * D;
+      float s = 0.f;
+      for (int64_t d = 0; d < D; ++d) s += q[d] * kk[d];
+      float rescale, w;
+      sm.add(s * scale, &rescale, &w);
+      for (int64_t d = 0; d < D; ++d) acc[d] = acc[d] * rescale + w * vv[d];
+    }
+    float* o = out + (b * T + i) * H * D + h * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / sm.l;
+    lse[(b * H + h) * T + i] = sm.lse();
+  }
+}
+
+__global__ void attention_bwd_kernel(float* dqkv, const float* dout, const float* qkv, const float* out,
+                                     const float* lse, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D) {
+  const int64_t R = (H + 2 * Hkv) * D, group = H / Hkv;
+  const float scale = 1.f / sqrtf(static_cast<float>(D));
+  SY_GRID_LOOP(k, B * H * T) {
+    const int64_t b = k / (H * T), h = (k / T) % H, i = k % T, g = h / group;
+    const float* q = qkv + (b * T + i) * R + h * D;
+    const float* o = out + (b * T + i) * H * D + h * D;
+    const float* dO = dout + (b * T + i) * H * D + h * D;
+    const float L = lse[(b * H + h) * T + i];
+    float delta = 0.f;
+    for (int64_t d = 0; d < D; ++d) delta += dO[d] * o[d];
+    float* dq = dqkv + (b * T + i) * R + h * D;
+    for (int64_t j = 0; j <= i; ++j) {
+      const float* kk = qkv + (b * T + j) * R + (H + g) * D;
+      const float* vv = qkv + (b * T + j) * R + (H + Hkv + g) * D;
+      float s = 0.f, dp = 0.f;
+      for (int64_t d = 0; d < D; ++d) s += q[d] * kk[d], dp += dO[d] * vv[d];
+      const float p = expf(s * scale - L), ds = p * (dp - delta) * scale;
+      float* dk = dqkv + (b * T + j) * R + (H + g) * D;
+      float* dv = dqkv + (b * T + j) * R + (H + Hkv + g) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        dq[d] += ds * kk[d];  // this thread's own query row: no race
+        atomicAdd(dk + d, ds * q[d]);
+        atomicAdd(dv + d, p * dO[d]);
+      }
+    }
+  }
+}
+
+__global__ void attention_cached_kernel(float* out, const float* q, int64_t q_stride, const float* kc, const float* vc,
+                                        int64_t pos0, int64_t n, int64_t H, int64_t Hkv, int64_t D) {
+  const int64_t group = H / Hkv, kv = Hkv * D;
+  const float scale = 1.f / sqrtf(static_cast<float>(D));
+  SY_GRID_LOOP(k, n * H) {
+    const int64_t i = k / H, h = k % H, g = h / group;
+    const float* qq = q + i * q_stride + h * D;
+    float acc[kMaxHead];
+    for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
+    math::OnlineSoftmax sm;
+    for (int64_t j = 0; j <= pos0 + i; ++j) {
+      const float* kk = kc + j * kv + g * D;
+      const float* vv = vc + j * kv + g * D;
+      float s = 0.f;
+      for (int64_t d = 0; d < D; ++d) s += qq[d] * kk[d];
+      float rescale, w;
+      sm.add(s * scale, &rescale, &w);
+      for (int64_t d = 0; d < D; ++d) acc[d] = acc[d] * rescale + w * vv[d];
+    }
+    float* o = out + i * H * D + h * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / sm.l;
+  }
+}
+
+// ---- router: one thread per token (E and K are small) -----------------------
+__global__ void router_scores_kernel(float* scores, float* probs, const float* logits, int64_t N, int64_t E,
+                                     bool softmax) {
+  SY_GRID_LOOP(t, N) {
+    const float* l = logits + t * E;
+    float* s = scores + t * E;
+    float* p = probs + t * E;
+    if (softmax) {
+      float m = l[0], z = 0.f;
+      for (int64_t e = 1; e < E; ++e) m = fmaxf(m, l[e]);
+      for (int64_t e = 0; e < E; ++e) z += expf(l[e] - m);
+      for (int64_t e = 0; e < E; ++e) s[e] = p[e] = expf(l[e] - m) / z;
+    } else {
+      float z = 0.f;
+      for (int64_t e = 0; e < E; ++e) z += (s[e] = math::sigmoid(l[e]));
+      for (int64_t e = 0; e < E; ++e) p[e] = s[e] / z;
+    }
+  }
+}
+
+__global__ void router_topk_kernel(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N,
+                                   int64_t E, int64_t K, bool renormalize) {
+  SY_GRID_LOOP(t, N) {
+    const float* s = scores + t * E;
+    float sum = 0.f;
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t best = -1;
+      float best_v = 0.f;
+      for (int64_t e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int64_t q = 0; q < k; ++q) taken |= idx[t * K + q] == e;
+        const float v = s[e] + (bias ? bias[e] : 0.f);
+        if (!taken && (best < 0 || v > best_v)) best = e, best_v = v;
+      }
+      idx[t * K + k] = static_cast<int32_t>(best);
+      gates[t * K + k] = s[best];
+      sum += s[best];
+    }
+    if (renormalize)
+      for (int64_t k = 0; k < K; ++k) gates[t * K + k] /= sum;
+  }
+}
+
+// scratch: 2 x (N, E) floats (ds, dp per token).
+__global__ void router_bwd_kernel(float* dlogits, const float* dgates, const int32_t* idx, const float* logits,
+                                  const float* scores, const float* probs, const float* daux, float* scratch,
+                                  int64_t N, int64_t E, int64_t K, bool softmax, bool renormalize, float inv_n,
+                                  float c_entropy, float c_z) {
+  SY_GRID_LOOP(t, N) {
+    const float* s = scores + t * E;
+    const float* p = probs + t * E;
+    const float* l = logits + t * E;
+    float* dl = dlogits + t * E;
+    float* ds = scratch + t * E;
+    float* dp = scratch + (N + t) * E;
+    for (int64_t e = 0; e < E; ++e) {
+      ds[e] = 0.f;
+      dp[e] = daux[e] - c_entropy * inv_n * (logf(fmaxf(p[e], 1.17549435e-38f)) + 1.f);
+    }
+    const int32_t* id = idx + t * K;
+    const float* dg = dgates + t * K;
+    if (renormalize) {
+      float z = 0.f, dot = 0.f;
+      for (int64_t k = 0; k < K; ++k) z += s[id[k]];
+      for (int64_t k = 0; k < K; ++k) dot += dg[k] * s[id[k]] / z;
+      for (int64_t k = 0; k < K; ++k) ds[id[k]] += (dg[k] - dot) / z;
+    } else {
+      for (int64_t k = 0; k < K; ++k) ds[id[k]] += dg[k];
+    }
+    if (softmax) {
+      for (int64_t e = 0; e < E; ++e) ds[e] += dp[e];
+      float dot = 0.f;
+      for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
+      for (int64_t e = 0; e < E; ++e) dl[e] = s[e] * (ds[e] - dot);
+    } else {
+      float ssum = 0.f, dot = 0.f;
+      for (int64_t e = 0; e < E; ++e) ssum += s[e], dot += dp[e] * p[e];
+      for (int64_t e = 0; e < E; ++e) ds[e] += (dp[e] - dot) / ssum;
+      for (int64_t e = 0; e < E; ++e) dl[e] = ds[e] * s[e] * (1.f - s[e]);
+    }
+    if (c_z != 0.f) {
+      float m = l[0], z = 0.f;
+      for (int64_t e = 1; e < E; ++e) m = fmaxf(m, l[e]);
+      for (int64_t e = 0; e < E; ++e) z += expf(l[e] - m);
+      const float lse = m + logf(z), k2 = 2.f * c_z * lse * inv_n;
+      for (int64_t e = 0; e < E; ++e) dl[e] += k2 * expf(l[e] - lse);
+    }
+  }
+}
+
+// ---- MoE permutation (contiguous row maps: the device transports' buffers) --
+__global__ void gather_kernel(float* dst, const float* x, const int32_t* row_token, int64_t M, int64_t C) {
+  SY_GRID_LOOP(i, M * C) dst[i] = x[int64_t{row_token[i / C]} * C + i % C];
+}
+__global__ void gather_bwd_kernel(float* dx, const float* src, const int32_t* pos, int64_t N, int64_t K, int64_t C) {
+  SY_GRID_LOOP(i, N * C) {
+    const int64_t t = i / C, c = i % C;
+    float acc = dx[i];
+    for (int64_t k = 0; k < K; ++k)
+      if (pos[t * K + k] >= 0) acc += src[int64_t{pos[t * K + k]} * C + c];
+    dx[i] = acc;
+  }
+}
+__global__ void combine_kernel(float* out, const float* y, float* y_copy, const float* gates, const int32_t* pos,
+                               int64_t N, int64_t K, int64_t C) {
+  SY_GRID_LOOP(i, N * C) {
+    const int64_t t = i / C, c = i % C;
+    float acc = out[i];
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t r = pos[t * K + k];
+      if (r < 0) continue;
+      acc += gates[t * K + k] * y[r * C + c];
+      if (y_copy) y_copy[r * C + c] = y[r * C + c];
+    }
+    out[i] = acc;
+  }
+}
+__global__ void combine_bwd_rows_kernel(float* dy, const float* dout, const float* gates, const int32_t* pos,
+                                        int64_t N, int64_t K, int64_t C) {
+  SY_GRID_LOOP(i, N * K * C) {
+    const int64_t tk = i / C, c = i % C, r = pos[tk];
+    if (r >= 0) dy[r * C + c] = gates[tk] * dout[(tk / K) * C + c];
+  }
+}
+__global__ void combine_bwd_gates_kernel(float* dgates, const float* dout, const float* y, const int32_t* pos,
+                                         int64_t N, int64_t K, int64_t C) {
+  SY_GRID_LOOP(tk, N * K) {
+    const int64_t r = pos[tk], t = tk / K;
+    float dot = 0.f;
+    if (r >= 0)
+      for (int64_t c = 0; c < C; ++c) dot += dout[t * C + c] * y[r * C + c];
+    dgates[tk] = dot;
+  }
+}
+
+float* contiguous(RowMap m, const char* op) {
+  SY_CHECK(m.local, "{} on the CUDA backend: rows scattered over shared-memory segments are a CPU transport's; "
+           "the device transports use contiguous buffers", op);
+  return m.local;
+}
+
+// ---- the backend ---------------------------------------------------------------
+class DeviceAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::cuda; }
+  void* allocate(size_t bytes, size_t) override {  // cudaMalloc aligns to 256 bytes
+    void* p = nullptr;
+    check_cuda(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc");
+    return p;
+  }
+  void deallocate(void* p, size_t, size_t) override { cudaFree(p); }
+};
+
+// Host copies of small device arrays (router statistics), pinned-free: the
+// sizes are N x E.
+template <class T>
+std::vector<T> to_host(const T* dev, int64_t n, Stream s) {
+  std::vector<T> h(static_cast<size_t>(n));
+  if (n > 0) check_cuda(cudaMemcpyAsync(h.data(), dev, sizeof(T) * static_cast<size_t>(n), cudaMemcpyDeviceToHost, cs(s)),
+                        "copy to host");
+  check_cuda(cudaStreamSynchronize(cs(s)), "cudaStreamSynchronize");
+  return h;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() { check_blas(cublasCreate(&blas_), "cublasCreate"); }
+  ~CudaBackend() override { cublasDestroy(blas_); }
+
+  Device device() const override { return Device::cuda; }
+  const char* name() const override { return "cuda"; }
+  Allocator& allocator() const override { return alloc_; }
+  void copy(void* dst, const void* src, size_t bytes, Stream s) const override {
+    if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cs(s)), "cudaMemcpyAsync");
+  }
+  void zero(void* dst, size_t bytes, Stream s) const override {
+    if (bytes) check_cuda(cudaMemsetAsync(dst, 0, bytes, cs(s)), "cudaMemsetAsync");
+  }
+  void synchronize(Stream s) const override { check_cuda(cudaStreamSynchronize(cs(s)), "cudaStreamSynchronize"); }
+
+  void add(float* z, const float* x, const float* y, int64_t n, Stream s) const override {
+    add_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(z, x, y, n);
+    launched("add");
+  }
+
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, Stream s) const override {
+    if (M == 0 || N == 0) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    check_blas(cublasSetStream(blas_, cs(s)), "cublasSetStream");
+    check_blas(cublasSgemm(blas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N),
+                           static_cast<int>(M), static_cast<int>(K), &alpha, B, static_cast<int>(ldb), A,
+                           static_cast<int>(lda), &beta, C, static_cast<int>(ldc)),
+               "cublasSgemm");
+  }
+  void linear_forward(float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                      Stream s) const override {
+    gemm(false, true, N, O, I, 1.f, inp, I, w, I, 0.f, out, O, s);
+  }
+  void linear_dgrad(float* dinp, const float* dout, const float* w, int64_t N, int64_t I, int64_t O, bool acc,
+                    Stream s) const override {
+    if (dinp) gemm(false, false, N, I, O, 1.f, dout, O, w, I, acc ? 1.f : 0.f, dinp, I, s);
+  }
+  void linear_wgrad(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O,
+                    Stream s) const override {
+    gemm(true, false, O, I, N, 1.f, dout, O, inp, I, 1.f, dw, I, s);
+  }
+  // offsets and the weight pointers are host arrays (the plan is host data);
+  // the GEMMs queue on the stream without a host round trip between them.
+  void grouped_linear_forward(float* out, const float* inp, const float* const* w, const int64_t* offsets,
+                              int64_t groups, int64_t I, int64_t O, Stream s) const override {
+    for (int64_t e = 0; e < groups; ++e)
+      linear_forward(out + offsets[e] * O, inp + offsets[e] * I, w[e], offsets[e + 1] - offsets[e], I, O, s);
+  }
+  void grouped_linear_dgrad(float* dinp, const float* dout, const float* const* w, const int64_t* offsets,
+                            int64_t groups, int64_t I, int64_t O, Stream s) const override {
+    for (int64_t e = 0; e < groups; ++e)
+      linear_dgrad(dinp + offsets[e] * I, dout + offsets[e] * O, w[e], offsets[e + 1] - offsets[e], I, O, false, s);
+  }
+  void grouped_linear_wgrad(float* const* dw, const float* dout, const float* inp, const int64_t* offsets,
+                            int64_t groups, int64_t I, int64_t O, Stream s) const override {
+    for (int64_t e = 0; e < groups; ++e)
+      if (offsets[e + 1] > offsets[e])
+        linear_wgrad(dw[e], dout + offsets[e] * O, inp + offsets[e] * I, offsets[e + 1] - offsets[e], I, O, s);
+  }
+
+  // FP8 through kernels/cuda/fp8_cuda.h (default stream, synchronised). The
+  // interface's Fp8Matrix is host storage: the codes and scales travel.
+  QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
+                          bool transpose, Stream s) const override {
+    synchronize(s);
+    std::lock_guard<std::mutex> lk(mu_);
+    QuantStats st = quantize(fp8_a_, x, rows, cols, o, transpose);
+    out = to_host(fp8_a_);
+    return st;
+  }
+  void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, Stream s) const override {
+    synchronize(s);
+    std::lock_guard<std::mutex> lk(mu_);
+    from_host(fp8_a_, A);
+    from_host(fp8_b_, B);
+    cuda::fp8_gemm(C, fp8_a_, fp8_b_, accumulate);
+  }
+
+  void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                         int64_t D, Stream s) const override {
+    SY_CHECK(D <= kMaxHead, "attention on the CUDA backend: head size {} above {}", D, kMaxHead);
+    attention_fwd_kernel<<<blocks_for(B * H * T), kThreads, 0, cs(s)>>>(out, lse, qkv, B, T, H, Hkv, D);
+    launched("attention_forward");
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+                          int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, Stream s) const override {
+    zero(dqkv, sizeof(float) * static_cast<size_t>(B * T * (H + 2 * Hkv) * D), s);
+    attention_bwd_kernel<<<blocks_for(B * H * T), kThreads, 0, cs(s)>>>(dqkv, dout, qkv, out, lse, B, T, H, Hkv, D);
+    launched("attention_backward");
+  }
+  void attention_cached(float* out, const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                        int64_t pos0, int64_t n, int64_t H, int64_t Hkv, int64_t D, Stream s) const override {
+    SY_CHECK(D <= kMaxHead, "attention on the CUDA backend: head size {} above {}", D, kMaxHead);
+    attention_cached_kernel<<<blocks_for(n * H), kThreads, 0, cs(s)>>>(out, q, q_stride, k_cache, v_cache, pos0, n,
+                                                                         H, Hkv, D);
+    launched("attention_cached");
+  }
+
+  void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int64_t N, int64_t C, float eps,
+                       Stream s) const override {
+    if (N > 0) rmsnorm_fwd_kernel<<<static_cast<unsigned>(N), kThreads, 0, cs(s)>>>(out, rstd, inp, w, C, eps);
+    launched("rmsnorm_forward");
+  }
+  void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                        const float* rstd, int64_t N, int64_t C, Stream s) const override {
+    if (N > 0) rmsnorm_bwd_kernel<<<static_cast<unsigned>(N), kThreads, 0, cs(s)>>>(dinp, dw, dout, inp, w, rstd, C);
+    launched("rmsnorm_backward");
+  }
+
+  void rope_table(float* cos_t, float* sin_t, int64_t T, int64_t D, double theta, Stream s) const override {
+    rope_table_kernel<<<blocks_for(T * D / 2), kThreads, 0, cs(s)>>>(cos_t, sin_t, T, D, theta);
+    launched("rope_table");
+  }
+  void rope_forward(float* x, const float* cos_t, const float* sin_t, int64_t N, int64_t T, int64_t heads, int64_t D,
+                    int64_t stride, Stream s) const override {
+    rope_kernel<<<blocks_for(N * heads * D / 2), kThreads, 0, cs(s)>>>(x, cos_t, sin_t, N, T, heads, D, stride, 1.f);
+    launched("rope_forward");
+  }
+  void rope_backward(float* dx, const float* cos_t, const float* sin_t, int64_t N, int64_t T, int64_t heads,
+                     int64_t D, int64_t stride, Stream s) const override {
+    rope_kernel<<<blocks_for(N * heads * D / 2), kThreads, 0, cs(s)>>>(dx, cos_t, sin_t, N, T, heads, D, stride, -1.f);
+    launched("rope_backward");
+  }
+
+  void swiglu_forward(float* out, const float* inp, int64_t N, int64_t F, Stream s) const override {
+    swiglu_fwd_kernel<<<blocks_for(N * F), kThreads, 0, cs(s)>>>(out, inp, N, F);
+    launched("swiglu_forward");
+  }
+  void swiglu_backward(float* dinp, const float* dout, const float* inp, int64_t N, int64_t F,
+                       Stream s) const override {
+    swiglu_bwd_kernel<<<blocks_for(N * F), kThreads, 0, cs(s)>>>(dinp, dout, inp, N, F);
+    launched("swiglu_backward");
+  }
+
+  void embedding_forward(float* out, const int32_t* tokens, const float* wte, int64_t N, int64_t C,
+                         Stream s) const override {
+    embedding_fwd_kernel<<<blocks_for(N * C), kThreads, 0, cs(s)>>>(out, tokens, wte, N, C);
+    launched("embedding_forward");
+  }
+  void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int64_t N, int64_t C,
+                          Stream s) const override {
+    embedding_bwd_kernel<<<blocks_for(N * C), kThreads, 0, cs(s)>>>(dwte, dout, tokens, N, C);
+    launched("embedding_backward");
+  }
+  void cross_entropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int64_t N, int64_t V,
+                     float dscale, Stream s) const override {
+    if (N > 0)
+      cross_entropy_kernel<<<static_cast<unsigned>(N), kThreads, 0, cs(s)>>>(losses, dlogits, logits, targets, V,
+                                                                              dscale);
+    launched("cross_entropy");
+  }
+
+  void router_scores(float* scores, float* probs, const float* logits, int64_t N, int64_t E, ScoreFn fn,
+                     Stream s) const override {
+    router_scores_kernel<<<blocks_for(N), kThreads, 0, cs(s)>>>(scores, probs, logits, N, E, fn == ScoreFn::softmax);
+    launched("router_scores");
+  }
+  void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
+                   bool renormalize, Stream s) const override {
+    router_topk_kernel<<<blocks_for(N), kThreads, 0, cs(s)>>>(idx, gates, scores, bias, N, E, K, renormalize);
+    launched("router_topk");
+  }
+  // Statistics the host needs: computed there from copies (N x E values), in
+  // the CPU's order, so they match the CPU backend exactly for equal inputs.
+  double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
+                       Stream s) const override {
+    const auto hi = to_host(idx, N * K, s);
+    const auto hs = to_host(scores, N * E, s);
+    const auto hb = bias ? to_host(bias, E, s) : std::vector<float>();
+    return sy::router_margin(hi.data(), hs.data(), bias ? hb.data() : nullptr, N, E, K);
+  }
+  void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs, int64_t N, int64_t E,
+                   int64_t K, Stream s) const override {
+    const auto hi = to_host(idx, N * K, s);
+    const auto hl = to_host(logits, N * E, s);
+    const auto hp = to_host(probs, N * E, s);
+    sy::router_sums(sums, hi.data(), hl.data(), hp.data(), N, E, K);
+  }
+  RouterLosses router_losses(const RouterSums& sums, int64_t Ntot, int64_t E, int64_t K) const override {
+    return sy::router_losses(sums, Ntot, E, K);
+  }
+  void router_backward(float* dlogits, const float* dgates, const int32_t* idx, const float* logits,
+                       const float* scores, const float* probs, const RouterSums& sums, int64_t N, int64_t Ntot,
+                       int64_t E, int64_t K, ScoreFn fn, bool renormalize, RouterCoefs coefs,
+                       Stream s) const override {
+    const float inv_n = 1.f / static_cast<float>(Ntot);
+    std::vector<float> daux(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e)
+      daux[static_cast<size_t>(e)] = coefs.aux * static_cast<float>(E) *
+                                     static_cast<float>(sums.counts[static_cast<size_t>(e)] /
+                                                        (static_cast<double>(Ntot) * K)) * inv_n;
+    std::lock_guard<std::mutex> lk(mu_);
+    router_scratch_.resize(sizeof(float) * static_cast<size_t>(E + 2 * N * E));
+    float* d_daux = router_scratch_.as<float>();
+    copy(d_daux, daux.data(), sizeof(float) * daux.size(), s);
+    router_bwd_kernel<<<blocks_for(N), kThreads, 0, cs(s)>>>(dlogits, dgates, idx, logits, scores, probs, d_daux,
+                                                               d_daux + E, N, E, K, fn == ScoreFn::softmax,
+                                                               renormalize, inv_n, coefs.entropy, coefs.z);
+    launched("router_backward");
+    synchronize(s);  // the host daux and the shared scratch are reused by the next call
+  }
+
+  void moe_gather(RowMap dst, const float* x, const int32_t* row_token, int64_t M, int64_t C, Stream s) const override {
+    gather_kernel<<<blocks_for(M * C), kThreads, 0, cs(s)>>>(contiguous(dst, "moe_gather"), x, row_token, M, C);
+    launched("moe_gather");
+  }
+  void moe_gather_backward(float* dx, RowMap src, const int32_t* pos, int64_t N, int64_t K, int64_t C,
+                           Stream s) const override {
+    gather_bwd_kernel<<<blocks_for(N * C), kThreads, 0, cs(s)>>>(dx, contiguous(src, "moe_gather_backward"), pos, N,
+                                                                   K, C);
+    launched("moe_gather_backward");
+  }
+  void moe_combine(float* out, RowMap y, float* y_copy, const float* gates, const int32_t* pos, int64_t N, int64_t K,
+                   int64_t C, Stream s) const override {
+    combine_kernel<<<blocks_for(N * C), kThreads, 0, cs(s)>>>(out, contiguous(y, "moe_combine"), y_copy, gates, pos,
+                                                                N, K, C);
+    launched("moe_combine");
+  }
+  void moe_combine_backward(RowMap dy, float* dgates, const float* dout, RowMap y, const float* gates,
+                            const int32_t* pos, int64_t N, int64_t K, int64_t C, Stream s) const override {
+    combine_bwd_rows_kernel<<<blocks_for(N * K * C), kThreads, 0, cs(s)>>>(contiguous(dy, "moe_combine_backward"),
+                                                                             dout, gates, pos, N, K, C);
+    combine_bwd_gates_kernel<<<blocks_for(N * K), kThreads, 0, cs(s)>>>(dgates, dout,
+                                                                          contiguous(y, "moe_combine_backward"), pos,
+                                                                          N, K, C);
+    launched("moe_combine_backward");
+  }
+
+  void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a,
+                    Stream s) const override {
+    adamw_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(p, g, m, v, n, consts(a));
+    launched("adamw_update");
+  }
+  void adamw_update_bf16(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWParams& a,
+                         Stream s) const override {
+    adamw_bf16_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(p, g, m, v, n, consts(a));
+    launched("adamw_update_bf16");
+  }
+
+ private:
+  // The bias corrections in double, as the CPU computes them.
+  static math::AdamWConsts consts(const AdamWParams& a) {
+    const double bc1 = 1.0 - std::pow(double(a.beta1), double(a.step));
+    const double bc2 = 1.0 - std::pow(double(a.beta2), double(a.step));
+    return {1.f - a.lr * a.weight_decay, a.beta1, a.beta2, a.eps, a.grad_scale, static_cast<float>(a.lr / bc1),
+            static_cast<float>(std::sqrt(bc2))};
+  }
+
+  cublasHandle_t blas_ = nullptr;
+  mutable std::mutex mu_;  // the cuBLAS handle's stream and the scratch below
+  mutable DeviceAllocator alloc_;
+  mutable DeviceFp8 fp8_a_, fp8_b_;
+  mutable DeviceBuffer router_scratch_;
+};
+
+}  // namespace
+
+const Backend* backend_or_null(std::string* why) {
+  static std::once_flag once;
+  static const CudaBackend* instance = nullptr;
+  static std::string reason;
+  std::call_once(once, [] {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      reason = e != cudaSuccess ? std::string("no usable CUDA driver/device: ") + cudaGetErrorString(e)
+                                : std::string("no CUDA device");
+      return;
+    }
+    instance = new CudaBackend();  // lives for the process (handles outlive every user)
+  });
+  if (!instance && why) *why = reason;
+  return instance;
+}
+
+bool register_backend(std::string* why) {
+  const Backend* b = backend_or_null(why);
+  if (b) sy::register_backend(Device::cuda, b);
+  return b != nullptr;
+}
+
+}  // namespace sy::cuda

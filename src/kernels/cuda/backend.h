@@ -1,0 +1,24 @@
+// The CUDA backend: the op interface (kernels/backend.h) on an NVIDIA GPU.
+// GEMMs through cuBLAS (FP32) and cuBLASLt (FP8, kernels/cuda/fp8_cuda.h);
+// every other op a kernel of its own in backend.cu whose per-element math is
+// kernels/math.h (shared with the CPU test). Memory from cudaMalloc through
+// the backend's allocator (arenas take it once: no allocation inside a
+// step); every op is ordered on the Stream it is given.
+//
+// Status: compiled and linked in every CI run; the gpu-labelled tests
+// (tests/unit/kernels/test_cuda_backend.cpp) compare each op with the CPU
+// backend and skip without a GPU. Not yet run on a GPU.
+#pragma once
+
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace sy::cuda {
+
+// The CUDA backend if a device is usable (else null, the reason in *why).
+const Backend* backend_or_null(std::string* why = nullptr);
+// Registers it as backend(Device::cuda); false (and why) without a device.
+bool register_backend(std::string* why = nullptr);
+
+}  // namespace sy::cuda

@@ -1,0 +1,234 @@
+// Every op of the CUDA backend against the CPU backend on random inputs and
+// odd shapes (label gpu). Without a GPU every test skips, saying why.
+//
+// Tolerances (one table): FP32 ops whose GPU kernel sums the same terms in
+// another order (cuBLAS GEMMs, row reductions, atomics) agree to a relative
+// 1e-4 of the largest value (FP32 GEMMs over K <= 512 with TF32 off);
+// elementwise ops whose math is kernels/math.h on both sides agree to 1e-6
+// (expf on the device is within 2 ulps of the host's).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/backend.h"
+#include "kernels/cuda/backend.h"
+#include "testing.h"
+
+namespace sy {
+namespace {
+
+constexpr double kReduceTol = 1e-4;   // summation order differs
+constexpr double kElementTol = 1e-6;  // the same formula, device libm
+
+const Backend* gpu(std::string* why) { return cuda::backend_or_null(why); }
+
+#define SY_NEED_GPU()                      \
+  std::string why_;                        \
+  const Backend* G = gpu(&why_);           \
+  if (!G) GTEST_SKIP() << "no GPU: " << why_; \
+  const Backend& C = cpu_backend()
+
+// A device copy of a host vector, freed with the object.
+template <class T>
+struct Dev {
+  const Backend& be;
+  size_t n;
+  T* p;
+  Dev(const Backend& b, const std::vector<T>& h) : be(b), n(h.size()) {
+    p = static_cast<T*>(be.allocator().allocate(std::max<size_t>(n, 1) * sizeof(T), 256));
+    be.copy(p, h.data(), n * sizeof(T), {});
+  }
+  ~Dev() { be.allocator().deallocate(p, n * sizeof(T), 256); }
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    be.copy(h.data(), p, n * sizeof(T), {});
+    be.synchronize({});
+    return h;
+  }
+};
+
+double rel_to_max(const std::vector<float>& got, const std::vector<float>& want) {
+  double m = 1e-30, e = 0;
+  for (size_t i = 0; i < want.size(); ++i) m = std::max(m, std::fabs(double(want[i])));
+  for (size_t i = 0; i < want.size(); ++i) e = std::max(e, std::fabs(double(got[i]) - want[i]));
+  return e / m;
+}
+
+TEST(CudaBackend, GemmAllTransposes) {
+  SY_NEED_GPU();
+  const int64_t M = 37, N = 29, K = 61;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      auto A = test::randn(M * K, 1), B = test::randn(K * N, 2), Cm = test::randn(M * N, 3);
+      std::vector<float> want = Cm;
+      C.gemm(ta, tb, M, N, K, 0.7f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.3f, want.data(), N, {});
+      Dev<float> a(*G, A), b(*G, B), c(*G, Cm);
+      G->gemm(ta, tb, M, N, K, 0.7f, a.p, ta ? M : K, b.p, tb ? K : N, 0.3f, c.p, N, {});
+      EXPECT_LT(rel_to_max(c.host(), want), kReduceTol) << ta << tb;
+    }
+}
+
+TEST(CudaBackend, ElementwiseOps) {
+  SY_NEED_GPU();
+  const int64_t N = 45, F = 77, C2 = 2 * F;
+  auto inp = test::randn(N * C2, 4, 2.f), dout = test::randn(N * F, 5);
+  std::vector<float> out(N * F), din(N * C2);
+  C.swiglu_forward(out.data(), inp.data(), N, F, {});
+  C.swiglu_backward(din.data(), dout.data(), inp.data(), N, F, {});
+  Dev<float> di(*G, inp), dd(*G, dout), go(*G, out), gd(*G, din);
+  G->swiglu_forward(go.p, di.p, N, F, {});
+  G->swiglu_backward(gd.p, dd.p, di.p, N, F, {});
+  EXPECT_LT(rel_to_max(go.host(), out), kElementTol);
+  EXPECT_LT(rel_to_max(gd.host(), din), kElementTol);
+
+  std::vector<float> z(N * F);
+  C.add(z.data(), out.data(), dout.data(), N * F, {});
+  Dev<float> gz(*G, z);
+  G->add(gz.p, go.p, dd.p, N * F, {});
+  EXPECT_LT(rel_to_max(gz.host(), z), kElementTol);
+}
+
+TEST(CudaBackend, NormRopeEmbeddingCrossEntropy) {
+  SY_NEED_GPU();
+  const int64_t N = 19, Cc = 72, T = 19, H = 3, D = 24, V = 131;
+  auto x = test::randn(N * Cc, 6), w = test::randn(Cc, 7), dy = test::randn(N * Cc, 8);
+  std::vector<float> y(N * Cc), rstd(N), dx(N * Cc, 0.f), dw(Cc, 0.f);
+  C.rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, Cc, 1e-5f, {});
+  C.rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, Cc, {});
+  Dev<float> gx(*G, x), gw(*G, w), gdy(*G, dy), gy(*G, y), gr(*G, rstd), gdx(*G, std::vector<float>(N * Cc, 0.f)),
+      gdw(*G, std::vector<float>(Cc, 0.f));
+  G->rmsnorm_forward(gy.p, gr.p, gx.p, gw.p, N, Cc, 1e-5f, {});
+  G->rmsnorm_backward(gdx.p, gdw.p, gdy.p, gx.p, gw.p, gr.p, N, Cc, {});
+  EXPECT_LT(rel_to_max(gy.host(), y), kReduceTol);
+  EXPECT_LT(rel_to_max(gdx.host(), dx), kReduceTol);
+  EXPECT_LT(rel_to_max(gdw.host(), dw), kReduceTol);
+
+  std::vector<float> cs(T * D / 2), sn(T * D / 2);
+  C.rope_table(cs.data(), sn.data(), T, D, 10000.0, {});
+  Dev<float> gc(*G, cs), gs(*G, sn);
+  G->rope_table(gc.p, gs.p, T, D, 10000.0, {});
+  EXPECT_LT(rel_to_max(gc.host(), cs), kElementTol);
+  auto q = test::randn(N * H * D, 9), q2 = q;
+  C.rope_forward(q.data(), cs.data(), sn.data(), N, T, H, D, H * D, {});
+  Dev<float> gq(*G, q2);
+  G->rope_forward(gq.p, gc.p, gs.p, N, T, H, D, H * D, {});
+  EXPECT_LT(rel_to_max(gq.host(), q), kElementTol);
+
+  std::vector<int32_t> tok(N);
+  for (int64_t i = 0; i < N; ++i) tok[i] = static_cast<int32_t>((i * 37) % V);
+  auto wte = test::randn(V * Cc, 10);
+  std::vector<float> e(N * Cc), dwte(V * Cc, 0.f);
+  C.embedding_forward(e.data(), tok.data(), wte.data(), N, Cc, {});
+  C.embedding_backward(dwte.data(), dy.data(), tok.data(), N, Cc, {});
+  Dev<int32_t> gt(*G, tok);
+  Dev<float> gwte(*G, wte), ge(*G, e), gdwte(*G, std::vector<float>(V * Cc, 0.f));
+  G->embedding_forward(ge.p, gt.p, gwte.p, N, Cc, {});
+  G->embedding_backward(gdwte.p, gdy.p, gt.p, N, Cc, {});
+  EXPECT_EQ(ge.host(), e);
+  EXPECT_LT(rel_to_max(gdwte.host(), dwte), kReduceTol);
+
+  auto logits = test::randn(N * V, 11, 3.f);
+  std::vector<float> loss(N), dl(N * V);
+  C.cross_entropy(loss.data(), dl.data(), logits.data(), tok.data(), N, V, 0.25f, {});
+  Dev<float> gl(*G, logits), gloss(*G, loss), gdl(*G, dl);
+  G->cross_entropy(gloss.p, gdl.p, gl.p, gt.p, N, V, 0.25f, {});
+  EXPECT_LT(rel_to_max(gloss.host(), loss), kReduceTol);
+  EXPECT_LT(rel_to_max(gdl.host(), dl), kReduceTol);
+}
+
+TEST(CudaBackend, AttentionForwardBackwardAndCached) {
+  SY_NEED_GPU();
+  const int64_t B = 2, T = 21, H = 4, Hkv = 2, D = 16, R = (H + 2 * Hkv) * D;
+  auto qkv = test::randn(B * T * R, 12), dout = test::randn(B * T * H * D, 13);
+  std::vector<float> out(B * T * H * D), lse(B * H * T), dqkv(B * T * R);
+  C.attention_forward(out.data(), lse.data(), qkv.data(), B, T, H, Hkv, D, {});
+  C.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B, T, H, Hkv, D, {});
+  Dev<float> g(*G, qkv), gd(*G, dout), go(*G, out), gl(*G, lse), gdq(*G, dqkv);
+  G->attention_forward(go.p, gl.p, g.p, B, T, H, Hkv, D, {});
+  G->attention_backward(gdq.p, gd.p, g.p, go.p, gl.p, B, T, H, Hkv, D, {});
+  EXPECT_LT(rel_to_max(go.host(), out), kReduceTol);
+  EXPECT_LT(rel_to_max(gl.host(), lse), kReduceTol);
+  EXPECT_LT(rel_to_max(gdq.host(), dqkv), kReduceTol);
+}
+
+TEST(CudaBackend, RouterAndPermutation) {
+  SY_NEED_GPU();
+  const int64_t N = 53, E = 12, K = 3, Cc = 40;
+  auto logits = test::randn(N * E, 14, 2.f), bias = test::randn(E, 15, 0.1f), dg = test::randn(N * K, 16);
+  for (ScoreFn fn : {ScoreFn::softmax, ScoreFn::sigmoid}) {
+    std::vector<float> s(N * E), p(N * E), gates(N * K), dl(N * E);
+    std::vector<int32_t> idx(N * K);
+    C.router_scores(s.data(), p.data(), logits.data(), N, E, fn, {});
+    C.router_topk(idx.data(), gates.data(), s.data(), bias.data(), N, E, K, true, {});
+    RouterSums sums(E);
+    C.router_sums(sums, idx.data(), logits.data(), p.data(), N, E, K, {});
+    C.router_backward(dl.data(), dg.data(), idx.data(), logits.data(), s.data(), p.data(), sums, N, N, E, K, fn, true,
+                      {0.01f, 0.001f, 0.002f}, {});
+    Dev<float> gl(*G, logits), gb(*G, bias), gs(*G, s), gp(*G, p), gg(*G, gates), gdg(*G, dg), gdl(*G, dl);
+    Dev<int32_t> gi(*G, idx);
+    G->router_scores(gs.p, gp.p, gl.p, N, E, fn, {});
+    G->router_topk(gi.p, gg.p, gs.p, gb.p, N, E, K, true, {});
+    EXPECT_LT(rel_to_max(gs.host(), s), kElementTol);
+    EXPECT_EQ(gi.host(), idx);
+    RouterSums gsums(E);
+    G->router_sums(gsums, gi.p, gl.p, gp.p, N, E, K, {});
+    EXPECT_EQ(gsums.counts, sums.counts);
+    G->router_backward(gdl.p, gdg.p, gi.p, gl.p, gs.p, gp.p, gsums, N, N, E, K, fn, true, {0.01f, 0.001f, 0.002f}, {});
+    EXPECT_LT(rel_to_max(gdl.host(), dl), kReduceTol);
+  }
+  // Gather, combine and their backward on contiguous rows; a dropped pick (-1).
+  auto x = test::randn(N * Cc, 17), dout = test::randn(N * Cc, 18), gates = test::randn(N * K, 19);
+  std::vector<int32_t> pos(N * K), row_token;
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      pos[t * K + k] = (t + k) % 7 == 0 ? -1 : static_cast<int32_t>(row_token.size());
+      if (pos[t * K + k] >= 0) row_token.push_back(static_cast<int32_t>(t));
+    }
+  const int64_t M = static_cast<int64_t>(row_token.size());
+  std::vector<float> rows(M * Cc), out(N * Cc, 0.f), dx(N * Cc, 0.f), dy(M * Cc), dgt(N * K);
+  C.moe_gather(RowMap::contiguous(rows.data()), x.data(), row_token.data(), M, Cc, {});
+  C.moe_combine(out.data(), RowMap::contiguous(rows.data()), nullptr, gates.data(), pos.data(), N, K, Cc, {});
+  C.moe_combine_backward(RowMap::contiguous(dy.data()), dgt.data(), dout.data(), RowMap::contiguous(rows.data()),
+                         gates.data(), pos.data(), N, K, Cc, {});
+  C.moe_gather_backward(dx.data(), RowMap::contiguous(dy.data()), pos.data(), N, K, Cc, {});
+  Dev<float> gx(*G, x), gd(*G, dout), gg(*G, gates), grows(*G, rows), gout(*G, std::vector<float>(N * Cc, 0.f)),
+      gdx(*G, std::vector<float>(N * Cc, 0.f)), gdy(*G, dy), gdgt(*G, dgt);
+  Dev<int32_t> gpos(*G, pos), grt(*G, row_token);
+  G->moe_gather(RowMap::contiguous(grows.p), gx.p, grt.p, M, Cc, {});
+  G->moe_combine(gout.p, RowMap::contiguous(grows.p), nullptr, gg.p, gpos.p, N, K, Cc, {});
+  G->moe_combine_backward(RowMap::contiguous(gdy.p), gdgt.p, gd.p, RowMap::contiguous(grows.p), gg.p, gpos.p, N, K,
+                          Cc, {});
+  G->moe_gather_backward(gdx.p, RowMap::contiguous(gdy.p), gpos.p, N, K, Cc, {});
+  EXPECT_EQ(grows.host(), rows);
+  EXPECT_LT(rel_to_max(gout.host(), out), kReduceTol);
+  EXPECT_LT(rel_to_max(gdy.host(), dy), kElementTol);
+  EXPECT_LT(rel_to_max(gdgt.host(), dgt), kReduceTol);
+  EXPECT_LT(rel_to_max(gdx.host(), dx), kReduceTol);
+}
+
+TEST(CudaBackend, AdamwFp32AndBf16MomentsAreTheCpuUpdate) {
+  SY_NEED_GPU();
+  const int64_t n = 4099;
+  auto p = test::randn(n, 20), g = test::randn(n, 21, 1e-2f);
+  std::vector<float> m(n, 0.f), v(n, 0.f);
+  AdamWParams a{1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 3, 1.f};
+  Dev<float> gp(*G, p), gg(*G, g), gm(*G, m), gv(*G, v);
+  C.adamw_update(p.data(), g.data(), m.data(), v.data(), n, a, {});
+  G->adamw_update(gp.p, gg.p, gm.p, gv.p, n, a, {});
+  EXPECT_LT(rel_to_max(gp.host(), p), kElementTol);
+  EXPECT_LT(rel_to_max(gm.host(), m), kElementTol);
+  std::vector<uint16_t> m16(n, 0), v16(n, 0);
+  Dev<uint16_t> gm16(*G, m16), gv16(*G, v16);
+  C.adamw_update_bf16(p.data(), g.data(), m16.data(), v16.data(), n, a, {});
+  G->adamw_update_bf16(gp.p, gg.p, gm16.p, gv16.p, n, a, {});
+  EXPECT_LT(rel_to_max(gp.host(), p), kElementTol);
+  int differ = 0;  // BF16 moments: a last-bit difference in FP32 may round to the neighbouring BF16
+  for (int64_t i = 0; i < n; ++i) differ += gm16.host()[static_cast<size_t>(i)] != m16[static_cast<size_t>(i)];
+  EXPECT_LE(differ, n / 100);
+}
+
+}  // namespace
+}  // namespace sy
