@@ -226,7 +226,8 @@ TEST(CudaBackend, AdamwFp32AndBf16MomentsAreTheCpuUpdate) {
   G->adamw_update_bf16(gp.p, gg.p, gm16.p, gv16.p, n, a, {});
   EXPECT_LT(rel_to_max(gp.host(), p), kElementTol);
   int differ = 0;  // BF16 moments: a last-bit difference in FP32 may round to the neighbouring BF16
-  for (int64_t i = 0; i < n; ++i) differ += gm16.host()[static_cast<size_t>(i)] != m16[static_cast<size_t>(i)];
+  const std::vector<uint16_t> got16 = gm16.host();
+  for (int64_t i = 0; i < n; ++i) differ += got16[static_cast<size_t>(i)] != m16[static_cast<size_t>(i)];
   EXPECT_LE(differ, n / 100);
 }
 
