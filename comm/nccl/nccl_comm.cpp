@@ -1,0 +1,189 @@
+#include "comm/nccl/nccl_comm.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "core/check.h"
+
+namespace sy::nccl {
+
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  SY_CHECK(e == cudaSuccess, "CUDA: {} failed: {}", what, cudaGetErrorString(e));
+}
+void check_nccl(ncclResult_t r, const char* what) {
+  SY_CHECK(r == ncclSuccess, "NCCL: {} failed: {}", what, ncclGetErrorString(r));
+}
+
+// A device pointer, or a clear error: NCCL moves device memory only.
+void check_device(const void* p, const char* what) {
+  if (!p) return;
+  cudaPointerAttributes a{};
+  const cudaError_t e = cudaPointerGetAttributes(&a, p);
+  SY_CHECK(e == cudaSuccess && (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged),
+           "NCCL {}: the buffer is host memory; the NCCL communicator moves device buffers (run with the CUDA "
+           "backend, or use the MPI communicator)", what);
+}
+
+class EventRequest final : public RequestImpl {
+ public:
+  explicit EventRequest(cudaStream_t s) {
+    check_cuda(cudaEventCreateWithFlags(&ev_, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventRecord(ev_, s), "cudaEventRecord");
+  }
+  ~EventRequest() override {
+    if (ev_) {
+      cudaEventSynchronize(ev_);  // the caller's buffers stay in use until the operation ends
+      cudaEventDestroy(ev_);
+    }
+  }
+  bool test() override {
+    const cudaError_t e = cudaEventQuery(ev_);
+    if (e == cudaErrorNotReady) return false;
+    check_cuda(e, "cudaEventQuery");
+    return true;
+  }
+  void wait() override { check_cuda(cudaEventSynchronize(ev_), "cudaEventSynchronize"); }
+
+ private:
+  cudaEvent_t ev_ = nullptr;
+};
+
+class NcclBackend final : public CommBackend {
+ public:
+  explicit NcclBackend(std::shared_ptr<const CommBackend> mpi) : mpi_(std::move(mpi)) {
+    ncclUniqueId id{};
+    if (mpi_->rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    mpi_->bcast(&id, sizeof(id), 0);
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check_nccl(ncclCommInitRank(&comm_, mpi_->size(), id, mpi_->rank()), "ncclCommInitRank");
+  }
+  ~NcclBackend() override {
+    if (comm_) ncclCommDestroy(comm_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  NcclBackend(const NcclBackend&) = delete;
+  NcclBackend& operator=(const NcclBackend&) = delete;
+
+  int rank() const override { return mpi_->rank(); }
+  int size() const override { return mpi_->size(); }
+  std::vector<int> world_ranks() const override { return mpi_->world_ranks(); }
+  std::shared_ptr<const CommBackend> split(int color, int key) const override {
+    return std::make_shared<NcclBackend>(mpi_->split(color, key));
+  }
+  int node_size() const override { return mpi_->node_size(); }
+
+  // Host values: MPI.
+  void barrier() const override { mpi_->barrier(); }
+  void allreduce(void* data, size_t n, DType t, ReduceOp op) const override { mpi_->allreduce(data, n, t, op); }
+  void bcast(void* data, size_t bytes, int root) const override { mpi_->bcast(data, bytes, root); }
+  void allgather(const void* send, size_t bytes, void* recv) const override { mpi_->allgather(send, bytes, recv); }
+  void allgatherv(const void* send, int64_t n, void* recv, const Counts& counts, const Counts& displs,
+                  DType t) const override {
+    mpi_->allgatherv(send, n, recv, counts, displs, t);
+  }
+  void alltoall(const void* send, size_t bytes_per_rank, void* recv) const override {
+    mpi_->alltoall(send, bytes_per_rank, recv);
+  }
+  std::unique_ptr<SharedSegmentsImpl> allocate_shared(int64_t floats) const override {
+    return mpi_->allocate_shared(floats);
+  }
+  [[noreturn]] void abort(int code) const override {
+    ncclCommAbort(comm_);
+    mpi_->abort(code);
+    std::abort();  // (the MPI backend's abort does not return)
+  }
+
+  // Device floats: NCCL on the communication stream.
+  std::unique_ptr<RequestImpl> ialltoallv_rows(const float* send, const Counts& scount, const Counts& sdispl,
+                                               float* recv, const Counts& rcount, const Counts& rdispl, int64_t row,
+                                               const char* what) const override {
+    check_device(send, what), check_device(recv, what);
+    check_nccl(ncclGroupStart(), what);
+    for (int r = 0; r < size(); ++r) {
+      const size_t ri = static_cast<size_t>(r);
+      if (scount[ri] > 0)
+        check_nccl(ncclSend(send + sdispl[ri] * row, static_cast<size_t>(scount[ri] * row), ncclFloat, r, comm_,
+                            stream_), what);
+      if (rcount[ri] > 0)
+        check_nccl(ncclRecv(recv + rdispl[ri] * row, static_cast<size_t>(rcount[ri] * row), ncclFloat, r, comm_,
+                            stream_), what);
+    }
+    check_nccl(ncclGroupEnd(), what);
+    return std::make_unique<EventRequest>(stream_);
+  }
+  std::unique_ptr<RequestImpl> isend(const float* data, int64_t n, int peer, int, const char* what) const override {
+    check_device(data, what);
+    check_nccl(ncclSend(data, static_cast<size_t>(n), ncclFloat, peer, comm_, stream_), what);
+    return std::make_unique<EventRequest>(stream_);
+  }
+  std::unique_ptr<RequestImpl> irecv(float* data, int64_t n, int peer, int, const char* what) const override {
+    check_device(data, what);
+    check_nccl(ncclRecv(data, static_cast<size_t>(n), ncclFloat, peer, comm_, stream_), what);
+    return std::make_unique<EventRequest>(stream_);
+  }
+  std::unique_ptr<RequestImpl> iallreduce_sum(float* data, int64_t n, const char* what) const override {
+    check_device(data, what);
+    check_nccl(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat, ncclSum, comm_, stream_), what);
+    return std::make_unique<EventRequest>(stream_);
+  }
+  // Uneven segments: one reduce per segment, rooted at its owner, in one group.
+  std::unique_ptr<RequestImpl> ireduce_scatter_sum(const float* data, float* recv, const Counts& counts,
+                                                   const char* what) const override {
+    check_device(data, what), check_device(recv, what);
+    check_nccl(ncclGroupStart(), what);
+    int64_t off = 0;
+    for (int r = 0; r < size(); ++r) {
+      const int64_t c = counts[static_cast<size_t>(r)];
+      if (c > 0)
+        check_nccl(ncclReduce(data + off, recv, static_cast<size_t>(c), ncclFloat, ncclSum, r, comm_, stream_), what);
+      off += c;
+    }
+    check_nccl(ncclGroupEnd(), what);
+    return std::make_unique<EventRequest>(stream_);
+  }
+  // In place, uneven: each member broadcasts its segment, in one group.
+  std::unique_ptr<RequestImpl> iallgatherv(float* data, const Counts& counts, const Counts& displs,
+                                           const char* what) const override {
+    check_device(data, what);
+    check_nccl(ncclGroupStart(), what);
+    for (int r = 0; r < size(); ++r) {
+      const size_t ri = static_cast<size_t>(r);
+      if (counts[ri] > 0)
+        check_nccl(ncclBroadcast(data + displs[ri], data + displs[ri], static_cast<size_t>(counts[ri]), ncclFloat, r,
+                                 comm_, stream_), what);
+    }
+    check_nccl(ncclGroupEnd(), what);
+    return std::make_unique<EventRequest>(stream_);
+  }
+
+ private:
+  std::shared_ptr<const CommBackend> mpi_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace
+
+bool available(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e == cudaSuccess && n > 0) return true;
+  if (why) *why = e != cudaSuccess ? std::string("no usable CUDA driver/device: ") + cudaGetErrorString(e) : "no CUDA device";
+  return false;
+}
+
+std::shared_ptr<const CommBackend> create(std::shared_ptr<const CommBackend> mpi) {
+  SY_CHECK(mpi, "NCCL: a communicator is made from an MPI group, and this one has no backend (a group of one "
+           "needs none)");
+  std::string why;
+  SY_CHECK(available(&why), "NCCL: {}", why);
+  return std::make_shared<NcclBackend>(std::move(mpi));
+}
+
+}  // namespace sy::nccl
