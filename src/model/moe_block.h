@@ -1,7 +1,9 @@
 // The MoE FFN: router -> top-k (+ balancing bias) -> global capacity
 // decision -> expert-parallel dispatch -> grouped expert GEMMs (SwiGLU) on
 // each received segment -> back -> gate-weighted combine, plus always-active
-// shared experts (computed while the dispatch is in flight when overlapping).
+// shared experts (computed while the dispatch is in flight). How rows move
+// (shared memory, MPI, MPI overlapped) is the context's Dispatcher
+// (moe/dispatcher.h), chosen once by the trainer; this block has one path.
 //
 // Router statistics (loads, probability sums, z and entropy sums) are summed
 // over the data-parallel group, so the balance terms, the capacity and the
