@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < N * C; ++i) h[i] = normal_at(key, i);
 
         // Routing for the data-path measurements: the layer's own router.
-        MoeContext plain{grid.dp(), grid.ep(), grid.dp_rank() * N, 1, false};
+        MoeContext plain{DpGroup(grid.dp()), make_dispatcher(DispatchKind::mpi, grid.ep()), grid.dp_rank() * N};
         MoeScratch scratch;
         MoeActs acts;
         Arena arena;
@@ -189,9 +189,12 @@ int main(int argc, char** argv) {
         MoeTimers tp;
         plain.timers = &tp;
         double t_plain = time_it(world, warmup, iters, [&] { layer(plain); });
-        MoeContext over{grid.dp(), grid.ep(), grid.dp_rank() * N, 4, true};
+        MoeContext over{DpGroup(grid.dp()), make_dispatcher(DispatchKind::mpi_overlapped, grid.ep(), 4),
+                        grid.dp_rank() * N};
         double t_over = time_it(world, warmup, iters, [&] { layer(over); });
-        MoeContext shm{grid.dp(), grid.ep(), grid.dp_rank() * N, 1, false, true};
+        MoeContext shm{DpGroup(grid.dp()), make_dispatcher(DispatchKind::shm, grid.ep()), grid.dp_rank() * N};
+        acts.rows.reset();  // the transport's buffers are its own: shm makes its windows
+        scratch.rows.reset();
         double t_shm = time_it(world, warmup, iters, [&] { layer(shm); });
         double permute_share = tp.permute / tp.total();
         world.allreduce_max(&permute_share, 1);

@@ -4,29 +4,12 @@
 #include <optional>
 #include <vector>
 
-#include "core/timer.h"
 #include "moe/capacity.h"
+#include "moe/timers.h"
 
 namespace sy {
 
 namespace {
-
-// Adds the lifetime of the scope to *slot (if the context times at all).
-class Timed {
- public:
-  Timed(const MoeContext& ctx, double MoeTimers::*field) : slot_(ctx.timers ? &(ctx.timers->*field) : nullptr) {
-    if (slot_) t0_ = now_seconds();
-  }
-  ~Timed() {
-    if (slot_) *slot_ += now_seconds() - t0_;
-  }
-  Timed(const Timed&) = delete;
-  Timed& operator=(const Timed&) = delete;
-
- private:
-  double* slot_;
-  double t0_ = 0;
-};
 
 // Grouped-GEMM arguments for the segments of one chunk: contiguous row
 // offsets and, per segment, its local expert's weights (or gradients).
@@ -60,7 +43,7 @@ float* expert_act(MoeActs& a, MoeScratch& scratch, int64_t n) {
 
 void shared_forward(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
                     const Dims& d, const MoeContext& ctx) {
-  Timed t(ctx, &MoeTimers::shared);
+  Timed t(ctx.timers, &MoeTimers::shared);
   if (d.S > 0) {
     mm_forward(ops, Fp8Group::shared, a.s_up, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
     ops.b().swiglu_forward(a.s_act, a.s_up, d.N, d.S, ops.stream);
@@ -72,7 +55,7 @@ void shared_forward(const Ops& ops, MoeActs& a, float* out, const float* h, cons
 
 void shared_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
                      const BlockOffsets& o, const Dims& d, const MoeContext& ctx, Scratch& s) {
-  Timed t(ctx, &MoeTimers::shared);
+  Timed t(ctx.timers, &MoeTimers::shared);
   if (d.S > 0) {
     mm_backward(ops, Fp8Group::shared, s.dact, grads + o.shared_w2, dout, a.s_act, params + o.shared_w2, d.N, d.S, d.C,
                 false, a.fp8 ? &a.s_act_q : nullptr);
@@ -83,92 +66,8 @@ void shared_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const 
   }
 }
 
-// Shared-memory transport (the ep group on one node). Rows are written
-// straight into the expert rank's receive segment and expert outputs read
-// straight from its segment: one copy each way, no staging. Fences order
-// the phases; the comments say why each buffer is free to reuse when it is.
-void moe_forward_shm(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
-                     const Dims& d, const MoeContext& ctx, MoeScratch& scratch) {
-  const EpDispatch& plan = a.plan;
-  const int64_t C = d.C, F = d.F, Ms = plan.send_rows(), Mr = plan.recv_rows();
-  // This layer's expert inputs and outputs stay in their windows until
-  // backward has used them: every sender reads its outputs there when
-  // combining and again for the gate gradients. The next write to them (the
-  // next micro-batch's forward of this layer) comes after every rank has
-  // passed this layer's backward fences.
-  // With FP8 storage the inputs are saved in FP8 (x_q) and the window is
-  // shared by the layers: the next layer's rows arrive only after every
-  // rank has passed this layer's combine fence, after its expert GEMMs.
-  SharedWindow& x_win = a.fp8 ? scratch.x_win : a.x_win;
-  if (a.fp8) a.x_q.reset();
-  x_win.ensure(ctx.ep, Mr * C);
-  a.y_win.ensure(ctx.ep, Mr * C);
-  a.up.ensure(static_cast<size_t>(Mr * 2 * F));
-  float* act = expert_act(a, scratch, Mr * F);
-  RowMap to_x = RowMap::scattered(x_win.peers(), plan.dest_rank(), plan.dest_row());
-  RowMap from_y = RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row());
-  {
-    Timed t(ctx, &MoeTimers::permute);
-    ops.b().moe_gather(to_x, h, plan.send_token().data(), Ms, d.C, ops.stream);
-  }
-  shared_forward(ops, a, out, h, params, o, d, ctx);  // while the others are still writing
-  {
-    Timed t(ctx, &MoeTimers::wait);
-    x_win.fence(ctx.ep, "moe dispatch (shared memory)");
-  }
-  {
-    Timed t(ctx, &MoeTimers::experts);
-    ChunkGemm g(plan, 0, params, nullptr, o);
-    grouped_forward(ops, a.up.data(), x_win.local(), g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
-                           a.fp8 ? &a.x_q : nullptr);
-    ops.b().swiglu_forward(act, a.up.data(), Mr, F, ops.stream);
-    grouped_forward(ops, a.y_win.local(), act, g.w2.data(), g.offsets.data(), g.groups(), F, C,
-                           a.fp8 ? &a.act_q : nullptr);
-  }
-  {
-    Timed t(ctx, &MoeTimers::wait);
-    a.y_win.fence(ctx.ep, "moe combine (shared memory)");
-  }
-  Timed t(ctx, &MoeTimers::permute);
-  ops.b().moe_combine(out, from_y, nullptr, a.gates, plan.send_pos().data(), d.N, d.K, C, ops.stream);
-}
-
-void moe_backward_shm(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h, const float* params,
-                      const BlockOffsets& o, const Dims& d, const MoeContext& ctx, MoeScratch& scratch, Scratch& s) {
-  const EpDispatch& plan = a.plan;
-  const int64_t C = d.C, F = d.F, Mr = plan.recv_rows();
-  scratch.dy_win.ensure(ctx.ep, Mr * C);
-  scratch.dx_win.ensure(ctx.ep, Mr * C);
-  float* dact = scratch.dact.ensure(static_cast<size_t>(Mr * F));
-  float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
-  {
-    Timed t(ctx, &MoeTimers::permute);
-    ops.b().moe_combine_backward(RowMap::scattered(scratch.dy_win.peers(), plan.dest_rank(), plan.dest_row()), s.dgates, dout,
-                         RowMap::scattered(a.y_win.peers(), plan.dest_rank(), plan.dest_row()), a.gates,
-                         plan.send_pos().data(), d.N, d.K, C, ops.stream);
-  }
-  shared_backward(ops, dh, grads, a, dout, h, params, o, d, ctx, s);
-  {
-    Timed t(ctx, &MoeTimers::wait);
-    scratch.dy_win.fence(ctx.ep, "moe dispatch (backward, shared memory)");
-  }
-  {
-    Timed t(ctx, &MoeTimers::experts);
-    ChunkGemm g(plan, 0, params, grads, o);
-    grouped_backward(ops, dact, g.dw2.data(), scratch.dy_win.local(), a.fp8 ? nullptr : a.act.data(), g.w2.data(),
-                            g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
-    ops.b().swiglu_backward(dup, dact, a.up.data(), Mr, F, ops.stream);
-    grouped_backward(ops, scratch.dx_win.local(), g.dw13.data(), dup, a.fp8 ? nullptr : a.x_win.local(),
-                            g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F, a.fp8 ? &a.x_q : nullptr);
-  }
-  {
-    Timed t(ctx, &MoeTimers::wait);
-    scratch.dx_win.fence(ctx.ep, "moe combine (backward, shared memory)");
-  }
-  Timed t(ctx, &MoeTimers::permute);
-  ops.b().moe_gather_backward(dh, RowMap::scattered(scratch.dx_win.peers(), plan.dest_rank(), plan.dest_row()),
-                      plan.send_pos().data(), d.N, d.K, C, ops.stream);
-}
+// Wraps a transport's row place for the permute kernels.
+RowMap row_map(const RowPlace& p) { return {p.local, p.base, p.rank, p.row}; }
 
 }  // namespace
 
@@ -176,7 +75,7 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
                        const BlockOffsets& o, const Dims& d, const MoeConfig& cfg, const MoeContext& ctx,
                        MoeScratch& scratch) {
   const int64_t N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
-  std::optional<Timed> timed(std::in_place, ctx, &MoeTimers::router);
+  std::optional<Timed> timed(std::in_place, ctx.timers, &MoeTimers::router);
   // Router on the local tokens.
   ops.b().linear_forward(a.logits, h, params + o.router, N, C, E, ops.stream);
   ops.b().router_scores(a.scores, a.probs, a.logits, N, E, cfg.score, ops.stream);
@@ -198,129 +97,79 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   a.Ntot = N * ctx.dp.size();
 
   decide_keep(a.keep, a.idx, a.scores, N, E, K, expert_capacity(cfg.capacity_factor, a.Ntot, E, K), a.sums.counts,
-              ctx.dp, ctx.token_offset);
+              ctx.dp.comm(), ctx.token_offset);
   a.dropped = 0;
   for (int64_t i = 0; i < N * K; ++i) a.dropped += a.keep[i] ? 0 : 1;
-  timed.emplace(ctx, &MoeTimers::plan);
-  a.plan.plan(ctx.ep, a.idx, a.keep, N, K, E, ctx.overlap && !ctx.shm ? ctx.chunks : 1, ctx.shm);
+  const Dispatcher& D = *ctx.dispatch;
+  timed.emplace(ctx.timers, &MoeTimers::plan);
+  D.plan(a.plan, a.idx, a.keep, N, K, E);
   timed.reset();
-  if (ctx.shm) return moe_forward_shm(ops, a, out, h, params, o, d, ctx, scratch);
 
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
-  const bool solo = ctx.ep.solo();  // then send and receive layouts coincide
-  // With FP8 storage the inputs are saved in FP8 (x_q): one receive buffer for all layers.
-  float* x_recv = (a.fp8 ? scratch.x_recv : a.x_recv).ensure(static_cast<size_t>(Mr * C));
+  if (!a.rows) a.rows = D.make_layer();
+  if (!scratch.rows) scratch.rows = D.make_scratch();
+  // With FP8 storage the inputs are saved in FP8 (x_q): one input buffer for all layers.
+  const Rows r = D.forward_rows(plan, *a.rows, *scratch.rows, C, a.fp8);
   if (a.fp8) a.x_q.reset();
   a.up.ensure(static_cast<size_t>(Mr * 2 * F));
   float* act = expert_act(a, scratch, Mr * F);
-  a.y_send.ensure(static_cast<size_t>(Ms * C));
-  float* x_send = solo ? x_recv : scratch.send.ensure(static_cast<size_t>(Ms * C));
-  float* y_recv = solo ? a.y_send.data() : scratch.recv.ensure(static_cast<size_t>(Mr * C));
   {
-    Timed t(ctx, &MoeTimers::permute);
-    ops.b().moe_gather(RowMap::contiguous(x_send), h, plan.send_token().data(), Ms, C, ops.stream);
+    Timed t(ctx.timers, &MoeTimers::permute);
+    ops.b().moe_gather(row_map(r.send), h, plan.send_token().data(), Ms, C, ops.stream);
   }
-
-  auto shared = [&] { shared_forward(ops, a, out, h, params, o, d, ctx); };
-  const int nc = plan.chunks();
-  std::vector<Request> to(nc), back(nc);
-  if (ctx.overlap)
-    for (int c = 0; c < nc; ++c) to[c] = plan.to_experts(ctx.ep, c, x_send, x_recv, C, "moe dispatch");
-  shared();  // while the rows travel, when overlapping
-  for (int c = 0; c < nc; ++c) {
-    {
-      Timed t(ctx, &MoeTimers::wait);
-      if (ctx.overlap)
-        to[c].wait();
-      else
-        plan.to_experts(ctx.ep, c, x_send, x_recv, C, "moe dispatch").wait();
-    }
-    {
-      Timed t(ctx, &MoeTimers::experts);
-      ChunkGemm g(plan, c, params, nullptr, o);
-      const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-      grouped_forward(ops, a.up.data(), x_recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
-                             a.fp8 ? &a.x_q : nullptr);
-      ops.b().swiglu_forward(act + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
-      grouped_forward(ops, y_recv, act, g.w2.data(), g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
-    }
-    back[c] = plan.from_experts(ctx.ep, c, y_recv, a.y_send.data(), C, "moe combine");
-    Timed t(ctx, &MoeTimers::wait);
-    if (!ctx.overlap) back[c].wait();
-    for (int q = c + 1; q < nc; ++q) to[q].test();  // progress the chunks still in flight
-  }
-  {
-    Timed t(ctx, &MoeTimers::wait);
-    wait_all(back);
-  }
-  Timed t(ctx, &MoeTimers::permute);
-  ops.b().moe_combine(out, RowMap::contiguous(a.y_send.data()), nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
+  ExpertSteps steps;
+  steps.meanwhile = [&] { shared_forward(ops, a, out, h, params, o, d, ctx); };
+  steps.experts = [&](int c) {
+    Timed t(ctx.timers, &MoeTimers::experts);
+    ChunkGemm g(plan, c, params, nullptr, o);
+    const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
+    grouped_forward(ops, a.up.data(), r.recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
+                           a.fp8 ? &a.x_q : nullptr);
+    ops.b().swiglu_forward(act + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
+    grouped_forward(ops, r.reply, act, g.w2.data(), g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
+  };
+  D.exchange(Pass::forward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
+  Timed t(ctx.timers, &MoeTimers::permute);
+  ops.b().moe_combine(out, row_map(r.back), nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
 }
 
 void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
                         const float* params, const BlockOffsets& o, const Dims& d, const MoeConfig& cfg,
                         double loss_scale, const MoeContext& ctx, MoeScratch& scratch, Scratch& s) {
   const int64_t N = d.N, C = d.C, E = d.E, K = d.K, F = d.F;
+  const Dispatcher& D = *ctx.dispatch;
   const EpDispatch& plan = a.plan;
-  const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
-  if (ctx.shm) {
-    moe_backward_shm(ops, dh, grads, a, dout, h, params, o, d, ctx, scratch, s);
-  } else {
-  const bool solo = ctx.ep.solo();
-  float* dy_send = scratch.send.ensure(static_cast<size_t>(Ms * C));
-  float* dy_recv = solo ? dy_send : scratch.recv.ensure(static_cast<size_t>(Mr * C));
-  float* dx_recv = scratch.recv2.ensure(static_cast<size_t>(Mr * C));
-  float* dx_send = solo ? dx_recv : scratch.send2.ensure(static_cast<size_t>(Ms * C));
+  const int64_t Mr = plan.recv_rows();
+  const Rows r = D.backward_rows(plan, *a.rows, *scratch.rows, C);
   float* dact = scratch.dact.ensure(static_cast<size_t>(Mr * F));
   float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
-
   {
-    Timed t(ctx, &MoeTimers::permute);
-    ops.b().moe_combine_backward(RowMap::contiguous(dy_send), s.dgates, dout, RowMap::contiguous(a.y_send.data()), a.gates,
+    Timed t(ctx.timers, &MoeTimers::permute);
+    ops.b().moe_combine_backward(row_map(r.send), s.dgates, dout, row_map(D.forward_outputs(plan, *a.rows)), a.gates,
                          plan.send_pos().data(), N, K, C, ops.stream);
   }
-  auto shared = [&] { shared_backward(ops, dh, grads, a, dout, h, params, o, d, ctx, s); };
-  const int nc = plan.chunks();
-  std::vector<Request> to(nc), back(nc);
-  if (ctx.overlap)
-    for (int c = 0; c < nc; ++c) to[c] = plan.to_experts(ctx.ep, c, dy_send, dy_recv, C, "moe dispatch (backward)");
-  shared();
-  for (int c = 0; c < nc; ++c) {
-    {
-      Timed t(ctx, &MoeTimers::wait);
-      if (ctx.overlap)
-        to[c].wait();
-      else
-        plan.to_experts(ctx.ep, c, dy_send, dy_recv, C, "moe dispatch (backward)").wait();
-    }
-    {
-      Timed t(ctx, &MoeTimers::experts);
-      ChunkGemm g(plan, c, params, grads, o);
-      const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-      grouped_backward(ops, dact, g.dw2.data(), dy_recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
-                              g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
-      ops.b().swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
-      grouped_backward(ops, dx_recv, g.dw13.data(), dup, a.fp8 ? nullptr : a.x_recv.data(), g.w13.data(),
-                              g.offsets.data(), g.groups(), C, 2 * F, a.fp8 ? &a.x_q : nullptr);
-    }
-    back[c] = plan.from_experts(ctx.ep, c, dx_recv, dx_send, C, "moe combine (backward)");
-    Timed t(ctx, &MoeTimers::wait);
-    if (!ctx.overlap) back[c].wait();
-    for (int q = c + 1; q < nc; ++q) to[q].test();
-  }
+  const float* x_saved = a.fp8 ? nullptr : D.forward_inputs(*a.rows);
+  ExpertSteps steps;
+  steps.meanwhile = [&] { shared_backward(ops, dh, grads, a, dout, h, params, o, d, ctx, s); };
+  steps.experts = [&](int c) {
+    Timed t(ctx.timers, &MoeTimers::experts);
+    ChunkGemm g(plan, c, params, grads, o);
+    const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
+    grouped_backward(ops, dact, g.dw2.data(), r.recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
+                            g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
+    ops.b().swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
+    grouped_backward(ops, r.reply, g.dw13.data(), dup, x_saved, g.w13.data(), g.offsets.data(), g.groups(), C,
+                            2 * F, a.fp8 ? &a.x_q : nullptr);
+  };
+  D.exchange(Pass::backward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   {
-    Timed t(ctx, &MoeTimers::wait);
-    wait_all(back);
-  }
-  {
-    Timed t(ctx, &MoeTimers::permute);
-    ops.b().moe_gather_backward(dh, RowMap::contiguous(dx_send), plan.send_pos().data(), N, K, C, ops.stream);
-  }
+    Timed t(ctx.timers, &MoeTimers::permute);
+    ops.b().moe_gather_backward(dh, row_map(r.back), plan.send_pos().data(), N, K, C, ops.stream);
   }
 
   // Router: gate gradients plus the balance terms over the whole micro-batch.
-  Timed t(ctx, &MoeTimers::router);
+  Timed t(ctx.timers, &MoeTimers::router);
   RouterCoefs coefs{static_cast<float>(cfg.aux_loss_coef * loss_scale), static_cast<float>(cfg.z_loss_coef * loss_scale),
                     static_cast<float>(cfg.entropy_coef * loss_scale)};
   ops.b().router_backward(s.drl, s.dgates, a.idx, a.logits, a.scores, a.probs, a.sums, N, a.Ntot, E, K, cfg.score,
@@ -329,8 +178,15 @@ void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, con
 }
 
 size_t MoeActs::row_bytes() const {
-  return (x_recv.capacity() + up.capacity() + act.capacity() + y_send.capacity()) * sizeof(float) + x_win.bytes() +
-         y_win.bytes();
+  return (up.capacity() + act.capacity()) * sizeof(float) + (rows ? rows->bytes() : 0);
+}
+
+size_t MoeScratch::transfer_bytes() const {
+  return (dact.capacity() + dup.capacity()) * sizeof(float) + (rows ? rows->transfer_bytes() : 0);
+}
+
+size_t MoeScratch::input_bytes() const {
+  return act.capacity() * sizeof(float) + (rows ? rows->input_bytes() : 0);
 }
 
 double moe_block_flops(const MoeActs& a, const Dims& d) {

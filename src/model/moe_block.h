@@ -1,43 +1,35 @@
 // The MoE FFN: router -> top-k (+ balancing bias) -> global capacity
 // decision -> expert-parallel dispatch -> grouped expert GEMMs (SwiGLU) on
 // each received segment -> back -> gate-weighted combine, plus always-active
-// shared experts (computed while the dispatch is in flight when overlapping).
+// shared experts (computed while the dispatch is in flight). How rows move
+// (shared memory, MPI, MPI overlapped) is the context's Dispatcher
+// (moe/dispatcher.h), chosen once by the trainer; this block has one path.
 //
 // Router statistics (loads, probability sums, z and entropy sums) are summed
 // over the data-parallel group, so the balance terms, the capacity and the
 // bias update see the whole micro-batch, as one rank would.
 #pragma once
 
-#include "comm/comm.h"
-#include "comm/shm.h"
+#include <memory>
+
 #include "core/arena.h"
 #include "kernels/types.h"
 #include "model/blocks.h"
 #include "model/ops.h"
+#include "moe/dispatcher.h"
+#include "moe/dp_group.h"
 #include "moe/ep_dispatch.h"
+#include "moe/timers.h"
 
 namespace sy {
 
-// Seconds spent in each part of the MoE layers (forward and backward), when
-// a MoeContext carries a pointer to one.
-struct MoeTimers {
-  double router = 0;    // router GEMM, scores, top-k, statistics all-reduce, capacity, router backward
-  double plan = 0;      // dispatch plan and the all-to-all of counts
-  double permute = 0;   // gather rows to send order, combine back to tokens (and their backward)
-  double wait = 0;      // waiting for row all-to-alls to finish
-  double experts = 0;   // grouped expert GEMMs and SwiGLU
-  double shared = 0;    // shared experts
-  double total() const { return router + plan + permute + wait + experts + shared; }
-};
-
 // How MoE layers reach other ranks. The default is one rank.
 struct MoeContext {
-  Comm dp;                  // data-parallel group: router statistics, capacity
-  Comm ep;                  // expert-parallel group: token all-to-all
-  int64_t token_offset = 0; // global index of this rank's first token in a micro-batch
-  int chunks = 1;           // dispatch chunks
-  bool overlap = false;     // post all chunks at once and compute while they fly
-  bool shm = false;         // ep group on one node: rows move through shared memory
+  DpGroup dp;  // data-parallel group: router statistics, capacity
+  // The expert-parallel group and how rows move over it (moe/dispatcher.h),
+  // chosen once from the config (make_dispatcher).
+  std::shared_ptr<const Dispatcher> dispatch = make_local_dispatcher();
+  int64_t token_offset = 0;  // global index of this rank's first token in a micro-batch
   MoeTimers* timers = nullptr;
 };
 
@@ -57,12 +49,11 @@ struct MoeActs {
   RouterSums sums;  // over the data-parallel group
   int64_t Ntot = 0, dropped = 0;
   double margin = 0;  // router_margin of this rank's tokens (how near the top-k choice came to a tie)
-  GrowBuffer<float> x_recv;  // (M_recv, C) expert inputs (MPI transport)
-  SharedWindow x_win;        // (M_recv, C) expert inputs (shared-memory transport)
-  SharedWindow y_win;        // (M_recv, C) expert outputs, read in place by the senders (shared-memory transport)
+  // The transport's rows kept for backward: expert inputs (M_recv, C) and
+  // outputs (made by the dispatcher at the first forward).
+  std::unique_ptr<DispatchLayer> rows;
   GrowBuffer<float> up;      // (M_recv, 2F)
   GrowBuffer<float> act;     // (M_recv, F) (unused with FP8 storage: MoeScratch::act)
-  GrowBuffer<float> y_send;  // (M_send, C) expert outputs back at their tokens (MPI transport)
 
   template <class A>
   void bind(A& a, const Dims& d, const Fp8Staging& st = {}) {
@@ -105,13 +96,13 @@ struct BlockActs {
 
 // Transfer and backward buffers shared by all MoE layers of a model.
 struct MoeScratch {
-  GrowBuffer<float> send, recv;        // (M, C) rows in flight
-  GrowBuffer<float> send2, recv2;      // (M, C) the second direction in backward
   GrowBuffer<float> dact, dup;         // (M_recv, F), (M_recv, 2F)
   GrowBuffer<float> act;               // (M_recv, F) experts' act before FP8 storage
-  GrowBuffer<float> x_recv;            // (M_recv, C) experts' inputs before FP8 storage (MPI transport)
-  SharedWindow x_win;                  // (M_recv, C) the same (shared-memory transport)
-  SharedWindow dy_win, dx_win;         // expert-side backward rows other ranks write or read (shared memory)
+  // The transport's rows in flight, and the experts' inputs before FP8
+  // storage (made by the dispatcher at the first forward).
+  std::unique_ptr<DispatchScratch> rows;
+  size_t transfer_bytes() const;  // rows in flight and the experts' backward buffers
+  size_t input_bytes() const;     // act and the shared expert inputs
 };
 
 // out (N, C) = shared(h) + sum_k gate_k * expert_k(h)   (overwritten).

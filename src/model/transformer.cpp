@@ -34,8 +34,8 @@ void Transformer::bind(A& a) {
 
 namespace {
 ExpertSlice local_experts(const ModelConfig& cfg, const MoeContext& ctx) {
-  int64_t per_rank = cfg.moe.experts / ctx.ep.size();
-  return {ctx.ep.rank() * per_rank, per_rank};
+  int64_t per_rank = cfg.moe.experts / ctx.dispatch->ep_size();
+  return {ctx.dispatch->ep_rank() * per_rank, per_rank};
 }
 }  // namespace
 
@@ -114,9 +114,7 @@ double Transformer::arena_bytes(const ModelConfig& cfg, int64_t micro_batch, boo
 }
 
 size_t Transformer::moe_scratch_bytes() const {
-  const MoeScratch& s = moe_scratch_;
-  return (s.send.capacity() + s.recv.capacity() + s.send2.capacity() + s.recv2.capacity() + s.dact.capacity() +
-          s.dup.capacity()) * sizeof(float) + s.dy_win.bytes() + s.dx_win.bytes();
+  return moe_scratch_.transfer_bytes();
 }
 
 Transformer::ActivationMemory Transformer::activation_memory() const {
@@ -128,8 +126,7 @@ Transformer::ActivationMemory Transformer::activation_memory() const {
       m.fp8 += L.attn.h1_q.bytes() + L.dense.h_q.bytes() + L.dense.act_q.bytes() + L.moe.fp8_bytes();
       m.expert_rows += L.moe.row_bytes();
     }
-  m.expert_rows += (moe_scratch_.act.capacity() + moe_scratch_.x_recv.capacity()) * sizeof(float) +
-                   moe_scratch_.x_win.bytes();
+  m.expert_rows += moe_scratch_.input_bytes();
   return m;
 }
 

@@ -1,5 +1,7 @@
 #include "moe/capacity.h"
 
+#include "comm/comm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -12,9 +12,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "comm/comm.h"
-
 namespace sy {
+
+class Comm;  // comm/comm.h
 
 // Per-expert capacity for Ntot tokens; -1 = unlimited (dropless).
 int64_t expert_capacity(double capacity_factor, int64_t Ntot, int64_t E, int64_t K);

@@ -1,5 +1,6 @@
 #include "moe/ep_dispatch.h"
 
+#include "comm/comm.h"
 #include "core/check.h"
 
 namespace sy {

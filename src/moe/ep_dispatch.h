@@ -15,9 +15,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "comm/comm.h"
-
 namespace sy {
+
+class Comm;     // comm/comm.h
+class Request;  // comm/comm.h
 
 struct ExpertSegment {
   int64_t offset, rows;  // receive-buffer rows

@@ -26,6 +26,8 @@
 #include "kernels/cpu/blas.h"
 #include "model/estimate.h"
 #include "moe/balance.h"
+#include "moe/dispatcher.h"
+#include "moe/dp_group.h"
 #include "train/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -100,8 +102,13 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                   "{}: parallel.transport = \"shm\" needs every expert-parallel group on one node, and {} spans "
                   "several; use \"mpi\" or \"auto\"", cfg_.source, grid_.ep().describe());
   shm_ = one_node && transport != "mpi";
-  MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
-                 static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap, shm_};
+  // The MoE dispatch transport, chosen here once.
+  const DispatchKind dispatch = shm_                   ? DispatchKind::shm
+                                : cfg_.parallel.overlap ? DispatchKind::mpi_overlapped
+                                                        : DispatchKind::mpi;
+  MoeContext ctx{DpGroup(grid_.dp()),
+                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks)),
+                 grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
   if (cfg_.precision.recipe != "fp32") {
     Fp8Recipe r;
     const std::string& name = cfg_.precision.recipe;

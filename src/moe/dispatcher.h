@@ -1,0 +1,155 @@
+// Expert dispatch: how a MoE layer's rows reach the ranks that own their
+// experts and how the experts' outputs come back. The MoE block
+// (model/moe_block.cpp) is written once against this interface; each
+// transport is one implementation in moe/transport/, chosen once from the
+// config by make_dispatcher (the trainer calls it when it builds the
+// MoeContext):
+//
+//   shm             (transport/shm.h)  the ep group on one node: senders write
+//                   rows straight into the expert ranks' shared-memory
+//                   segments and read outputs straight from them; fences
+//   mpi             (transport/mpi.h)  one blocking all-to-all-v each way
+//   mpi-overlapped  (transport/mpi_overlap.h)  the rows cut into chunks, all
+//                   posted at once; the experts run on each chunk as it lands
+//
+// One pass (forward, or backward: output gradients to the experts, input
+// gradients back) of one layer, as the block drives it:
+//
+//   Rows r = forward_rows(...)     where the transport wants the rows:
+//   gather  h -> r.send            the block writes its rows in send order
+//   exchange(pass, ..., steps)     moves them; calls steps.meanwhile() once
+//                                  the rows are moving (shared experts), then
+//                                  steps.experts(c) as chunk c lies in r.recv
+//                                  (the experts write r.reply), and moves
+//                                  each chunk's outputs back as it is done
+//   combine r.back -> out          the block reads its rows' outputs
+//
+// Buffers that belong to a transport live in its states: DispatchLayer (a
+// layer's rows kept from forward to backward; MoeActs owns one) and
+// DispatchScratch (rows in flight, shared by a model's layers; MoeScratch
+// owns one). Neither exposes a communicator type.
+//
+// How the transports still to come fit:
+//   nccl          Rows are device buffers (the same layout as mpi: send
+//                 contiguous in send order, recv/reply in receive order).
+//                 exchange enqueues ncclSend/ncclRecv groups per chunk on the
+//                 communication stream, records a CUDA event per chunk and,
+//                 before steps.experts(c), makes the compute stream wait on
+//                 chunk c's event (no host wait); outputs go back the same
+//                 way. The states hold the device buffers (from the device
+//                 arena) and the events; bytes() counts them as today. The
+//                 ep communicator comes from comm/nccl (see comm/backend.h).
+//   hierarchical  Two levels, node then network: plan() also learns each
+//                 row's destination node; send is laid out (node, rank,
+//                 expert) so that rows for another node travel once over the
+//                 network to one peer rank there (all-to-all-v over the
+//                 inter-node group of equal local ranks), which scatters
+//                 them into its node's shared-memory segments (as shm does);
+//                 outputs return by the reverse path. exchange calls
+//                 steps.experts(c) per chunk as both levels of chunk c have
+//                 landed. Its states hold the network staging buffers and the
+//                 node's windows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "moe/timers.h"
+
+namespace sy {
+
+class Comm;
+class EpDispatch;
+
+enum class Pass : uint8_t { forward, backward };
+
+// Where the rows of a send buffer (send order, `width` floats each) live:
+// one contiguous buffer (row r at local + r * width), or scattered over
+// other ranks' memory (base[rank[r]] + row[r] * width). Device-neutral; the
+// kernels' RowMap has the same fields.
+struct RowPlace {
+  float* local = nullptr;
+  float* const* base = nullptr;
+  const int32_t* rank = nullptr;
+  const int32_t* row = nullptr;
+  static RowPlace contiguous(float* p) { return {p, nullptr, nullptr, nullptr}; }
+  static RowPlace scattered(float* const* b, const int32_t* rk, const int32_t* rw) { return {nullptr, b, rk, rw}; }
+};
+
+// One pass's rows, as the transport lays them out. Forward: tokens' rows
+// out, expert outputs back. Backward: output gradients out, input gradients back.
+struct Rows {
+  RowPlace send;          // (M_send, C) where the sender writes its rows
+  float* recv = nullptr;  // (M_recv, C) the experts' input rows, chunk c from plan.recv_begin(c)
+  float* reply = nullptr; // (M_recv, C) where the experts write their outputs, same order
+  RowPlace back;          // (M_send, C) the outputs as the sender reads them
+};
+
+// What the block does while a pass's rows move (called on the calling thread).
+struct ExpertSteps {
+  std::function<void()> meanwhile;     // once, after the rows have started moving (shared experts)
+  std::function<void(int)> experts;    // per chunk c, once its rows are in Rows::recv; writes Rows::reply
+};
+
+// A layer's transport buffers kept from its forward to its backward.
+class DispatchLayer {
+ public:
+  virtual ~DispatchLayer() = default;
+  virtual size_t bytes() const = 0;  // this rank's share
+};
+
+// Transport buffers shared by the MoE layers of one model.
+class DispatchScratch {
+ public:
+  virtual ~DispatchScratch() = default;
+  virtual size_t transfer_bytes() const = 0;  // rows in flight (both passes)
+  virtual size_t input_bytes() const = 0;     // the experts' inputs when shared by the layers (FP8 storage)
+};
+
+class Dispatcher {
+ public:
+  virtual ~Dispatcher() = default;
+  virtual const char* name() const = 0;  // "shm", "mpi", "mpi-overlapped"
+  // The expert-parallel group: rank r holds experts [r * E / size, (r + 1) * E / size).
+  virtual int ep_size() const = 0;
+  virtual int ep_rank() const = 0;
+
+  virtual std::unique_ptr<DispatchLayer> make_layer() const = 0;
+  virtual std::unique_ptr<DispatchScratch> make_scratch() const = 0;
+
+  // Plans a layer's dispatch (collective over the ep group): idx (N, K)
+  // global expert ids, keep (N, K) 0/1.
+  virtual void plan(EpDispatch& plan, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K,
+                    int64_t E) const = 0;
+
+  // Buffers of a pass (collective where the transport's memory is).
+  // shared_inputs: the experts' inputs need not outlive the forward (FP8
+  // storage keeps its own copy), so one buffer serves every layer.
+  virtual Rows forward_rows(const EpDispatch& plan, DispatchLayer& layer, DispatchScratch& scratch, int64_t C,
+                            bool shared_inputs) const = 0;
+  virtual Rows backward_rows(const EpDispatch& plan, DispatchLayer& layer, DispatchScratch& scratch,
+                             int64_t C) const = 0;
+  // What the layer's forward kept: its expert outputs as the sender reads
+  // them, and (unless shared_inputs) the experts' inputs (M_recv, C).
+  virtual RowPlace forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const = 0;
+  virtual const float* forward_inputs(const DispatchLayer& layer) const = 0;
+
+  // Moves a pass's rows (`rows` from forward_rows / backward_rows of the
+  // same layer and scratch), running `steps` as described above. Waits are
+  // timed into timers->wait.
+  virtual void exchange(Pass pass, const EpDispatch& plan, const Rows& rows, DispatchLayer& layer,
+                        DispatchScratch& scratch, int64_t C, const ExpertSteps& steps, MoeTimers* timers) const = 0;
+};
+
+enum class DispatchKind : uint8_t { shm, mpi, mpi_overlapped };
+
+// The transport for an ep group. chunks: rows in flight per pass are cut
+// into this many chunks (mpi_overlapped only; the others move one).
+// shm needs every member of ep on one node.
+std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks = 1);
+// One rank, no communicator (generation, tests): mpi over a group of one.
+std::shared_ptr<const Dispatcher> make_local_dispatcher();
+
+}  // namespace sy

@@ -1,0 +1,39 @@
+// Seconds spent in each part of the MoE layers, and a scope that adds to
+// one of them. The MoE block and the dispatch transports both time into
+// the same MoeTimers (the transports time their waits).
+#pragma once
+
+#include "core/timer.h"
+
+namespace sy {
+
+// Seconds spent in each part of the MoE layers (forward and backward), when
+// a MoeContext carries a pointer to one.
+struct MoeTimers {
+  double router = 0;    // router GEMM, scores, top-k, statistics all-reduce, capacity, router backward
+  double plan = 0;      // dispatch plan and the all-to-all of counts
+  double permute = 0;   // gather rows to send order, combine back to tokens (and their backward)
+  double wait = 0;      // waiting for row all-to-alls to finish
+  double experts = 0;   // grouped expert GEMMs and SwiGLU
+  double shared = 0;    // shared experts
+  double total() const { return router + plan + permute + wait + experts + shared; }
+};
+
+// Adds the lifetime of the scope to timers->*field (if there are timers at all).
+class Timed {
+ public:
+  Timed(MoeTimers* timers, double MoeTimers::*field) : slot_(timers ? &(timers->*field) : nullptr) {
+    if (slot_) t0_ = now_seconds();
+  }
+  ~Timed() {
+    if (slot_) *slot_ += now_seconds() - t0_;
+  }
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  double* slot_;
+  double t0_ = 0;
+};
+
+}  // namespace sy
