@@ -12,7 +12,7 @@
 #include "core/check.h"
 #include "kernels/cpu/linear.h"
 #include "pipeline/schedule.h"
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 
 namespace sy {
 

@@ -24,9 +24,9 @@
 #include "core/timer.h"
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
-#include "model/estimate.h"
+#include "estimate/model_size.h"
 #include "moe/balance.h"
-#include "train/memory.h"
+#include "estimate/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
 
