@@ -23,7 +23,7 @@
 #include "core/check.h"
 #include "model/layout.h"
 #include "config/run.h"
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 #include "train/export.h"
 
 namespace {
@@ -285,7 +285,7 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     std::unique_ptr<PipelinePlan> plan;
     if (s.pp > 1) plan = std::make_unique<PipelinePlan>(plan_pipeline(sized, s.pp));
     for (const ParamInfo& p : full.params())
-      homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p) : -1});
+      homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p.layer, p.kind == ParamKind::embed) : -1});
     std::vector<int64_t> writers = ckpt::assign_writers(homes, world, s.dp, s.ep, cfg.model.moe.experts);
     for (size_t i = 0; i < m.tensors.size(); ++i) {
       const int64_t index = m.tensors[i].index;

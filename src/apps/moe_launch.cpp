@@ -15,6 +15,7 @@
 #include <iostream>
 
 #include "apps/cli.h"
+#include "ckpt/format.h"
 #include "core/check.h"
 #include "launch/plan.h"
 #include "launch/supervisor.h"
@@ -47,7 +48,9 @@ int main(int argc, char** argv) {
       flags.train_binary = ((ec ? fs::absolute(argv[0]) : self).parent_path() / "moe-train").string();
     }
     flags.train_binary = fs::absolute(flags.train_binary).string();
-    sy::launch::Plan plan = sy::launch::make_plan(flags, sy::launch::Environment::current());
+    sy::launch::Environment env = sy::launch::Environment::current();
+    env.run_id_of = sy::ckpt::read_run_id;  // the one HDF5 read the launcher makes (linked here, not in launch/)
+    sy::launch::Plan plan = sy::launch::make_plan(flags, env);
     sy::launch::preflight(plan);
     std::cout << (as_json ? sy::launch::describe_json(plan) : sy::launch::describe(plan)) << std::flush;
     if (dry_run) return sy::launch::kExitOk;

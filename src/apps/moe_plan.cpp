@@ -15,7 +15,7 @@
 #include "core/check.h"
 #include "pipeline/simulate.h"
 #include "config/run.h"
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 
 namespace {
 

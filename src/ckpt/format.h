@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/dir/latest.h"  // step directory names and `latest` (no HDF5)
 #include "ckpt/h5.h"
 
 namespace sy::ckpt {
@@ -48,29 +49,9 @@ inline constexpr int64_t kFormatVersion = 2;
 inline constexpr int64_t kOldestFormatVersion = 1;  // still read (unsealed)
 inline constexpr int64_t kCrcBlock = int64_t{1} << 20;  // elements per checksum block
 inline constexpr const char* kManifest = "manifest.h5";
-inline constexpr const char* kLatest = "latest";
 inline constexpr const char* kGroups[3] = {"params", "adam_m", "adam_v"};
 
-std::string step_dir_name(int64_t step);    // "step_00000100"
 std::string shard_file_name(int64_t rank);  // "shard_00003.h5"
-// Step of a directory name, or -1 if it is not one of ours.
-int64_t parse_step_dir(const std::string& name);
-
-// What the `latest` file of a checkpoints directory says. It is valid when
-// it is a regular file holding one step directory name ("step_00000100",
-// trailing whitespace allowed) of a directory that exists beside it; a
-// path, "..", an empty or garbage file, or a dangling name is a problem.
-struct LatestFile {
-  bool exists = false;   // there is something called `latest`
-  std::string name;      // the step directory it names, when valid
-  std::string problem;   // why it cannot be used ("" when valid or absent)
-  bool valid() const { return exists && problem.empty(); }
-};
-LatestFile inspect_latest(const std::string& dir);
-// The name a valid `latest` in `dir` holds, "" if it is absent or damaged.
-std::string read_latest(const std::string& dir);
-// Step directories (step_XXXXXXXX, completed or not) in `dir`, newest first.
-std::vector<int64_t> list_steps(const std::string& dir);
 
 // The checkpoint a user means by `path`: a checkpoint directory (it holds
 // manifest.h5), a consolidated file, or a checkpoints or run directory (the

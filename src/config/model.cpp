@@ -1,5 +1,7 @@
 #include "config/model.h"
 
+#include <cmath>
+
 #include "core/check.h"
 
 namespace sy {
@@ -20,6 +22,11 @@ double forward_flops_per_token(const ModelConfig& m) {
   double f = head_flops(m);
   for (int64_t l = 0; l < m.n_layers; ++l) f += layer_flops(m, l);
   return f;
+}
+
+int64_t expert_capacity(double capacity_factor, int64_t Ntot, int64_t E, int64_t K) {
+  if (capacity_factor <= 0) return -1;
+  return static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(Ntot * K) / static_cast<double>(E)));
 }
 
 void validate(const ModelConfig& m, const std::string& where) {

@@ -55,6 +55,11 @@ double layer_flops(const ModelConfig& m, int64_t layer);
 double head_flops(const ModelConfig& m);
 double forward_flops_per_token(const ModelConfig& m);  // every block and the head
 
+// Per-expert capacity for Ntot tokens; -1 = unlimited (dropless). The MoE
+// block drops picks beyond it (moe/capacity.h); the memory estimate sizes
+// expert rows with it.
+int64_t expert_capacity(double capacity_factor, int64_t Ntot, int64_t E, int64_t K);
+
 // Cross-key checks; throws ConfigError naming the key. `where` names the
 // config file for the message.
 void validate(const ModelConfig& m, const std::string& where);

@@ -8,13 +8,13 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "ckpt/format.h"
+#include "ckpt/dir/latest.h"
 #include "core/check.h"
 #include "data/dataset.h"
 #include "core/mapped_file.h"
-#include "model/estimate.h"
+#include "estimate/model_size.h"
 #include "pipeline/simulate.h"
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 
 extern char** environ;
 
@@ -44,11 +44,11 @@ std::string absolute(const std::string& p) { return p.empty() ? p : fs::absolute
 // Where a run with checkpoint.resume = "auto" starts, as moe-train will
 // decide it: the line the plan shows ("from scratch", the checkpoint `latest`
 // names and its run, or what moe-train will refuse) and that checkpoint.
-std::string resume_point(const std::string& dir, bool fallback, std::string* from) {
+std::string resume_point(const std::string& dir, bool fallback, const Environment& env, std::string* from) {
   const ckpt::LatestFile l = ckpt::inspect_latest(dir);
   if (l.valid()) {
     *from = (fs::path(dir) / l.name).string();
-    const std::string run = ckpt::read_run_id(*from);
+    const std::string run = env.run_id_of ? env.run_id_of(*from) : std::string();
     return fmt::format("from {}{}", *from, run.empty() ? "" : fmt::format(" (run {})", run));
   }
   const std::vector<int64_t> steps = ckpt::list_steps(dir);
@@ -147,7 +147,7 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   p.tokens_per_step = static_cast<double>(cfg.train.global_batch * m.seq_len);
   p.ckpt_dir = cfg.checkpoint.dir.empty() ? (fs::path(cfg.run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
   if (cfg.checkpoint.resume == "auto") {
-    p.resume_line = resume_point(p.ckpt_dir, cfg.checkpoint.fallback, &p.resume_from);
+    p.resume_line = resume_point(p.ckpt_dir, cfg.checkpoint.fallback, env, &p.resume_from);
   } else {
     p.resume_from = cfg.checkpoint.resume == "none" ? "" : cfg.checkpoint.resume;
     p.resume_line = p.resume_from.empty() ? "from scratch (checkpoint.resume = \"none\")" : "from " + p.resume_from;

@@ -4,13 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "config/layout.h"
 #include "launch/command.h"
 #include "config/run.h"
-#include "train/memory.h"
+#include "estimate/memory.h"
 
 namespace sy::launch {
 
@@ -29,10 +30,14 @@ struct Environment {
   int64_t cores = 1;                 // hardware threads of this machine
   bool root = false;
   std::vector<std::string> forward;  // names of set OMP_*, OPENBLAS_*, SY_* variables
+  // The run a checkpoint directory belongs to ("" when none says): moe-launch
+  // passes ckpt::read_run_id, which reads the HDF5 manifest, so that this
+  // library links no HDF5. Unset: no checkpoint names its run.
+  std::function<std::string(const std::string&)> run_id_of;
   static Environment current();
 };
 
-// Bytes on the busiest rank: the one estimate moe-train checks too (train/memory.h).
+// Bytes on the busiest rank: the one estimate moe-train checks too (estimate/memory.h).
 using MemoryEstimate = sy::MemoryEstimate;
 
 struct Plan {

@@ -19,7 +19,7 @@
 #include <regex>
 #include <thread>
 
-#include "ckpt/format.h"
+#include "ckpt/dir/latest.h"
 #include "core/check.h"
 
 #ifndef SY_REPORT_SCRIPT
@@ -118,9 +118,10 @@ int64_t latest_step(const std::string& ckpt_dir) { return ckpt::parse_step_dir(c
 
 // What `latest` names, and whose it is: a restart may resume from `latest`
 // only once this job has committed a checkpoint there.
-std::string latest_identity(const std::string& ckpt_dir) {
+std::string latest_identity(const std::string& ckpt_dir, const Environment& env) {
   const std::string name = ckpt::read_latest(ckpt_dir);
-  return name.empty() ? "" : name + " " + ckpt::read_run_id((fs::path(ckpt_dir) / name).string());
+  if (name.empty()) return "";
+  return name + " " + (env.run_id_of ? env.run_id_of((fs::path(ckpt_dir) / name).string()) : std::string());
 }
 
 // One attempt's child process and its output.
@@ -217,7 +218,7 @@ class Supervisor {
   int run() {
     const LaunchSection& L = plan_.cfg.launch;
     RestartPolicy policy(L.max_restarts, L.restart_backoff);
-    latest_at_start_ = latest_identity(plan_.ckpt_dir);
+    latest_at_start_ = latest_identity(plan_.ckpt_dir, plan_.env);
     struct sigaction sa{}, old[4];
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
@@ -377,7 +378,7 @@ class Supervisor {
       // Carry on from this job's newest intact checkpoint. Until the job has
       // committed one, start the way the first attempt did (from scratch, or
       // from checkpoint.resume): `latest` may still be another run's.
-      if (latest_identity(plan_.ckpt_dir) != latest_at_start_) argv.insert(argv.end(), {"--set", "checkpoint.resume=auto"});
+      if (latest_identity(plan_.ckpt_dir, plan_.env) != latest_at_start_) argv.insert(argv.end(), {"--set", "checkpoint.resume=auto"});
       argv.insert(argv.end(), {"--set", "checkpoint.fallback=true"});
     }
     // Heartbeats of an earlier attempt must not count for this one.

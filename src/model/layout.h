@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/shape.h"
+#include "config/layout.h"  // ExpertSlice, StageSpec
 #include "config/model.h"
 
 namespace sy {
@@ -50,28 +51,12 @@ struct Bucket {
   int64_t ready = 0;  // backward readiness key: n_layers = head, l = block l, -1 = embedding
 };
 
-// Which routed experts this rank holds: [begin, begin + count).
-struct ExpertSlice {
-  int64_t begin = 0;
-  int64_t count = -1;  // -1: all
-};
-
 // Offsets of one block's tensors in the flat buffer (-1 if absent).
 struct BlockOffsets {
   int64_t attn_norm = -1, wqkv = -1, wo = -1, ffn_norm = -1;
   int64_t mlp_w13 = -1, mlp_w2 = -1;                 // dense FFN
   int64_t router = -1, shared_w13 = -1, shared_w2 = -1;
   std::vector<int64_t> expert_w13, expert_w2;        // per local routed expert
-};
-
-// Which part of the model a rank holds (pipeline parallelism): a set of
-// layers, and whether it has the embedding (first stage) and the final norm
-// and head (last stage). With tied embeddings the last stage holds a
-// replica of the embedding as its head.
-struct StageSpec {
-  std::vector<bool> layers;  // (L) held; empty = all
-  bool embed = true, head = true;
-  bool holds(int64_t l) const { return layers.empty() || layers[static_cast<size_t>(l)]; }
 };
 
 class ParamLayout {

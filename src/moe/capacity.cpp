@@ -8,11 +8,6 @@
 
 namespace sy {
 
-int64_t expert_capacity(double capacity_factor, int64_t Ntot, int64_t E, int64_t K) {
-  if (capacity_factor <= 0) return -1;
-  return static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(Ntot * K) / static_cast<double>(E)));
-}
-
 namespace {
 struct Key {
   float score;

@@ -12,12 +12,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "config/model.h"  // expert_capacity(): one home, shared with the memory estimate
+
 namespace sy {
 
 class Comm;  // comm/comm.h
-
-// Per-expert capacity for Ntot tokens; -1 = unlimited (dropless).
-int64_t expert_capacity(double capacity_factor, int64_t Ntot, int64_t E, int64_t K);
 
 // keep (N, K): 1 if pick (t, k) survives. idx (N, K) chosen experts, scores
 // (N, E); global_load (E): picks per expert summed over the dp group;

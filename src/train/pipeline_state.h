@@ -12,7 +12,7 @@
 #include "core/check.h"
 #include "model/ops.h"
 #include "pipeline/schedule.h"
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 
 namespace sy {
 

@@ -24,11 +24,11 @@
 #include "core/timer.h"
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
-#include "model/estimate.h"
+#include "estimate/model_size.h"
 #include "moe/balance.h"
+#include "estimate/memory.h"
 #include "moe/dispatcher.h"
 #include "moe/dp_group.h"
-#include "train/memory.h"
 
 extern "C" void openblas_set_num_threads(int);
 

@@ -23,7 +23,7 @@
 #include "config/run.h"
 #include "train/grad_sync.h"
 #include "train/optimizer.h"
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 
 namespace sy {
 

@@ -192,7 +192,7 @@ def test_sizes_that_cannot_fit(d):
                              ("model.seq_len=1048576", "activations need", "model.seq_len = 1048576"),
                              ("model.d_model=65536", "AdamW moments need", "model.d_model = 65536")):
         out = quick(["--set", key, "--set", "run.dir=r"], d, 2, "not enough memory: " + part, named, "available (")
-        assert "(raised at src/train/memory.cpp" in out, out
+        assert "(raised at src/estimate/memory.cpp" in out, out
 
 
 def test_ranges_that_would_give_nan(d):

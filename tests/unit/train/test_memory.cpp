@@ -9,12 +9,12 @@
 #include <fmt/ranges.h>
 
 #include "comm/comm.h"
-#include "model/estimate.h"
+#include "estimate/model_size.h"
 #include "model/layout.h"
 #include "model/transformer.h"
 #include "testing.h"
 #include "config/run.h"
-#include "train/memory.h"
+#include "estimate/memory.h"
 #include "train/trainer.h"
 
 namespace sy {
@@ -91,6 +91,27 @@ TEST(Estimate, HugeBatchesAreExtrapolatedNotOverflowed) {
   EXPECT_NEAR(huge / (a + ((1 << 30) - 1024) * (b - a) / 1024), 1.0, 1e-12);
 }
 
+// estimate/ sums the arena without the model (moe-launch links no model):
+// it must be the model's own count, buffer for buffer, for every block
+// kind, FP8 storage, stage chunk and slot count, and past 64 bits.
+TEST(Estimate, TheEstimatesArenaIsTheModels) {
+  for (const ModelConfig& m : models())
+    for (bool fp8 : {false, true})
+      for (int64_t B : {1, 3})
+        for (StageRun run : {StageRun{}, StageRun{1, 3, false, true, 3, nullptr}, StageRun{0, 1, true, false, 2, nullptr},
+                             StageRun{1, 2, false, false, 1, nullptr}}) {
+          if (m.n_layers < 3 && run.end > m.n_layers) continue;
+          const StageChunk chunk{run.begin, run.end, run.embed, run.head, run.slots};
+          EXPECT_EQ(arena_bytes(m, B, fp8, chunk), Transformer::arena_bytes(m, B, fp8, run))
+              << "fp8 " << fp8 << " B " << B << " layers " << run.begin << ".." << run.end << " slots " << run.slots;
+        }
+  ModelConfig m = models()[1];
+  m.vocab_size = 1 << 16, m.seq_len = 1 << 20;
+  for (bool fp8 : {false, true})
+    EXPECT_EQ(arena_bytes(m, 1 << 30, fp8, {0, -1, true, true, 2}),
+              Transformer::arena_bytes(m, 1 << 30, fp8, StageRun{0, -1, true, true, 2, nullptr}));
+}
+
 RunConfig config(const fs::path& dir, std::vector<std::string> sets = {}) {
   std::string text;
   for (int i = 0; i < 200; ++i) text += fmt::format("line {} of a small corpus.\n", i);
@@ -129,7 +150,7 @@ TEST(Estimate, MatchesWhatATrainerAllocates) {
     const bool fp8 = cfg.precision.recipe != "fp32";
     RowOptions rows;
     rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == "fp8-block";
-    const ActivationBytes a = estimate_activations(resolved.model, resolved.train.micro_batch, StageRun{}, rows);
+    const ActivationBytes a = estimate_activations(resolved.model, resolved.train.micro_batch, StageChunk{}, rows);
     EXPECT_EQ(a.arena, static_cast<double>(real.arena)) << fmt::format("{}", fmt::join(sets, " "));
     EXPECT_EQ(a.expert_rows + a.moe_scratch,
               static_cast<double>(real.expert_rows + t.model().moe_scratch_bytes()))

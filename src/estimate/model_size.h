@@ -1,15 +1,17 @@
 // Sizes of the model on one rank, from the configuration alone: nothing
-// big is allocated (parameter counts are sums of shapes, the activation
-// arena is counted by running the Transformer's own bind code on a counter).
-// train/memory.h adds the optimizer, gradients and checkpoint staging of a
-// run; moe-train and moe-launch both use that one estimate.
+// big is allocated and nothing of the model is linked (parameter counts are
+// sums of the shapes ParamLayout lays out; the activation arena sums the
+// buffers Transformer::bind asks for). estimate/memory.h adds the optimizer,
+// gradients and checkpoint staging of a run; moe-train and moe-launch both
+// use that one estimate. Unit tests hold both to the model's own numbers
+// (ParamLayout::total(), Transformer::arena_bytes and what a Transformer
+// reserves), so a change to the model's layout that is not made here fails.
 #pragma once
 
 #include <cstdint>
 
+#include "config/layout.h"
 #include "config/model.h"
-#include "model/layout.h"
-#include "model/transformer.h"
 
 namespace sy {
 
@@ -44,6 +46,23 @@ struct RowOptions {
   bool fp8_block = false;         // FP8 block scales (1 x 128) rather than per tensor
 };
 
+// The part of the model one Transformer runs (model/transformer.h's
+// StageRun without the parameter layout): blocks [begin, end), the
+// embedding if `embed`, final norm, head and loss if `head`, `slots`
+// micro-batches in flight.
+struct StageChunk {
+  int64_t begin = 0, end = -1;  // end -1: all layers
+  bool embed = true, head = true;
+  int64_t slots = 1;
+};
+
+// The arena a Transformer(m, micro_batch, {}, fp8_activations, run)
+// reserves, as Transformer::arena_bytes counts it: every buffer its bind()
+// asks for, each rounded up to the arena's alignment; for one and two slots
+// (every slot binds the same sizes) and, when a size would overflow 64 bits,
+// for one and two sequences (sizes are affine in micro_batch).
+double arena_bytes(const ModelConfig& m, int64_t micro_batch, bool fp8_activations, const StageChunk& run = {});
+
 // Activation memory of one Transformer (one chunk): the arena exactly as it
 // reserves it; the rows its experts receive and send (per layer and slot,
 // plus the transfer and backward buffers all MoE layers share) for a
@@ -53,7 +72,7 @@ struct ActivationBytes {
   double arena = 0, expert_rows = 0, moe_scratch = 0, fp8 = 0;
   double total() const { return arena + expert_rows + moe_scratch + fp8; }
 };
-ActivationBytes estimate_activations(const ModelConfig& m, int64_t micro_batch, const StageRun& run,
+ActivationBytes estimate_activations(const ModelConfig& m, int64_t micro_batch, const StageChunk& run,
                                      const RowOptions& rows);
 
 }  // namespace sy

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "model/layout.h"
-#include "pipeline/schedule.h"
+#include "config/layout.h"
 #include "config/run.h"
+#include "pipeline/schedule.h"
 
 namespace sy {
 
@@ -28,8 +28,9 @@ struct PipelinePlan {
   int64_t rank_of_layer(int64_t l) const { return stage_of_layer(l) % pp; }
   // The parameters pipeline rank r holds.
   StageSpec stage_spec(int64_t rank) const;
-  // The pipeline rank that saves a tensor (the embedding: the first stage).
-  int64_t home_rank(const ParamInfo& p) const;
+  // The pipeline rank that saves a tensor of block `layer` (-1: the
+  // embedding, final norm or head; the embedding goes to the first stage).
+  int64_t home_rank(int64_t layer, bool embedding) const;
   // One line per stage: rank, chunk, layers, estimated share of the FLOPs.
   std::string describe() const;
 };

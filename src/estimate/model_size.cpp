@@ -1,10 +1,11 @@
-#include "model/estimate.h"
+#include "estimate/model_size.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "config/dims.h"
+#include "core/arena.h"
 #include "core/check.h"
-#include "moe/capacity.h"
 
 namespace sy {
 
@@ -74,11 +75,82 @@ double fp8_bytes(double rows, double cols, bool block, double groups = 1) {
 
 }  // namespace
 
-ActivationBytes estimate_activations(const ModelConfig& m, int64_t micro_batch, const StageRun& run,
+namespace {
+
+// Bytes of the arena bound for `slots` micro-batches of B sequences over
+// blocks [begin, end): the buffers Transformer::bind and the binds it calls
+// (Fp8Staging, BlockActs with AttnActs and DenseActs or MoeActs, Scratch)
+// ask for, in their order, each rounded up as Arena::alloc rounds it.
+double bound_bytes(const ModelConfig& m, int64_t B, bool fp8, const StageChunk& run, int64_t end, int64_t slots) {
+  const Dims d(m, B);
+  double bytes = 0;
+  auto f32 = [&](int64_t count) { bytes += static_cast<double>(Arena::round_up(static_cast<size_t>(count) * sizeof(float))); };
+  auto i32 = [&](int64_t count) { bytes += static_cast<double>(Arena::round_up(static_cast<size_t>(count) * sizeof(int32_t))); };
+  auto u8 = [&](int64_t count) { bytes += static_cast<double>(Arena::round_up(static_cast<size_t>(count) * sizeof(uint8_t))); };
+  if (fp8) f32(d.N * d.C), f32(d.N * std::max(d.Fd, d.S));  // Fp8Staging: h, act
+  for (int64_t s = 0; s < slots; ++s) {
+    for (int64_t l = run.begin; l <= end; ++l) f32(d.N * d.C);  // x
+    for (int64_t l = run.begin; l < end; ++l) {
+      const bool moe = m.is_moe_layer(l);
+      // AttnActs: h1 (staging with FP8), rstd1, qkv, att, lse
+      if (!fp8) f32(d.N * d.C);
+      f32(d.N), f32(d.N * d.R), f32(d.N * d.H * d.D), f32(d.B * d.H * d.T);
+      // x_mid, h2 (staging for a dense block with FP8), rstd2
+      f32(d.N * d.C);
+      if (!(fp8 && !moe)) f32(d.N * d.C);
+      f32(d.N);
+      if (moe) {
+        // MoeActs: logits, scores, probs, idx, gates, keep, s_up, s_act (staging with FP8)
+        f32(d.N * d.E), f32(d.N * d.E), f32(d.N * d.E), i32(d.N * d.K), f32(d.N * d.K), u8(d.N * d.K);
+        f32(d.N * 2 * d.S);
+        if (!fp8) f32(d.N * d.S);
+      } else {
+        // DenseActs: up, act (staging with FP8)
+        f32(d.N * 2 * d.Fd);
+        if (!fp8) f32(d.N * d.Fd);
+      }
+    }
+    if (run.head) f32(d.N * d.C), f32(d.N), f32(d.N * d.V), f32(d.N);  // hf, rstdf, logits, losses
+    f32(d.N * d.C);                                                    // dres
+    if (run.embed) i32(d.N);                                           // tokens
+  }
+  f32(d.T * d.D / 2), f32(d.T * d.D / 2);  // rope cos, sin
+  // Scratch: tmp, dh, dqkv, datt, dup, dact, drl, dgates
+  f32(d.N * d.C), f32(d.N * d.C), f32(d.N * d.R), f32(d.N * d.H * d.D);
+  f32(std::max(d.N * 2 * d.Fd, d.N * 2 * d.S)), f32(std::max(d.N * d.Fd, d.N * d.S));
+  f32(d.N * d.E), f32(d.N * d.K);
+  return bytes;
+}
+
+}  // namespace
+
+double arena_bytes(const ModelConfig& m, int64_t micro_batch, bool fp8_activations, const StageChunk& run) {
+  const int64_t end = run.end < 0 ? m.n_layers : run.end;
+  SY_CHECK(run.begin >= 0 && run.begin <= end && end <= m.n_layers && run.slots >= 1,
+           "stage run [{}, {}) with {} slots does not fit a model of {} layers", run.begin, end, run.slots,
+           m.n_layers);
+  auto count = [&](int64_t B, int64_t slots) { return bound_bytes(m, B, fp8_activations, run, end, slots); };
+  // The largest element count one buffer asks for is N times the widest row
+  // (logits V, dense / shared up-projections 2 Fd / 2 S, qkv R, router E,
+  // attention's per-head lse H): past 2^60 bytes the int64 products could
+  // overflow, so such sizes come from one and two sequences instead.
+  const Dims d(m, micro_batch);
+  const double widest = static_cast<double>(std::max({d.C, d.V, d.R, d.H * d.D, 2 * d.Fd, 2 * d.S, d.E, d.H, d.K}));
+  const bool exact = static_cast<double>(d.N) * widest * sizeof(float) < 0x1p60;
+  auto at = [&](int64_t slots) {
+    if (exact) return count(micro_batch, slots);
+    const double one = count(1, slots), two = count(2, slots);
+    return one + static_cast<double>(micro_batch - 1) * (two - one);
+  };
+  const double one = at(1);
+  return run.slots == 1 ? one : one + static_cast<double>(run.slots - 1) * (at(2) - one);
+}
+
+ActivationBytes estimate_activations(const ModelConfig& m, int64_t micro_batch, const StageChunk& run,
                                      const RowOptions& o) {
   ActivationBytes a;
   const bool fp8 = o.fp8_activations;
-  a.arena = Transformer::arena_bytes(m, micro_batch, fp8, run);
+  a.arena = arena_bytes(m, micro_batch, fp8, run);
   const int64_t end = run.end < 0 ? m.n_layers : run.end;
   const double slots = static_cast<double>(run.slots);
   const Dims d(m, micro_batch);

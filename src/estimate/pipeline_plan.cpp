@@ -1,4 +1,4 @@
-#include "train/pipeline_plan.h"
+#include "estimate/pipeline_plan.h"
 
 #include <stdexcept>
 
@@ -26,9 +26,9 @@ StageSpec PipelinePlan::stage_spec(int64_t rank) const {
   return s;
 }
 
-int64_t PipelinePlan::home_rank(const ParamInfo& p) const {
-  if (p.layer >= 0) return rank_of_layer(p.layer);
-  return p.kind == ParamKind::embed ? 0 : pp - 1;
+int64_t PipelinePlan::home_rank(int64_t layer, bool embedding) const {
+  if (layer >= 0) return rank_of_layer(layer);
+  return embedding ? 0 : pp - 1;
 }
 
 std::string PipelinePlan::describe() const {

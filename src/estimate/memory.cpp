@@ -1,4 +1,4 @@
-#include "train/memory.h"
+#include "estimate/memory.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "core/check.h"
-#include "model/estimate.h"
-#include "train/pipeline_plan.h"
+#include "estimate/model_size.h"
+#include "estimate/pipeline_plan.h"
 
 namespace sy {
 
@@ -59,7 +59,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
     MemoryEstimate e;
     e.pp_rank = r;
     StageSpec stage;
-    std::vector<StageRun> chunks;
+    std::vector<StageChunk> chunks;
     double saved_inputs = 0;  // recompute: each stage input held while its micro-batch is in flight
     if (plan) {
       stage = plan->stage_spec(r);
@@ -67,11 +67,11 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
         const int64_t st = c * pp + r;
         const int64_t peak = plan->validation.peak_in_flight_chunk[static_cast<size_t>(r)][static_cast<size_t>(c)];
         chunks.push_back({plan->bounds[static_cast<size_t>(st)], plan->bounds[static_cast<size_t>(st + 1)], st == 0,
-                          st == plan->stages() - 1, recompute ? 1 : std::max<int64_t>(1, peak), nullptr});
+                          st == plan->stages() - 1, recompute ? 1 : std::max<int64_t>(1, peak)});
         if (recompute && st > 0) saved_inputs += static_cast<double>(peak) * N * static_cast<double>(m.d_model) * f4;
       }
     } else {
-      chunks.push_back(StageRun{});
+      chunks.push_back(StageChunk{});
     }
     const ParamCount pc = count_params(m, {0, local_experts}, stage);
     e.params_rank = pc.total;
@@ -82,7 +82,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
     // The gradient buffer, and with ZeRO-1 the reduce-scattered shard.
     e.grads = f4 * static_cast<double>(pc.total + (cfg.parallel.zero1 ? state : 0));
     e.optimizer = 2.0 * (cfg.precision.moments == "bf16" ? 2.0 : f4) * static_cast<double>(state);
-    for (const StageRun& run : chunks) {
+    for (const StageChunk& run : chunks) {
       const ActivationBytes a = estimate_activations(m, B, run, rows);
       e.activations += a.arena + a.fp8;
       e.expert_rows += a.expert_rows + a.moe_scratch;

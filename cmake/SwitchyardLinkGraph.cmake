@@ -1,0 +1,33 @@
+# sy_write_link_graph(FILE): one line per target of the project, "name<TAB>type<TAB>libs", with the
+# libraries it links directly as written (switchyard::model, MPI::MPI_CXX, PkgConfig::HDF5, ...).
+# tests/structure/check_arrows.py --links FILE holds that graph to the module arrows, as it holds
+# the includes: a target that links a module its arrows forbid fails the structure tests.
+function(_sy_targets_in dir out)
+  get_property(targets DIRECTORY ${dir} PROPERTY BUILDSYSTEM_TARGETS)
+  get_property(subdirs DIRECTORY ${dir} PROPERTY SUBDIRECTORIES)
+  foreach(sub IN LISTS subdirs)
+    _sy_targets_in(${sub} more)
+    list(APPEND targets ${more})
+  endforeach()
+  set(${out} ${targets} PARENT_SCOPE)
+endfunction()
+
+function(sy_write_link_graph file)
+  _sy_targets_in(${PROJECT_SOURCE_DIR} targets)
+  set(text "")
+  foreach(t IN LISTS targets)
+    get_target_property(type ${t} TYPE)
+    if(type STREQUAL "UTILITY")
+      continue()
+    elseif(type STREQUAL "INTERFACE_LIBRARY")
+      get_target_property(libs ${t} INTERFACE_LINK_LIBRARIES)
+    else()
+      get_target_property(libs ${t} LINK_LIBRARIES)
+    endif()
+    if(NOT libs)
+      set(libs "")
+    endif()
+    string(APPEND text "${t}\t${type}\t${libs}\n")
+  endforeach()
+  file(WRITE ${file} "${text}")
+endfunction()
