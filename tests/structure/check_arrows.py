@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The module arrows, checked over the include graph.
 
-Every `#include "module/..."` in src/ and comm/ is an arrow from the
+Every `#include "module/..."` in src/, comm/ and launch/ is an arrow from the
 including file's module to the included one. ALLOWED below is the house of
 DESIGN.md ("arrows point down"): apps -> train -> {pipeline, moe, model,
 ckpt, comm, data, infer} -> {fp8, kernels} -> core, with moe below model
@@ -74,6 +74,8 @@ def module_of(rel):
     parts = rel.split("/")
     if parts[0] == "comm":
         return {"mpi": "comm_mpi", "nccl": "comm_nccl"}.get(parts[1], "comm") if len(parts) > 2 else "comm"
+    if parts[0] == "launch":  # top level, beside comm/ (DESIGN.md)
+        return "launch" if len(parts) > 1 else None
     if parts[0] != "src" or len(parts) < 3:
         return None
     if parts[1] == "kernels":
@@ -90,7 +92,7 @@ def target_module(include):
     parts = include.split("/")
     if len(parts) < 2:
         return None
-    if parts[0] == "comm":
+    if parts[0] in ("comm", "launch"):
         return module_of(include)
     return module_of("src/" + include)
 
@@ -101,7 +103,8 @@ INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 def arrows(repo):
     """(from file, to module, include) for every project include between modules."""
     out = []
-    for path in sorted(list((repo / "src").rglob("*")) + list((repo / "comm").rglob("*"))):
+    for path in sorted(list((repo / "src").rglob("*")) + list((repo / "comm").rglob("*")) +
+                       list((repo / "launch").rglob("*"))):
         if path.suffix not in (".h", ".hpp", ".cpp", ".cu", ".cuh") or not path.is_file():
             continue
         rel = path.relative_to(repo).as_posix()
