@@ -515,10 +515,10 @@ std::string Checkpointer::plan_resume() {
     std::cout << fmt::format("checkpoint.overwrite: '{}' holds other checkpoints ({}); they are deleted after this "
                              "run's first checkpoint\n", dir_, describe_owners()) << std::flush;
   };
-  if (c.resume == "none") {
+  if (c.resume == ResumeMode::none) {
     claim("", "start from scratch");
-  } else if (c.resume != "auto") {
-    const std::string path = ckpt::resolve_checkpoint(c.resume);
+  } else if (c.resume == ResumeMode::dir) {
+    const std::string path = ckpt::resolve_checkpoint(c.resume_dir);
     claim(fs::is_directory(path) ? ckpt::read_run_id(path) : std::string(), "resume from another checkpoint");
     out.push_back(path);
   } else if (latest.valid()) {
@@ -621,7 +621,7 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
       st.fp8_amax = m.fp8_amax_history;
       st.fp8_len = m.fp8_shape[2];
     } else {
-      SY_CHECK(!m.sealed || theirs.precision.recipe != "fp8-tensor-delayed" || m.step == 0,
+      SY_CHECK(!m.sealed || theirs.precision.recipe != Recipe::fp8_tensor_delayed || m.step == 0,
                "checkpoint '{}' was saved with precision.recipe = \"fp8-tensor-delayed\" after {} steps but holds "
                "no fp8_amax_history", dir, m.step);
     }

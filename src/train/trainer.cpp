@@ -79,7 +79,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   check_memory(cfg_, need, available_memory(), on_node);
   world.barrier();
 
-  data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
+  data_ = std::make_unique<DataFiles>(option_name(cfg_.data.format), cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
                                       cfg_.model.vocab_size);
   const int64_t len = cfg_.model.seq_len + 1;
   SY_CONFIG_CHECK(data_->train().windows(len) > 0,
@@ -94,20 +94,20 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                                        grid_.dp_size(), cfg_.train.val_batches,
                                        static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
 
-  const std::string& transport = cfg_.parallel.transport;
+  const Transport transport = cfg_.parallel.transport;
   bool one_node = grid_.ep_size() > 1 && same_node(grid_.ep());
-  SY_CONFIG_CHECK(transport != "shm" || one_node || grid_.ep_size() == 1,
+  SY_CONFIG_CHECK(transport != Transport::shm || one_node || grid_.ep_size() == 1,
                   "{}: parallel.transport = \"shm\" needs every expert-parallel group on one node, and {} spans "
                   "several; use \"mpi\" or \"auto\"", cfg_.source, grid_.ep().describe());
-  shm_ = one_node && transport != "mpi";
+  shm_ = one_node && transport != Transport::mpi;
   MoeContext ctx{grid_.dp(), grid_.ep(), grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len,
                  static_cast<int>(cfg_.parallel.dispatch_chunks), cfg_.parallel.overlap, shm_};
-  const bool fp8_acts = cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations;
+  const bool fp8_acts = cfg_.precision.recipe != Recipe::fp32 && cfg_.precision.fp8_activations;
   if (pipelined()) {
     setup_pipeline(ctx, fp8_acts);
   } else {
-    SY_CONFIG_CHECK(cfg_.parallel.recompute == "none", "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
-                    "it needs parallel.pp > 1", cfg_.source, cfg_.parallel.recompute);
+    SY_CONFIG_CHECK(cfg_.parallel.recompute == Recompute::none, "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
+                    "it needs parallel.pp > 1", cfg_.source, option_name(cfg_.parallel.recompute));
     SY_CONFIG_CHECK(cfg_.parallel.virtual_stages == 1 && cfg_.parallel.split.empty(),
                     "{}: parallel.virtual and parallel.split need parallel.pp > 1", cfg_.source);
     chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_acts));
@@ -119,15 +119,15 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   grads_.resize(static_cast<size_t>(layout.total()));
   init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
   sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
-  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train, cfg_.precision.moments == "bf16");
+  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train, cfg_.precision.moments == Moments::bf16);
   ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
-  if (cfg_.precision.recipe != "fp32") {
+  if (cfg_.precision.recipe != Recipe::fp32) {
     Fp8Recipe r;
-    const std::string& name = cfg_.precision.recipe;
-    r.scaling = name == "fp8-block" ? Fp8Scaling::block
-                : name == "fp8-tensor-delayed" ? Fp8Scaling::tensor_delayed : Fp8Scaling::tensor_current;
-    r.grad_format = cfg_.precision.grad_format == "e4m3" ? Fp8Format::e4m3 : Fp8Format::e5m2;
+    const Recipe recipe = cfg_.precision.recipe;
+    r.scaling = recipe == Recipe::fp8_block ? Fp8Scaling::block
+                : recipe == Recipe::fp8_tensor_delayed ? Fp8Scaling::tensor_delayed : Fp8Scaling::tensor_current;
+    r.grad_format = cfg_.precision.grad_format == GradFormat::e4m3 ? Fp8Format::e4m3 : Fp8Format::e5m2;
     r.amax_history = cfg_.precision.amax_history;
     r.pow2_scales = cfg_.precision.pow2_scales;
     r.saturate = cfg_.precision.saturate;
@@ -190,7 +190,7 @@ std::string Trainer::describe() const {
   std::string pipe;
   if (const PipelinePlan* pl = pipeline())
     pipe = fmt::format("\npipe   : {} schedule, pp {} x {} chunk{}, {} micro-batches, recompute {}, split {} {}\n{}",
-                       p.schedule, pl->pp, pl->v, pl->v == 1 ? "" : "s", pl->m, p.recompute,
+                       pipe::schedule_name(p.schedule), pl->pp, pl->v, pl->v == 1 ? "" : "s", pl->m, option_name(p.recompute),
                        pl->balanced ? "balanced by FLOPs" : "from parallel.split", fmt::join(pl->counts, "/"),
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
