@@ -361,32 +361,29 @@ void Checkpointer::commit() {
     try {
       const TrainState& st = pending_state_;
       ckpt::Manifest m;
+      static_cast<ckpt::CheckpointState&>(m) = st;
+      m.sealed = true;
       m.software_version = version();
       m.saved_at = now_iso();
       m.config_toml = to_toml(cfg_);
       m.run_id = run_id_;
-      m.step = st.step;
-      m.tokens_seen = st.metrics.count("tokens_seen") ? static_cast<int64_t>(st.metrics.at("tokens_seen")) : 0;
-      m.seed = st.seed;
       m.world = world.size(), m.pp = grid_.pp_size(), m.dp = grid_.dp_size(), m.ep = grid_.ep_size();
       m.zero1 = sync_.zero1() ? 1 : 0;
       for (int64_t r = 0; r < world.size(); ++r)
         if (digests[static_cast<size_t>(r)] >= 0)
           m.shard_digests[ckpt::shard_file_name(r)] = static_cast<uint32_t>(digests[static_cast<size_t>(r)]);
       m.shards = static_cast<int64_t>(m.shard_digests.size());
-      for (const auto& [k, v] : st.metrics)
-        if (k != "tokens_seen") m.metrics[k] = v;
       const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
-      if (L > 0) {
+      if (L > 0) {  // no loads recorded (yet): zeros
         m.bias_shape = {L, E};
-        m.expert_bias = st.expert_bias;
-        m.expert_load.assign(static_cast<size_t>(L * E), 0);
-        for (size_t l = 0; l < st.expert_load.size(); ++l)
-          for (size_t e = 0; e < st.expert_load[l].size(); ++e) m.expert_load[l * E + e] = st.expert_load[l][e];
+        m.expert_load.resize(static_cast<size_t>(L * E), 0);
+      } else {
+        m.bias_shape.clear(), m.expert_bias.clear(), m.expert_load.clear();
       }
-      if (st.fp8_len > 0) {
-        m.fp8_shape = {static_cast<int64_t>(full_.params().size()), 3, st.fp8_len};
-        m.fp8_amax_history = st.fp8_amax;
+      if (st.fp8_len() > 0) {
+        m.fp8_shape = {static_cast<int64_t>(full_.params().size()), 3, st.fp8_len()};
+      } else {
+        m.fp8_shape.clear(), m.fp8_amax_history.clear();
       }
       for (const ParamInfo& p : full_.params())
         m.tensors.push_back({p.name, p.shape.dims, ckpt::shard_file_name(writer_[p.index]), p.index});
@@ -593,18 +590,17 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
     if (const int64_t s = ckpt::parse_step_dir(name); s >= 0)
       SY_CHECK(s == m.step, "checkpoint '{}': its manifest says step {}, its directory name step {}: the manifest is "
                "not from this checkpoint", dir, m.step, s);
+    st = m;  // the state, checked below against what this model needs
     const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
     if (L > 0) {
       if (m.bias_shape.empty() && !m.sealed) {
-        st.expert_bias.assign(static_cast<size_t>(L * E), 0.f);  // format 1 without the datasets: start at zero
-        st.expert_load.assign(static_cast<size_t>(L), std::vector<int64_t>(static_cast<size_t>(E), 0));
+        st.bias_shape = {L, E};  // format 1 without the datasets: start at zero
+        st.expert_bias.assign(static_cast<size_t>(L * E), 0.f);
+        st.expert_load.assign(static_cast<size_t>(L * E), 0);
       } else {
         SY_CHECK(m.bias_shape == std::vector<int64_t>({L, E}), "checkpoint '{}': datasets 'expert_bias' and "
                  "'expert_load' have shape ({}), the model needs ({}, {}) (MoE layers, experts)", dir,
                  fmt::join(m.bias_shape, ", "), L, E);
-        st.expert_bias = m.expert_bias;
-        for (int64_t l = 0; l < L; ++l)
-          st.expert_load.emplace_back(m.expert_load.begin() + l * E, m.expert_load.begin() + (l + 1) * E);
       }
     } else {
       SY_CHECK(m.bias_shape.empty(), "checkpoint '{}' holds expert_bias ({}) but the model has no MoE layers", dir,
@@ -618,8 +614,6 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
                "checkpoint '{}': fp8_amax_history holds {} steps, more than the {} it can have after {} steps with "
                "precision.amax_history = {}", dir, m.fp8_shape[2], std::min(m.step, theirs.precision.amax_history),
                m.step, theirs.precision.amax_history);
-      st.fp8_amax = m.fp8_amax_history;
-      st.fp8_len = m.fp8_shape[2];
     } else {
       SY_CHECK(!m.sealed || theirs.precision.recipe != Recipe::fp8_tensor_delayed || m.step == 0,
                "checkpoint '{}' was saved with precision.recipe = \"fp8-tensor-delayed\" after {} steps but holds "
@@ -646,12 +640,6 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
           opt.set_moments(g[5], range->state, static_cast<int64_t>(part.size()), part.data());
         }
     }
-    st.run_id = m.run_id;
-    st.step = m.step;
-    st.seed = m.seed;
-    st.metrics = m.metrics;
-    st.metrics["tokens_seen"] = static_cast<double>(m.tokens_seen);
-    st.sealed = m.sealed;
   } catch (const Error& e) {
     err = e.what();
   } catch (const std::exception& e) {

@@ -510,13 +510,13 @@ int64_t Trainer::resume() {
       TrainState st = ckpt_->load(candidates[c], params_.data(), *opt_);
       if (!st.expert_bias.empty()) expert_bias_ = st.expert_bias;
       if (fp8_ && fp8_->named() > 0) {
-        if (st.fp8_len > 0)
-          fp8_->set_histories(st.fp8_amax, st.fp8_len);
+        if (st.fp8_len() > 0)
+          fp8_->set_histories(st.fp8_amax_history, st.fp8_len());
         else if (rank0_)
           std::cout << "fp8: the checkpoint has no amax histories (saved without fp8-tensor-delayed); delayed "
                        "scales start from each tensor's current amax\n";
       }
-      tokens_seen_ = static_cast<int64_t>(st.metrics["tokens_seen"]);
+      tokens_seen_ = st.tokens_seen;
       if (st.seed != cfg_.train.seed) {
         if (rank0_)
           std::cout << fmt::format("note: continuing with the checkpoint's seed {} (this config says {}) so the data "
@@ -553,13 +553,23 @@ TrainState Trainer::train_state(int64_t steps_done, const StepStats& s) const {
   TrainState st;
   st.run_id = ckpt_->run_id();
   st.step = steps_done;
+  st.tokens_seen = tokens_seen_;
   st.seed = cfg_.train.seed;
-  st.expert_bias = expert_bias_;
-  st.expert_load = s.load;
-  st.metrics = {{"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
-                {"tokens_seen", static_cast<double>(tokens_seen_)}};
+  const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
+  if (L > 0) {
+    st.bias_shape = {L, E};
+    st.expert_bias = expert_bias_;
+    st.expert_load.assign(static_cast<size_t>(L * E), 0);  // (L, E) row-major; zeros where the step recorded none
+    for (size_t l = 0; l < s.load.size(); ++l)
+      for (size_t e = 0; e < s.load[l].size(); ++e) st.expert_load[l * static_cast<size_t>(E) + e] = s.load[l][e];
+  }
+  st.metrics = {{"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm}};
   if (s.val_loss >= 0) st.metrics["val_loss"] = s.val_loss;
-  if (fp8_ && fp8_->named() > 0) st.fp8_amax = fp8_->histories(&st.fp8_len);
+  if (fp8_ && fp8_->named() > 0) {
+    int64_t len = 0;
+    st.fp8_amax_history = fp8_->histories(&len);
+    if (len > 0) st.fp8_shape = {static_cast<int64_t>(full_layout_->params().size()), 3, len};
+  }
   return st;
 }
 
