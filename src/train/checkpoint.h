@@ -30,6 +30,10 @@
 // Every value read is checked against the shape and range the model needs.
 // All ranks agree on success or on the first error (which names the file
 // and dataset).
+//
+// Files: checkpoint.cpp saves and commits; checkpoint_load.cpp loads;
+// checkpoint_owner.cpp holds the ownership rules (run identity, lock,
+// resume candidates, retention).
 #pragma once
 
 #include <atomic>
