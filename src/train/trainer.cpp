@@ -255,9 +255,9 @@ int Trainer::train() {
     if (end.stop) {
       ckpt_->finish();
       if (rank0_)
-        std::cout << (end.planned_stop ? fmt::format("stopping after step {} as train.stop_after asks; run again to "
-                                                 "resume\n", i + 1)
-                                   : fmt::format("stopped by a signal after step {}; the checkpoint is saved\n", i + 1));
+        std::cout << (end.planned_stop
+                          ? fmt::format("stopping after step {} as train.stop_after asks; run again to resume\n", i + 1)
+                          : fmt::format("stopped by a signal after step {}; the checkpoint is saved\n", i + 1));
       exit_code = end.planned_stop ? 0 : kInterruptedExitCode;
       break;
     }
