@@ -146,10 +146,10 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
   p.flops_per_token = forward_flops_per_token(m);
   p.tokens_per_step = static_cast<double>(cfg.train.global_batch * m.seq_len);
   p.ckpt_dir = cfg.checkpoint.dir.empty() ? (fs::path(cfg.run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
-  if (cfg.checkpoint.resume == "auto") {
+  if (cfg.checkpoint.resume == ResumeMode::automatic) {
     p.resume_line = resume_point(p.ckpt_dir, cfg.checkpoint.fallback, env, &p.resume_from);
   } else {
-    p.resume_from = cfg.checkpoint.resume == "none" ? "" : cfg.checkpoint.resume;
+    p.resume_from = cfg.checkpoint.resume == ResumeMode::none ? "" : cfg.checkpoint.resume_dir;
     p.resume_line = p.resume_from.empty() ? "from scratch (checkpoint.resume = \"none\")" : "from " + p.resume_from;
   }
 
@@ -192,7 +192,7 @@ void preflight(Plan& p) {
   // Data: every pattern matches, every file is a regular file and well
   // formed, every shard token is below model.vocab_size (moe-train's own
   // DataFiles, the same checks), and there is a window of seq_len + 1 tokens.
-  DataFiles data(cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.val_fraction, cfg.model.vocab_size);
+  DataFiles data(option_name(cfg.data.format), cfg.data.train, cfg.data.val, cfg.data.val_fraction, cfg.model.vocab_size);
   const int64_t len = cfg.model.seq_len + 1;
   SY_CONFIG_CHECK(data.train().windows(len) > 0, "{}: the training data ({}) has no file with at least "
                   "model.seq_len + 1 = {} tokens", cfg.source, data.train().describe(), len);

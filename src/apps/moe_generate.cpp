@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     } else {
       SY_CONFIG_CHECK(!prompt.empty(), "an empty prompt: give --prompt TEXT (or --prompt-ids)");
       SY_CONFIG_CHECK(bytes, "{}: the model's vocabulary is {} tokens (data.format = \"{}\") and Switchyard has no "
-                      "tokenizer for it; give the prompt as --prompt-ids", m.path, mc.vocab_size, m.config.data.format);
+                      "tokenizer for it; give the prompt as --prompt-ids", m.path, mc.vocab_size, option_name(m.config.data.format));
       ids = sy::encode_bytes(prompt);
     }
     SY_CONFIG_CHECK(!ids.empty(), "an empty prompt");

@@ -96,20 +96,32 @@ struct TensorEntry {
   }
 };
 
-struct Manifest {
-  int64_t format_version = kFormatVersion;
-  bool sealed = true;                   // read: the manifest carried a checksum table (format >= 2)
-  std::string software_version, saved_at, config_toml;
-  std::string run_id;                   // "" only in format 1
-  std::map<std::string, uint32_t> shard_digests;  // shard file -> its seal digest (format >= 2, not consolidated)
-  int64_t step = 0, tokens_seen = 0, seed = 0;
-  int64_t world = 1, pp = 1, dp = 1, ep = 1, zero1 = 0, shards = 1;
-  std::vector<int64_t> bias_shape;      // (moe_layers, E)
-  std::vector<float> expert_bias;
-  std::vector<int64_t> expert_load;
+// The training state a checkpoint restores besides the tensors: the one
+// home of each such field. The manifest holds it (write_manifest and
+// read_manifest store and check it); the trainer saves and resumes exactly
+// this (train/checkpoint.h: TrainState). A new field: add it here, write it
+// in write_manifest_into and read it in read_manifest.
+struct CheckpointState {
+  std::string run_id;                   // the run's identity (32 hex digits); "" only in format 1
+  int64_t step = 0;                     // optimizer steps completed
+  int64_t tokens_seen = 0;              // training tokens consumed in those steps
+  int64_t seed = 0;                     // data order and random streams derive from (seed, step)
+  std::vector<int64_t> bias_shape;      // (moe_layers, E); empty without MoE layers
+  std::vector<float> expert_bias;       // (moe_layers, E): the balancing bias
+  std::vector<int64_t> expert_load;     // (moe_layers, E): the last step's loads
   std::vector<int64_t> fp8_shape;       // (tensors, 3, steps): fp8-tensor-delayed amax histories
   std::vector<float> fp8_amax_history;  // per tensor (by index): activation, weight, gradient; oldest first
-  std::map<std::string, double> metrics;
+  std::map<std::string, double> metrics;  // the last step's loss, lr, grad_norm, val_loss
+  bool sealed = true;                   // read: the manifest carried a checksum table (format >= 2)
+  // Steps of amax history held (0: none).
+  int64_t fp8_len() const { return fp8_shape.size() == 3 ? fp8_shape[2] : 0; }
+};
+
+struct Manifest : CheckpointState {
+  int64_t format_version = kFormatVersion;
+  std::string software_version, saved_at, config_toml;
+  std::map<std::string, uint32_t> shard_digests;  // shard file -> its seal digest (format >= 2, not consolidated)
+  int64_t world = 1, pp = 1, dp = 1, ep = 1, zero1 = 0, shards = 1;
   std::vector<TensorEntry> tensors;
   const TensorEntry* find(const std::string& name) const;
 };

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "core/check.h"
@@ -131,13 +132,6 @@ void check_run_name(const std::string& name, const Where& w) {
                   why);
 }
 
-// The schedules the pipeline module builds (their one home: pipeline/schedule.h).
-std::vector<std::string> schedule_list() {
-  std::vector<std::string> out;
-  for (const auto& [name, doc] : pipe::schedule_names()) out.push_back(name);
-  return out;
-}
-
 Key string(std::string sec, std::string name, std::string& (*ref)(RunConfig&),
            std::vector<std::string> allowed, std::string doc) {
   std::string type = allowed.empty() ? "a string" : fmt::format("one of \"{}\"", fmt::join(allowed, "\", \""));
@@ -150,6 +144,39 @@ Key string(std::string sec, std::string name, std::string& (*ref)(RunConfig&),
     ref(c) = x;
   };
   k.show = [ref](const RunConfig& c) { return quote(ref(const_cast<RunConfig&>(c))); };
+  return k;
+}
+
+// A choice-valued key, read once into its enum (config/options.h holds the
+// names; the pipeline schedules' come from pipeline/schedule.h).
+template <Option E>
+Key option(std::string sec, std::string name, E& (*ref)(RunConfig&), std::string doc) {
+  std::string type = fmt::format("one of \"{}\"", fmt::join(option_names<E>(), "\", \""));
+  Key k{std::move(sec), std::move(name), type, std::move(doc), true, nullptr, nullptr};
+  k.set = [k, ref](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_string()) bad_type(k, v, w);
+    std::string x = v.as_string()->get();
+    std::optional<E> e = parse_option<E>(x);
+    SY_CONFIG_CHECK(e.has_value(), "{}: {} = \"{}\" is not {}", w.str(), k.full(), x, k.type);
+    ref(c) = *e;
+  };
+  k.show = [ref](const RunConfig& c) { return quote(option_name(ref(const_cast<RunConfig&>(c)))); };
+  return k;
+}
+
+// checkpoint.resume: "auto", "none", or any other string, a checkpoint directory.
+Key resume_key(std::string doc) {
+  Key k{"checkpoint", "resume", "a string", std::move(doc), true, nullptr, nullptr};
+  k.set = [k](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_string()) bad_type(k, v, w);
+    std::string x = v.as_string()->get();
+    std::optional<ResumeMode> mode = parse_option<ResumeMode>(x);
+    c.checkpoint.resume = mode.value_or(ResumeMode::dir);
+    c.checkpoint.resume_dir = mode ? std::string() : x;
+  };
+  k.show = [](const RunConfig& c) {
+    return quote(c.checkpoint.resume == ResumeMode::dir ? c.checkpoint.resume_dir : option_name(c.checkpoint.resume));
+  };
   return k;
 }
 
@@ -248,7 +275,7 @@ const std::vector<Key>& schema() {
     k.push_back(real("moe", "bias_update_rate", SY_REF(double, model.moe.bias_update_rate), 0.0, 1.0, "aux-loss-free balancing bias step per update, 0 = off"));
     k.push_back(real("moe", "capacity_factor", SY_REF(double, model.moe.capacity_factor), 0.0, 1e6, "expert capacity factor; 0 = dropless"));
     // data
-    k.push_back(string("data", "format", SY_REF(std::string, data.format), {"text", "bin"}, "text = bytes of text files (vocab 256); bin = llm.c uint16 shards"));
+    k.push_back(option<DataFormat>("data", "format", SY_REF(DataFormat, data.format), "text = bytes of text files (vocab 256); bin = llm.c uint16 shards"));
     k.push_back(strings("data", "train", SY_REF(std::vector<std::string>, data.train), "training files or glob patterns"));
     k.push_back(strings("data", "val", SY_REF(std::vector<std::string>, data.val), "validation files; empty = the last val_fraction of each train file"));
     k.push_back(real("data", "val_fraction", SY_REF(double, data.val_fraction), 0.0, 0.9, "share of each train file held out when data.val is empty"));
@@ -279,30 +306,30 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 0, 1 << 20, "data-parallel ranks; 0 = job ranks / pp"));
     k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));
     k.push_back(integer("parallel", "pp", SY_REF(int64_t, parallel.pp), 1, 1 << 20, "pipeline stages"));
-    k.push_back(string("parallel", "schedule", SY_REF(std::string, parallel.schedule), schedule_list(), "pipeline schedule (pp > 1): GPipe, 1F1B, interleaved 1F1B over parallel.virtual chunks, or zero-bubble (split backward)"));
+    k.push_back(option<pipe::ScheduleKind>("parallel", "schedule", SY_REF(pipe::ScheduleKind, parallel.schedule), "pipeline schedule (pp > 1): GPipe, 1F1B, interleaved 1F1B over parallel.virtual chunks, or zero-bubble (split backward)"));
     k.push_back(integer("parallel", "microbatches", SY_REF(int64_t, parallel.microbatches), 0, 1 << 14, "micro-batches per step through the pipeline; 0 = train.grad_accum (with pp > 1 it sets train.grad_accum)"));
     k.push_back(integer("parallel", "virtual", SY_REF(int64_t, parallel.virtual_stages), 1, 64, "model chunks per pipeline rank (interleaved schedule)"));
     k.push_back(integers("parallel", "split", SY_REF(std::vector<int64_t>, parallel.split), "layers per pipeline stage (pp x virtual entries, stage order); empty = balanced by estimated cost"));
-    k.push_back(string("parallel", "recompute", SY_REF(std::string, parallel.recompute), {"none", "full"}, "activation recomputation per pipeline stage: keep every activation, or keep only each stage's input and recompute its forward before backward"));
+    k.push_back(option<Recompute>("parallel", "recompute", SY_REF(Recompute, parallel.recompute), "activation recomputation per pipeline stage: keep every activation, or keep only each stage's input and recompute its forward before backward"));
     k.push_back(boolean("parallel", "zero1", SY_REF(bool, parallel.zero1), "shard AdamW state over data-parallel ranks (ZeRO-1)"));
-    k.push_back(string("parallel", "transport", SY_REF(std::string, parallel.transport), {"auto", "shm", "mpi"}, "MoE row transport: shared memory (ep group on one node), MPI all-to-all-v, or auto"));
+    k.push_back(option<Transport>("parallel", "transport", SY_REF(Transport, parallel.transport), "MoE row transport: shared memory (ep group on one node), MPI all-to-all-v, or auto"));
     k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts (mpi transport)"));
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
-    k.push_back(string("precision", "recipe", SY_REF(std::string, precision.recipe), {"fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"}, "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights)"));
-    k.push_back(string("precision", "grad_format", SY_REF(std::string, precision.grad_format), {"e5m2", "e4m3"}, "FP8 format of gradients in the backward GEMMs"));
+    k.push_back(option<Recipe>("precision", "recipe", SY_REF(Recipe, precision.recipe), "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights)"));
+    k.push_back(option<GradFormat>("precision", "grad_format", SY_REF(GradFormat, precision.grad_format), "FP8 format of gradients in the backward GEMMs"));
     k.push_back(integer("precision", "amax_history", SY_REF(int64_t, precision.amax_history), 1, 1 << 20, "fp8-tensor-delayed: steps of amax history a scale is computed from"));
     k.push_back(boolean("precision", "pow2_scales", SY_REF(bool, precision.pow2_scales), "round FP8 scales down to powers of two"));
     k.push_back(boolean("precision", "saturate", SY_REF(bool, precision.saturate), "FP8 overflow clamps to the largest finite value (else NaN / Inf)"));
-    k.push_back(string("precision", "moments", SY_REF(std::string, precision.moments), {"fp32", "bf16"}, "storage of the AdamW moments: FP32, or BF16 (half the optimizer memory; the update computes in FP32; checkpoints hold FP32)"));
+    k.push_back(option<Moments>("precision", "moments", SY_REF(Moments, precision.moments), "storage of the AdamW moments: FP32, or BF16 (half the optimizer memory; the update computes in FP32; checkpoints hold FP32)"));
     k.push_back(boolean("precision", "fp8_activations", SY_REF(bool, precision.fp8_activations), "FP8 recipes: activations saved for the weight gradient of FP8 linear layers (norm outputs feeding wqkv / dense w13, SwiGLU outputs feeding w2) are kept in FP8, not FP32"));
     // checkpoint
     k.push_back(integer("checkpoint", "interval", SY_REF(int64_t, checkpoint.interval), 0, kBig, "save every N steps (and on SIGUSR1/SIGTERM); 0 = no periodic saves"));
     k.push_back(boolean("checkpoint", "at_end", SY_REF(bool, checkpoint.at_end), "save a checkpoint when the run reaches train.steps"));
     k.push_back(integer("checkpoint", "keep", SY_REF(int64_t, checkpoint.keep), 1, 1 << 20, "newest checkpoints to keep"));
     k.push_back(integer("checkpoint", "keep_every", SY_REF(int64_t, checkpoint.keep_every), 0, kBig, "also keep every step that is a multiple of this; 0 = none"));
-    k.push_back(string("checkpoint", "resume", SY_REF(std::string, checkpoint.resume), {}, "\"auto\" (from latest), \"none\", or a checkpoint directory"));
+    k.push_back(resume_key("\"auto\" (from latest), \"none\", or a checkpoint directory"));
     k.push_back(boolean("checkpoint", "fallback", SY_REF(bool, checkpoint.fallback), "on an unusable checkpoint or a damaged `latest`, resume from this run's newest intact checkpoint"));
     k.push_back(boolean("checkpoint", "overwrite", SY_REF(bool, checkpoint.overwrite), "let a run start in a checkpoint directory that holds another run's checkpoints; they are deleted once this run's first checkpoint is saved"));
     k.push_back(boolean("checkpoint", "async", SY_REF(bool, checkpoint.async), "write checkpoints in the background"));
@@ -449,7 +476,7 @@ RunConfig parse_config(const std::string& text, const std::string& source,
   for (const std::string& ov : overrides) apply_override(cfg, ov);
   validate(cfg.model, source);
   SY_CONFIG_CHECK(!cfg.data.train.empty(), "{}: data.train is empty: name the training files", source);
-  SY_CONFIG_CHECK(cfg.data.format != "text" || cfg.model.vocab_size >= 256,
+  SY_CONFIG_CHECK(cfg.data.format != DataFormat::text || cfg.model.vocab_size >= 256,
                   "{}: data.format = \"text\" has byte tokens 0..255 but model.vocab_size = {}; "
                   "set model.vocab_size >= 256", source, cfg.model.vocab_size);
   return cfg;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config/model.h"
+#include "config/options.h"
 
 namespace sy {
 
@@ -18,7 +19,7 @@ struct RunSection {
 };
 
 struct DataSection {
-  std::string format = "text";        // "text" (bytes) or "bin" (llm.c uint16 shards)
+  DataFormat format = DataFormat::text;  // "text" (bytes) or "bin" (llm.c uint16 shards)
   std::vector<std::string> train;     // files or glob patterns
   std::vector<std::string> val;       // optional; empty = the tail of each train file
   double val_fraction = 0.1;
@@ -49,26 +50,26 @@ struct TrainSection {
 
 struct ParallelSection {
   int64_t dp = 0, ep = 0, pp = 1;  // dp, ep = 0: from the job (dp = ranks / pp, ep = gcd(dp, experts))
-  std::string schedule = "1f1b";   // pipeline schedule: one of pipe::schedule_names()
+  pipe::ScheduleKind schedule = pipe::ScheduleKind::one_f_one_b;  // pipeline schedule: one of pipe::schedule_names()
   int64_t microbatches = 0;        // micro-batches per step through the pipeline; 0 = train.grad_accum
   int64_t virtual_stages = 1;      // parallel.virtual: model chunks per pipeline rank (interleaved)
   std::vector<int64_t> split;      // layers per stage (pp x virtual); empty = balanced by cost
-  std::string recompute = "none";  // "none" or "full" (keep each stage's input, recompute before backward)
+  Recompute recompute = Recompute::none;  // "none" or "full" (keep each stage's input, recompute before backward)
   bool zero1 = false;              // shard AdamW state over the data-parallel group
-  std::string transport = "auto";  // MoE rows: "shm" (ep group on one node), "mpi" (all-to-all-v), "auto"
+  Transport transport = Transport::automatic;  // MoE rows: "shm" (ep group on one node), "mpi" (all-to-all-v), "auto"
   bool overlap = false;            // chunked dispatch overlapping all-to-all with expert compute (mpi transport)
   int64_t dispatch_chunks = 4;     // chunks per MoE dispatch when overlapping
   double timeout = 300;            // seconds a collective may wait before the watchdog aborts, 0 = off
 };
 
 struct PrecisionSection {
-  std::string recipe = "fp32";        // "fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"
-  std::string grad_format = "e5m2";   // FP8 format of gradients in the dgrad / wgrad GEMMs ("e5m2" or "e4m3")
+  Recipe recipe = Recipe::fp32;       // "fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"
+  GradFormat grad_format = GradFormat::e5m2;  // FP8 format of gradients in the dgrad / wgrad GEMMs ("e5m2" or "e4m3")
   int64_t amax_history = 16;          // fp8-tensor-delayed: steps of amax history a scale comes from
   bool pow2_scales = false;           // scales rounded down to powers of two
   bool saturate = true;               // overflow clamps to the largest finite value (else NaN / Inf)
   bool fp8_activations = true;        // FP8 recipes: keep the inputs of FP8 linears saved for backward in FP8
-  std::string moments = "fp32";       // AdamW moments stored in "fp32" or "bf16" (master weights stay FP32)
+  Moments moments = Moments::fp32;    // AdamW moments stored in "fp32" or "bf16" (master weights stay FP32)
 };
 
 struct CheckpointSection {
@@ -76,7 +77,8 @@ struct CheckpointSection {
   bool at_end = true;          // save when the run reaches train.steps
   int64_t keep = 3;            // newest checkpoints kept
   int64_t keep_every = 0;      // plus every step that is a multiple of this, forever; 0 = none
-  std::string resume = "auto"; // "auto" (from `latest` if any), "none", or a checkpoint directory
+  ResumeMode resume = ResumeMode::automatic;  // "auto" (from `latest` if any), "none", or a checkpoint directory
+  std::string resume_dir;      // resume = ResumeMode::dir: the checkpoint directory (as written)
   bool fallback = false;       // an unusable checkpoint falls back to this run's newest intact one
   bool overwrite = false;      // start in a directory holding another run's checkpoints (deleted after the first save)
   bool async = true;           // write in the background while training goes on

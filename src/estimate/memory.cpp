@@ -44,15 +44,15 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
   const int64_t local_experts = m.moe.experts / ep;
   const int64_t B = cfg.train.micro_batch;
   const double N = static_cast<double>(B) * static_cast<double>(m.seq_len), f4 = sizeof(float);
-  const bool fp8 = cfg.precision.recipe != "fp32" && cfg.precision.fp8_activations;
+  const bool fp8 = cfg.precision.recipe != Recipe::fp32 && cfg.precision.fp8_activations;
   RowOptions rows;
-  rows.ep = ep, rows.dp = dp, rows.shm = ep > 1 && cfg.parallel.transport == "shm";
-  rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == "fp8-block";
+  rows.ep = ep, rows.dp = dp, rows.shm = ep > 1 && cfg.parallel.transport == Transport::shm;
+  rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == Recipe::fp8_block;
   const ParamCount full = count_params(m);
 
   std::unique_ptr<PipelinePlan> plan;
   if (pp > 1) plan = std::make_unique<PipelinePlan>(plan_pipeline(cfg, pp));
-  const bool recompute = pp > 1 && cfg.parallel.recompute == "full";
+  const bool recompute = pp > 1 && cfg.parallel.recompute == Recompute::full;
 
   MemoryEstimate best;
   for (int64_t r = 0; r < pp; ++r) {
@@ -81,7 +81,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
     e.params = f4 * static_cast<double>(pc.total);
     // The gradient buffer, and with ZeRO-1 the reduce-scattered shard.
     e.grads = f4 * static_cast<double>(pc.total + (cfg.parallel.zero1 ? state : 0));
-    e.optimizer = 2.0 * (cfg.precision.moments == "bf16" ? 2.0 : f4) * static_cast<double>(state);
+    e.optimizer = 2.0 * (cfg.precision.moments == Moments::bf16 ? 2.0 : f4) * static_cast<double>(state);
     for (const StageChunk& run : chunks) {
       const ActivationBytes a = estimate_activations(m, B, run, rows);
       e.activations += a.arena + a.fp8;
@@ -100,7 +100,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
                                                      static_cast<double>(full.largest));
     if (cfg.checkpoint.async && 3 * f4 * written <= static_cast<double>(cfg.checkpoint.staging_mb) * 1048576.0)
       e.staging += 3 * f4 * written;
-    if (cfg.parallel.zero1 || cfg.precision.moments == "bf16") e.staging += 2 * f4 * written;
+    if (cfg.parallel.zero1 || cfg.precision.moments == Moments::bf16) e.staging += 2 * f4 * written;
     if (r == 0 || e.total() > best.total()) best = e;
   }
   return best;
@@ -229,7 +229,7 @@ void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const Memory
       {"gradients", need.grads, weights_keys},
       {"AdamW moments", need.optimizer,
        weights_keys + (cfg.parallel.zero1 ? "" : "; parallel.zero1 = true shards them") +
-           (cfg.precision.moments == "bf16" ? "" : "; precision.moments = \"bf16\" halves them")},
+           (cfg.precision.moments == Moments::bf16 ? "" : "; precision.moments = \"bf16\" halves them")},
       {"activations", need.activations,
        batch + (need.logits * 2 >= need.activations ? fmt::format(", model.vocab_size = {}", m.vocab_size)
                                                      : fmt::format(", model.d_model = {}, model.n_layers = {}",

@@ -87,7 +87,7 @@ PipelinePlan plan_pipeline(const RunConfig& cfg, int64_t pp) {
   SY_CONFIG_CHECK(p.m * S * 2 < 32767, "{}: {} micro-batches x {} stages is too many for the message tags; lower "
                   "parallel.microbatches", cfg.source, p.m, S);
   p.validation = pipe::validate(p.schedule);
-  SY_CHECK(p.validation.ok, "the {} schedule for pp {} m {} v {} is invalid: {}", par.schedule, pp, p.m, p.v,
+  SY_CHECK(p.validation.ok, "the {} schedule for pp {} m {} v {} is invalid: {}", pipe::schedule_name(par.schedule), pp, p.m, p.v,
            p.validation.error);
   return p;
 }

@@ -94,7 +94,7 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& checkpoint);
 
 // Byte-level text <-> token ids (vocab_size 256 models, data.format "text").
-inline bool byte_level(const RunConfig& c) { return c.model.vocab_size == 256 && c.data.format == "text"; }
+inline bool byte_level(const RunConfig& c) { return c.model.vocab_size == 256 && c.data.format == DataFormat::text; }
 std::vector<int32_t> encode_bytes(const std::string& text);
 std::string decode_bytes(const std::vector<int32_t>& ids);
 // For one-line logs: control bytes as \n, \t, \xNN.

@@ -41,6 +41,8 @@ const std::vector<std::pair<std::string, std::string>>& schedule_names() {
   return names;
 }
 
+const std::string& schedule_name(ScheduleKind k) { return schedule_names().at(static_cast<size_t>(k)).first; }
+
 namespace {
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }

@@ -54,13 +54,19 @@ struct Schedule {
   bool last(int rank, int chunk) const { return stage(rank, chunk) == stages() - 1; }
 };
 
-// The schedule names make_schedule knows, and a line describing each.
+// The schedule names make_schedule knows, and a line describing each. The
+// order is ScheduleKind's: schedule_names()[k] names kind k.
 const std::vector<std::pair<std::string, std::string>>& schedule_names();
+
+// The schedules as a value (parallel.schedule, parsed once by config/).
+enum class ScheduleKind : uint8_t { gpipe, one_f_one_b, interleaved, zb };
+const std::string& schedule_name(ScheduleKind k);  // "gpipe", "1f1b", ...
 
 // Builds the named schedule. Throws (naming the argument) when the
 // combination is not supported: p, m >= 1; v = 1 except for "interleaved",
 // which needs m a multiple of p.
 Schedule make_schedule(const std::string& name, int p, int m, int v = 1);
+inline Schedule make_schedule(ScheduleKind k, int p, int m, int v = 1) { return make_schedule(schedule_name(k), p, m, v); }
 
 // A forward-only schedule (validation): every micro-batch through every stage.
 Schedule make_forward_only(int p, int m, int v = 1);

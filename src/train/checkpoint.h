@@ -30,6 +30,10 @@
 // Every value read is checked against the shape and range the model needs.
 // All ranks agree on success or on the first error (which names the file
 // and dataset).
+//
+// Files: checkpoint.cpp saves and commits; checkpoint_load.cpp loads;
+// checkpoint_owner.cpp holds the ownership rules (run identity, lock,
+// resume candidates, retention).
 #pragma once
 
 #include <atomic>
@@ -42,6 +46,7 @@
 #include <thread>
 #include <vector>
 
+#include "ckpt/format.h"
 #include "comm/grid.h"
 #include "model/layout.h"
 #include "config/run.h"
@@ -50,18 +55,9 @@
 
 namespace sy {
 
-// Everything besides tensors a checkpoint restores.
-struct TrainState {
-  std::string run_id;                       // the run's identity (32 hex digits; "" from a format-1 checkpoint)
-  int64_t step = 0;                         // optimizer steps completed
-  int64_t seed = 0;                         // data order and random streams derive from (seed, step)
-  std::vector<float> expert_bias;           // (moe_layers, E)
-  std::vector<std::vector<int64_t>> expert_load;  // last step's loads
-  std::map<std::string, double> metrics;    // last step's loss, lr, grad_norm, val_loss
-  std::vector<float> fp8_amax;              // fp8-tensor-delayed: (tensors, 3, fp8_len) amax histories
-  int64_t fp8_len = 0;
-  bool sealed = true;                       // loaded: the checkpoint carried checksums of its metadata (format >= 2)
-};
+// Everything besides tensors a checkpoint restores: the manifest's state,
+// one struct for both (its fields and their meaning: ckpt/format.h).
+using TrainState = ckpt::CheckpointState;
 
 class Checkpointer {
  public:

@@ -1,229 +1,29 @@
+// The step engine and the training loop: one optimizer step (micro-batches
+// or the pipeline, gradient reduction, norm and clipping, AdamW, balancing
+// bias, statistics), validation, samples, and train() tying them to the
+// metrics, checkpoint cadence and signals.
 #include "train/trainer.h"
-
-#include "train/pipeline_state.h"
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include <csignal>
-#include <cstdlib>
-
-#include <unistd.h>
-
 #include "ckpt/files.h"
-#include "comm/shm.h"
 #include "comm/watchdog.h"
 #include "core/check.h"
 #include "core/timer.h"
 #include "core/version.h"
 #include "kernels/cpu/blas.h"
-#include "estimate/model_size.h"
 #include "moe/balance.h"
-#include "estimate/memory.h"
-#include "moe/dispatcher.h"
-#include "moe/dp_group.h"
-
-extern "C" void openblas_set_num_threads(int);
+#include "train/cadence.h"
+#include "train/pipeline_state.h"
+#include "train/signals.h"
 
 namespace sy {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string human_count(double x) {
-  if (x >= 1e9) return fmt::format("{:.2f}B", x / 1e9);
-  if (x >= 1e6) return fmt::format("{:.2f}M", x / 1e6);
-  if (x >= 1e3) return fmt::format("{:.1f}k", x / 1e3);
-  return fmt::format("{:.0f}", x);
-}
-
-std::string now_iso() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
-std::string human_time(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  int64_t t = static_cast<int64_t>(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
-}
-
-GridShape shape_of(const ParallelSection& p) { return {p.pp, p.dp, p.ep}; }
-
-}  // namespace
-
-Trainer::Trainer(RunConfig cfg, const Comm& world)
-    : cfg_(std::move(cfg)),
-      grid_(world, shape_of(cfg_.parallel), cfg_.model.moe_layers() > 0 ? cfg_.model.moe.experts : 0, cfg_.source) {
-  rank0_ = world.rank() == 0;
-  cfg_.parallel.dp = grid_.dp_size();
-  cfg_.parallel.ep = grid_.ep_size();
-  cfg_.resolve_batch(grid_.dp_size());
-  set_threads(world);
-
-  // Before anything that grows with the model: does this rank's share fit
-  // the memory its node has left? Every rank of the node measures before
-  // any of them allocates (the barrier), so none counts another's buffers.
-  const MemoryEstimate need = estimate_memory(cfg_, {grid_.pp_size(), grid_.dp_size(), grid_.ep_size()});
-  const int64_t on_node = node_ranks(world);
-  check_memory(cfg_, need, available_memory(), on_node);
-  world.barrier();
-
-  data_ = std::make_unique<DataFiles>(cfg_.data.format, cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
-                                      cfg_.model.vocab_size);
-  const int64_t len = cfg_.model.seq_len + 1;
-  SY_CONFIG_CHECK(data_->train().windows(len) > 0,
-                  "{}: the training data ({}) has no file with at least model.seq_len + 1 = {} tokens",
-                  cfg_.source, data_->train().describe(), len);
-  if (cfg_.train.val_every > 0)
-    SY_CONFIG_CHECK(data_->val().windows(len) > 0,
-                    "{}: validation is on (train.val_every = {}) but the validation data ({}) has no "
-                    "window of {} tokens; raise data.val_fraction, name data.val, or set train.val_every = 0",
-                    cfg_.source, cfg_.train.val_every, data_->val().describe(), len);
-  batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
-                                       grid_.dp_size(), cfg_.train.val_batches,
-                                       static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
-
-  const std::string& transport = cfg_.parallel.transport;
-  bool one_node = grid_.ep_size() > 1 && same_node(grid_.ep());
-  SY_CONFIG_CHECK(transport != "shm" || one_node || grid_.ep_size() == 1,
-                  "{}: parallel.transport = \"shm\" needs every expert-parallel group on one node, and {} spans "
-                  "several; use \"mpi\" or \"auto\"", cfg_.source, grid_.ep().describe());
-  shm_ = one_node && transport != "mpi";
-  // The MoE dispatch transport, chosen here once.
-  const DispatchKind dispatch = shm_                   ? DispatchKind::shm
-                                : cfg_.parallel.overlap ? DispatchKind::mpi_overlapped
-                                                        : DispatchKind::mpi;
-  MoeContext ctx{DpGroup(grid_.dp()),
-                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks)),
-                 grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
-  if (cfg_.precision.recipe != "fp32") {
-    Fp8Recipe r;
-    const std::string& name = cfg_.precision.recipe;
-    r.scaling = name == "fp8-block" ? Fp8Scaling::block
-                : name == "fp8-tensor-delayed" ? Fp8Scaling::tensor_delayed : Fp8Scaling::tensor_current;
-    r.grad_format = cfg_.precision.grad_format == "e4m3" ? Fp8Format::e4m3 : Fp8Format::e5m2;
-    r.amax_history = cfg_.precision.amax_history;
-    r.pow2_scales = cfg_.precision.pow2_scales;
-    r.saturate = cfg_.precision.saturate;
-    fp8_ = std::make_unique<Fp8Linear>(r, *ops_.be, ops_.stream);
-  }
-  ops_.fp8 = fp8_.get();
-  const bool fp8_acts = cfg_.precision.recipe != "fp32" && cfg_.precision.fp8_activations;
-  if (pipelined()) {
-    setup_pipeline(ctx, fp8_acts);
-  } else {
-    SY_CONFIG_CHECK(cfg_.parallel.recompute == "none", "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
-                    "it needs parallel.pp > 1", cfg_.source, cfg_.parallel.recompute);
-    SY_CONFIG_CHECK(cfg_.parallel.virtual_stages == 1 && cfg_.parallel.split.empty(),
-                    "{}: parallel.virtual and parallel.split need parallel.pp > 1", cfg_.source);
-    chunks_.push_back(std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_acts, StageRun{}, ops_));
-  }
-  model_ = chunks_[0].get();
-  full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
-  const ParamLayout& layout = model_->layout();
-  params_.resize(static_cast<size_t>(layout.total()));
-  grads_.resize(static_cast<size_t>(layout.total()));
-  init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
-  sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
-  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train, cfg_.precision.moments == "bf16",
-                                 *ops_.be, ops_.stream);
-  ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
-  expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
-  if (fp8_) {
-    const Fp8Recipe& r = fp8_->recipe();
-    if (r.scaling == Fp8Scaling::tensor_delayed) {  // histories by global tensor index: reduced, checkpointed
-      std::vector<std::pair<const float*, int64_t>> ids;
-      for (const ParamInfo& p : layout.params()) ids.emplace_back(params_.data() + p.offset, p.index);
-      fp8_->name_weights(ids, static_cast<int64_t>(full_layout_->params().size()));
-    }
-  }
-  const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
-  inputs_.resize(static_cast<size_t>(N));
-  targets_.resize(static_cast<size_t>(N));
-}
-
-
-void Trainer::set_threads(const Comm& world) {
-  ThreadCount tc = default_thread_count(world);  // collective (counts the node's ranks): every rank calls it
-  std::string key = tc.source;
-  if (cfg_.train.threads > 0) tc = {static_cast<int>(cfg_.train.threads), "train.threads"}, key = "train.threads";
-  // More threads than CPUs only makes OpenMP and OpenBLAS threads spin
-  // against each other: the fault campaign saw train.threads = 4096 hang
-  // inside OpenBLAS on a Zen 3; on 2 cores of an EPYC 64 threads ran at
-  // half the speed of 2. Beyond what OpenBLAS was built for (MAX_THREADS,
-  // 64 in Debian's build) openblas_set_num_threads silently cuts to its
-  // limit and resets OpenMP's team with it, so 128 or 4096 ran as 64: the
-  // run would not be what the config says.
-  const int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  const std::string config = blas_info().config;
-  const auto at = config.find("MAX_THREADS=");
-  const int blas_max = at == std::string::npos ? 0 : std::atoi(config.c_str() + at + 12);
-  const int limit = blas_max > 0 ? std::min(std::max(cpus, 1), blas_max) : std::max(cpus, 1);
-  SY_CONFIG_CHECK(tc.threads <= limit, "{}{} = {} threads per rank is more than this machine can use: {} CPUs{}; "
-                  "use at most {}{}", key == "train.threads" ? cfg_.source + ": " : "", key, tc.threads, cpus,
-                  blas_max > 0 ? fmt::format(", OpenBLAS built for at most {} threads", blas_max) : "", limit,
-                  key == "train.threads" ? " (0 = OMP_NUM_THREADS, else the CPUs shared among the node's ranks)" : "");
-  threads_source_ = tc.source;
-  omp_set_num_threads(tc.threads);
-  openblas_set_num_threads(tc.threads);
-}
-
-std::string Trainer::describe() const {
-  const ModelConfig& m = cfg_.model;
-  const ParamLayout& full = *full_layout_;
-  ParamCount counted;
-  counted.total = full.total();
-  for (const ParamInfo& p : full.params())
-    if (p.expert >= 0) counted.expert += p.numel();
-  const int64_t active = active_params_per_token(m, counted);
-  BlasInfo blas = blas_info();
-  std::string moe = m.moe_layers() == 0
-                        ? "no MoE layers"
-                        : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}", m.moe_layers(),
-                                      m.moe_layers() == 1 ? "" : "s", m.moe.experts, m.moe.top_k,
-                                      m.moe.expert_hidden, m.moe.shared_experts,
-                                      score_name(m.moe.score),
-                                      m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
-                                                                : std::string("dropless"));
-  const ParallelSection& p = cfg_.parallel;
-  std::string pipe;
-  if (const PipelinePlan* pl = pipeline())
-    pipe = fmt::format("\npipe   : {} schedule, pp {} x {} chunk{}, {} micro-batches, recompute {}, split {} {}\n{}",
-                       p.schedule, pl->pp, pl->v, pl->v == 1 ? "" : "s", pl->m, p.recompute,
-                       pl->balanced ? "balanced by FLOPs" : "from parallel.split", fmt::join(pl->counts, "/"),
-                       pl->describe());
-  if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
-  return fmt::format(
-      "model  : L={} C={} H={}/{} D={} T={} V={} | {} | {} params, {} active per token\n"
-      "layout : {} | {}{} | {} params on rank 0\n"
-      "data   : train {}, val {}\n"
-      "batch  : {} seq x {} accum x {} dp = {} tokens/step\n"
-      "cpu    : {} thread{} per rank ({}) | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank{}",
-      m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
-      human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
-      grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
-      grid_.ep_size() == 1 ? std::string(", no dispatch")
-      : shm_               ? std::string(", shared-memory dispatch")
-      : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)
-                           : std::string(", MPI dispatch"),
-      human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
-      data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
-      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.core, blas.parallel,
-      static_cast<double>(model_->activation_bytes()) / (1 << 20), pipe);
-}
 
 StepStats Trainer::step(int64_t step) {
   const double t0 = now_seconds();
@@ -381,205 +181,24 @@ std::string Trainer::sample(int64_t steps_done) {
     }
   }
   if (!rank0_) return "";
-  const bool bytes = byte_level(cfg_);
-  std::vector<int32_t> ids;
-  if (bytes) {
-    ids = encode_bytes(cfg_.train.sample_prompt);
+  SampleRequest req;
+  req.bytes = byte_level(cfg_);
+  if (req.bytes) {
+    req.prompt = encode_bytes(cfg_.train.sample_prompt);
   } else {  // no tokenizer: the first tokens of the first validation (or training) window
     const TokenDataset& set = data_->val().windows(m.seq_len) > 0 ? data_->val() : data_->train();
-    ids.resize(static_cast<size_t>(std::min<int64_t>(8, m.seq_len)));
+    req.prompt.resize(static_cast<size_t>(std::min<int64_t>(8, m.seq_len)));
     std::vector<int32_t> win(static_cast<size_t>(m.seq_len));
     set.window(0, m.seq_len, win.data(), m.vocab_size);
-    std::copy_n(win.begin(), ids.size(), ids.begin());
+    std::copy_n(win.begin(), req.prompt.size(), req.prompt.begin());
   }
-  if (ids.empty()) ids.push_back(static_cast<int32_t>('\n'));
-  const int64_t context = std::min<int64_t>(m.seq_len, static_cast<int64_t>(ids.size()) + cfg_.train.sample_tokens);
-  if (static_cast<int64_t>(ids.size()) >= context) ids.resize(static_cast<size_t>(context - 1));
-  if (!sampler_ || sampler_->context() != context)
-    sampler_ = std::make_unique<Decoder>(m, std::move(whole), expert_bias_, context);
-  else {
-    std::copy(whole.begin(), whole.end(), sampler_->params());
-    sampler_->bias() = expert_bias_;
-  }
-  sampler_->reset();
-  SamplingOptions opt;
-  opt.temperature = cfg_.train.sample_temperature;
-  opt.seed = static_cast<uint64_t>(cfg_.train.seed) * 1000003u + static_cast<uint64_t>(steps_done);
-  const int64_t V = m.vocab_size;
-  const float* last = sampler_->extend(ids.data(), static_cast<int64_t>(ids.size())) + (ids.size() - 1) * V;
-  const size_t prompt = ids.size();
-  while (static_cast<int64_t>(ids.size()) < context) {
-    ids.push_back(sample_token(last, V, opt, static_cast<int64_t>(ids.size())));
-    if (static_cast<int64_t>(ids.size()) < context) last = sampler_->extend(&ids.back(), 1);
-  }
-  std::string text;
-  if (bytes) {
-    text = decode_bytes(ids);
-  } else {
-    text = fmt::format("{}", fmt::join(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(prompt), " ")) + " |" +
-           fmt::format(" {}", fmt::join(ids.begin() + static_cast<std::ptrdiff_t>(prompt), ids.end(), " "));
-  }
-  std::ofstream out(fs::path(cfg_.run_dir()) / "samples.txt", std::ios::app);
-  out << fmt::format("=== step {} (temperature {}, seed {}) ===\n{}\n", steps_done, opt.temperature, opt.seed, text);
-  SY_CHECK(out.good(), "cannot append to '{}'", (fs::path(cfg_.run_dir()) / "samples.txt").string());
-  std::cout << fmt::format("sample step {}: {}\n", steps_done, escape_text(text)) << std::flush;
+  req.tokens = cfg_.train.sample_tokens;
+  req.opt.temperature = cfg_.train.sample_temperature;
+  req.opt.seed = static_cast<uint64_t>(cfg_.train.seed) * 1000003u + static_cast<uint64_t>(steps_done);
+  const SamplingOptions opt = req.opt;
+  std::string text = sampler_.sample(m, std::move(whole), expert_bias_, std::move(req));
+  record_sample((fs::path(cfg_.run_dir()) / "samples.txt").string(), steps_done, opt, text);
   return text;
-}
-
-void Trainer::log_step(const StepStats& s, double eta) {
-  std::string imb;
-  for (double x : s.imbalance) imb += fmt::format("{}{:.2f}", imb.empty() ? "" : " ", x);
-  std::string line = fmt::format(
-      "step {:>{}}/{} | loss {:.4f} | lr {:.2e} | gnorm {:.3f} | {} tok/s | {:.1f} GFLOP/s | imb {} | drop {:.2f}% | eta {}",
-      s.step + 1, fmt::format("{}", cfg_.train.steps).size(), cfg_.train.steps, s.loss, s.lr, s.grad_norm,
-      human_count(s.tokens_per_s), s.gflops, imb.empty() ? "-" : imb, 100.0 * s.dropped_frac, human_time(eta));
-  if (s.val_loss >= 0) line += fmt::format(" | val {:.4f}", s.val_loss);
-  if (!s.fp8.empty()) {
-    float act = 0, grad = 0;
-    int64_t sat = 0;
-    for (const Fp8GroupStats& g : s.fp8) act = std::max(act, g.amax_act), grad = std::max(grad, g.amax_grad), sat += g.saturated;
-    line += fmt::format(" | fp8 amax act {:.3g} grad {:.3g} sat {}", act, grad, sat);
-  }
-  std::cout << line << std::endl;
-}
-
-void Trainer::write_metrics(const StepStats& s) {
-  nlohmann::json j;
-  j["step"] = s.step + 1;
-  j["loss"] = s.loss;
-  j["lr"] = s.lr;
-  j["grad_norm"] = s.grad_norm;
-  j["step_seconds"] = s.seconds;
-  j["tokens_per_s"] = s.tokens_per_s;
-  j["gflops"] = s.gflops;
-  j["gemm_gflops"] = s.gemm_gflops;
-  j["dropped_frac"] = s.dropped_frac;
-  j["expert_load"] = s.load;
-  if (!s.pp_bubble.empty())
-    j["pipeline"] = {{"bubble", s.pp_bubble}, {"bubble_sim", s.pp_bubble_sim}, {"bubble_analytic", s.pp_bubble_analytic},
-                     {"peak_in_flight", s.pp_peak_in_flight}, {"activation_mib", s.pp_act_mib}};
-  j["imbalance"] = s.imbalance;
-  std::vector<double> aux, z, ent;
-  for (const RouterLosses& r : s.router) aux.push_back(r.aux), z.push_back(r.z), ent.push_back(r.entropy);
-  j["aux_loss"] = aux;
-  j["z_loss"] = z;
-  j["router_entropy"] = ent;
-  j["router_margin"] = s.router_margin;  // +inf (no decision: every expert chosen) is written as null
-  if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
-  j["activation_mib"] = {{"arena", s.act_mib[0]}, {"expert_rows", s.act_mib[1]}, {"fp8", s.act_mib[2]},
-                         {"total", s.act_mib[3]}};
-  for (size_t g = 0; g < s.fp8.size(); ++g)
-    j["fp8"][to_string(static_cast<Fp8Group>(g))] = {{"amax_act", s.fp8[g].amax_act},
-                                                      {"amax_weight", s.fp8[g].amax_weight},
-                                                      {"amax_grad", s.fp8[g].amax_grad},
-                                                      {"saturated", s.fp8[g].saturated}};
-  write_metrics_line(j.dump());
-}
-
-void Trainer::write_metrics_line(const std::string& line) {
-  metrics_ << line << '\n';
-  metrics_.flush();
-  const fs::path path = fs::path(cfg_.run_dir()) / "metrics.jsonl";
-  SY_CHECK(metrics_.good(), "cannot append to '{}': {}{}", path.string(), std::strerror(errno),
-           ckpt::io_hint(path.string(), errno));
-}
-
-namespace {
-
-// SIGUSR1: checkpoint after this step. SIGTERM / SIGINT / SIGUSR2: checkpoint
-// and stop (mpirun forwards SIGUSR1 and SIGUSR2 to every rank: moe-launch
-// stops a job with SIGUSR2).
-std::atomic<int> g_save_signal{0}, g_stop_signal{0};
-void on_signal(int sig) { (sig == SIGUSR1 ? g_save_signal : g_stop_signal) = 1; }
-
-struct SignalScope {
-  struct sigaction old_usr1{}, old_usr2{}, old_term{}, old_int{};
-  SignalScope() {
-    struct sigaction sa{};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, &old_usr1);
-    sigaction(SIGUSR2, &sa, &old_usr2);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGINT, &sa, &old_int);
-  }
-  ~SignalScope() {
-    sigaction(SIGUSR1, &old_usr1, nullptr);
-    sigaction(SIGUSR2, &old_usr2, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
-    sigaction(SIGINT, &old_int, nullptr);
-  }
-};
-
-}  // namespace
-
-int64_t Trainer::resume() {
-  std::vector<std::string> candidates = ckpt_->resume_candidates();
-  for (size_t c = 0; c < candidates.size(); ++c) {
-    try {
-      TrainState st = ckpt_->load(candidates[c], params_.data(), *opt_);
-      if (!st.expert_bias.empty()) expert_bias_ = st.expert_bias;
-      if (fp8_ && fp8_->named() > 0) {
-        if (st.fp8_len > 0)
-          fp8_->set_histories(st.fp8_amax, st.fp8_len);
-        else if (rank0_)
-          std::cout << "fp8: the checkpoint has no amax histories (saved without fp8-tensor-delayed); delayed "
-                       "scales start from each tensor's current amax\n";
-      }
-      tokens_seen_ = static_cast<int64_t>(st.metrics["tokens_seen"]);
-      if (st.seed != cfg_.train.seed) {
-        if (rank0_)
-          std::cout << fmt::format("note: continuing with the checkpoint's seed {} (this config says {}) so the data "
-                                   "order carries on\n", st.seed, cfg_.train.seed);
-        cfg_.train.seed = st.seed;
-        batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
-                                             grid_.dp_size(), cfg_.train.val_batches,
-                                             static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
-      }
-      if (!st.sealed && rank0_)
-        std::cout << "note: a format-1 checkpoint (no checksums over its metadata, no run identity); this run's "
-                     "checkpoints are format 2 under a new run identity\n";
-      ckpt_->set_run_id(st.run_id.empty() ? ckpt_->new_run_id() : st.run_id);
-      resumed_from_ = candidates[c];
-      if (rank0_) std::cout << fmt::format("resumed from {} (step {})\n", candidates[c], st.step) << std::flush;
-      return st.step;
-    } catch (const ConfigError& e) {
-      if (!cfg_.checkpoint.fallback)
-        throw ConfigError(fmt::format("{}; set checkpoint.fallback = true to resume from this run's newest intact "
-                                      "checkpoint instead", e.what()), e.where());
-      if (c + 1 == candidates.size())
-        throw ConfigError(fmt::format("{}; no intact checkpoint of this run is left to fall back to", e.what()),
-                          e.where());
-      if (rank0_)
-        std::cout << fmt::format("checkpoint {} is unusable: {}\n  falling back to the next older one\n",
-                                 candidates[c], e.what()) << std::flush;
-    }
-  }
-  ckpt_->set_run_id(ckpt_->new_run_id());
-  return 0;
-}
-
-TrainState Trainer::train_state(int64_t steps_done, const StepStats& s) const {
-  TrainState st;
-  st.run_id = ckpt_->run_id();
-  st.step = steps_done;
-  st.seed = cfg_.train.seed;
-  st.expert_bias = expert_bias_;
-  st.expert_load = s.load;
-  st.metrics = {{"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
-                {"tokens_seen", static_cast<double>(tokens_seen_)}};
-  if (s.val_loss >= 0) st.metrics["val_loss"] = s.val_loss;
-  if (fp8_ && fp8_->named() > 0) st.fp8_amax = fp8_->histories(&st.fp8_len);
-  return st;
-}
-
-void Trainer::save_checkpoint(int64_t steps_done, const StepStats& s) {
-  watchdog::set_phase("checkpoint");
-  std::string where = ckpt_->save(train_state(steps_done, s), params_.data(), *opt_);
-  if (rank0_)
-    std::cout << fmt::format("checkpoint step {} -> {} ({}; training paused {:.2f} s)\n", steps_done, where,
-                             cfg_.checkpoint.async ? "writing in the background" : "written", ckpt_->last_stall())
-              << std::flush;
 }
 
 int Trainer::train() {
@@ -602,21 +221,12 @@ int Trainer::train() {
     // Recorded metrics are never dropped: append, after a line that marks
     // this start (a resume repeats the steps after its checkpoint; readers
     // keep the last record of each step).
-    const fs::path path = dir / "metrics.jsonl";
-    bool newline = false;  // a line cut short (a full disk, a kill) must not join the next
-    if (std::ifstream in(path, std::ios::binary | std::ios::ate); in && in.tellg() > 0) {
-      in.seekg(-1, std::ios::end);
-      newline = in.get() != '\n';
-    }
-    metrics_.open(path, std::ios::app | std::ios::binary);
-    SY_CHECK(metrics_.good(), "cannot write '{}': {}{}", path.string(), std::strerror(errno),
-             ckpt::io_hint(path.string(), errno));
-    if (newline) metrics_ << '\n';
+    metrics_.open((dir / "metrics.jsonl").string());
     nlohmann::json ev = {{"event", start > 0 ? "resume" : "start"}, {"from_step", start},
                          {"run_id", ckpt_->run_id()}, {"time", now_iso()}, {"world", grid_.world().size()},
                          {"software_version", version()}};
     if (!resumed_from_.empty()) ev["checkpoint"] = resumed_from_;
-    write_metrics_line(ev.dump());
+    metrics_.write_line(ev.dump());
     std::cout << fmt::format("run {}: {} at step {}\n", ckpt_->run_id(), start > 0 ? "resuming" : "starting", start);
     if (start >= steps) std::cout << fmt::format("nothing to do: already at step {} of {}\n", start, steps);
   }
@@ -630,25 +240,23 @@ int Trainer::train() {
     if (cfg_.train.sample_every > 0 && ((i + 1) % cfg_.train.sample_every == 0 || last)) sample(i + 1);
     avg = i == start ? s.seconds : 0.9 * avg + 0.1 * s.seconds;
     if (rank0_) {
-      write_metrics(s);
+      metrics_.write(s);
       if ((i + 1) % cfg_.train.log_every == 0 || i == start || last || s.val_loss >= 0)
-        log_step(s, avg * static_cast<double>(steps - i - 1));
+        std::cout << step_line(s, steps, avg * static_cast<double>(steps - i - 1)) << std::endl;
     }
     ckpt_->poll();
-    int flags[2] = {g_save_signal.exchange(0), g_stop_signal.exchange(0)};
+    const SignalFlags mine = take_signal_flags();
+    int flags[2] = {mine.save, mine.stop};
     grid_.world().allreduce_max(flags, 2);
-    const int64_t every = cfg_.checkpoint.interval;
-    const bool planned_stop = cfg_.train.stop_after > 0 && i + 1 >= cfg_.train.stop_after && !last;
-    if ((every > 0 && (i + 1) % every == 0) || (last && (every > 0 || cfg_.checkpoint.at_end)) || flags[0] ||
-        flags[1] || planned_stop)
-      save_checkpoint(i + 1, s);
-    if (flags[1] || planned_stop) {
+    const StepEnd end = step_end(cfg_, i, last, {flags[0], flags[1]});
+    if (end.save) save_checkpoint(i + 1, s);
+    if (end.stop) {
       ckpt_->finish();
       if (rank0_)
-        std::cout << (planned_stop ? fmt::format("stopping after step {} as train.stop_after asks; run again to "
-                                                 "resume\n", i + 1)
-                                   : fmt::format("stopped by a signal after step {}; the checkpoint is saved\n", i + 1));
-      exit_code = planned_stop ? 0 : kInterruptedExitCode;
+        std::cout << (end.planned_stop
+                          ? fmt::format("stopping after step {} as train.stop_after asks; run again to resume\n", i + 1)
+                          : fmt::format("stopped by a signal after step {}; the checkpoint is saved\n", i + 1));
+      exit_code = end.planned_stop ? 0 : kInterruptedExitCode;
       break;
     }
   }

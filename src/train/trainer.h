@@ -2,6 +2,13 @@
 // forward/backward (gradients reduced in buckets as backward finishes them)
 // -> global norm and clipping -> AdamW (ZeRO-1 optional) -> balancing bias
 // -> metrics (summed over ranks) and validation.
+//
+// Its parts, one job each: setup.cpp wires a run from its config (and
+// describes it); trainer.cpp is the step engine and the loop; pipeline_exec.cpp
+// runs pipeline schedules; cadence.cpp decides when to save and stop, and
+// resumes and saves; metrics.h writes metrics.jsonl and the step lines;
+// signals.h turns signals into stop and save requests; infer/sample.h
+// generates the text samples.
 #pragma once
 
 #include <cstdint>
@@ -17,11 +24,12 @@
 #include "data/dataset.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
-#include "infer/decoder.h"
+#include "infer/sample.h"
 #include "fp8/linear.h"
 #include "model/ops.h"
 #include "config/run.h"
 #include "train/grad_sync.h"
+#include "train/metrics.h"
 #include "train/optimizer.h"
 #include "estimate/pipeline_plan.h"
 
@@ -109,10 +117,7 @@ class Trainer {
   void run_pipeline(int64_t step, StepStats& s, double* sums);
   double validate_pipeline();
   void pipeline_stats(StepStats& s);
-  void save_checkpoint(int64_t steps_done, const StepStats& s);
-  void log_step(const StepStats& s, double eta_seconds);
-  void write_metrics(const StepStats& s);
-  void write_metrics_line(const std::string& line);  // checked: a full disk is an error naming the file
+  void save_checkpoint(int64_t steps_done, const StepStats& s);  // cadence.cpp
 
   RunConfig cfg_;
   Grid grid_;
@@ -130,13 +135,13 @@ class Trainer {
   std::unique_ptr<GradSync> sync_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Checkpointer> ckpt_;
-  std::unique_ptr<Decoder> sampler_;   // rank 0, train.sample_every > 0
+  TextSampler sampler_;                // rank 0, train.sample_every > 0
   std::unique_ptr<Fp8Linear> fp8_;     // FP8 recipes: the recipe state the linear layers' GEMMs use
   Ops ops_;                            // what the model chunks run with: the backend, fp8_
   int64_t tokens_seen_ = 0;
   std::vector<float> expert_bias_;     // (moe_layers, E), the same on every rank
   std::vector<int32_t> inputs_, targets_;
-  std::ofstream metrics_;
+  MetricsWriter metrics_;             // rank 0
   std::string resumed_from_;           // the checkpoint this run resumed from ("" from scratch)
 };
 

@@ -142,14 +142,14 @@ TEST(Estimate, MatchesWhatATrainerAllocates) {
     RunConfig resolved = t.config();
     const MemoryEstimate e = estimate_memory(resolved, {1, 1, 1});
     const double n = static_cast<double>(t.model().layout().total());
-    const bool bf16 = cfg.precision.moments == "bf16";
+    const bool bf16 = cfg.precision.moments == Moments::bf16;
     EXPECT_EQ(e.params, 4 * n);
     EXPECT_EQ(e.grads, 4 * (n + (cfg.parallel.zero1 ? static_cast<double>(t.sync().state_size()) : 0)));
     EXPECT_EQ(e.optimizer, 2 * (bf16 ? 2 : 4) * static_cast<double>(t.sync().state_size()));
     const Transformer::ActivationMemory real = t.model().activation_memory();
-    const bool fp8 = cfg.precision.recipe != "fp32";
+    const bool fp8 = cfg.precision.recipe != Recipe::fp32;
     RowOptions rows;
-    rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == "fp8-block";
+    rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == Recipe::fp8_block;
     const ActivationBytes a = estimate_activations(resolved.model, resolved.train.micro_batch, StageChunk{}, rows);
     EXPECT_EQ(a.arena, static_cast<double>(real.arena)) << fmt::format("{}", fmt::join(sets, " "));
     EXPECT_EQ(a.expert_rows + a.moe_scratch,
@@ -161,7 +161,7 @@ TEST(Estimate, MatchesWhatATrainerAllocates) {
     // each expert's rows, which the estimate counts for a balanced load: an
     // uneven one moves at most one partial tile per expert and saved row
     // (C of the inputs, F of the SwiGLU outputs) in each of the 2 MoE layers.
-    if (cfg.precision.recipe == "fp8-tensor-current")
+    if (cfg.precision.recipe == Recipe::fp8_tensor_current)
       EXPECT_EQ(a.fp8, static_cast<double>(real.fp8));
     else if (fp8)
       EXPECT_LE(std::abs(a.fp8 - static_cast<double>(real.fp8)), 4.0 * 2 * 4 * (32 + 24)) << a.fp8 << " vs " << real.fp8;

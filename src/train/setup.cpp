@@ -1,0 +1,193 @@
+// Wiring a run from its config: grid, threads, memory check, data, model
+// chunks (or the pipeline), parameters, gradient sync, optimizer,
+// checkpointer and FP8 recipe; and the banner that describes it.
+#include "train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "comm/shm.h"
+#include "core/check.h"
+#include "kernels/cpu/blas.h"
+#include "estimate/memory.h"
+#include "estimate/model_size.h"
+#include "moe/dispatcher.h"
+#include "moe/dp_group.h"
+#include "train/pipeline_state.h"
+#include "train/metrics.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace sy {
+
+namespace {
+
+GridShape shape_of(const ParallelSection& p) { return {p.pp, p.dp, p.ep}; }
+
+}  // namespace
+
+Trainer::Trainer(RunConfig cfg, const Comm& world)
+    : cfg_(std::move(cfg)),
+      grid_(world, shape_of(cfg_.parallel), cfg_.model.moe_layers() > 0 ? cfg_.model.moe.experts : 0, cfg_.source) {
+  rank0_ = world.rank() == 0;
+  cfg_.parallel.dp = grid_.dp_size();
+  cfg_.parallel.ep = grid_.ep_size();
+  cfg_.resolve_batch(grid_.dp_size());
+  set_threads(world);
+
+  // Before anything that grows with the model: does this rank's share fit
+  // the memory its node has left? Every rank of the node measures before
+  // any of them allocates (the barrier), so none counts another's buffers.
+  const MemoryEstimate need = estimate_memory(cfg_, {grid_.pp_size(), grid_.dp_size(), grid_.ep_size()});
+  const int64_t on_node = node_ranks(world);
+  check_memory(cfg_, need, available_memory(), on_node);
+  world.barrier();
+
+  data_ = std::make_unique<DataFiles>(option_name(cfg_.data.format), cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
+                                      cfg_.model.vocab_size);
+  const int64_t len = cfg_.model.seq_len + 1;
+  SY_CONFIG_CHECK(data_->train().windows(len) > 0,
+                  "{}: the training data ({}) has no file with at least model.seq_len + 1 = {} tokens",
+                  cfg_.source, data_->train().describe(), len);
+  if (cfg_.train.val_every > 0)
+    SY_CONFIG_CHECK(data_->val().windows(len) > 0,
+                    "{}: validation is on (train.val_every = {}) but the validation data ({}) has no "
+                    "window of {} tokens; raise data.val_fraction, name data.val, or set train.val_every = 0",
+                    cfg_.source, cfg_.train.val_every, data_->val().describe(), len);
+  batcher_ = std::make_unique<Batcher>(data_->train(), data_->val(), cfg_.model.seq_len, cfg_.train.micro_batch,
+                                       grid_.dp_size(), cfg_.train.val_batches,
+                                       static_cast<uint64_t>(cfg_.train.seed), cfg_.model.vocab_size);
+
+  const Transport transport = cfg_.parallel.transport;
+  bool one_node = grid_.ep_size() > 1 && same_node(grid_.ep());
+  SY_CONFIG_CHECK(transport != Transport::shm || one_node || grid_.ep_size() == 1,
+                  "{}: parallel.transport = \"shm\" needs every expert-parallel group on one node, and {} spans "
+                  "several; use \"mpi\" or \"auto\"", cfg_.source, grid_.ep().describe());
+  shm_ = one_node && transport != Transport::mpi;
+  // The MoE dispatch transport, chosen here once.
+  const DispatchKind dispatch = shm_                   ? DispatchKind::shm
+                                : cfg_.parallel.overlap ? DispatchKind::mpi_overlapped
+                                                        : DispatchKind::mpi;
+  MoeContext ctx{DpGroup(grid_.dp()),
+                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks)),
+                 grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
+  // The FP8 recipe state, made before the model: the model's Ops carry it.
+  if (cfg_.precision.recipe != Recipe::fp32) {
+    Fp8Recipe r;
+    const Recipe recipe = cfg_.precision.recipe;
+    r.scaling = recipe == Recipe::fp8_block ? Fp8Scaling::block
+                : recipe == Recipe::fp8_tensor_delayed ? Fp8Scaling::tensor_delayed : Fp8Scaling::tensor_current;
+    r.grad_format = cfg_.precision.grad_format == GradFormat::e4m3 ? Fp8Format::e4m3 : Fp8Format::e5m2;
+    r.amax_history = cfg_.precision.amax_history;
+    r.pow2_scales = cfg_.precision.pow2_scales;
+    r.saturate = cfg_.precision.saturate;
+    fp8_ = std::make_unique<Fp8Linear>(r, *ops_.be, ops_.stream);
+  }
+  ops_.fp8 = fp8_.get();
+  const bool fp8_acts = cfg_.precision.recipe != Recipe::fp32 && cfg_.precision.fp8_activations;
+  if (pipelined()) {
+    setup_pipeline(ctx, fp8_acts);
+  } else {
+    SY_CONFIG_CHECK(cfg_.parallel.recompute == Recompute::none, "{}: parallel.recompute = \"{}\" recomputes pipeline stages; "
+                    "it needs parallel.pp > 1", cfg_.source, option_name(cfg_.parallel.recompute));
+    SY_CONFIG_CHECK(cfg_.parallel.virtual_stages == 1 && cfg_.parallel.split.empty(),
+                    "{}: parallel.virtual and parallel.split need parallel.pp > 1", cfg_.source);
+    chunks_.push_back(
+        std::make_unique<Transformer>(cfg_.model, cfg_.train.micro_batch, ctx, fp8_acts, StageRun{}, ops_));
+  }
+  model_ = chunks_[0].get();
+  full_layout_ = std::make_unique<ParamLayout>(cfg_.model);
+  const ParamLayout& layout = model_->layout();
+  params_.resize(static_cast<size_t>(layout.total()));
+  grads_.resize(static_cast<size_t>(layout.total()));
+  init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
+  sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
+  opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train,
+                                 cfg_.precision.moments == Moments::bf16, *ops_.be, ops_.stream);
+  ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
+  expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
+  if (fp8_) {
+    if (fp8_->recipe().scaling == Fp8Scaling::tensor_delayed) {  // histories by global tensor index: reduced, checkpointed
+      std::vector<std::pair<const float*, int64_t>> ids;
+      for (const ParamInfo& p : layout.params()) ids.emplace_back(params_.data() + p.offset, p.index);
+      fp8_->name_weights(ids, static_cast<int64_t>(full_layout_->params().size()));
+    }
+  }
+  const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
+  inputs_.resize(static_cast<size_t>(N));
+  targets_.resize(static_cast<size_t>(N));
+}
+
+
+void Trainer::set_threads(const Comm& world) {
+  ThreadCount tc = default_thread_count(world);  // collective (counts the node's ranks): every rank calls it
+  std::string key = tc.source;
+  if (cfg_.train.threads > 0) tc = {static_cast<int>(cfg_.train.threads), "train.threads"}, key = "train.threads";
+  // More threads than CPUs only makes OpenMP and OpenBLAS threads spin
+  // against each other: the fault campaign saw train.threads = 4096 hang
+  // inside OpenBLAS on a Zen 3; on 2 cores of an EPYC 64 threads ran at
+  // half the speed of 2. Beyond what OpenBLAS was built for (MAX_THREADS,
+  // 64 in Debian's build) openblas_set_num_threads silently cuts to its
+  // limit and resets OpenMP's team with it, so 128 or 4096 ran as 64: the
+  // run would not be what the config says.
+  const int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  const std::string config = blas_info().config;
+  const auto at = config.find("MAX_THREADS=");
+  const int blas_max = at == std::string::npos ? 0 : std::atoi(config.c_str() + at + 12);
+  const int limit = blas_max > 0 ? std::min(std::max(cpus, 1), blas_max) : std::max(cpus, 1);
+  SY_CONFIG_CHECK(tc.threads <= limit, "{}{} = {} threads per rank is more than this machine can use: {} CPUs{}; "
+                  "use at most {}{}", key == "train.threads" ? cfg_.source + ": " : "", key, tc.threads, cpus,
+                  blas_max > 0 ? fmt::format(", OpenBLAS built for at most {} threads", blas_max) : "", limit,
+                  key == "train.threads" ? " (0 = OMP_NUM_THREADS, else the CPUs shared among the node's ranks)" : "");
+  threads_source_ = tc.source;
+  omp_set_num_threads(tc.threads);
+  openblas_set_num_threads(tc.threads);
+}
+
+std::string Trainer::describe() const {
+  const ModelConfig& m = cfg_.model;
+  const ParamLayout& full = *full_layout_;
+  ParamCount counted;
+  counted.total = full.total();
+  for (const ParamInfo& p : full.params())
+    if (p.expert >= 0) counted.expert += p.numel();
+  const int64_t active = active_params_per_token(m, counted);
+  BlasInfo blas = blas_info();
+  std::string moe = m.moe_layers() == 0
+                        ? "no MoE layers"
+                        : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}", m.moe_layers(),
+                                      m.moe_layers() == 1 ? "" : "s", m.moe.experts, m.moe.top_k,
+                                      m.moe.expert_hidden, m.moe.shared_experts,
+                                      score_name(m.moe.score),
+                                      m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
+                                                                : std::string("dropless"));
+  const ParallelSection& p = cfg_.parallel;
+  std::string pipe;
+  if (const PipelinePlan* pl = pipeline())
+    pipe = fmt::format("\npipe   : {} schedule, pp {} x {} chunk{}, {} micro-batches, recompute {}, split {} {}\n{}",
+                       pipe::schedule_name(p.schedule), pl->pp, pl->v, pl->v == 1 ? "" : "s", pl->m, option_name(p.recompute),
+                       pl->balanced ? "balanced by FLOPs" : "from parallel.split", fmt::join(pl->counts, "/"),
+                       pl->describe());
+  if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
+  return fmt::format(
+      "model  : L={} C={} H={}/{} D={} T={} V={} | {} | {} params, {} active per token\n"
+      "layout : {} | {}{} | {} params on rank 0\n"
+      "data   : train {}, val {}\n"
+      "batch  : {} seq x {} accum x {} dp = {} tokens/step\n"
+      "cpu    : {} thread{} per rank ({}) | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank{}",
+      m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
+      human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
+      grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
+      grid_.ep_size() == 1 ? std::string(", no dispatch")
+      : shm_               ? std::string(", shared-memory dispatch")
+      : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)
+                           : std::string(", MPI dispatch"),
+      human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
+      data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
+      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.core, blas.parallel,
+      static_cast<double>(model_->activation_bytes()) / (1 << 20), pipe);
+}
+}  // namespace sy
