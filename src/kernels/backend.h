@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/device.h"
 #include "kernels/fp8_types.h"
@@ -30,11 +31,29 @@
 
 namespace sy {
 
+// What runs the ops (for the run's description and the thread check).
+struct BackendInfo {
+  std::string kernels;    // e.g. OpenBLAS's kernel family "Haswell", or "cuBLAS"
+  std::string threading;  // e.g. "openmp", "pthreads", "sequential", "cuda"
+  int max_threads = 0;    // host threads the op library was built for at most (0: no limit)
+};
+
+// GEMM time and work since the last reset (the step line's GEMM rate).
+struct OpCounters {
+  double gemm_seconds = 0, gemm_flops = 0;
+  int64_t gemm_calls = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual const char* name() const = 0;
+  virtual BackendInfo info() const = 0;
+  // The host threads the backend's ops may use (OpenMP and OpenBLAS on the CPU).
+  virtual void set_threads(int n) const = 0;
+  virtual OpCounters counters() const = 0;
+  virtual void reset_counters() const = 0;
 
   // Memory of this backend's device (arenas take it), copies within and to
   // or from it, and waiting for a stream.

@@ -11,7 +11,6 @@
 
 #include "comm/shm.h"
 #include "core/check.h"
-#include "kernels/cpu/blas.h"
 #include "estimate/memory.h"
 #include "estimate/model_size.h"
 #include "moe/dispatcher.h"
@@ -19,7 +18,6 @@
 #include "train/pipeline_state.h"
 #include "train/metrics.h"
 
-extern "C" void openblas_set_num_threads(int);
 
 namespace sy {
 
@@ -134,17 +132,14 @@ void Trainer::set_threads(const Comm& world) {
   // limit and resets OpenMP's team with it, so 128 or 4096 ran as 64: the
   // run would not be what the config says.
   const int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  const std::string config = blas_info().config;
-  const auto at = config.find("MAX_THREADS=");
-  const int blas_max = at == std::string::npos ? 0 : std::atoi(config.c_str() + at + 12);
+  const int blas_max = ops_.b().info().max_threads;
   const int limit = blas_max > 0 ? std::min(std::max(cpus, 1), blas_max) : std::max(cpus, 1);
   SY_CONFIG_CHECK(tc.threads <= limit, "{}{} = {} threads per rank is more than this machine can use: {} CPUs{}; "
                   "use at most {}{}", key == "train.threads" ? cfg_.source + ": " : "", key, tc.threads, cpus,
                   blas_max > 0 ? fmt::format(", OpenBLAS built for at most {} threads", blas_max) : "", limit,
                   key == "train.threads" ? " (0 = OMP_NUM_THREADS, else the CPUs shared among the node's ranks)" : "");
   threads_source_ = tc.source;
-  omp_set_num_threads(tc.threads);
-  openblas_set_num_threads(tc.threads);
+  ops_.b().set_threads(tc.threads);
 }
 
 std::string Trainer::describe() const {
@@ -155,7 +150,7 @@ std::string Trainer::describe() const {
   for (const ParamInfo& p : full.params())
     if (p.expert >= 0) counted.expert += p.numel();
   const int64_t active = active_params_per_token(m, counted);
-  BlasInfo blas = blas_info();
+  const BackendInfo blas = ops_.b().info();
   std::string moe = m.moe_layers() == 0
                         ? "no MoE layers"
                         : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}", m.moe_layers(),
@@ -187,7 +182,7 @@ std::string Trainer::describe() const {
                            : std::string(", MPI dispatch"),
       human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
       data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
-      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.core, blas.parallel,
+      cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.kernels, blas.threading,
       static_cast<double>(model_->activation_bytes()) / (1 << 20), pipe);
 }
 }  // namespace sy

@@ -15,7 +15,6 @@
 #include "core/check.h"
 #include "core/timer.h"
 #include "core/version.h"
-#include "kernels/cpu/blas.h"
 #include "moe/balance.h"
 #include "train/cadence.h"
 #include "train/pipeline_state.h"
@@ -27,7 +26,7 @@ namespace fs = std::filesystem;
 
 StepStats Trainer::step(int64_t step) {
   const double t0 = now_seconds();
-  reset_gemm_counters();
+  ops_.b().reset_counters();
   watchdog::set_step(step);
   const int64_t A = cfg_.train.grad_accum;
   const ParamLayout& layout = model_->layout();
@@ -111,9 +110,9 @@ StepStats Trainer::step(int64_t step) {
   std::copy(mx + 1, mx + 5, s.act_mib);
   s.tokens_per_s = sums[1] / s.seconds;
   s.gflops = 3.0 * sums[4] / s.seconds / 1e9;
-  GemmCounters gc = gemm_counters();
-  s.gemm_seconds = gc.seconds;
-  s.gemm_gflops = gc.seconds > 0 ? gc.flops / gc.seconds / 1e9 : 0;
+  const OpCounters gc = ops_.b().counters();
+  s.gemm_seconds = gc.gemm_seconds;
+  s.gemm_gflops = gc.gemm_seconds > 0 ? gc.gemm_flops / gc.gemm_seconds / 1e9 : 0;
   if (fp8_) {
     s.fp8 = fp8_->take_stats([&](float* v, size_t n) { grid_.world().allreduce_max(v, n); });
     std::vector<float> amax;

@@ -54,7 +54,7 @@ ALLOWED = {
     "moe": {"comm", "config", "fp8", "kernels", "core"},  # below model: router glue and dispatch transports
     "infer": {"model", "moe", "ckpt", "config", "fp8", "kernels", "core"},
     "train": {"pipeline", "moe", "model", "ckpt", "ckpt_dir", "comm", "data", "infer", "estimate", "config", "fp8",
-              "kernels", "kernels_cpu", "core"},
+              "kernels", "core"},
     "launch": {"estimate", "ckpt_dir", "config", "pipeline", "data", "core"},
     "apps": {"train", "launch", "infer", "pipeline", "moe", "model", "ckpt", "ckpt_dir", "comm", "data", "estimate",
              "config", "fp8", "kernels", "kernels_cpu", "core"},

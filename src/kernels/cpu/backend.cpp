@@ -1,6 +1,9 @@
 #include "kernels/cpu/backend.h"
 
+#include <omp.h>
+
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -20,6 +23,8 @@
 #include "kernels/cpu/router.h"
 #include "kernels/cpu/swiglu.h"
 
+extern "C" void openblas_set_num_threads(int);
+
 namespace sy {
 
 namespace {
@@ -28,6 +33,20 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu; }
   const char* name() const override { return "cpu"; }
+  BackendInfo info() const override {
+    const BlasInfo b = blas_info();
+    const auto at = b.config.find("MAX_THREADS=");  // 64 in Debian's build
+    return {b.core, b.parallel, at == std::string::npos ? 0 : std::atoi(b.config.c_str() + at + 12)};
+  }
+  void set_threads(int n) const override {
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+  }
+  OpCounters counters() const override {
+    const GemmCounters g = gemm_counters();
+    return {g.seconds, g.flops, g.calls};
+  }
+  void reset_counters() const override { reset_gemm_counters(); }
 
   Allocator& allocator() const override { return host_allocator(); }
   void copy(void* dst, const void* src, size_t bytes, Stream) const override {

@@ -418,6 +418,10 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::cuda; }
   const char* name() const override { return "cuda"; }
+  BackendInfo info() const override { return {"cuBLAS", "cuda", 0}; }
+  void set_threads(int) const override {}  // host threads do not run its ops
+  OpCounters counters() const override { return {}; }  // GEMMs are asynchronous: not timed per call
+  void reset_counters() const override {}
   Allocator& allocator() const override { return alloc_; }
   void copy(void* dst, const void* src, size_t bytes, Stream s) const override {
     if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cs(s)), "cudaMemcpyAsync");
