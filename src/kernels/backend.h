@@ -6,7 +6,7 @@
 // backend's kernels (kernels/cpu/*.h, kernels/cuda/*.h); they get a Backend
 // from backend(Device) and call through it.
 //
-// Backends: kernels/cpu/backend.cpp (the reference: today's CPU kernels,
+// Backends: kernels/cpu/cpu_backend.cpp (the reference: today's CPU kernels,
 // OpenBLAS GEMMs) and, with CUDA, kernels/cuda (cuBLAS/cuBLASLt GEMMs and a
 // kernel per op), registered at start-up by register_backend().
 //

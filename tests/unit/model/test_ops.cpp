@@ -6,7 +6,7 @@
 #include <tuple>
 
 #include "core/arena.h"
-#include "kernels/cpu/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/linear.h"
 #include "model/ops.h"
 #include "testing.h"

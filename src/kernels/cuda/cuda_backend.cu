@@ -1,10 +1,10 @@
-// The CUDA backend (see backend.h). Simple, correct kernels first: one
+// The CUDA backend (see cuda_backend.h). Simple, correct kernels first: one
 // thread per element, row or query, grid-stride loops; the per-element
 // arithmetic is kernels/math.h. Reductions whose order the CPU fixes
 // (embedding, norm-weight and attention key/value gradients) use atomics
 // here, so results agree with the CPU within the gpu tests' tolerances,
 // not bit for bit.
-#include "kernels/cuda/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>

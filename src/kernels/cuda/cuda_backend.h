@@ -1,6 +1,6 @@
 // The CUDA backend: the op interface (kernels/backend.h) on an NVIDIA GPU.
 // GEMMs through cuBLAS (FP32) and cuBLASLt (FP8, kernels/cuda/fp8_cuda.h);
-// every other op a kernel of its own in backend.cu whose per-element math is
+// every other op a kernel of its own in cuda_backend.cu whose per-element math is
 // kernels/math.h (shared with the CPU test). Memory from cudaMalloc through
 // the backend's allocator (arenas take it once: no allocation inside a
 // step); every op is ordered on the Stream it is given.
