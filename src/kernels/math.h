@@ -79,4 +79,62 @@ struct OnlineSoftmax {
   SY_HD float lse() const { return m + logf(l); }
 };
 
+// Router backward (kernels/cpu/router.h has the objective). d aux / d probs_e,
+// the same for every token:
+SY_HD float router_daux(float coef_aux, int64_t E, double count_e, int64_t Ntot, int64_t K, float inv_n) {
+  return coef_aux * static_cast<float>(E) * static_cast<float>(count_e / (static_cast<double>(Ntot) * K)) * inv_n;
+}
+SY_HD float log_floor(float p) {  // log(max(p, FLT_MIN)): a zero probability has a finite log
+  const float lo = 1.17549435e-38f;
+  return logf(p < lo ? lo : p);
+}
+SY_HD float row_lse(const float* l, int64_t E) {
+  float m = l[0];
+  for (int64_t e = 1; e < E; ++e) m = m < l[e] ? l[e] : m;
+  float z = 0.f;
+  for (int64_t e = 0; e < E; ++e) z += expf(l[e] - m);
+  return m + logf(z);
+}
+// One token: dl (E) = d objective / d logits, from the gates' gradient dg (K)
+// of the picks id (K), the scores s, probs p and logits l (E), and the
+// balance terms; ds and dp are (E) scratch.
+SY_HD void router_grad_row(float* dl, float* ds, float* dp, const float* s, const float* p, const float* l,
+                           const int32_t* id, const float* dg, const float* daux, int64_t E, int64_t K, bool softmax,
+                           bool renormalize, float inv_n, float c_entropy, float c_z) {
+  for (int64_t e = 0; e < E; ++e) {
+    ds[e] = 0.f;
+    dp[e] = daux[e] - c_entropy * inv_n * (log_floor(p[e]) + 1.f);
+  }
+  // gates -> scores
+  if (renormalize) {
+    float z = 0.f, dot = 0.f;
+    for (int64_t k = 0; k < K; ++k) z += s[id[k]];
+    for (int64_t k = 0; k < K; ++k) dot += dg[k] * s[id[k]] / z;
+    for (int64_t k = 0; k < K; ++k) ds[id[k]] += (dg[k] - dot) / z;
+  } else {
+    for (int64_t k = 0; k < K; ++k) ds[id[k]] += dg[k];
+  }
+  // probs -> scores
+  if (softmax) {
+    for (int64_t e = 0; e < E; ++e) ds[e] += dp[e];
+  } else {
+    float ssum = 0.f, dot = 0.f;
+    for (int64_t e = 0; e < E; ++e) ssum += s[e], dot += dp[e] * p[e];
+    for (int64_t e = 0; e < E; ++e) ds[e] += (dp[e] - dot) / ssum;
+  }
+  // scores -> logits
+  if (softmax) {
+    float dot = 0.f;
+    for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
+    for (int64_t e = 0; e < E; ++e) dl[e] = s[e] * (ds[e] - dot);
+  } else {
+    for (int64_t e = 0; e < E; ++e) dl[e] = ds[e] * s[e] * (1.f - s[e]);
+  }
+  // z-loss acts on the logits directly: d lse^2 = 2 lse softmax(logits)
+  if (c_z != 0.f) {
+    const float lse = row_lse(l, E), k2 = 2.f * c_z * lse * inv_n;
+    for (int64_t e = 0; e < E; ++e) dl[e] += k2 * expf(l[e] - lse);
+  }
+}
+
 }  // namespace sy::math

@@ -1,5 +1,7 @@
 #include "kernels/cpu/router.h"
 
+#include "kernels/math.h"
+
 #include <cfloat>
 #include <limits>
 
@@ -88,29 +90,18 @@ double router_margin(const int32_t* idx, const float* scores, const float* bias,
   return m;
 }
 
-namespace {
-inline float row_lse(const float* l, int64_t E) {
-  float m = l[0];
-  for (int64_t e = 1; e < E; ++e) m = std::max(m, l[e]);
-  float z = 0.f;
-  for (int64_t e = 0; e < E; ++e) z += std::exp(l[e] - m);
-  return m + std::log(z);
-}
-inline float safe_log(float p) { return std::log(std::max(p, FLT_MIN)); }
-}  // namespace
-
 void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs,
                  int64_t N, int64_t E, int64_t K) {
   // Serial over tokens (N x E is small next to the expert GEMMs) and in
   // double, so the sums do not depend on thread count.
   for (int64_t t = 0; t < N; ++t) {
     for (int64_t k = 0; k < K; ++k) sums.counts[static_cast<size_t>(idx[t * K + k])] += 1.0;
-    double lse = row_lse(logits + t * E, E);
+    double lse = math::row_lse(logits + t * E, E);
     sums.z_sum += lse * lse;
     for (int64_t e = 0; e < E; ++e) {
       float p = probs[t * E + e];
       sums.prob_sum[static_cast<size_t>(e)] += p;
-      sums.entropy_sum -= static_cast<double>(p) * safe_log(p);
+      sums.entropy_sum -= static_cast<double>(p) * math::log_floor(p);
     }
   }
 }
@@ -131,58 +122,16 @@ void router_backward(float* dlogits, const float* dgates, const int32_t* idx, co
                      const float* scores, const float* probs, const RouterSums& sums, int64_t N,
                      int64_t Ntot, int64_t E, int64_t K, ScoreFn fn, bool renormalize,
                      RouterCoefs coefs) {
-  float inv_n = 1.f / static_cast<float>(Ntot);
-  // d aux / d probs_te = coef * E * f_e / Ntot, the same for every token.
+  const float inv_n = 1.f / static_cast<float>(Ntot);
   std::vector<float> daux(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e)
-    daux[static_cast<size_t>(e)] = coefs.aux * static_cast<float>(E) *
-                                   static_cast<float>(sums.counts[static_cast<size_t>(e)] /
-                                                      (static_cast<double>(Ntot) * K)) * inv_n;
+    daux[static_cast<size_t>(e)] = math::router_daux(coefs.aux, E, sums.counts[static_cast<size_t>(e)], Ntot, K, inv_n);
   parallel_chunks(N, chunk_count(N, 256), [&](int64_t t0, int64_t t1, int64_t) {
-   std::vector<float> ds(static_cast<size_t>(E)), dp(static_cast<size_t>(E));
-   for (int64_t t = t0; t < t1; ++t) {
-    const float* s = scores + t * E;
-    const float* p = probs + t * E;
-    const float* l = logits + t * E;
-    float* dl = dlogits + t * E;
-    for (int64_t e = 0; e < E; ++e) {
-      ds[e] = 0.f;
-      dp[e] = daux[static_cast<size_t>(e)] - coefs.entropy * inv_n * (safe_log(p[e]) + 1.f);
-    }
-    // gates -> scores
-    const int32_t* id = idx + t * K;
-    const float* dg = dgates + t * K;
-    if (renormalize) {
-      float z = 0.f, dot = 0.f;
-      for (int64_t k = 0; k < K; ++k) z += s[id[k]];
-      for (int64_t k = 0; k < K; ++k) dot += dg[k] * s[id[k]] / z;
-      for (int64_t k = 0; k < K; ++k) ds[id[k]] += (dg[k] - dot) / z;
-    } else {
-      for (int64_t k = 0; k < K; ++k) ds[id[k]] += dg[k];
-    }
-    // probs -> scores
-    if (fn == ScoreFn::softmax) {
-      for (int64_t e = 0; e < E; ++e) ds[e] += dp[e];
-    } else {
-      float ssum = 0.f, dot = 0.f;
-      for (int64_t e = 0; e < E; ++e) ssum += s[e], dot += dp[e] * p[e];
-      for (int64_t e = 0; e < E; ++e) ds[e] += (dp[e] - dot) / ssum;
-    }
-    // scores -> logits
-    if (fn == ScoreFn::softmax) {
-      float dot = 0.f;
-      for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
-      for (int64_t e = 0; e < E; ++e) dl[e] = s[e] * (ds[e] - dot);
-    } else {
-      for (int64_t e = 0; e < E; ++e) dl[e] = ds[e] * s[e] * (1.f - s[e]);
-    }
-    // z-loss acts on the logits directly: d lse^2 = 2 lse softmax(logits)
-    if (coefs.z != 0.f) {
-      float lse = row_lse(l, E);
-      float k2 = 2.f * coefs.z * lse * inv_n;
-      for (int64_t e = 0; e < E; ++e) dl[e] += k2 * std::exp(l[e] - lse);
-    }
-   }
+    std::vector<float> ds(static_cast<size_t>(E)), dp(static_cast<size_t>(E));
+    for (int64_t t = t0; t < t1; ++t)
+      math::router_grad_row(dlogits + t * E, ds.data(), dp.data(), scores + t * E, probs + t * E, logits + t * E,
+                            idx + t * K, dgates + t * K, daux.data(), E, K, fn == ScoreFn::softmax, renormalize,
+                            inv_n, coefs.entropy, coefs.z);
   });
 }
 

@@ -296,44 +296,9 @@ __global__ void router_bwd_kernel(float* dlogits, const float* dgates, const int
                                   int64_t N, int64_t E, int64_t K, bool softmax, bool renormalize, float inv_n,
                                   float c_entropy, float c_z) {
   SY_GRID_LOOP(t, N) {
-    const float* s = scores + t * E;
-    const float* p = probs + t * E;
-    const float* l = logits + t * E;
-    float* dl = dlogits + t * E;
-    float* ds = scratch + t * E;
-    float* dp = scratch + (N + t) * E;
-    for (int64_t e = 0; e < E; ++e) {
-      ds[e] = 0.f;
-      dp[e] = daux[e] - c_entropy * inv_n * (logf(fmaxf(p[e], 1.17549435e-38f)) + 1.f);
-    }
-    const int32_t* id = idx + t * K;
-    const float* dg = dgates + t * K;
-    if (renormalize) {
-      float z = 0.f, dot = 0.f;
-      for (int64_t k = 0; k < K; ++k) z += s[id[k]];
-      for (int64_t k = 0; k < K; ++k) dot += dg[k] * s[id[k]] / z;
-      for (int64_t k = 0; k < K; ++k) ds[id[k]] += (dg[k] - dot) / z;
-    } else {
-      for (int64_t k = 0; k < K; ++k) ds[id[k]] += dg[k];
-    }
-    if (softmax) {
-      for (int64_t e = 0; e < E; ++e) ds[e] += dp[e];
-      float dot = 0.f;
-      for (int64_t e = 0; e < E; ++e) dot += ds[e] * s[e];
-      for (int64_t e = 0; e < E; ++e) dl[e] = s[e] * (ds[e] - dot);
-    } else {
-      float ssum = 0.f, dot = 0.f;
-      for (int64_t e = 0; e < E; ++e) ssum += s[e], dot += dp[e] * p[e];
-      for (int64_t e = 0; e < E; ++e) ds[e] += (dp[e] - dot) / ssum;
-      for (int64_t e = 0; e < E; ++e) dl[e] = ds[e] * s[e] * (1.f - s[e]);
-    }
-    if (c_z != 0.f) {
-      float m = l[0], z = 0.f;
-      for (int64_t e = 1; e < E; ++e) m = fmaxf(m, l[e]);
-      for (int64_t e = 0; e < E; ++e) z += expf(l[e] - m);
-      const float lse = m + logf(z), k2 = 2.f * c_z * lse * inv_n;
-      for (int64_t e = 0; e < E; ++e) dl[e] += k2 * expf(l[e] - lse);
-    }
+    math::router_grad_row(dlogits + t * E, scratch + t * E, scratch + (N + t) * E, scores + t * E, probs + t * E,
+                          logits + t * E, idx + t * K, dgates + t * K, daux, E, K, softmax, renormalize, inv_n,
+                          c_entropy, c_z);
   }
 }
 
@@ -606,9 +571,7 @@ class CudaBackend final : public Backend {
     const float inv_n = 1.f / static_cast<float>(Ntot);
     std::vector<float> daux(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e)
-      daux[static_cast<size_t>(e)] = coefs.aux * static_cast<float>(E) *
-                                     static_cast<float>(sums.counts[static_cast<size_t>(e)] /
-                                                        (static_cast<double>(Ntot) * K)) * inv_n;
+      daux[static_cast<size_t>(e)] = math::router_daux(coefs.aux, E, sums.counts[static_cast<size_t>(e)], Ntot, K, inv_n);
     std::lock_guard<std::mutex> lk(mu_);
     router_scratch_.resize(sizeof(float) * static_cast<size_t>(E + 2 * N * E));
     float* d_daux = router_scratch_.as<float>();
