@@ -1,6 +1,7 @@
 #include "comm/mpi/mpi_comm.h"
 
 #include <climits>
+#include <exception>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -108,7 +109,10 @@ class MpiSharedSegments final : public SharedSegmentsImpl {
   ~MpiSharedSegments() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized) {
+    // MPI_Win_free is collective: while an exception unwinds this rank (its
+    // error is about to abort the job), the other ranks are not freeing the
+    // window with it, and waiting for them would hang until the watchdog.
+    if (!finalized && std::uncaught_exceptions() == 0) {
       MPI_Win_unlock_all(win_);
       MPI_Win_free(&win_);
     }

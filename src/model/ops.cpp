@@ -52,6 +52,7 @@ void grouped_forward(const Ops& ops, float* out, const float* inp, const float* 
 void grouped_backward(const Ops& ops, float* dinp, float* const* dw, const float* dout, const float* inp,
                       const float* const* w, const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
                       const Fp8Saved* saved) {
+  if (offsets[groups] == offsets[0]) return;  // no rows: no buffers to read (a rank whose experts got none)
   if (ops.fp8) {
     for (int64_t e = 0; e < groups; ++e) {
       const int64_t n = offsets[e + 1] - offsets[e];
