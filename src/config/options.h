@@ -23,7 +23,12 @@
 namespace sy {
 
 // precision.recipe: the numeric recipe of the linear layers.
-enum class Recipe : uint8_t { fp32, fp8_tensor_current, fp8_tensor_delayed, fp8_block };
+// bf16: BF16 GEMM operands, FP32 accumulation and master weights (Megatron's
+// default mixed precision; on the CPU an exact emulation).
+enum class Recipe : uint8_t { fp32, fp8_tensor_current, fp8_tensor_delayed, fp8_block, bf16 };
+constexpr bool is_fp8(Recipe r) {
+  return r == Recipe::fp8_tensor_current || r == Recipe::fp8_tensor_delayed || r == Recipe::fp8_block;
+}
 // precision.grad_format: FP8 format of gradients in the backward GEMMs.
 enum class GradFormat : uint8_t { e5m2, e4m3 };
 // precision.moments: storage of the AdamW moments.
@@ -43,8 +48,8 @@ struct OptionNames;  // static names(): the names, indexed by the enum's value
 
 template <>
 struct OptionNames<Recipe> {
-  static constexpr std::array<std::string_view, 4> names() {
-    return {"fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"};
+  static constexpr std::array<std::string_view, 5> names() {
+    return {"fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block", "bf16"};
   }
 };
 template <>

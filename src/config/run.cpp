@@ -317,7 +317,7 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
-    k.push_back(option<Recipe>("precision", "recipe", SY_REF(Recipe, precision.recipe), "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights)"));
+    k.push_back(option<Recipe>("precision", "recipe", SY_REF(Recipe, precision.recipe), "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights), or BF16 GEMM operands with FP32 accumulation (bf16)"));
     k.push_back(option<GradFormat>("precision", "grad_format", SY_REF(GradFormat, precision.grad_format), "FP8 format of gradients in the backward GEMMs"));
     k.push_back(integer("precision", "amax_history", SY_REF(int64_t, precision.amax_history), 1, 1 << 20, "fp8-tensor-delayed: steps of amax history a scale is computed from"));
     k.push_back(boolean("precision", "pow2_scales", SY_REF(bool, precision.pow2_scales), "round FP8 scales down to powers of two"));

@@ -63,7 +63,7 @@ struct ParallelSection {
 };
 
 struct PrecisionSection {
-  Recipe recipe = Recipe::fp32;       // "fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"
+  Recipe recipe = Recipe::fp32;       // "fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block", "bf16"
   GradFormat grad_format = GradFormat::e5m2;  // FP8 format of gradients in the dgrad / wgrad GEMMs ("e5m2" or "e4m3")
   int64_t amax_history = 16;          // fp8-tensor-delayed: steps of amax history a scale comes from
   bool pow2_scales = false;           // scales rounded down to powers of two

@@ -44,7 +44,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
   const int64_t local_experts = m.moe.experts / ep;
   const int64_t B = cfg.train.micro_batch;
   const double N = static_cast<double>(B) * static_cast<double>(m.seq_len), f4 = sizeof(float);
-  const bool fp8 = cfg.precision.recipe != Recipe::fp32 && cfg.precision.fp8_activations;
+  const bool fp8 = is_fp8(cfg.precision.recipe) && cfg.precision.fp8_activations;
   RowOptions rows;
   rows.ep = ep, rows.dp = dp, rows.shm = ep > 1 && cfg.parallel.transport == Transport::shm;
   rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == Recipe::fp8_block;

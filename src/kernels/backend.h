@@ -64,6 +64,9 @@ class Backend {
 
   // z (n) = x + y, elementwise (the residual stream); z may alias x or y.
   virtual void add(float* z, const float* x, const float* y, int64_t n, Stream s) const = 0;
+  // dst (n) = src rounded to BF16 (nearest even), kept in FP32: the operands
+  // of the bf16 recipe's GEMMs. dst may alias src.
+  virtual void round_bf16(float* dst, const float* src, int64_t n, Stream s) const = 0;
 
   // GEMM, row-major: C (M, N) = alpha op(A) op(B) + beta C.
   virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

@@ -63,6 +63,8 @@ SY_HD float bf16_value(uint16_t h) {
   memcpy(&f, &u, 4);
   return f;
 }
+// x rounded to the nearest BF16 value, held in an FP32.
+SY_HD float bf16_rounded(float x) { return bf16_value(bf16_round(x)); }
 
 // Online softmax (attention without a T x T matrix): a running max m, a
 // running sum l of exp(s - m), and the weight `rescale` the accumulated

@@ -35,7 +35,7 @@ void Trainer::setup_pipeline(const MoeContext& ctx, bool fp8_activations) {
   SY_CONFIG_CHECK(cfg_.train.sample_every == 0, "{}: train.sample_every needs parallel.pp = 1 (samples are drawn "
                   "from one rank's full model); sample from a checkpoint with moe-generate", cfg_.source);
   P.recompute = par.recompute == Recompute::full;
-  SY_CONFIG_CHECK(!P.recompute || cfg_.precision.recipe == Recipe::fp32, "{}: parallel.recompute = \"full\" with FP8 "
+  SY_CONFIG_CHECK(!P.recompute || !is_fp8(cfg_.precision.recipe), "{}: parallel.recompute = \"full\" with FP8 "
                   "recipes would count amax statistics twice; use precision.recipe = \"fp32\"", cfg_.source);
   SY_CONFIG_CHECK(!P.recompute || par.schedule != pipe::ScheduleKind::zb, "{}: parallel.recompute = \"full\" recomputes one micro-batch "
                   "at a time, and \"zb\" keeps weight-gradient inputs across micro-batches; pick another schedule",

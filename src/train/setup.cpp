@@ -73,7 +73,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                  make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks)),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
   // The FP8 recipe state, made before the model: the model's Ops carry it.
-  if (cfg_.precision.recipe != Recipe::fp32) {
+  if (is_fp8(cfg_.precision.recipe)) {
     Fp8Recipe r;
     const Recipe recipe = cfg_.precision.recipe;
     r.scaling = recipe == Recipe::fp8_block ? Fp8Scaling::block
@@ -85,7 +85,8 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
     fp8_ = std::make_unique<Fp8Linear>(r, *ops_.be, ops_.stream);
   }
   ops_.fp8 = fp8_.get();
-  const bool fp8_acts = cfg_.precision.recipe != Recipe::fp32 && cfg_.precision.fp8_activations;
+  ops_.bf16 = cfg_.precision.recipe == Recipe::bf16;
+  const bool fp8_acts = is_fp8(cfg_.precision.recipe) && cfg_.precision.fp8_activations;
   if (pipelined()) {
     setup_pipeline(ctx, fp8_acts);
   } else {

@@ -58,6 +58,7 @@ class CpuBackend final : public Backend {
   void synchronize(Stream) const override {}
 
   void add(float* z, const float* x, const float* y, int64_t n, Stream) const override { add_vectors(z, x, y, n); }
+  void round_bf16(float* dst, const float* src, int64_t n, Stream) const override { round_to_bf16(dst, src, n); }
 
   void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
             const float* B, int64_t ldb, float beta, float* C, int64_t ldc, Stream) const override {

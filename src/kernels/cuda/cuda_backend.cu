@@ -44,6 +44,10 @@ __global__ void add_kernel(float* z, const float* x, const float* y, int64_t n) 
   SY_GRID_LOOP(i, n) z[i] = x[i] + y[i];
 }
 
+__global__ void round_bf16_kernel(float* dst, const float* src, int64_t n) {
+  SY_GRID_LOOP(i, n) dst[i] = math::bf16_rounded(src[i]);
+}
+
 __global__ void embedding_fwd_kernel(float* out, const int32_t* tok, const float* wte, int64_t N, int64_t C) {
   SY_GRID_LOOP(i, N * C) out[i] = wte[int64_t{tok[i / C]} * C + i % C];
 }
@@ -399,6 +403,11 @@ class CudaBackend final : public Backend {
   void add(float* z, const float* x, const float* y, int64_t n, Stream s) const override {
     add_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(z, x, y, n);
     launched("add");
+  }
+
+  void round_bf16(float* dst, const float* src, int64_t n, Stream s) const override {
+    round_bf16_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(dst, src, n);
+    launched("round_bf16");
   }
 
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.

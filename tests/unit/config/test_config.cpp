@@ -31,7 +31,7 @@ void expect_round_trip(const std::vector<std::string>& names) {
 }
 
 TEST(Config, OptionsAreEnumsWithOneNameTable) {
-  expect_round_trip<Recipe>({"fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block"});
+  expect_round_trip<Recipe>({"fp32", "fp8-tensor-current", "fp8-tensor-delayed", "fp8-block", "bf16"});
   expect_round_trip<GradFormat>({"e5m2", "e4m3"});
   expect_round_trip<Moments>({"fp32", "bf16"});
   expect_round_trip<Recompute>({"none", "full"});

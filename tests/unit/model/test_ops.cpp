@@ -7,6 +7,8 @@
 
 #include "core/arena.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "core/dtype.h"
+#include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/linear.h"
 #include "model/ops.h"
 #include "testing.h"
@@ -71,6 +73,66 @@ TEST(Ops, Fp32LinearThroughTheBackendIsTheKernel) {
   std::vector<float> z(N * O);
   cpu_backend().add(z.data(), y1.data(), dy.data(), N * O, {});
   for (int64_t i = 0; i < N * O; ++i) ASSERT_EQ(z[static_cast<size_t>(i)], y1[static_cast<size_t>(i)] + dy[static_cast<size_t>(i)]);
+}
+
+std::vector<float> bf16_copy(const std::vector<float>& v) {
+  std::vector<float> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_to_f32(f32_to_bf16(v[i]));
+  return r;
+}
+
+// The bf16 recipe: each GEMM of a linear layer is the FP32 GEMM of its two
+// operands rounded to BF16 (FP32 accumulation), forward, dgrad and wgrad,
+// bit for bit; deferred weight gradients (zero-bubble) are the same bits.
+TEST(Bf16, LinearGemmsTakeRoundedOperandsAndDeferExactly) {
+  const int64_t N = 45, I = 40, O = 24;
+  auto x = test::randn(N * I, 31), w = test::randn(O * I, 32, 0.2f), dy = test::randn(N * O, 33);
+  const auto xr = bf16_copy(x), wr = bf16_copy(w), dyr = bf16_copy(dy);
+  std::vector<float> want_y(N * O), want_dx(N * I), want_dw(O * I, 0.25f);
+  linear_forward(want_y.data(), xr.data(), wr.data(), N, I, O);
+  sy::linear_backward(want_dx.data(), want_dw.data(), dyr.data(), xr.data(), wr.data(), N, I, O);
+  Ops ops;
+  ops.bf16 = true;
+  std::vector<float> y(N * O), dx(N * I), dw(O * I, 0.25f), y32(N * O);
+  mm_forward(ops, Fp8Group::mlp, y.data(), x.data(), w.data(), N, I, O);
+  mm_backward(ops, Fp8Group::mlp, dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, I, O);
+  EXPECT_EQ(y, want_y);
+  EXPECT_EQ(dx, want_dx);
+  EXPECT_EQ(dw, want_dw);
+  mm_forward(Ops{}, Fp8Group::mlp, y32.data(), x.data(), w.data(), N, I, O);
+  EXPECT_NE(y, y32);  // the operands really were rounded
+  EXPECT_LT(test::max_rel_err(y.data(), y32.data(), y.size()), 0.05);
+
+  WgradQueue q;
+  std::vector<float> dx2(N * I), dw2(O * I, 0.25f);
+  mm_backward(ops.with_defer(&q), Fp8Group::mlp, dx2.data(), dw2.data(), dy.data(), x.data(), w.data(), N, I, O);
+  EXPECT_EQ(dx2, want_dx);
+  EXPECT_EQ(dw2, std::vector<float>(O * I, 0.25f));
+  q.run(cpu_backend());
+  EXPECT_EQ(dw2, want_dw);
+
+  // Grouped (experts), rows from offset 7 as a later dispatch chunk's are.
+  const std::vector<int64_t> offsets = {7, 20, 20, N};
+  std::vector<std::vector<float>> ws = {test::randn(O * I, 34), test::randn(O * I, 35), test::randn(O * I, 36)};
+  std::vector<std::vector<float>> wsr = {bf16_copy(ws[0]), bf16_copy(ws[1]), bf16_copy(ws[2])};
+  std::vector<const float*> wp = {ws[0].data(), ws[1].data(), ws[2].data()},
+                            wpr = {wsr[0].data(), wsr[1].data(), wsr[2].data()};
+  std::vector<float> gy(N * O, 0.f), gwant(N * O, 0.f);
+  grouped_forward(ops, gy.data(), x.data(), wp.data(), offsets.data(), 3, I, O);
+  grouped_linear_forward(gwant.data(), xr.data(), wpr.data(), offsets.data(), 3, I, O);
+  EXPECT_EQ(gy, gwant);
+  std::vector<std::vector<float>> g1(3, std::vector<float>(O * I, 0.f)), g2 = g1, gref = g1;
+  std::vector<float*> p1 = {g1[0].data(), g1[1].data(), g1[2].data()}, p2 = {g2[0].data(), g2[1].data(), g2[2].data()},
+                      pr = {gref[0].data(), gref[1].data(), gref[2].data()};
+  std::vector<float> gdx(N * I, 0.f), gdx2(N * I, 0.f), gdxr(N * I, 0.f);
+  grouped_backward(ops, gdx.data(), p1.data(), dy.data(), x.data(), wp.data(), offsets.data(), 3, I, O);
+  grouped_linear_backward(gdxr.data(), pr.data(), dyr.data(), xr.data(), wpr.data(), offsets.data(), 3, I, O);
+  grouped_backward(ops.with_defer(&q), gdx2.data(), p2.data(), dy.data(), x.data(), wp.data(), offsets.data(), 3, I, O);
+  q.run(cpu_backend());
+  EXPECT_EQ(gdx, gdxr);
+  EXPECT_EQ(gdx2, gdxr);
+  for (int g = 0; g < 3; ++g) EXPECT_EQ(g1[g], gref[g]) << "group " << g;
+  for (int g = 0; g < 3; ++g) EXPECT_EQ(g2[g], gref[g]) << "group " << g;
 }
 
 TEST(Backend, RegistryHasTheCpuAndNamesAMissingDevice) {

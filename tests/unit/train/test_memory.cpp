@@ -147,7 +147,7 @@ TEST(Estimate, MatchesWhatATrainerAllocates) {
     EXPECT_EQ(e.grads, 4 * (n + (cfg.parallel.zero1 ? static_cast<double>(t.sync().state_size()) : 0)));
     EXPECT_EQ(e.optimizer, 2 * (bf16 ? 2 : 4) * static_cast<double>(t.sync().state_size()));
     const Transformer::ActivationMemory real = t.model().activation_memory();
-    const bool fp8 = cfg.precision.recipe != Recipe::fp32;
+    const bool fp8 = is_fp8(cfg.precision.recipe);
     RowOptions rows;
     rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == Recipe::fp8_block;
     const ActivationBytes a = estimate_activations(resolved.model, resolved.train.micro_batch, StageChunk{}, rows);
