@@ -49,7 +49,7 @@ void shared_forward(const Ops& ops, MoeActs& a, float* out, const float* h, cons
     ops.b().swiglu_forward(a.s_act, a.s_up, d.N, d.S, ops.stream);
     mm_forward(ops, Fp8Group::shared, out, a.s_act, params + o.shared_w2, d.N, d.S, d.C, a.fp8 ? &a.s_act_q : nullptr);
   } else {
-    std::memset(out, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
+    ops.b().zero(out, static_cast<size_t>(d.N * d.C) * sizeof(float), ops.stream);
   }
 }
 
@@ -62,12 +62,9 @@ void shared_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const 
     ops.b().swiglu_backward(s.dup, s.dact, a.s_up, d.N, d.S, ops.stream);
     mm_backward(ops, Fp8Group::shared, dh, grads + o.shared_w13, s.dup, h, params + o.shared_w13, d.N, d.C, 2 * d.S);
   } else {
-    std::memset(dh, 0, static_cast<size_t>(d.N * d.C) * sizeof(float));
+    ops.b().zero(dh, static_cast<size_t>(d.N * d.C) * sizeof(float), ops.stream);
   }
 }
-
-// Wraps a transport's row place for the permute kernels.
-RowMap row_map(const RowPlace& p) { return {p.local, p.base, p.rank, p.row}; }
 
 }  // namespace
 
@@ -116,7 +113,7 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   float* act = expert_act(a, scratch, Mr * F);
   {
     Timed t(ctx.timers, &MoeTimers::permute);
-    ops.b().moe_gather(row_map(r.send), h, plan.send_token().data(), Ms, C, ops.stream);
+    ops.b().moe_gather(r.send, h, plan.send_token().data(), Ms, C, ops.stream);
   }
   ExpertSteps steps;
   steps.meanwhile = [&] { shared_forward(ops, a, out, h, params, o, d, ctx); };
@@ -131,7 +128,7 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   };
   D.exchange(Pass::forward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   Timed t(ctx.timers, &MoeTimers::permute);
-  ops.b().moe_combine(out, row_map(r.back), nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
+  ops.b().moe_combine(out, r.back, nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
 }
 
 void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
@@ -146,7 +143,7 @@ void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, con
   float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
   {
     Timed t(ctx.timers, &MoeTimers::permute);
-    ops.b().moe_combine_backward(row_map(r.send), s.dgates, dout, row_map(D.forward_outputs(plan, *a.rows)), a.gates,
+    ops.b().moe_combine_backward(r.send, s.dgates, dout, D.forward_outputs(plan, *a.rows), a.gates,
                          plan.send_pos().data(), N, K, C, ops.stream);
   }
   const float* x_saved = a.fp8 ? nullptr : D.forward_inputs(*a.rows);
@@ -165,7 +162,7 @@ void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, con
   D.exchange(Pass::backward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   {
     Timed t(ctx.timers, &MoeTimers::permute);
-    ops.b().moe_gather_backward(dh, row_map(r.back), plan.send_pos().data(), N, K, C, ops.stream);
+    ops.b().moe_gather_backward(dh, r.back, plan.send_pos().data(), N, K, C, ops.stream);
   }
 
   // Router: gate gradients plus the balance terms over the whole micro-batch.

@@ -56,6 +56,7 @@
 #include <functional>
 #include <memory>
 
+#include "kernels/types.h"  // RowMap: where a send buffer's rows live (contiguous or scattered over ranks)
 #include "moe/timers.h"
 
 namespace sy {
@@ -65,26 +66,13 @@ class EpDispatch;
 
 enum class Pass : uint8_t { forward, backward };
 
-// Where the rows of a send buffer (send order, `width` floats each) live:
-// one contiguous buffer (row r at local + r * width), or scattered over
-// other ranks' memory (base[rank[r]] + row[r] * width). Device-neutral; the
-// kernels' RowMap has the same fields.
-struct RowPlace {
-  float* local = nullptr;
-  float* const* base = nullptr;
-  const int32_t* rank = nullptr;
-  const int32_t* row = nullptr;
-  static RowPlace contiguous(float* p) { return {p, nullptr, nullptr, nullptr}; }
-  static RowPlace scattered(float* const* b, const int32_t* rk, const int32_t* rw) { return {nullptr, b, rk, rw}; }
-};
-
 // One pass's rows, as the transport lays them out. Forward: tokens' rows
 // out, expert outputs back. Backward: output gradients out, input gradients back.
 struct Rows {
-  RowPlace send;          // (M_send, C) where the sender writes its rows
+  RowMap send;          // (M_send, C) where the sender writes its rows
   float* recv = nullptr;  // (M_recv, C) the experts' input rows, chunk c from plan.recv_begin(c)
   float* reply = nullptr; // (M_recv, C) where the experts write their outputs, same order
-  RowPlace back;          // (M_send, C) the outputs as the sender reads them
+  RowMap back;          // (M_send, C) the outputs as the sender reads them
 };
 
 // What the block does while a pass's rows move (called on the calling thread).
@@ -133,7 +121,7 @@ class Dispatcher {
                              int64_t C) const = 0;
   // What the layer's forward kept: its expert outputs as the sender reads
   // them, and (unless shared_inputs) the experts' inputs (M_recv, C).
-  virtual RowPlace forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const = 0;
+  virtual RowMap forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const = 0;
   virtual const float* forward_inputs(const DispatchLayer& layer) const = 0;
 
   // Moves a pass's rows (`rows` from forward_rows / backward_rows of the

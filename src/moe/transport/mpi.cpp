@@ -22,7 +22,7 @@ Rows MpiDispatcher::forward_rows(const EpDispatch& plan, DispatchLayer& layer, D
   L.y_send.ensure(static_cast<size_t>(Ms * C));
   float* x_send = solo ? x_recv : S.send.ensure(static_cast<size_t>(Ms * C));
   float* y_recv = solo ? L.y_send.data() : S.recv.ensure(static_cast<size_t>(Mr * C));
-  return {RowPlace::contiguous(x_send), x_recv, y_recv, RowPlace::contiguous(L.y_send.data())};
+  return {RowMap::contiguous(x_send), x_recv, y_recv, RowMap::contiguous(L.y_send.data())};
 }
 
 Rows MpiDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer&, DispatchScratch& scratch,
@@ -34,11 +34,11 @@ Rows MpiDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer&, Dispat
   float* dy_recv = solo ? dy_send : S.recv.ensure(static_cast<size_t>(Mr * C));
   float* dx_recv = S.recv2.ensure(static_cast<size_t>(Mr * C));
   float* dx_send = solo ? dx_recv : S.send2.ensure(static_cast<size_t>(Ms * C));
-  return {RowPlace::contiguous(dy_send), dy_recv, dx_recv, RowPlace::contiguous(dx_send)};
+  return {RowMap::contiguous(dy_send), dy_recv, dx_recv, RowMap::contiguous(dx_send)};
 }
 
-RowPlace MpiDispatcher::forward_outputs(const EpDispatch&, const DispatchLayer& layer) const {
-  return RowPlace::contiguous(const_cast<float*>(state_as<const MpiLayer>(layer, name()).y_send.data()));
+RowMap MpiDispatcher::forward_outputs(const EpDispatch&, const DispatchLayer& layer) const {
+  return RowMap::contiguous(const_cast<float*>(state_as<const MpiLayer>(layer, name()).y_send.data()));
 }
 
 const float* MpiDispatcher::forward_inputs(const DispatchLayer& layer) const {

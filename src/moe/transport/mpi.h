@@ -42,7 +42,7 @@ class MpiDispatcher : public Dispatcher {
                     bool shared_inputs) const override;
   Rows backward_rows(const EpDispatch& plan, DispatchLayer& layer, DispatchScratch& scratch,
                      int64_t C) const override;
-  RowPlace forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const override;
+  RowMap forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const override;
   const float* forward_inputs(const DispatchLayer& layer) const override;
   void exchange(Pass pass, const EpDispatch& plan, const Rows& rows, DispatchLayer& layer, DispatchScratch& scratch,
                 int64_t C, const ExpertSteps& steps, MoeTimers* timers) const override;

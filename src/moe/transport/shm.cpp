@@ -27,8 +27,8 @@ Rows ShmDispatcher::forward_rows(const EpDispatch& plan, DispatchLayer& layer, D
   x_win.ensure(ep_, Mr * C);
   L.y_win.ensure(ep_, Mr * C);
   L.inputs = &x_win;
-  return {RowPlace::scattered(x_win.peers(), plan.dest_rank(), plan.dest_row()), x_win.local(), L.y_win.local(),
-          RowPlace::scattered(L.y_win.peers(), plan.dest_rank(), plan.dest_row())};
+  return {RowMap::scattered(x_win.peers(), plan.dest_rank(), plan.dest_row()), x_win.local(), L.y_win.local(),
+          RowMap::scattered(L.y_win.peers(), plan.dest_rank(), plan.dest_row())};
 }
 
 // The backward windows are shared by the layers: a layer's rows are written
@@ -38,13 +38,13 @@ Rows ShmDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer&, Dispat
   const int64_t Mr = plan.recv_rows();
   S.dy_win.ensure(ep_, Mr * C);
   S.dx_win.ensure(ep_, Mr * C);
-  return {RowPlace::scattered(S.dy_win.peers(), plan.dest_rank(), plan.dest_row()), S.dy_win.local(),
-          S.dx_win.local(), RowPlace::scattered(S.dx_win.peers(), plan.dest_rank(), plan.dest_row())};
+  return {RowMap::scattered(S.dy_win.peers(), plan.dest_rank(), plan.dest_row()), S.dy_win.local(),
+          S.dx_win.local(), RowMap::scattered(S.dx_win.peers(), plan.dest_rank(), plan.dest_row())};
 }
 
-RowPlace ShmDispatcher::forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const {
+RowMap ShmDispatcher::forward_outputs(const EpDispatch& plan, const DispatchLayer& layer) const {
   const ShmLayer& L = state_as<const ShmLayer>(layer, name());
-  return RowPlace::scattered(L.y_win.peers(), plan.dest_rank(), plan.dest_row());
+  return RowMap::scattered(L.y_win.peers(), plan.dest_rank(), plan.dest_row());
 }
 
 const float* ShmDispatcher::forward_inputs(const DispatchLayer& layer) const {
