@@ -2,6 +2,8 @@
 //   moe-ckpt ls CKPT | info CKPT | loads CKPT | show CKPT NAME | verify CKPT | diff A B
 //   moe-ckpt consolidate CKPT OUT.h5 | reshard CKPT OUT --dp N [--ep N] [--pp N] [--zero1]
 //   moe-ckpt export CKPT OUTDIR --format mixtral|deepseek-v3
+//   moe-ckpt import HFDIR OUT.h5
+//   moe-ckpt upcycle DENSE OUT.h5 --experts E --top-k K [--granularity G] [--noise S] [--seed N] [--layers LIST]
 // CKPT is a checkpoint directory, a consolidated file, or a run or
 // checkpoints directory (the checkpoint its `latest` names). --json (before
 // or after the subcommand): one JSON document on stdout, for every command.
@@ -11,6 +13,7 @@
 #include <charconv>
 #include <cmath>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -25,6 +28,8 @@
 #include "config/run.h"
 #include "estimate/pipeline_plan.h"
 #include "train/export.h"
+#include "train/import.h"
+#include "train/upcycle.h"
 
 namespace {
 
@@ -327,6 +332,47 @@ int cmd_export(const std::string& path, const std::string& out, const std::strin
   return 0;
 }
 
+// Like consolidate, import and upcycle create the directories above their output file.
+void make_parent(const std::string& out) {
+  const std::filesystem::path parent = std::filesystem::absolute(out).parent_path();
+  if (!std::filesystem::exists(parent)) std::filesystem::create_directories(parent);
+}
+
+int cmd_import(const std::string& dir, const std::string& out, bool as_json) {
+  make_parent(out);
+  const ImportResult res = import_safetensors(dir, out);
+  if (as_json) {
+    print_json({{"source", dir}, {"out", res.out}, {"format", res.format}, {"tensors", res.tensors},
+                {"files", res.files}, {"switchyard_config", res.metadata}, {"step", 0}});
+    return 0;
+  }
+  std::cout << fmt::format("wrote {} ({} format, {} tensors from {} safetensors file{}; config {}; weights only, "
+                           "step 0)\n", res.out, res.format, res.tensors, res.files, res.files == 1 ? "" : "s",
+                           res.metadata ? "from the export's switchyard metadata and config.json"
+                                        : "from config.json over the built-in defaults");
+  return 0;
+}
+
+int cmd_upcycle(const std::string& path, const std::string& out, const UpcycleOptions& o, bool as_json) {
+  const auto reader = open_checkpoint(path);
+  make_parent(out);
+  const UpcycleResult res = upcycle(*reader, out, o);
+  if (as_json) {
+    print_json({{"source", path}, {"out", res.out}, {"first_moe_layer", res.first_moe_layer},
+                {"moe_layers", res.moe_layers}, {"experts", res.experts}, {"top_k", res.top_k},
+                {"granularity", res.granularity}, {"dense_hidden", res.dense_hidden},
+                {"expert_hidden", res.expert_hidden}, {"noise", o.noise}, {"exact", res.exact}});
+    return 0;
+  }
+  std::cout << fmt::format("wrote {}: layers {}..{} upcycled to {} experts of width {} (dense {} / granularity {}), "
+                           "top-{}; {}\n", res.out, res.first_moe_layer, res.first_moe_layer + res.moe_layers - 1,
+                           res.experts, res.expert_hidden, res.dense_hidden, res.granularity, res.top_k,
+                           res.exact ? "computes the dense model at step 0 (up to FP32 round-off)"
+                                     : "NOT the dense model at step 0 (noise > 0, or top-k not a multiple of the "
+                                       "granularity)");
+  return 0;
+}
+
 // verify reports a damaged checkpoint as a problem (exit 1), even when it is
 // too damaged to be recognised as one; a path that does not exist is bad input.
 int cmd_verify_path(const std::string& path, bool as_json) {
@@ -369,6 +415,28 @@ int main(int argc, char** argv) {
   auto* reshard = app.add_subcommand("reshard", "rewrite the shards for another layout");
   auto* exp = app.add_subcommand("export", "export the weights as safetensors + config.json (Mixtral or "
                                            "DeepSeek-V3 names)");
+  auto* imp = app.add_subcommand("import", "import Hugging Face safetensors (the Mixtral or DeepSeek-V3 layout "
+                                           "export writes) as a consolidated checkpoint (weights only, step 0)");
+  auto* upc = app.add_subcommand("upcycle", "turn a dense model's SwiGLU FFNs into routed experts (a consolidated "
+                                            "checkpoint, weights only, step 0)");
+  sy::UpcycleOptions up;
+  imp->add_option("dir", ckpt, "directory with config.json and model.safetensors (or its index and shards)")
+      ->required();
+  imp->add_option("out", out, "output checkpoint file (must not exist)")->required();
+  upc->add_option("checkpoint", ckpt, ckpt_help)->required();
+  upc->add_option("out", out, "output checkpoint file (must not exist)")->required();
+  upc->add_option("--experts", up.experts, "routed experts per MoE layer (E)")
+      ->required()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  upc->add_option("--top-k", up.top_k, "experts per token (K)")->required()->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  upc->add_option("--granularity", up.granularity, "G: each expert is one of G segments of the dense FFN (width / G)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  upc->add_option("--noise", up.noise, "relative Gaussian noise on the expert weights: w * (1 + S n)")
+      ->check(sy::cli::finite_range(0.0, 1e6));
+  upc->add_option("--seed", up.seed, "seed of the router init and the noise (default: the checkpoint's train.seed)")
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
+  upc->add_option("--layers", up.layers, "layers to upcycle, A-B or A,B,...: from one layer to the last (default "
+                                         "all)");
   for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp})
     c->add_option("checkpoint", ckpt, ckpt_help)->required();
   show->add_option("name", name, "tensor name (see ls)")->required();
@@ -394,6 +462,10 @@ int main(int argc, char** argv) {
   return sy::cli::guarded("moe-ckpt", [&]() -> int {
     using sy::ckpt::resolve_checkpoint;
     if (*verify) return cmd_verify_path(ckpt, as_json);
+    if (*imp) {
+      sy::cli::check_new_output(out, "the output file");
+      return cmd_import(ckpt, out, as_json);
+    }
     const std::string path = resolve_checkpoint(ckpt);
     if (*ls) return cmd_ls(path, as_json);
     if (*info) return cmd_info(path, as_json);
@@ -405,6 +477,10 @@ int main(int argc, char** argv) {
       return cmd_repack(path, out, bool(*consolidate), {pp, dp, ep}, zero1, as_json);
     }
     if (*exp) return cmd_export(path, out, format, as_json);
+    if (*upc) {
+      sy::cli::check_new_output(out, "the output file");
+      return cmd_upcycle(path, out, up, as_json);
+    }
     SY_CONFIG_FAIL("no subcommand (see --help)");
   });
 }

@@ -84,4 +84,40 @@ void repack(Reader& src, const std::string& out, Manifest m, const std::vector<s
   SY_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp, out, ec.message());
 }
 
+void write_weights_only(const std::string& out, Manifest m,
+                        const std::function<void(size_t, std::vector<float>&)>& params) {
+  SY_CONFIG_CHECK(!fs::exists(fs::symlink_status(out)), "'{}' already exists; choose a new output path", out);
+  const std::string tmp = out + ".tmp";
+  SY_CONFIG_CHECK(!fs::exists(fs::symlink_status(tmp)), "'{}' exists (an interrupted write?); remove it first", tmp);
+  m.world = m.pp = m.dp = m.ep = 1, m.zero1 = 0, m.shards = 1;
+  m.format_version = kFormatVersion;
+  m.shard_digests.clear();
+  try {
+    h5::File f = h5::File::create(tmp);
+    std::vector<float> data, zeros;
+    for (size_t i = 0; i < m.tensors.size(); ++i) {
+      TensorEntry& t = m.tensors[i];
+      data.assign(static_cast<size_t>(t.numel()), 0.f);
+      params(i, data);
+      SY_CHECK(static_cast<int64_t>(data.size()) == t.numel(), "tensor '{}': {} values for {} elements", t.name,
+               data.size(), t.numel());
+      zeros.assign(data.size(), 0.f);
+      write_tensor(f, "params", t.name, data.data(), t.shape);
+      write_tensor(f, "adam_m", t.name, zeros.data(), t.shape);
+      write_tensor(f, "adam_v", t.name, zeros.data(), t.shape);
+      t.file = ".";
+    }
+    write_manifest_into(f, m);
+    f.close();
+    h5::sync_path(tmp);
+    std::error_code ec;
+    fs::rename(tmp, out, ec);
+    SY_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp, out, ec.message());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);  // only what this write created
+    throw;
+  }
+}
+
 }  // namespace sy::ckpt

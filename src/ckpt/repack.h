@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,5 +28,14 @@ std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int6
 // m.tensors[i]; all "." makes `out` a single consolidated file. Written
 // under out + ".tmp" and renamed when complete.
 void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files);
+
+// Writes a new consolidated checkpoint file `out` (refused if it exists)
+// holding weights only: params(i, data) fills m.tensors[i]'s values; the
+// AdamW moments are zeros, as moe-train starts them. `m` describes the
+// rest (config, step, bias, ...); its layout fields are set to one rank.
+// Written under out + ".tmp" and renamed when complete; on failure nothing
+// is left behind.
+void write_weights_only(const std::string& out, Manifest m,
+                        const std::function<void(size_t, std::vector<float>&)>& params);
 
 }  // namespace sy::ckpt

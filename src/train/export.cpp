@@ -46,21 +46,10 @@ std::vector<std::string> mixtral_incompatibilities(const ModelConfig& m, const s
   return out;
 }
 
-namespace {
-
-struct Piece {
-  std::string hf;                          // the exported name
-  std::vector<int64_t> shape;              // its shape
-  const ckpt::TensorEntry* src = nullptr;  // rows of a checkpoint tensor ...
-  int64_t row0 = 0;                        // ... from this row on
-  const float* values = nullptr;           // or these values (the balancing bias)
-};
-
-// The checkpoint's tensors under the format's names.
-std::vector<Piece> map_names(const ckpt::Manifest& man, const ModelConfig& m, ExportFormat format) {
+std::vector<HfPiece> hf_pieces(const ckpt::Manifest& man, const ModelConfig& m, ExportFormat format) {
   const bool ds = format == ExportFormat::deepseek_v3;
   const int64_t D = m.head_size(), F = m.moe.expert_hidden, Fd = m.dense_width(), E = m.moe.experts;
-  std::vector<Piece> pieces;
+  std::vector<HfPiece> pieces;
   auto whole = [&](const std::string& name, const ckpt::TensorEntry& t) { pieces.push_back({name, t.shape, &t, 0}); };
   auto split = [&](const ckpt::TensorEntry& t, const std::vector<std::pair<std::string, int64_t>>& parts) {
     int64_t row = 0;
@@ -130,6 +119,8 @@ std::vector<Piece> map_names(const ckpt::Manifest& man, const ModelConfig& m, Ex
   return pieces;
 }
 
+namespace {
+
 nlohmann::ordered_json config_json(const ModelConfig& m, const ckpt::Manifest& man, ExportFormat format,
                                    const std::string& architecture) {
   nlohmann::ordered_json j;
@@ -173,7 +164,8 @@ nlohmann::ordered_json config_json(const ModelConfig& m, const ckpt::Manifest& m
   j["switchyard"] = {{"export_format", export_format_name(format)},
                      {"step", man.step},
                      {"software_version", man.software_version},
-                     {"bias_update_rate", m.moe.bias_update_rate}};
+                     {"bias_update_rate", m.moe.bias_update_rate},
+                     {"config", man.config_toml}};  // the run's whole TOML: moe-ckpt import restores it
   return j;
 }
 
@@ -208,7 +200,7 @@ ExportResult export_safetensors(ckpt::Reader& r, const std::string& out_dir, Exp
                     "without error and compute something else:\n  {}\nexport it with --format deepseek-v3 instead",
                     r.path(), fmt::join(bad, "\n  "));
   }
-  const std::vector<Piece> pieces = map_names(man, m, format);
+  const std::vector<HfPiece> pieces = hf_pieces(man, m, format);
   const std::vector<fs::path> created = plan_output(out_dir);
 
   ExportResult res;
@@ -219,13 +211,13 @@ ExportResult export_safetensors(ckpt::Reader& r, const std::string& out_dir, Exp
   try {
     for (const fs::path& d : created) fs::create_directory(d);
     std::vector<ckpt::SafeTensor> list;
-    for (const Piece& p : pieces) list.push_back({p.hf, p.shape});
+    for (const HfPiece& p : pieces) list.push_back({p.hf, p.shape});
     const ckpt::TensorEntry* cached = nullptr;
     std::vector<float> data;
     res.bytes = static_cast<int64_t>(ckpt::write_safetensors(
         (fs::path(out_dir) / "model.safetensors").string(), list,
         [&](size_t i, float* out) {
-          const Piece& p = pieces[i];
+          const HfPiece& p = pieces[i];
           int64_t n = 1;
           for (int64_t d : p.shape) n *= d;
           if (p.values) {

@@ -67,6 +67,21 @@ const char* export_format_name(ExportFormat f);
 // the Mixtral format represents it exactly. `bias`: the manifest's balancing bias.
 std::vector<std::string> mixtral_incompatibilities(const ModelConfig& m, const std::vector<float>& bias);
 
+// One tensor of an export: its name and shape in the format, and where its
+// values come from. The one mapping export and import (train/import.h) share.
+struct HfPiece {
+  std::string hf;                          // the exported name
+  std::vector<int64_t> shape;              // its shape
+  const ckpt::TensorEntry* src = nullptr;  // rows of a checkpoint tensor ...
+  int64_t row0 = 0;                        // ... from this row on
+  const float* values = nullptr;           // or these values: the balancing bias, man.expert_bias + moe_layer * E
+};
+
+// The checkpoint's tensors (man.tensors; man.expert_bias for DeepSeek-V3's
+// e_score_correction_bias) under the format's names. ConfigError for a
+// tensor the format has no name for.
+std::vector<HfPiece> hf_pieces(const ckpt::Manifest& man, const ModelConfig& m, ExportFormat format);
+
 struct ExportResult {
   std::string dir, format, architecture;
   int64_t tensors = 0;  // in model.safetensors
