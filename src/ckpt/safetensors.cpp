@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "ckpt/h5.h"
 #include "core/check.h"
@@ -111,7 +112,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const uint64_t data_size = size - data_start_;
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(map_->text().substr(8, n));
+    // A name given twice would silently keep one entry: refused.
+    std::set<std::string> seen;
+    std::string twice;
+    header = nlohmann::json::parse(map_->text().substr(8, n),
+                                   [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& v) {
+                                     if (depth == 1 && ev == nlohmann::json::parse_event_t::key && v.is_string() &&
+                                         !seen.insert(v.get<std::string>()).second && twice.empty())
+                                       twice = v.get<std::string>();
+                                     return true;
+                                   });
+    SY_CONFIG_CHECK(twice.empty(), "'{}': tensor '{}' appears twice in the header", path, twice);
   } catch (const nlohmann::json::exception& e) {
     SY_CONFIG_FAIL("'{}': the header is not valid JSON: {}", path, e.what());
   }
