@@ -427,13 +427,15 @@ int main(int argc, char** argv) {
   upc->add_option("out", out, "output checkpoint file (must not exist)")->required();
   upc->add_option("--experts", up.experts, "routed experts per MoE layer (E)")
       ->required()
+      ->default_str("")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
-  upc->add_option("--top-k", up.top_k, "experts per token (K)")->required()->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  upc->add_option("--top-k", up.top_k, "experts per token (K)")->required()->default_str("")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   upc->add_option("--granularity", up.granularity, "G: each expert is one of G segments of the dense FFN (width / G)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   upc->add_option("--noise", up.noise, "relative Gaussian noise on the expert weights: w * (1 + S n)")
       ->check(sy::cli::finite_range(0.0, 1e6));
   upc->add_option("--seed", up.seed, "seed of the router init and the noise (default: the checkpoint's train.seed)")
+      ->default_str("")
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   upc->add_option("--layers", up.layers, "layers to upcycle, A-B or A,B,...: from one layer to the last (default "
                                          "all)");

@@ -110,6 +110,16 @@ def test_import_roundtrip(tmp):
     out = moe_train(tmp / "cont", ["train.steps=2", f"checkpoint.resume={imp}"] + MIXTRAL_OK, ranks=2)
     assert "(step 0)" in out, out[-1500:]
     assert "layers.0.moe.router" in ckpt("ls", imp)
+    # A config as Hugging Face's Mixtral writes it (no switchyard metadata; keys that do not change the math,
+    # and sliding_window null) reads as the same model.
+    hf_keys = {"sliding_window": None, "output_router_logits": False, "router_jitter_noise": 0.0,
+               "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True, "bos_token_id": 1,
+               "eos_token_id": 2, "transformers_version": "4.46.0"}
+    stock = copy_hf(hf, tmp / "stock", lambda c: (c.pop("switchyard"), c.update(hf_keys)))
+    ckpt("import", stock, tmp / "stock.h5")
+    assert_bitwise_equal(imp, tmp / "stock.h5")
+    a = generate(run, "--prompt", "The quick", "--max-new", "20", "--temperature", "0")
+    assert generate(tmp / "stock.h5", "--prompt", "The quick", "--max-new", "20", "--temperature", "0")["ids"] == a["ids"]
     run, hf, imp = roundtrip(tmp, "ds", DEEPSEEK_ONLY, "deepseek-v3")  # SMALL: a dense layer, a shared expert
     # Without the switchyard metadata the HF keys alone give the same model (seq_len from max_position_embeddings).
     bare = copy_hf(hf, tmp / "bare", lambda c: c.pop("switchyard"))
