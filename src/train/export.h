@@ -45,6 +45,10 @@
 // "gqa_rope_rotate_half (llama names; not MLA)". A loader that combines
 // Llama's attention with DeepSeek-V3's MoE block reads it exactly; the
 // test (tests/ckpt, test_export_deepseek_v3) does that in plain Python.
+//
+// Both formats' config.json carry "switchyard": {export_format, step,
+// software_version, bias_update_rate, config (the run's whole TOML)}, which
+// moe-ckpt import (train/import.h) uses for what HF keys do not say.
 #pragma once
 
 #include <cstdint>
