@@ -175,8 +175,8 @@ std::string Trainer::describe() const {
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
   for (size_t g = 0; g < lr_use_.size(); ++g)
-    pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensors, {} params", cfg_.train.lr_groups[g].match,
-                        cfg_.train.lr_groups[g].scale, lr_use_[g].tensors,
+    pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensor{}, {} params", cfg_.train.lr_groups[g].match,
+                        cfg_.train.lr_groups[g].scale, lr_use_[g].tensors, lr_use_[g].tensors == 1 ? "" : "s",
                         human_count(static_cast<double>(lr_use_[g].elements)));
   return fmt::format(
       "model  : L={} C={} H={}/{} D={} T={} V={} | {} | {} params, {} active per token\n"

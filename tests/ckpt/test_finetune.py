@@ -123,7 +123,8 @@ def test_init_from_exact(tmp):
 
 def test_init_from_layout_change(tmp):
     """Saved by 2 ranks (ep=2, ZeRO-1), initialised into 1 rank, from the directory and from a
-    consolidated file: the same first step (bitwise), exactly a first Adam step from the saved weights."""
+    consolidated file: the same first step (bitwise), exactly a first Adam step from the saved weights;
+    and into 2 ranks of other layouts (ZeRO-1 over ep=1, pp=2): a first Adam step from them too."""
     t = Path(tmp)
     tc.moe_train(t / "a", ["train.steps=3", "parallel.ep=2", "parallel.zero1=true"], ranks=2)
     one = t / "a.h5"
@@ -139,6 +140,11 @@ def test_init_from_layout_change(tmp):
     tc.moe_train(t / "c", ["train.steps=1", "parallel.ep=1", "parallel.zero1=true",
                            f"checkpoint.init_from={t / 'a'}"], ranks=2)
     problems = first_adam_step(tmp, p0, tc.latest(t / "c"), "c", lambda name: LR0)
+    assert not problems, problems
+    # And into a pipeline of 2 stages (each reads only its own layers).
+    tc.moe_train(t / "d", ["train.steps=1", "parallel.pp=2", "parallel.ep=1", f"checkpoint.init_from={t / 'a'}"],
+                 ranks=2)
+    problems = first_adam_step(tmp, p0, tc.latest(t / "d"), "d", lambda name: LR0)
     assert not problems, problems
 
 
