@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <iostream>
 #include <unordered_set>
 
 #include "ckpt/format.h"
@@ -120,6 +121,21 @@ TrainState Checkpointer::load_weights(const std::string& path, float* params, st
                "another model)", key, dir, t.name, Shape(t.shape).str());
     }
     st = m;
+    // Settings that keep every shape but change what the weights compute
+    // (top_k, score function, rope_theta, ...): said, not refused, since a
+    // fine-tune may change them on purpose.
+    if (grid_.world().rank() == 0) {
+      std::vector<std::string> diffs;
+      try {
+        diffs = differing_keys(parse_config(m.config_toml, dir + " (its config)"), cfg_, {"model", "moe"});
+      } catch (const Error&) {
+        diffs = {"(its config does not parse here)"};
+      }
+      if (!diffs.empty())
+        std::cout << fmt::format("note: checkpoint.init_from: the model settings of '{}' differ from this run's: {}; "
+                                 "every tensor fits, and this run computes as its own config says\n", dir,
+                                 fmt::join(diffs, "; ")) << std::flush;
+    }
     const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
     if (L == 0 || m.bias_shape != std::vector<int64_t>({L, E})) st.expert_bias.clear();  // none, or format 1
     for (const ParamInfo& p : local_.params())

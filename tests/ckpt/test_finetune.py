@@ -86,6 +86,7 @@ def test_init_from_exact(tmp):
     assert tc.metrics(t / "a")[-1]["grad_norm"] > 0
     b_out = tc.moe_train(t / "b", ["train.steps=3", f"checkpoint.init_from={t / 'a'}"])
     assert "initialised the weights from" in b_out and "step_00000003" in b_out, b_out[-2000:]
+    assert "moe.bias_update_rate = 0.0 there, 0.01 here" in b_out, b_out[-2000:]  # (A's differs: said)
     tc.moe_train(t / "c", ["train.steps=3"])
     mb, mc = tc.metrics(t / "b"), tc.metrics(t / "c")
     assert [r["step"] for r in mb] == [1, 2, 3] and mb[0]["lr"] == LR0
@@ -106,6 +107,8 @@ def test_init_from_exact(tmp):
     # weights it started from; the same check on the step a resume takes must fail (a control
     # that shows the check sees leaked moments and steps).
     tc.moe_train(t / "a2", ["train.steps=3"])
+    out = tc.moe_train(t / "b2k", ["train.steps=1", "moe.top_k=3", f"checkpoint.init_from={t / 'a2' / 'checkpoints'}"])
+    assert "moe.top_k = 2 there, 3 here" in out, out[-2000:]  # same shapes, another model function: said
     tc.moe_train(t / "b2", ["train.steps=1", f"checkpoint.init_from={t / 'a2' / 'checkpoints'}"])
     assert tc.metrics(t / "b2")[0]["lr"] == LR0
     p0 = params(tmp, tc.latest(t / "a2"), "a2")
