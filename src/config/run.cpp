@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 
+#include "config/name_glob.h"
 #include "core/check.h"
 #include "pipeline/schedule.h"
 #include "core/mapped_file.h"
@@ -235,6 +236,59 @@ Key score_fn() {
   return k;
 }
 
+// train.lr_groups: an array of inline tables { match = "pattern", scale = x }.
+// The patterns' syntax is checked here; that each matches a parameter, where
+// the model is known (train/lr_groups.h).
+Key lr_groups_key() {
+  Key k{"train", "lr_groups", "an array of tables { match = \"pattern\", scale = number }",
+        "per-parameter learning-rate multipliers: parameters whose name matches (* within one dot-separated "
+        "component, ** across dots, [a-b] an integer component) get lr x scale (weight decay too); first match wins",
+        false, nullptr, nullptr};
+  k.set = [k](RunConfig& c, const toml::node& v, const Where& w) {
+    if (!v.is_array()) bad_type(k, v, w);
+    std::vector<LrGroup> out;
+    size_t i = 0;
+    for (const toml::node& e : *v.as_array()) {
+      const std::string at = fmt::format("{}: train.lr_groups[{}]", w.str(), i++);
+      SY_CONFIG_CHECK(e.is_table(), "{} must be a table {{ match = \"pattern\", scale = number }}, got {}", at,
+                      type_name(e));
+      LrGroup g;
+      bool has_match = false, has_scale = false;
+      for (auto&& [gk, gv] : *e.as_table()) {
+        const std::string name(gk.str());
+        if (name == "match") {
+          SY_CONFIG_CHECK(gv.is_string(), "{}.match must be a string, got {}", at, type_name(gv));
+          g.match = gv.as_string()->get();
+          const std::string problem = name_glob_problem(g.match);
+          SY_CONFIG_CHECK(problem.empty(), "{}.match = {} {}", at, quote(g.match), problem);
+          has_match = true;
+        } else if (name == "scale") {
+          SY_CONFIG_CHECK(gv.is_number(), "{}.scale must be a number, got {}", at, type_name(gv));
+          g.scale = gv.is_integer() ? static_cast<double>(gv.as_integer()->get()) : gv.as_floating_point()->get();
+          SY_CONFIG_CHECK(std::isfinite(g.scale) && g.scale >= 0 && g.scale <= 1e6,
+                          "{}.scale = {} is out of range [0, 1e6]", at, g.scale);
+          has_scale = true;
+        } else {
+          SY_CONFIG_FAIL("{}: unknown key '{}' (a group has `match` and `scale`)", at, name);
+        }
+      }
+      SY_CONFIG_CHECK(has_match && has_scale, "{} needs both `match` (a name pattern) and `scale` (a number)", at);
+      out.push_back(std::move(g));
+    }
+    c.train.lr_groups = std::move(out);
+  };
+  k.show = [](const RunConfig& c) {
+    std::vector<std::string> parts;
+    for (const LrGroup& g : c.train.lr_groups) {
+      std::string s = fmt::format("{}", g.scale);
+      if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+      parts.push_back(fmt::format("{{ match = {}, scale = {} }}", quote(g.match), s));
+    }
+    return fmt::format("[{}]", fmt::join(parts, ", "));
+  };
+  return k;
+}
+
 #define SY_REF(T, field) [](RunConfig& c) -> T& { return c.field; }
 constexpr int64_t kBig = int64_t{1} << 40;
 
@@ -302,6 +356,7 @@ const std::vector<Key>& schema() {
     k.push_back(string("train", "sample_prompt", SY_REF(std::string, train.sample_prompt), {}, "prompt of the samples (byte-level models; token models start from the first validation tokens)"));
     k.push_back(integer("train", "sample_tokens", SY_REF(int64_t, train.sample_tokens), 1, 1 << 20, "tokens generated per sample"));
     k.push_back(real("train", "sample_temperature", SY_REF(double, train.sample_temperature), 0.0, 100.0, "sampling temperature of the samples, 0 = greedy"));
+    k.push_back(lr_groups_key());
     // parallel
     k.push_back(integer("parallel", "dp", SY_REF(int64_t, parallel.dp), 0, 1 << 20, "data-parallel ranks; 0 = job ranks / pp"));
     k.push_back(integer("parallel", "ep", SY_REF(int64_t, parallel.ep), 0, 1 << 20, "expert-parallel ranks, divides dp; 0 = gcd(dp, experts)"));
@@ -335,6 +390,7 @@ const std::vector<Key>& schema() {
     k.push_back(boolean("checkpoint", "async", SY_REF(bool, checkpoint.async), "write checkpoints in the background"));
     k.push_back(integer("checkpoint", "staging_mb", SY_REF(int64_t, checkpoint.staging_mb), 0, 1 << 30, "staging memory per rank for async saves (MiB); larger shards save synchronously"));
     k.push_back(string("checkpoint", "dir", SY_REF(std::string, checkpoint.dir), {}, "checkpoint directory; \"\" = <run dir>/checkpoints"));
+    k.push_back(string("checkpoint", "init_from", SY_REF(std::string, checkpoint.init_from), {}, "start from the weights (only) of this checkpoint, consolidated file or run directory, at step 0 with fresh optimizer state; a checkpoint of this run to resume wins; \"\" = initialise from train.seed"));
     // launch
     k.push_back(integer("launch", "np", SY_REF(int64_t, launch.np), 0, 1 << 24, "ranks moe-launch starts; 0 = --np, SLURM_NTASKS, the hostfile's slots, or pp x dp"));
     k.push_back(string("launch", "hostfile", SY_REF(std::string, launch.hostfile), {}, "OpenMPI hostfile (\"host slots=N\" lines); \"\" = this machine"));

@@ -25,6 +25,14 @@ struct DataSection {
   double val_fraction = 0.1;
 };
 
+// One entry of train.lr_groups: parameters whose name matches `match`
+// (config/name_glob.h) get learning rate lr x scale (decoupled weight
+// decay scales with it); the first matching group wins.
+struct LrGroup {
+  std::string match;
+  double scale = 1.0;
+};
+
 struct TrainSection {
   int64_t steps = 200;
   int64_t stop_after = 0;      // end this run (with a checkpoint) once this many steps are done; 0 = run to `steps`
@@ -46,6 +54,7 @@ struct TrainSection {
   std::string sample_prompt = "The ";
   int64_t sample_tokens = 64;
   double sample_temperature = 0.8;  // 0 = greedy
+  std::vector<LrGroup> lr_groups;   // per-parameter learning-rate multipliers, first match wins; empty = none
 };
 
 struct ParallelSection {
@@ -84,6 +93,7 @@ struct CheckpointSection {
   bool async = true;           // write in the background while training goes on
   int64_t staging_mb = 4096;   // staging memory per rank for async saves; bigger shards save synchronously
   std::string dir;             // "" = <run dir>/checkpoints
+  std::string init_from;       // weights only from this checkpoint when the run has none to resume; "" = init
 };
 
 // How moe-launch starts, watches and restarts the job (moe-train ignores it).

@@ -20,6 +20,24 @@ StepEnd step_end(const RunConfig& cfg, int64_t i, bool last, const SignalFlags& 
 
 int64_t Trainer::resume() {
   std::vector<std::string> candidates = ckpt_->resume_candidates();
+  const std::string& init_from = cfg_.checkpoint.init_from;
+  if (candidates.empty() && !init_from.empty()) {
+    // Weights only: a new run (identity, step 0, schedule, data order from
+    // train.seed, zero moments, fresh FP8 scales) from trained weights.
+    TrainState st = ckpt_->load_weights(init_from, params_.data(), &init_from_);
+    if (!st.expert_bias.empty()) expert_bias_ = st.expert_bias;  // part of the routing the weights were trained with
+    init_from_run_ = st.run_id;
+    init_from_step_ = st.step;
+    ckpt_->set_run_id(ckpt_->new_run_id());
+    if (rank0_)
+      std::cout << fmt::format("initialised the weights from {} (run {}, step {}); optimizer state, step, "
+                               "learning-rate schedule and data order start afresh\n", init_from_,
+                               st.run_id.empty() ? "without identity" : st.run_id, st.step) << std::flush;
+    return 0;
+  }
+  if (!candidates.empty() && !init_from.empty() && rank0_)
+    std::cout << fmt::format("note: checkpoint.init_from = '{}' is not used: this run has a checkpoint to resume, "
+                             "and resuming wins (a restarted job carries on)\n", init_from) << std::flush;
   for (size_t c = 0; c < candidates.size(); ++c) {
     try {
       TrainState st = ckpt_->load(candidates[c], params_.data(), *opt_);

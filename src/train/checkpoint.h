@@ -98,6 +98,15 @@ class Checkpointer {
   // Loads into this rank's buffers; collective. Throws ConfigError with the
   // same message on every rank if the checkpoint is unusable here.
   TrainState load(const std::string& dir, float* params, AdamW& opt);
+  // checkpoint.init_from: the weights only of the checkpoint `path` names (a
+  // checkpoint directory, a consolidated file, a run or checkpoints
+  // directory: its `latest`), written in any layout, into this rank's
+  // parameters; collective. Every tensor name and shape is checked against
+  // the whole model first (missing, unexpected, other shape: ConfigError
+  // naming the checkpoint and the tensor, the same on every rank). Returns
+  // the checkpoint's state (the caller takes only its balancing bias) and
+  // sets *resolved to the checkpoint directory or file it read.
+  TrainState load_weights(const std::string& path, float* params, std::string* resolved);
 
  private:
   struct Item {

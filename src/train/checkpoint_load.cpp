@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <iostream>
+#include <unordered_set>
 
 #include "ckpt/format.h"
 #include "ckpt/reader.h"
@@ -88,6 +90,66 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
   int who = 0;
   std::string msg = ckpt_detail::agree_on_error(grid_.world(), err, &who);
   SY_CONFIG_CHECK(msg.empty(), "{}{}", msg, grid_.world().size() > 1 ? fmt::format(" (seen on rank {})", who) : "");
+  return st;
+}
+
+}  // namespace sy
+
+namespace sy {
+
+TrainState Checkpointer::load_weights(const std::string& path, float* params, std::string* resolved) {
+  TrainState st;
+  std::string err, dir;
+  const std::string key = fmt::format("{}: checkpoint.init_from = '{}'", cfg_.source, path);
+  try {
+    dir = ckpt::resolve_checkpoint(path);
+    ckpt::Reader r(dir);
+    const ckpt::Manifest& m = r.manifest();
+    // Names and shapes, the whole model against the whole checkpoint, before
+    // anything is read: the same verdict on every rank whatever it holds.
+    for (const ParamInfo& p : full_.params()) {
+      const ckpt::TensorEntry* t = m.find(p.name);
+      SY_CHECK(t, "{}: the model's tensor '{}' {} is missing from checkpoint '{}' (the checkpoint is of another "
+               "model; `moe-ckpt ls {}` lists what it holds)", key, p.name, p.shape.str(), dir, dir);
+      SY_CHECK(t->shape == p.shape.dims, "{}: tensor '{}' has shape {} in checkpoint '{}' ({}), the model needs {}",
+               key, p.name, Shape(t->shape).str(), dir, r.file_path(*t), p.shape.str());
+    }
+    std::unordered_set<std::string> names;
+    for (const ParamInfo& p : full_.params()) names.insert(p.name);
+    for (const ckpt::TensorEntry& t : m.tensors) {
+      SY_CHECK(names.count(t.name), "{}: checkpoint '{}' holds tensor '{}' {} that this model does not have (the checkpoint is of "
+               "another model)", key, dir, t.name, Shape(t.shape).str());
+    }
+    st = m;
+    // Settings that keep every shape but change what the weights compute
+    // (top_k, score function, rope_theta, ...): said, not refused, since a
+    // fine-tune may change them on purpose.
+    if (grid_.world().rank() == 0) {
+      std::vector<std::string> diffs;
+      try {
+        diffs = differing_keys(parse_config(m.config_toml, dir + " (its config)"), cfg_, {"model", "moe"});
+      } catch (const Error&) {
+        diffs = {"(its config does not parse here)"};
+      }
+      if (!diffs.empty())
+        std::cout << fmt::format("note: checkpoint.init_from: the model settings of '{}' differ from this run's: {}; "
+                                 "every tensor fits, and this run computes as its own config says\n", dir,
+                                 fmt::join(diffs, "; ")) << std::flush;
+    }
+    const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
+    if (L == 0 || m.bias_shape != std::vector<int64_t>({L, E})) st.expert_bias.clear();  // none, or format 1
+    for (const ParamInfo& p : local_.params())
+      r.read("params", r.tensor(p.name), params + p.offset, 0, p.numel());
+  } catch (const Error& e) {
+    err = e.what();
+  } catch (const std::exception& e) {
+    err = fmt::format("{}: {}", key, e.what());
+  }
+  if (!err.empty() && err.find("checkpoint.init_from") == std::string::npos) err = key + ": " + err;
+  int who = 0;
+  std::string msg = ckpt_detail::agree_on_error(grid_.world(), err, &who);
+  SY_CONFIG_CHECK(msg.empty(), "{}{}", msg, grid_.world().size() > 1 ? fmt::format(" (seen on rank {})", who) : "");
+  *resolved = dir;
   return st;
 }
 

@@ -73,7 +73,9 @@ void AdamW::set_moments(char which, int64_t state, int64_t n, const float* in) {
 
 void AdamW::update(float* params, const float* grads, int64_t step, double lr, double grad_scale) {
   for (const OptRange& r : ranges_) {
-    AdamWParams a{static_cast<float>(lr), static_cast<float>(t_.beta1), static_cast<float>(t_.beta2),
+    // lr x 1.0 is lr exactly: without groups the update is bit for bit the same.
+    const double lr_r = lr_scale_.empty() ? lr : lr * lr_scale_[static_cast<size_t>(r.param)];
+    AdamWParams a{static_cast<float>(lr_r), static_cast<float>(t_.beta1), static_cast<float>(t_.beta2),
                   static_cast<float>(t_.eps), r.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
                   static_cast<float>(grad_scale)};
     if (bf16_)

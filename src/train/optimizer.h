@@ -42,6 +42,10 @@ class AdamW {
   // (found at state offsets) times grad_scale, the clipping factor.
   void update(float* params, const float* grads_by_state, int64_t step, double lr, double grad_scale = 1.0);
   bool bf16_moments() const { return bf16_; }
+  // Learning-rate multipliers per tensor, by OptRange::param (train.lr_groups):
+  // a range is updated with lr x scale, its decoupled weight decay
+  // (p *= 1 - lr x scale x weight_decay) with it. Empty: 1 everywhere.
+  void set_lr_scales(std::vector<double> per_param) { lr_scale_ = std::move(per_param); }
   // Moments `which` ('m' or 'v') at state offsets [state, state + n), as FP32.
   void get_moments(char which, int64_t state, int64_t n, float* out) const;
   void set_moments(char which, int64_t state, int64_t n, const float* in);
@@ -51,6 +55,7 @@ class AdamW {
 
  private:
   std::vector<OptRange> ranges_;
+  std::vector<double> lr_scale_;       // by OptRange::param; empty = 1
   TrainSection t_;
   bool bf16_ = false;
   const Backend* be_;

@@ -106,6 +106,12 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
   opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train,
                                  cfg_.precision.moments == Moments::bf16, *ops_.be, ops_.stream);
+  if (!cfg_.train.lr_groups.empty()) {
+    const std::vector<double> scale = resolve_lr_groups(cfg_.train.lr_groups, *full_layout_, cfg_.source, &lr_use_);
+    std::vector<double> local(layout.params().size());
+    for (size_t i = 0; i < local.size(); ++i) local[i] = scale[static_cast<size_t>(layout.params()[i].index)];
+    opt_->set_lr_scales(std::move(local));
+  }
   ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   if (fp8_) {
@@ -168,6 +174,10 @@ std::string Trainer::describe() const {
                        pl->balanced ? "balanced by FLOPs" : "from parallel.split", fmt::join(pl->counts, "/"),
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
+  for (size_t g = 0; g < lr_use_.size(); ++g)
+    pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensor{}, {} params", cfg_.train.lr_groups[g].match,
+                        cfg_.train.lr_groups[g].scale, lr_use_[g].tensors, lr_use_[g].tensors == 1 ? "" : "s",
+                        human_count(static_cast<double>(lr_use_[g].elements)));
   return fmt::format(
       "model  : L={} C={} H={}/{} D={} T={} V={} | {} | {} params, {} active per token\n"
       "layout : {} | {}{} | {} params on rank 0\n"

@@ -225,6 +225,8 @@ int Trainer::train() {
                          {"run_id", ckpt_->run_id()}, {"time", now_iso()}, {"world", grid_.world().size()},
                          {"software_version", version()}};
     if (!resumed_from_.empty()) ev["checkpoint"] = resumed_from_;
+    if (!init_from_.empty())
+      ev["init_from"] = {{"checkpoint", init_from_}, {"run_id", init_from_run_}, {"step", init_from_step_}};
     metrics_.write_line(ev.dump());
     std::cout << fmt::format("run {}: {} at step {}\n", ckpt_->run_id(), start > 0 ? "resuming" : "starting", start);
     if (start >= steps) std::cout << fmt::format("nothing to do: already at step {} of {}\n", start, steps);

@@ -29,6 +29,7 @@
 #include "model/ops.h"
 #include "config/run.h"
 #include "train/grad_sync.h"
+#include "train/lr_groups.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "estimate/pipeline_plan.h"
@@ -143,6 +144,10 @@ class Trainer {
   std::vector<int32_t> inputs_, targets_;
   MetricsWriter metrics_;             // rank 0
   std::string resumed_from_;           // the checkpoint this run resumed from ("" from scratch)
+  std::string init_from_;              // checkpoint.init_from as resolved (the checkpoint read), "" if not used
+  std::string init_from_run_;          // its run identity and step
+  int64_t init_from_step_ = 0;
+  std::vector<LrGroupUse> lr_use_;     // train.lr_groups: what each group took
 };
 
 }  // namespace sy
