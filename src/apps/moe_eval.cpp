@@ -104,13 +104,17 @@ int main(int argc, char** argv) {
                     T + 1);
 
     // Windows and batches: by default those of the run's validation.
-    const int64_t val_batch = m.dp * rc.train.micro_batch;
+    // (A configuration saved unresolved holds micro_batch 0: its share of the global batch then.)
+    const int64_t micro = rc.train.micro_batch > 0
+                              ? rc.train.micro_batch
+                              : std::max<int64_t>(1, rc.train.global_batch / std::max<int64_t>(1, m.dp * rc.train.grad_accum));
+    const int64_t val_batch = m.dp * micro;
     const int64_t val_windows = rc.train.val_batches * val_batch;
     if (batch == 0) batch = val_batch;
     if (batches == 0) {
       SY_CONFIG_CHECK(val_windows % batch == 0, "--batch {} does not divide the {} validation windows (train.val_batches "
                       "{} x dp {} x micro_batch {}); give --batches too", batch, val_windows, rc.train.val_batches,
-                      m.dp, rc.train.micro_batch);
+                      m.dp, micro);
       batches = val_windows / batch;
     }
     const int64_t windows = batches * batch;
