@@ -20,6 +20,10 @@ struct MoeConfig {
   double entropy_coef = 0.0;     // mean routing entropy; > 0 sharpens, < 0 spreads
   double bias_update_rate = 0.0; // aux-loss-free balancing bias step, 0 = off
   double capacity_factor = 0.0;  // 0 = dropless
+  // Validation (moe-train) and moe-eval: the capacity factor forward passes
+  // without training use; 0 = dropless, so a loss does not depend on which
+  // sequences share a batch and inference (dropless) reproduces it.
+  double eval_capacity_factor = 0.0;
 };
 
 struct ModelConfig {

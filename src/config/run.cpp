@@ -328,6 +328,7 @@ const std::vector<Key>& schema() {
     k.push_back(real("moe", "entropy_coef", SY_REF(double, model.moe.entropy_coef), -100.0, 100.0, "routing entropy weight (> 0 sharpens, < 0 spreads), 0 = off"));
     k.push_back(real("moe", "bias_update_rate", SY_REF(double, model.moe.bias_update_rate), 0.0, 1.0, "aux-loss-free balancing bias step per update, 0 = off"));
     k.push_back(real("moe", "capacity_factor", SY_REF(double, model.moe.capacity_factor), 0.0, 1e6, "expert capacity factor; 0 = dropless"));
+    k.push_back(real("moe", "eval_capacity_factor", SY_REF(double, model.moe.eval_capacity_factor), 0.0, 1e6, "expert capacity factor of validation and moe-eval (no training); 0 = dropless, so val_loss does not depend on batch composition"));
     // data
     k.push_back(option<DataFormat>("data", "format", SY_REF(DataFormat, data.format), "text = bytes of text files (vocab 256); bin = llm.c uint16 shards"));
     k.push_back(strings("data", "train", SY_REF(std::vector<std::string>, data.train), "training files or glob patterns"));

@@ -89,6 +89,7 @@ struct LoadedModel {
   std::vector<float> params;  // ParamLayout(config.model) order
   std::vector<float> bias;    // (moe_layers, E)
   int64_t step = 0;
+  int64_t dp = 1;             // data-parallel ranks of the run that wrote it (its validation batch: dp x micro_batch)
   std::string path;
 };
 LoadedModel load_model(const std::string& checkpoint);

@@ -130,10 +130,12 @@ Transformer::ActivationMemory Transformer::activation_memory() const {
   return m;
 }
 
-MicroBatchStats Transformer::forward(int64_t slot, const float* params, const float* expert_bias,
-                                     const int32_t* inputs, const int32_t* targets, bool train,
-                                     double loss_scale) {
+MicroBatchStats Transformer::forward_with(int64_t slot, const float* params, const float* expert_bias,
+                                          const int32_t* inputs, const int32_t* targets, bool train,
+                                          double loss_scale, double capacity_factor) {
   const Dims& d = d_;
+  MoeConfig moe = cfg_.moe;
+  moe.capacity_factor = capacity_factor;
   const ParamLayout& layout = *layout_;
   Slot& S = slots_[static_cast<size_t>(slot)];
   const float eps = static_cast<float>(cfg_.norm_eps);
@@ -161,12 +163,13 @@ MicroBatchStats Transformer::forward(int64_t slot, const float* params, const fl
     if (cfg_.is_moe_layer(l)) {
       int64_t m = l - cfg_.dense_layers;
       moe_block_forward(ops_, L.moe, ffn_out, L.h2, params, expert_bias ? expert_bias + m * d.E : nullptr,
-                        o, d, cfg_.moe, ctx_, moe_scratch_);
+                        o, d, moe, ctx_, moe_scratch_);
       st.router.push_back(ops_.b().router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
       st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
       st.margin.push_back(L.moe.margin);
       st.moe_index.push_back(m);
       st.dropped += L.moe.dropped;
+      st.layer_dropped.push_back(L.moe.dropped);
       st.picks += d.N * d.K;
       st.flops += moe_block_flops(L.moe, d);
     } else {

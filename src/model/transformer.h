@@ -33,6 +33,7 @@ struct MicroBatchStats {
   int64_t dropped = 0, picks = 0;           // routed picks dropped / made
   double flops = 0;                         // forward FLOPs (GEMMs and attention)
   std::vector<int64_t> moe_index;           // per entry of router / load: its MoE layer (0-based among MoE layers)
+  std::vector<int64_t> layer_dropped;       // per entry of router / load: routed picks dropped by capacity
 };
 
 // The part of the model one Transformer runs (a pipeline stage's chunk):
@@ -97,7 +98,16 @@ class Transformer {
   // what input(slot) holds (inputs may be null); without the head there is
   // no loss (targets may be null) and output(slot) holds the result.
   MicroBatchStats forward(int64_t slot, const float* params, const float* expert_bias, const int32_t* inputs,
-                          const int32_t* targets, bool train, double loss_scale = 1.0);
+                          const int32_t* targets, bool train, double loss_scale = 1.0) {
+    return forward_with(slot, params, expert_bias, inputs, targets, train, loss_scale, cfg_.moe.capacity_factor);
+  }
+  // Evaluation (validation, moe-eval): a forward without training whose MoE
+  // layers apply moe.eval_capacity_factor instead of the training capacity
+  // (0 = dropless: a token's loss does not depend on the rest of its batch).
+  MicroBatchStats evaluate(int64_t slot, const float* params, const float* expert_bias, const int32_t* inputs,
+                           const int32_t* targets) {
+    return forward_with(slot, params, expert_bias, inputs, targets, false, 1.0, cfg_.moe.eval_capacity_factor);
+  }
   float* input(int64_t slot) { return slots_[static_cast<size_t>(slot)].x[static_cast<size_t>(run_.begin)]; }
   const float* output(int64_t slot) const { return slots_[static_cast<size_t>(slot)].x[static_cast<size_t>(run_.end)]; }
   // Without the head, backward reads dL/d output from here; without the
@@ -120,6 +130,8 @@ class Transformer {
   const float* losses() const { return slots_[0].losses; }  // (N) per-token CE
 
  private:
+  MicroBatchStats forward_with(int64_t slot, const float* params, const float* expert_bias, const int32_t* inputs,
+                               const int32_t* targets, bool train, double loss_scale, double capacity_factor);
   template <class A>
   void bind(A& a);
   struct CountOnly {};

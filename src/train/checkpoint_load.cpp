@@ -25,6 +25,8 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
     const ckpt::Manifest& m = r.manifest();
     RunConfig theirs = parse_config(m.config_toml, dir + " (its config)");
     std::vector<std::string> diffs = differing_keys(theirs, cfg_, {"model", "moe"});
+    // The evaluation capacity changes how validation runs, not the model.
+    std::erase_if(diffs, [](const std::string& k) { return k.starts_with("moe.eval_capacity_factor "); });
     SY_CHECK(diffs.empty(), "checkpoint '{}' holds a different model ({}): it cannot be loaded into this config", dir,
              fmt::join(diffs, "; "));
     // Everything besides the tensors first, against what this model needs.

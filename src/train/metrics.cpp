@@ -86,7 +86,10 @@ void MetricsWriter::write(const StepStats& s) {
   j["z_loss"] = z;
   j["router_entropy"] = ent;
   j["router_margin"] = s.router_margin;  // +inf (no decision: every expert chosen) is written as null
-  if (s.val_loss >= 0) j["val_loss"] = s.val_loss;
+  if (s.val_loss >= 0) {
+    j["val_loss"] = s.val_loss;
+    j["val_capacity_factor"] = s.val_capacity_factor;  // moe.eval_capacity_factor (0: dropless)
+  }
   j["activation_mib"] = {{"arena", s.act_mib[0]}, {"expert_rows", s.act_mib[1]}, {"fp8", s.act_mib[2]},
                          {"total", s.act_mib[3]}};
   for (size_t g = 0; g < s.fp8.size(); ++g)

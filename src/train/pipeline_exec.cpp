@@ -284,7 +284,7 @@ double Trainer::validate_pipeline() {
       case OpKind::forward: {
         if (st > 0) P.receive(0, op.mb, op.chunk, T.input(0), r);
         if (st == 0 || st == stages - 1) batcher_->val_batch(op.mb, grid_.dp_rank(), in.data(), tg.data());
-        MicroBatchStats mb = T.forward(0, params_.data(), expert_bias_.data(), in.data(), tg.data(), false);
+        MicroBatchStats mb = T.evaluate(0, params_.data(), expert_bias_.data(), in.data(), tg.data());
         sums[0] += mb.loss_sum;
         sums[1] += static_cast<double>(mb.tokens);
         break;

@@ -160,12 +160,17 @@ std::string Trainer::describe() const {
   const BackendInfo blas = ops_.b().info();
   std::string moe = m.moe_layers() == 0
                         ? "no MoE layers"
-                        : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}", m.moe_layers(),
+                        : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}{}", m.moe_layers(),
                                       m.moe_layers() == 1 ? "" : "s", m.moe.experts, m.moe.top_k,
                                       m.moe.expert_hidden, m.moe.shared_experts,
                                       score_name(m.moe.score),
                                       m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
-                                                                : std::string("dropless"));
+                                                                : std::string("dropless"),
+                                      m.moe.capacity_factor > 0 || m.moe.eval_capacity_factor > 0
+                                          ? fmt::format(", validation {}", m.moe.eval_capacity_factor > 0
+                                                                               ? fmt::format("capacity {}", m.moe.eval_capacity_factor)
+                                                                               : std::string("dropless"))
+                                          : std::string());
   const ParallelSection& p = cfg_.parallel;
   std::string pipe;
   if (const PipelinePlan* pl = pipeline())

@@ -137,7 +137,7 @@ double Trainer::validate() {
   double sums[2] = {0, 0};
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {
     batcher_->val_batch(a, grid_.dp_rank(), inputs_.data(), targets_.data());
-    MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), false);
+    MicroBatchStats mb = model_->evaluate(0, params_.data(), expert_bias_.data(), inputs_.data(), targets_.data());
     sums[0] += mb.loss_sum;
     sums[1] += static_cast<double>(mb.tokens);
   }
@@ -237,7 +237,10 @@ int Trainer::train() {
     StepStats s = step(i);
     tokens_seen_ += cfg_.train.global_batch * cfg_.model.seq_len;
     bool last = i + 1 == steps;
-    if (cfg_.train.val_every > 0 && ((i + 1) % cfg_.train.val_every == 0 || last)) s.val_loss = validate();
+    if (cfg_.train.val_every > 0 && ((i + 1) % cfg_.train.val_every == 0 || last)) {
+      s.val_loss = validate();
+      s.val_capacity_factor = cfg_.model.moe.eval_capacity_factor;
+    }
     if (cfg_.train.sample_every > 0 && ((i + 1) % cfg_.train.sample_every == 0 || last)) sample(i + 1);
     avg = i == start ? s.seconds : 0.9 * avg + 0.1 * s.seconds;
     if (rank0_) {

@@ -59,6 +59,7 @@ struct StepStats {
   // micro-batch, every rank); null in metrics when every expert is chosen.
   std::vector<double> router_margin;
   double val_loss = -1;                    // < 0: not computed this step
+  double val_capacity_factor = 0;          // the capacity factor validation ran with (moe.eval_capacity_factor)
   std::vector<Fp8GroupStats> fp8;          // per FP8 group (FP8 recipes): amax max and saturation sum over ranks
   double act_mib[4] = {0, 0, 0, 0};        // activation memory held, max over ranks: arena, expert rows, FP8 storage, total
   // Pipeline (pp > 1), per pipeline rank of data-parallel rank 0: idle share

@@ -285,7 +285,7 @@ def test_default_run_learns(d):
 
 # ---------------------------------------------------------------- every tool's command line
 
-TOOLS = ["moe-train", "moe-ckpt", "moe-generate", "moe-launch", "moe-plan"]
+TOOLS = ["moe-train", "moe-ckpt", "moe-generate", "moe-eval", "moe-launch", "moe-plan"]
 
 
 def tool(name, args, cwd, expect_rc, *needles, stream="both"):
@@ -307,6 +307,8 @@ def test_usage_errors_exit_2(d):
         ("moe-generate", ["x", "--max-new", "-1"], "--max-new"),
         ("moe-generate", ["x", "--top-p", "2"], "--top-p"),
         ("moe-generate", [], "checkpoint is required"),
+        ("moe-eval", [], "checkpoint is required"),
+        ("moe-eval", ["x", "--batches", "0"], "--batches"),
         ("moe-ckpt", [], "subcommand is required"),
         ("moe-ckpt", ["export", "a", "b", "--format", "gguf"], "gguf"),
         ("moe-ckpt", ["show", "a", "t", "--bins", "0"], "--bins"),

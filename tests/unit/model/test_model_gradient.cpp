@@ -1,6 +1,8 @@
 // Whole-model gradient checks by finite differences (FP32 model, so
 // directional derivatives per tensor rather than single coordinates), with
 // every balance term switched on, plus determinism and layout checks.
+#include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "core/rng.h"
@@ -160,6 +162,41 @@ TEST(Model, BatchRowsAreIndependent) {
   one.forward(params.data(), nullptr, in.data() + m.seq_len, tg.data() + m.seq_len, false);
   for (int64_t t = 0; t < m.seq_len; ++t)
     EXPECT_NEAR(two.losses()[m.seq_len + t], one.losses()[t], 1e-5);
+}
+
+TEST(Model, EvaluateUsesTheEvalCapacity) {
+  // Training capacity 1.0 drops picks, and then a sequence's loss depends on the sequences beside it;
+  // evaluate() applies moe.eval_capacity_factor (0: dropless), so it does not. 1e-5: the bound
+  // BatchRowsAreIndependent uses for the same comparison (other GEMM shapes round differently).
+  ModelConfig m = tiny_config(ScoreFn::softmax, 1.0, false);
+  ASSERT_EQ(m.moe.eval_capacity_factor, 0.0);  // the default
+  Transformer four(m, 4), one(m, 1);
+  std::vector<float> params(four.layout().total());
+  init_params(params.data(), four.layout(), 3);
+  auto in = test::rand_ints(4 * m.seq_len, 1, 37), tg = test::rand_ints(4 * m.seq_len, 2, 37);
+  MicroBatchStats trained = four.forward(params.data(), nullptr, in.data(), tg.data(), false);
+  EXPECT_GT(trained.dropped, 0);  // capacity 1.0 binds on this batch: the comparison below can fail
+  std::vector<float> with_capacity(four.losses(), four.losses() + 4 * m.seq_len);
+  MicroBatchStats evaluated = four.evaluate(0, params.data(), nullptr, in.data(), tg.data());
+  EXPECT_EQ(evaluated.dropped, 0);
+  std::vector<float> dropless(four.losses(), four.losses() + 4 * m.seq_len);
+  double moved = 0, apart = 0;
+  for (int64_t b = 0; b < 4; ++b) {
+    one.evaluate(0, params.data(), nullptr, in.data() + b * m.seq_len, tg.data() + b * m.seq_len);
+    for (int64_t t = 0; t < m.seq_len; ++t) {
+      const size_t i = static_cast<size_t>(b * m.seq_len + t);
+      apart = std::max(apart, static_cast<double>(std::abs(dropless[i] - one.losses()[t])));
+      moved = std::max(moved, static_cast<double>(std::abs(with_capacity[i] - dropless[i])));
+    }
+  }
+  EXPECT_LE(apart, 1e-5);
+  EXPECT_GT(moved, 1e-3);  // the dropped picks changed some token's loss by far more than round-off
+  // With eval_capacity_factor = capacity_factor, evaluate() is the training forward (the old validation).
+  m.moe.eval_capacity_factor = 1.0;
+  Transformer old(m, 4);
+  MicroBatchStats st = old.evaluate(0, params.data(), nullptr, in.data(), tg.data());
+  EXPECT_EQ(st.dropped, trained.dropped);
+  EXPECT_EQ(st.loss_sum, trained.loss_sum);
 }
 
 TEST(Layout, OrderIsLayerMajorWithExpertsContiguous) {
