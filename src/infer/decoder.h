@@ -90,6 +90,7 @@ struct LoadedModel {
   std::vector<float> bias;    // (moe_layers, E)
   int64_t step = 0;
   std::string path;
+  std::string tokenizer_model;  // the SentencePiece model it was trained with; "" = none
 };
 LoadedModel load_model(const std::string& checkpoint);
 
