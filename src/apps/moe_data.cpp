@@ -44,10 +44,25 @@ std::vector<std::string> inputs(const std::vector<std::string>& patterns) {
   return files;
 }
 
+// Files written by this command, removed if it fails before the end (and
+// the output directory, if it made it and it is empty again).
+struct Created {
+  std::vector<std::string> paths;
+  std::string dir;
+  bool keep = false;
+  ~Created() {
+    if (keep) return;
+    std::error_code ec;
+    for (const std::string& p : paths) fs::remove(p, ec);
+    if (!dir.empty() && fs::is_empty(dir, ec)) fs::remove(dir, ec);
+  }
+};
+
 // An output directory: created if missing; ConfigError if it cannot be, or is not writable.
-void make_out_dir(const std::string& dir) {
+void make_out_dir(const std::string& dir, Created& created) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) {
+    if (created.dir.empty()) created.dir = dir;
     fs::create_directories(dir, ec);
     SY_CONFIG_CHECK(!ec, "--out: cannot create directory '{}': {}", dir, ec.message());
   }
@@ -90,17 +105,6 @@ void write_new_file(const std::string& path, const std::string& bytes, const cha
   }
 }
 
-// Files written by this command, removed if it fails before the end.
-struct Created {
-  std::vector<std::string> paths;
-  bool keep = false;
-  ~Created() {
-    if (keep) return;
-    std::error_code ec;
-    for (const std::string& p : paths) fs::remove(p, ec);
-  }
-};
-
 std::string train(const std::vector<std::string>& files, const sy::TokenizerTrainOptions& opt,
                   const std::string& model_path, Created& created, bool quiet) {
   SY_CONFIG_CHECK(opt.vocab <= kMaxVocab, "--vocab {} is more than {}: token ids are stored as uint16 in the "
@@ -108,6 +112,7 @@ std::string train(const std::vector<std::string>& files, const sy::TokenizerTrai
   std::error_code ec;
   SY_CONFIG_CHECK(!fs::exists(model_path, ec), "--out: '{}' already exists; moe-data never overwrites a tokenizer",
                   model_path);
+  if (const fs::path parent = fs::path(model_path).parent_path(); !parent.empty()) make_out_dir(parent.string(), created);
   const auto t0 = Clock::now();
   auto t_last = t0;
   auto progress = [&](int64_t done, int64_t total) {
@@ -174,8 +179,8 @@ nlohmann::ordered_json encode(const std::string& tokenizer_path, const std::vect
                   "uint16 in the shards", tokenizer_path, tok.pieces(), kMaxVocab);
   SY_CONFIG_CHECK(opt.val_fraction >= 0 && opt.val_fraction < 1, "--val-fraction must be in [0, 1), got {}",
                   opt.val_fraction);
-  make_out_dir(dir);
   refuse_existing_shards(dir);
+  make_out_dir(dir, created);
   int64_t total = 0;
   for (const std::string& f : files) total += static_cast<int64_t>(fs::file_size(f));
   ShardWriter train{dir, "train", opt.shard_tokens, created, {}, {}, {}, 0};
@@ -348,7 +353,7 @@ int main(int argc, char** argv) {
       SY_CONFIG_CHECK(topt.vocab <= kMaxVocab, "--vocab {} is more than {}: token ids are stored as uint16 in the "
                       "shards", topt.vocab, kMaxVocab);
       refuse_existing_shards(out);
-      make_out_dir(out);
+      make_out_dir(out, created);
       const std::string model = train(files, topt, (fs::path(out) / "tokenizer.model").string(), created, as_json);
       print_summary(encode(model, files, out, eopt, created), as_json);
     } else {

@@ -213,8 +213,9 @@ std::string train_tokenizer(const std::vector<std::string>& files, const Tokeniz
   LineIterator lines(files, progress);
   std::string model;
   const auto st = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
-  SY_CONFIG_CHECK(st.ok(), "SentencePiece could not train a {} model of {} pieces on {} file(s): {}", opt.model_type,
-                  opt.vocab, files.size(), st.ToString());
+  SY_CONFIG_CHECK(st.ok(), "SentencePiece could not train a {} model of {} pieces on {} file(s): {} (--vocab counts "
+                  "<unk>, the 256 byte tokens and every character of the text besides the rarest 0.05%)",
+                  opt.model_type, opt.vocab, files.size(), st.ToString());
   return model;
 }
 

@@ -10,6 +10,7 @@ usage: test_tokenizer.py BIN_DIR WORK_DIR CASE   (CASE "setup" prepares the shar
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def setup():
     p = run([BIN / "moe-data", "prepare", "--input", "/usr/share/games/fortunes/*.u8", "--model-type", "bpe",
              "--vocab", VOCAB, "--out", DATA, "--val-fraction", "0", "--json"])
     (WORK / "summary.json").write_text(p.stdout)
-    run(train_args())
+    (WORK / "train.log").write_text(run(train_args()).stdout)
     run([BIN / "moe-ckpt", "consolidate", checkpoint_dir(), CONSOLIDATED])
 
 
@@ -118,7 +119,9 @@ def test_shard_counts_match_the_summary():
     for f in s["train_shards"]:
         assert int(shard_tokens(f).max()) < VOCAB
         assert os.path.getsize(f) == 1024 + 2 * len(shard_tokens(f))
-    # The trainer reads the same count (its banner: "train N tokens", val the tail of data.val_fraction).
+    # The trainer reads the same tokens: its banner's train and val (the tail of data.val_fraction) add up.
+    m = re.search(r"data\s*: train (\d+) tokens in \d+ files?, val (\d+) tokens", (WORK / "train.log").read_text())
+    assert m and int(m.group(1)) + int(m.group(2)) == s["tokens"], (m and m.groups(), s["tokens"])
 
 
 def test_val_split_and_small_shards():
@@ -185,11 +188,7 @@ def test_training_is_deterministic():
         assert len(reference_vocab(WORK / f"det_{kind}_0.model")) == vocab
 
 
-def test_bad_inputs():
-    # Vocabulary too small for the tokenizer: exit 2 naming both.
-    p = run(train_args("model.vocab_size=400", f"run.dir={WORK / 'bad_run'}"), expect=2)
-    assert "model.vocab_size = 400" in p.stderr and f"512 pieces of data.tokenizer '{MODEL}'" in p.stderr, p.stderr
-    assert not (WORK / "bad_run" / "checkpoints").exists()
+def test_bad_data_inputs():
     # A vocabulary past uint16.
     p = run([BIN / "moe-data", "train-tokenizer", "--input", SMALL, "--vocab", "70000", "--out", WORK / "big"], expect=2)
     assert "--vocab 70000" in p.stderr and "65535" in p.stderr, p.stderr
@@ -217,6 +216,15 @@ def test_bad_inputs():
     p = run([BIN / "moe-data", "train-tokenizer", "--input", "/usr/share/games/fortunes/pratchett.u8", "--vocab",
              "5000", "--out", WORK / "tiny"], expect=2)
     assert "SentencePiece could not train" in p.stderr, p.stderr
+    # A failed command leaves nothing behind, not even the directory it made.
+    assert not (WORK / "y").exists() and not Path(f"{WORK / 'tiny'}.model").exists()
+
+
+def test_bad_training_inputs():
+    # Vocabulary too small for the tokenizer: exit 2 naming both.
+    p = run(train_args("model.vocab_size=400", f"run.dir={WORK / 'bad_run'}"), expect=2)
+    assert "model.vocab_size = 400" in p.stderr and f"512 pieces of data.tokenizer '{MODEL}'" in p.stderr, p.stderr
+    assert not (WORK / "bad_run" / "checkpoints").exists()
     # data.tokenizer with byte-level text data.
     p = run(train_args("data.format=text", f'data.train=["{SMALL}"]', f"run.dir={WORK / 'bad_run'}"), expect=2)
     assert "data.tokenizer" in p.stderr and 'data.format = "bin"' in p.stderr, p.stderr
