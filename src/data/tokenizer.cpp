@@ -187,6 +187,9 @@ std::string train_tokenizer(const std::vector<std::string>& files, const Tokeniz
     std::ifstream probe(f, std::ios::binary);
     SY_CONFIG_CHECK(probe.is_open(), "--input: cannot open '{}': {}", f, std::strerror(errno));
   }
+  int64_t total = 0;
+  for (const std::string& f : files) total += static_cast<int64_t>(std::filesystem::file_size(f));
+  SY_CONFIG_CHECK(total > 0, "--input: the {} file(s) are empty: no text to train on", files.size());
   // byte fallback (256 byte tokens) and <unk> come out of the vocabulary.
   SY_CONFIG_CHECK(opt.vocab >= 257 + 1 && opt.vocab <= 65535, "--vocab {} is out of range: a model with byte fallback "
                   "needs more than 257 pieces (256 byte tokens and <unk>), and token ids must fit the uint16 shards "
