@@ -216,6 +216,11 @@ def test_bad_data_inputs():
     p = run([BIN / "moe-data", "train-tokenizer", "--input", "/usr/share/games/fortunes/pratchett.u8", "--vocab",
              "5000", "--out", WORK / "tiny"], expect=2)
     assert "SentencePiece could not train" in p.stderr, p.stderr
+    # An empty corpus, said in those words.
+    empty = WORK / "empty.txt"
+    empty.write_bytes(b"")
+    p = run([BIN / "moe-data", "train-tokenizer", "--input", empty, "--vocab", "400", "--out", WORK / "e"], expect=2)
+    assert "the 1 file(s) are empty" in p.stderr, p.stderr
     # A failed command leaves nothing behind, not even the directory it made.
     assert not (WORK / "y").exists() and not Path(f"{WORK / 'tiny'}.model").exists()
 
