@@ -14,6 +14,7 @@ PACKAGES=(
   openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
   libfmt-dev libgtest-dev libopenblas-openmp-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  libsentencepiece-dev sentencepiece
   python3 python3-numpy python3-torch python3-h5py
   fortunes-min fortunes
   slurm-wlm munge python3-matplotlib

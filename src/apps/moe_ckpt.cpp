@@ -24,6 +24,7 @@
 #include "ckpt/repack.h"
 #include "comm/grid.h"
 #include "core/check.h"
+#include "data/tokenizer.h"
 #include "model/layout.h"
 #include "config/run.h"
 #include "estimate/pipeline_plan.h"
@@ -140,6 +141,14 @@ int cmd_info(const std::string& path, bool as_json) {
             {"expert_load", load_stats(m)}, {"config", m.config_toml}};
   if (!m.fp8_shape.empty())
     j["fp8_amax_history"] = {{"tensors", m.fp8_shape[0]}, {"steps", m.fp8_shape[2]}};
+  std::string tokenizer_line;
+  if (!m.tokenizer_model.empty()) {  // the SentencePiece model the run trained with (data.tokenizer)
+    const Tokenizer tok = Tokenizer::from_bytes(m.tokenizer_model, path + ": its tokenizer_model");
+    j["tokenizer"] = {{"kind", "sentencepiece"}, {"pieces", tok.pieces()}, {"byte_pieces", tok.byte_pieces()},
+                      {"bytes", m.tokenizer_model.size()}};
+    tokenizer_line = fmt::format("tokenizer   SentencePiece, {} pieces ({} byte tokens), {} bytes\n", tok.pieces(),
+                                 tok.byte_pieces(), m.tokenizer_model.size());
+  }
   if (as_json) {
     print_json(j);
     return 0;
@@ -158,7 +167,7 @@ int cmd_info(const std::string& path, bool as_json) {
   if (!m.fp8_shape.empty())
     std::cout << fmt::format("fp8         delayed-scaling amax histories: {} tensors x 3 (act, weight, grad) x {} steps\n",
                              m.fp8_shape[0], m.fp8_shape[2]);
-  std::cout << "config:\n" << m.config_toml;
+  std::cout << tokenizer_line << "config:\n" << m.config_toml;
   return 0;
 }
 

@@ -1,7 +1,9 @@
 // moe-generate: sample text from a checkpoint, with a KV cache.
 //   moe-generate CHECKPOINT --prompt TEXT [--max-new N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
 // CHECKPOINT is a checkpoint directory, a consolidated file, or a run /
-// checkpoints directory (its `latest`), written by any layout. The text goes
+// checkpoints directory (its `latest`), written by any layout. --prompt is
+// encoded with the checkpoint's tokenizer (a run with data.tokenizer stores
+// its SentencePiece model) or, without one, as bytes (byte-level models). The text goes
 // to stdout as it is generated; a statistics line goes to stderr.
 // --json --logits adds the logits of every prompt position (to compare an
 // exported model against Switchyard; --max-new 0 computes only those).
@@ -11,11 +13,13 @@
 #include <chrono>
 #include <climits>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "apps/cli.h"
 #include "core/check.h"
 #include "core/cpu.h"
+#include "data/tokenizer.h"
 #include "infer/decoder.h"
 #include "kernels/cpu/blas.h"
 
@@ -54,7 +58,7 @@ int main(int argc, char** argv) {
   bool no_cache = false, as_json = false, quiet = false, logits = false;
   app.add_option("checkpoint", checkpoint, "checkpoint directory, consolidated file, or run directory (its latest)")
       ->required();
-  app.add_option("--prompt", prompt, "prompt text (byte-level models)");
+  app.add_option("--prompt", prompt, "prompt text (the checkpoint's tokenizer, or bytes for byte-level models)");
   app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids (any vocabulary)");
   auto* max_new_opt = app.add_option("--max-new", max_new, "tokens to generate (default: 200, or fewer if the context "
                                      "has less room after the prompt)")
@@ -80,14 +84,33 @@ int main(int argc, char** argv) {
     const sy::ModelConfig& mc = m.config.model;
     SY_CONFIG_CHECK(prompt.empty() || prompt_ids.empty(), "give --prompt or --prompt-ids, not both");
     std::vector<int32_t> ids;
-    const bool bytes = sy::byte_level(m.config);
+    std::optional<sy::Tokenizer> tok;
+    if (!m.tokenizer_model.empty()) {
+      tok = sy::Tokenizer::from_bytes(m.tokenizer_model, m.path + ": its tokenizer_model");
+      SY_CONFIG_CHECK(tok->pieces() <= mc.vocab_size, "{}: its tokenizer has {} pieces, more than model.vocab_size = "
+                      "{}", m.path, tok->pieces(), mc.vocab_size);
+    }
+    const bool bytes = !tok && sy::byte_level(m.config);
+    const bool text = tok || bytes;
+    // The text of one id: a tokenizer's bytes (none for control pieces and for ids past its pieces, which a
+    // model with a larger vocabulary can still sample), a byte, or the number.
+    auto text_of = [&](int32_t id) -> std::string {
+      if (tok) return id < tok->pieces() ? tok->bytes_of(id) : std::string();
+      return bytes ? std::string(1, static_cast<char>(static_cast<uint8_t>(id))) : fmt::format(" {}", id);
+    };
+    auto decode = [&](const std::vector<int32_t>& v) {
+      std::string s;
+      for (int32_t id : v) s += text_of(id);
+      return s;
+    };
     if (!prompt_ids.empty()) {
       ids = parse_ids(prompt_ids);
     } else {
       SY_CONFIG_CHECK(!prompt.empty(), "an empty prompt: give --prompt TEXT (or --prompt-ids)");
-      SY_CONFIG_CHECK(bytes, "{}: the model's vocabulary is {} tokens (data.format = \"{}\") and Switchyard has no "
-                      "tokenizer for it; give the prompt as --prompt-ids", m.path, mc.vocab_size, option_name(m.config.data.format));
-      ids = sy::encode_bytes(prompt);
+      SY_CONFIG_CHECK(text, "{}: the model's vocabulary is {} tokens (data.format = \"{}\") and the checkpoint holds "
+                      "no tokenizer (a run stores one when data.tokenizer names its SentencePiece model); give the "
+                      "prompt as --prompt-ids", m.path, mc.vocab_size, option_name(m.config.data.format));
+      ids = tok ? tok->encode(prompt) : sy::encode_bytes(prompt);
     }
     SY_CONFIG_CHECK(!ids.empty(), "an empty prompt");
     for (size_t i = 0; i < ids.size(); ++i)
@@ -105,7 +128,7 @@ int main(int argc, char** argv) {
     const int64_t V = mc.vocab_size, prompt_len = static_cast<int64_t>(ids.size());
     const bool stream = !as_json;
     if (stream) {
-      std::cout << (bytes ? sy::decode_bytes(ids) : fmt::format("{}", fmt::join(ids, " "))) << std::flush;
+      std::cout << (text ? decode(ids) : fmt::format("{}", fmt::join(ids, " "))) << std::flush;
     }
     auto t0 = Clock::now();
     const float* prefill = dec.extend(ids.data(), prompt_len);
@@ -119,13 +142,7 @@ int main(int argc, char** argv) {
       const int64_t pos = static_cast<int64_t>(ids.size());
       int32_t next = sy::sample_token(last, V, opt, pos);
       ids.push_back(next);
-      if (stream) {
-        if (bytes)
-          std::cout << static_cast<char>(static_cast<uint8_t>(next));
-        else
-          std::cout << ' ' << next;
-        std::cout << std::flush;
-      }
+      if (stream) std::cout << text_of(next) << std::flush;
       if (i + 1 == max_new) break;
       if (no_cache) {
         dec.reset();
@@ -150,8 +167,8 @@ int main(int argc, char** argv) {
                           {"cache_bytes_per_token", dec.cache_bytes_per_token()},
                           {"cache_bytes", dec.cache_bytes()},
                           {"forward_flops", dec.flops()}};
-      if (bytes) j["text"] = sy::decode_bytes(generated);
-      // A byte-level model's text need not be valid UTF-8 (any byte can be sampled): invalid bytes become
+      if (text) j["text"] = decode(generated);
+      // A byte-level or byte-fallback model's text need not be valid UTF-8 (any byte can be sampled): invalid bytes become
       // U+FFFD in "text" ("ids" holds the exact tokens) instead of failing the whole command.
       if (logits) j["prompt_logits"] = prompt_logits;
       std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

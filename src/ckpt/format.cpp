@@ -204,6 +204,9 @@ void write_manifest_into(h5::File& f, const Manifest& m) {
     f.write("expert_load", m.expert_load.data(), m.bias_shape);
   }
   if (!m.fp8_amax_history.empty()) f.write("fp8_amax_history", m.fp8_amax_history.data(), m.fp8_shape);
+  if (!m.tokenizer_model.empty())
+    f.write("tokenizer_model", reinterpret_cast<const uint8_t*>(m.tokenizer_model.data()),
+            {static_cast<int64_t>(m.tokenizer_model.size())});
   f.make_group("tensors");
   for (const TensorEntry& t : m.tensors) {
     std::string g = "tensors/" + t.name;
@@ -322,6 +325,13 @@ Manifest read_manifest(const h5::File& f) {
       SY_CHECK(std::isfinite(m.fp8_amax_history[i]) && m.fp8_amax_history[i] >= 0,
                "{}: dataset 'fp8_amax_history' holds {} at flat index {} (an amax is finite and >= 0)", path,
                m.fp8_amax_history[i], i);
+  }
+  if (f.exists("tokenizer_model")) {
+    SY_CHECK(f.shape("tokenizer_model").size() == 1, "{}: dataset 'tokenizer_model' has shape {}, expected (bytes)",
+             path, fmt::join(f.shape("tokenizer_model"), "x"));
+    m.tokenizer_model.resize(static_cast<size_t>(f.stored_numel("tokenizer_model")));
+    f.read("tokenizer_model", reinterpret_cast<uint8_t*>(m.tokenizer_model.data()), 0,
+           static_cast<int64_t>(m.tokenizer_model.size()));
   }
   std::set<int64_t> indices;
   for (const std::string& name : f.list("tensors")) {

@@ -27,7 +27,8 @@
 // layout_ep / zero1 (how it was written), config (the run's resolved TOML),
 // shards, and metrics_* of the last step. Datasets: expert_bias (moe_layers,
 // E), expert_load (moe_layers, E) of the last step, fp8_amax_history
-// (tensors, 3, steps) for fp8-tensor-delayed. Group tensors/<name> per
+// (tensors, 3, steps) for fp8-tensor-delayed, tokenizer_model (uint8: the
+// SentencePiece .model file's bytes, when the run had data.tokenizer). Group tensors/<name> per
 // tensor: attributes shape, file, index. Group shard_files/<file> per shard:
 // attribute seal_crc32c, the shard's digest, so a shard copied in from
 // another checkpoint is refused.
@@ -121,6 +122,7 @@ struct Manifest : CheckpointState {
   int64_t format_version = kFormatVersion;
   std::string software_version, saved_at, config_toml;
   std::map<std::string, uint32_t> shard_digests;  // shard file -> its seal digest (format >= 2, not consolidated)
+  std::string tokenizer_model;  // the SentencePiece model's bytes (data.tokenizer); "" = byte-level or ids only
   int64_t world = 1, pp = 1, dp = 1, ep = 1, zero1 = 0, shards = 1;
   std::vector<TensorEntry> tensors;
   const TensorEntry* find(const std::string& name) const;

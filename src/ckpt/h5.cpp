@@ -163,7 +163,7 @@ hid_t open_attr(const File& f, hid_t obj, const std::string& object, const std::
 
 // The canonical encoding a seal CRC covers: a type letter ('s' string, 'i'
 // int64, 'f' double, 'I' int64 vector, 'F' float dataset, 'L' int64
-// dataset, 'B' bulk float dataset, 'G' group), the shape as int64s, then
+// dataset, 'U' uint8 dataset, 'B' bulk float dataset, 'G' group), the shape as int64s, then
 // the value's bytes (little-endian, as stored).
 uint32_t canonical_crc(char type, const std::vector<int64_t>& shape, const void* data, size_t bytes) {
   std::string head(1, type);
@@ -365,6 +365,10 @@ void File::check_seal(std::vector<std::string>& found) {
           std::vector<float> v(static_cast<size_t>(numel_of(dims)));
           read(object, v.data(), 0, static_cast<int64_t>(v.size()));
           got = canonical_crc('F', dims, v.data(), v.size() * sizeof(float));
+        } else if (cls == H5T_INTEGER && H5Tget_size(t.id) == 1) {
+          std::vector<uint8_t> v(static_cast<size_t>(numel_of(dims)));
+          read(object, v.data(), 0, static_cast<int64_t>(v.size()));
+          got = canonical_crc('U', dims, v.data(), v.size());
         } else if (cls == H5T_INTEGER) {
           std::vector<int64_t> v(static_cast<size_t>(numel_of(dims)));
           read(object, v.data(), 0, static_cast<int64_t>(v.size()));
@@ -475,6 +479,11 @@ void File::write(const std::string& name, const int64_t* data, const std::vector
   seal('d', name, "", canonical_crc('L', shape, data, static_cast<size_t>(numel_of(shape)) * sizeof(int64_t)));
 }
 
+void File::write(const std::string& name, const uint8_t* data, const std::vector<int64_t>& shape) {
+  write_dataset(*this, name, data, shape, H5T_STD_U8LE, H5T_NATIVE_UINT8);
+  seal('d', name, "", canonical_crc('U', shape, data, static_cast<size_t>(numel_of(shape))));
+}
+
 void File::write_bulk(const std::string& name, const float* data, const std::vector<int64_t>& shape) {
   write_dataset(*this, name, data, shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT);
   seal('b', name, "", canonical_crc('B', shape, nullptr, 0));
@@ -524,6 +533,11 @@ void File::read(const std::string& name, float* out, int64_t begin, int64_t end)
 void File::read(const std::string& name, int64_t* out, int64_t begin, int64_t end) const {
   require_listed('D', name);
   read_dataset(*this, name, out, begin, end, H5T_NATIVE_INT64);
+}
+
+void File::read(const std::string& name, uint8_t* out, int64_t begin, int64_t end) const {
+  require_listed('D', name);
+  read_dataset(*this, name, out, begin, end, H5T_NATIVE_UINT8);
 }
 
 void File::set_attr(const std::string& object, const std::string& key, const std::string& value) {

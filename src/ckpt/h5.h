@@ -53,6 +53,7 @@ class File {
   // Datasets (contiguous), written whole; their values are sealed.
   void write(const std::string& name, const float* data, const std::vector<int64_t>& shape);
   void write(const std::string& name, const int64_t* data, const std::vector<int64_t>& shape);
+  void write(const std::string& name, const uint8_t* data, const std::vector<int64_t>& shape);  // opaque bytes
   // A big dataset whose values are covered by checksums the caller stores in
   // its attributes: only its type and shape are sealed.
   void write_bulk(const std::string& name, const float* data, const std::vector<int64_t>& shape);
@@ -60,6 +61,7 @@ class File {
   // Elements [begin, end) of the dataset read as one flat row-major array.
   void read(const std::string& name, float* out, int64_t begin, int64_t end) const;
   void read(const std::string& name, int64_t* out, int64_t begin, int64_t end) const;
+  void read(const std::string& name, uint8_t* out, int64_t begin, int64_t end) const;
   int64_t numel(const std::string& name) const;
   // The number of values, checked against the bytes the file stores for it
   // (a corrupt shape must not size an allocation).

@@ -334,6 +334,7 @@ const std::vector<Key>& schema() {
     k.push_back(strings("data", "train", SY_REF(std::vector<std::string>, data.train), "training files or glob patterns"));
     k.push_back(strings("data", "val", SY_REF(std::vector<std::string>, data.val), "validation files; empty = the last val_fraction of each train file"));
     k.push_back(real("data", "val_fraction", SY_REF(double, data.val_fraction), 0.0, 0.9, "share of each train file held out when data.val is empty"));
+    k.push_back(string("data", "tokenizer", SY_REF(std::string, data.tokenizer), {}, "SentencePiece .model the bin shards were encoded with (moe-data); stored in every checkpoint for moe-generate --prompt; \"\" = none"));
     // train
     k.push_back(integer("train", "steps", SY_REF(int64_t, train.steps), 0, kBig, "optimizer steps"));
     k.push_back(integer("train", "stop_after", SY_REF(int64_t, train.stop_after), 0, kBig, "end this run with a checkpoint once this many steps are done (the schedule still spans train.steps); 0 = off"));
@@ -536,6 +537,9 @@ RunConfig parse_config(const std::string& text, const std::string& source,
   SY_CONFIG_CHECK(cfg.data.format != DataFormat::text || cfg.model.vocab_size >= 256,
                   "{}: data.format = \"text\" has byte tokens 0..255 but model.vocab_size = {}; "
                   "set model.vocab_size >= 256", source, cfg.model.vocab_size);
+  SY_CONFIG_CHECK(cfg.data.tokenizer.empty() || cfg.data.format == DataFormat::bin,
+                  "{}: data.tokenizer = \"{}\" needs data.format = \"bin\" (shards that moe-data encoded with it); "
+                  "text data is byte-level", source, cfg.data.tokenizer);
   return cfg;
 }
 

@@ -23,6 +23,7 @@ struct DataSection {
   std::vector<std::string> train;     // files or glob patterns
   std::vector<std::string> val;       // optional; empty = the tail of each train file
   double val_fraction = 0.1;
+  std::string tokenizer;             // SentencePiece .model the shards were encoded with; "" = none
 };
 
 // One entry of train.lr_groups: parameters whose name matches `match`

@@ -152,6 +152,7 @@ LoadedModel load_model(const std::string& checkpoint) {
     out.config = parse_config(man.config_toml, path + " (the configuration it was trained with)");
     out.step = man.step;
     out.dp = man.dp;
+    out.tokenizer_model = man.tokenizer_model;
     ParamLayout layout(out.config.model);
     out.params.assign(static_cast<size_t>(layout.total()), 0.f);
     for (const ParamInfo& p : layout.params()) {

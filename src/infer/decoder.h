@@ -91,6 +91,7 @@ struct LoadedModel {
   int64_t step = 0;
   int64_t dp = 1;             // data-parallel ranks of the run that wrote it (its validation batch: dp x micro_batch)
   std::string path;
+  std::string tokenizer_model;  // the SentencePiece model it was trained with; "" = none
 };
 LoadedModel load_model(const std::string& checkpoint);
 

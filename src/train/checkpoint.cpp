@@ -314,6 +314,7 @@ void Checkpointer::commit() {
       m.software_version = version();
       m.saved_at = now_iso();
       m.config_toml = to_toml(cfg_);
+      m.tokenizer_model = tokenizer_;
       m.run_id = run_id_;
       m.world = world.size(), m.pp = grid_.pp_size(), m.dp = grid_.dp_size(), m.ep = grid_.ep_size();
       m.zero1 = sync_.zero1() ? 1 : 0;

@@ -93,6 +93,9 @@ class Checkpointer {
   // or new_run_id() for a run from scratch.
   void set_run_id(const std::string& id) { run_id_ = id; }
   const std::string& run_id() const { return run_id_; }
+  // The tokenizer model's bytes (data.tokenizer), stored in every checkpoint
+  // this run writes; load() refuses a checkpoint that carries a different one.
+  void set_tokenizer(std::string model) { tokenizer_ = std::move(model); }
   // A fresh identity, the same on every rank; collective.
   std::string new_run_id() const;
   // Loads into this rank's buffers; collective. Throws ConfigError with the
@@ -133,6 +136,7 @@ class Checkpointer {
   const GradSync& sync_;
   std::string dir_;
   std::string run_id_;
+  std::string tokenizer_;  // SentencePiece model bytes; "" = none
   bool delete_others_ = false;   // checkpoint.overwrite took over a directory: delete the others after a commit
   int lock_fd_ = -1;             // rank 0: flock on <dir>/.lock
   std::vector<int64_t> writer_;  // full-table index -> world rank that writes it

@@ -34,6 +34,11 @@ TrainState Checkpointer::load(const std::string& dir, float* params, AdamW& opt)
     if (const int64_t s = ckpt::parse_step_dir(name); s >= 0)
       SY_CHECK(s == m.step, "checkpoint '{}': its manifest says step {}, its directory name step {}: the manifest is "
                "not from this checkpoint", dir, m.step, s);
+    if (!m.tokenizer_model.empty())
+      SY_CHECK(m.tokenizer_model == tokenizer_, "checkpoint '{}' was trained with a tokenizer ({} bytes) {}: resuming "
+               "would mix vocabularies; set data.tokenizer to the model its run used", dir, m.tokenizer_model.size(),
+               tokenizer_.empty() ? std::string("and data.tokenizer is not set")
+                                  : fmt::format("that differs from data.tokenizer '{}'", cfg_.data.tokenizer));
     st = m;  // the state, checked below against what this model needs
     const int64_t L = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
     if (L > 0) {

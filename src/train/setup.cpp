@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 
 #include "comm/shm.h"
 #include "core/check.h"
+#include "data/tokenizer.h"
 #include "estimate/memory.h"
 #include "estimate/model_size.h"
 #include "moe/dispatcher.h"
@@ -26,6 +28,18 @@ namespace {
 GridShape shape_of(const ParallelSection& p) { return {p.pp, p.dp, p.ep}; }
 
 }  // namespace
+
+Tokenizer Trainer::load_tokenizer() const {
+  const std::string& path = cfg_.data.tokenizer;
+  std::error_code ec;
+  SY_CONFIG_CHECK(std::filesystem::is_regular_file(path, ec), "{}: data.tokenizer = \"{}\": no such file (a "
+                  "SentencePiece .model, as moe-data writes)", cfg_.source, path);
+  Tokenizer tok = Tokenizer::load(path);
+  SY_CONFIG_CHECK(cfg_.model.vocab_size >= tok.pieces(), "{}: model.vocab_size = {} is smaller than the {} pieces of "
+                  "data.tokenizer '{}': set model.vocab_size >= {}", cfg_.source, cfg_.model.vocab_size, tok.pieces(),
+                  path, tok.pieces());
+  return tok;
+}
 
 Trainer::Trainer(RunConfig cfg, const Comm& world)
     : cfg_(std::move(cfg)),
@@ -44,6 +58,8 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   check_memory(cfg_, need, available_memory(), on_node);
   world.barrier();
 
+  // The tokenizer's vocabulary fits the model: checked before the data is read.
+  std::string tokenizer_model = cfg_.data.tokenizer.empty() ? std::string() : load_tokenizer().serialized();
   data_ = std::make_unique<DataFiles>(option_name(cfg_.data.format), cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
                                       cfg_.model.vocab_size);
   const int64_t len = cfg_.model.seq_len + 1;
@@ -113,6 +129,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
     opt_->set_lr_scales(std::move(local));
   }
   ckpt_ = std::make_unique<Checkpointer>(cfg_, grid_, layout, *full_layout_, *sync_);
+  ckpt_->set_tokenizer(std::move(tokenizer_model));  // it travels with the model, for moe-generate --prompt
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   if (fp8_) {
     if (fp8_->recipe().scaling == Fp8Scaling::tensor_delayed) {  // histories by global tensor index: reduced, checkpointed

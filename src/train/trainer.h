@@ -72,6 +72,8 @@ struct StepStats {
 
 struct PipeState;  // the executor's buffers and timings (pipeline_exec.cpp)
 
+class Tokenizer;
+
 class Trainer {
  public:
   Trainer(RunConfig cfg, const Comm& world);
@@ -114,6 +116,8 @@ class Trainer {
   // train.threads, else OMP_NUM_THREADS, else the affinity share; refuses
   // more than the machine and OpenBLAS can use.
   void set_threads(const Comm& world);
+  // data.tokenizer, checked against model.vocab_size (ConfigError naming both).
+  Tokenizer load_tokenizer() const;
   // Pipeline parallelism (pipeline_exec.cpp).
   void setup_pipeline(const MoeContext& ctx, bool fp8_activations);
   void run_pipeline(int64_t step, StepStats& s, double* sums);
