@@ -415,7 +415,6 @@ int main(int argc, char** argv) {
   std::string grow_layers, grow_init = "copy";
   GrowOptions gopt;
   double new_bias = 0;
-  grow->add_option("out", out, "output file (must not exist)")->required();
   grow->add_option("--layer", grow_layers, "blocks to grow: L[,L...] (model.n_layers numbering) or all")->required();
   grow->add_option("--add", gopt.add, "experts added to each chosen layer")->required()->check(
       CLI::Range(int64_t{1}, int64_t{4096}));
@@ -430,6 +429,7 @@ int main(int argc, char** argv) {
                                                       "fresh: 0); a large negative value keeps them unchosen");
   for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp, grow})
     c->add_option("checkpoint", ckpt, ckpt_help)->required();
+  grow->add_option("out", out, "output file (must not exist)")->required();
   show->add_option("name", name, "tensor name (see ls)")->required();
   show->add_option("--group", group, "params, adam_m or adam_v")->check(CLI::IsMember({"params", "adam_m", "adam_v"}));
   show->add_option("--slice", slice, "BEGIN:END flat elements to print (default 0:8)");
