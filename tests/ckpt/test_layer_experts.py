@@ -76,6 +76,18 @@ def test_per_layer_layouts(tmp):
         c = Comparison(metric_rows(Path(tmp) / transport), base, TOL, GRAD_NORM_TOL)
         print(f"2 ranks ep=2 {transport}: {c.summary()}")
         assert c.ok and c.n == 8, c.problems
+    # Pipeline stages against one rank with the same micro-batches: pp = 2 does the same operations in
+    # the same order, so bitwise (tests/equivalence.py); pp = 2 x dp = 2 (ep = 2) on 4 ranks sums over
+    # data-parallel ranks: the tolerance above.
+    accum = common + ["train.grad_accum=2"]
+    moe_train(Path(tmp) / "one2", accum)
+    base2 = metric_rows(Path(tmp) / "one2")
+    for name, ranks, sets, tol in (("pp2", 2, ["parallel.pp=2"], None),
+                                   ("pp2ep2", 4, ["parallel.pp=2", "parallel.ep=2"], TOL)):
+        moe_train(Path(tmp) / name, accum + sets, ranks)
+        c = Comparison(metric_rows(Path(tmp) / name), base2, tol, None if tol is None else GRAD_NORM_TOL)
+        print(f"{name}: {c.summary()}")
+        assert c.ok and c.n == 8, c.problems
     # The tensors: each layer's router and experts at its own count.
     ls = tool("moe-ckpt", "ls", latest(Path(tmp) / "mpi"))
     assert "layers.1.moe.router" in ls and "(4, 32)" in ls and "layers.1.moe.experts.4." not in ls, ls
