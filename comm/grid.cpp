@@ -4,8 +4,10 @@
 
 namespace sy {
 
-Grid::Grid(const Comm& world, GridShape shape, int64_t experts, const std::string& source) : world_(world) {
-  shape_ = resolve_layout(world.size(), shape, experts, source);
+Grid::Grid(const Comm& world, GridShape shape, int64_t experts, const std::string& source,
+           const std::string& experts_text)
+    : world_(world) {
+  shape_ = resolve_layout(world.size(), shape, experts, source, experts_text);
   const int64_t w = world.rank(), dp = shape_.dp, ep = shape_.ep, edp = dp / ep;
   pp_rank_ = w / dp;
   dp_rank_ = w % dp;
@@ -18,9 +20,10 @@ Grid::Grid(const Comm& world, GridShape shape, int64_t experts, const std::strin
 }
 
 std::string Grid::describe(int64_t experts) const {
-  return fmt::format("world {} = pp {} x dp {}; ep {} ({} expert{} per rank), expert-dp {}", world_.size(),
-                     shape_.pp, shape_.dp, shape_.ep, experts / shape_.ep, experts / shape_.ep == 1 ? "" : "s",
-                     edp_size());
+  const std::string per = experts <= 0 ? std::string()
+                          : fmt::format(" ({} expert{} per rank)", experts / shape_.ep, experts / shape_.ep == 1 ? "" : "s");
+  return fmt::format("world {} = pp {} x dp {}; ep {}{}, expert-dp {}", world_.size(), shape_.pp, shape_.dp, shape_.ep,
+                     per, edp_size());
 }
 
 }  // namespace sy

@@ -21,7 +21,8 @@ class Grid {
   // Validates the shape against the world size and the expert count
   // (experts = 0: no MoE layers) and splits the groups. Throws ConfigError,
   // on every rank alike, saying what would fit. `source` names the config.
-  Grid(const Comm& world, GridShape shape, int64_t experts, const std::string& source);
+  Grid(const Comm& world, GridShape shape, int64_t experts, const std::string& source,
+       const std::string& experts_text = "");
 
   const Comm& world() const { return world_; }
   const Comm& dp() const { return dp_; }    // same pipeline stage: dense gradients

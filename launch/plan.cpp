@@ -125,16 +125,17 @@ Plan make_plan(const LaunchFlags& flags, const Environment& env) {
                     "or hosts, or launch fewer ranks", p.np_source, p.np, hostfile, total_slots(p.hosts));
 
   // Layout: the same checks moe-train runs, before anything starts.
-  const int64_t experts = cfg.model.moe_layers() > 0 ? cfg.model.moe.experts : 0;
+  const int64_t experts = cfg.model.experts_gcd();
   p.shape = resolve_layout(p.np, {cfg.parallel.pp, cfg.parallel.dp, cfg.parallel.ep}, experts,
-                          cfg.source + fmt::format(" with {} ranks ({})", p.np, p.np_source));
+                          cfg.source + fmt::format(" with {} ranks ({})", p.np, p.np_source),
+                          cfg.model.uniform_experts() ? "" : cfg.model.experts_text());
   cfg.parallel.dp = p.shape.dp;
   cfg.parallel.ep = p.shape.ep;
   cfg.resolve_batch(p.shape.dp);
 
   // Sizes.
   const ModelConfig& m = cfg.model;
-  const ParamCount full = count_params(m), local = count_params(m, {0, m.moe.experts / p.shape.ep});
+  const ParamCount full = count_params(m), local = count_params(m, rank_experts(m, 0, p.shape.ep));
   p.params_total = full.total;
   p.params_rank = local.total;
   p.active_per_token = active_params_per_token(m, full);
@@ -234,9 +235,9 @@ std::string describe(const Plan& p) {
                                                  : p.hosts.empty() ? std::string("mpirun on this machine")
                                                                    : fmt::format("mpirun on {} hosts from {}",
                                                                                  p.hosts.size(), p.command.hostfile));
-  out += fmt::format("world    : {} ranks ({}) = pp {} x dp {}; ep {} ({} experts per rank), expert-dp {}\n", p.np,
-                     p.np_source, p.shape.pp, p.shape.dp, p.shape.ep,
-                     m.moe_layers() > 0 ? m.moe.experts / p.shape.ep : 0, p.shape.dp / p.shape.ep);
+  out += fmt::format("world    : {} ranks ({}) = pp {} x dp {}; ep {} ({} experts per rank{}), expert-dp {}\n", p.np,
+                     p.np_source, p.shape.pp, p.shape.dp, p.shape.ep, experts_per_rank_text(m, p.shape.ep),
+                     m.uniform_experts() ? "" : " by MoE layer", p.shape.dp / p.shape.ep);
   out += fmt::format("model    : {} params, {} active per token, {} on each rank\n", count(p.params_total),
                      count(p.active_per_token), count(p.params_rank));
   out += fmt::format("batch    : {} sequences x {} tokens per step = {} micro-batch x {} accum x {} dp\n",
@@ -290,6 +291,11 @@ std::string describe_json(const Plan& p) {
   j["layout"] = {{"pp", p.shape.pp}, {"dp", p.shape.dp}, {"ep", p.shape.ep}, {"expert_dp", p.shape.dp / p.shape.ep},
                  {"experts_per_rank", m.moe_layers() > 0 ? m.moe.experts / p.shape.ep : 0},
                  {"zero1", cfg.parallel.zero1}};
+  if (!m.uniform_experts()) {  // per-layer counts: experts_per_rank is the largest layer's
+    std::vector<int64_t> per;
+    for (int64_t l = m.dense_layers; l < m.n_layers; ++l) per.push_back(m.experts_at(l) / p.shape.ep);
+    j["layout"]["experts_per_rank_by_layer"] = per;
+  }
   j["model"] = {{"parameters", p.params_total}, {"active_per_token", p.active_per_token},
                 {"parameters_per_rank", p.params_rank}};
   j["batch"] = {{"global_batch", cfg.train.global_batch}, {"seq_len", m.seq_len},

@@ -143,20 +143,22 @@ def main():
     if layers and experts:
         fig, axes = plt.subplots(layers, 1, figsize=(8, 1.2 + 1.3 * layers), squeeze=False, sharex=True)
         for li in range(layers):
+            # Each layer its own count (moe.experts per layer); a step that had
+            # fewer experts in this layer (before `moe-ckpt grow`) is blank there.
+            width = max((len(l[li]) for l in loads if li < len(l)), default=0) or 1
             grid = []
             for l in loads:
                 x = l[li] if li < len(l) else []
-                x = list(x) + [0] * (experts - len(x))
                 total = sum(x) or 1
-                grid.append([c / total for c in x])
+                grid.append([c / total for c in x] + [float("nan")] * (width - len(x)))
             cols = list(map(list, zip(*grid)))  # experts x steps
             ax = axes[li][0]
             im = ax.imshow(cols, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
-                           extent=[steps[0] - 0.5, steps[-1] + 0.5, -0.5, experts - 0.5])
-            ax.set_ylabel(f"MoE layer {li}\nexpert")
+                           extent=[steps[0] - 0.5, steps[-1] + 0.5, -0.5, width - 0.5])
+            ax.set_ylabel(f"MoE layer {li}\nexpert (of {width};\nuniform {1 / width:.3f})")
             fig.colorbar(im, ax=ax, label="share")
         axes[-1][0].set_xlabel("step")
-        fig.suptitle(f"{run.name}: share of routed picks per expert (uniform = {1 / experts:.3f})")
+        fig.suptitle(f"{run.name}: share of routed picks per expert")
         fig.tight_layout(), fig.savefig(out / "expert_load.png", dpi=110), plt.close(fig)
 
     last = rows[-1]

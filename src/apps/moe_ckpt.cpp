@@ -4,6 +4,8 @@
 //   moe-ckpt export CKPT OUTDIR --format mixtral|deepseek-v3
 //   moe-ckpt import HFDIR OUT.h5
 //   moe-ckpt upcycle DENSE OUT.h5 --experts E --top-k K [--granularity G] [--noise S] [--seed N] [--layers LIST]
+//   moe-ckpt grow CKPT OUT.h5 --layer L[,L...]|all --add N [--init copy|noise|fresh] [--seed S] [--noise STD]
+//            [--ep N] [--new-bias B]
 // CKPT is a checkpoint directory, a consolidated file, or a run or
 // checkpoints directory (the checkpoint its `latest` names). --json (before
 // or after the subcommand): one JSON document on stdout, for every command.
@@ -31,6 +33,7 @@
 #include "train/export.h"
 #include "train/import.h"
 #include "train/upcycle.h"
+#include "train/grow.h"
 
 namespace {
 
@@ -112,14 +115,23 @@ json load_stats(const ckpt::Manifest& m) {
   json layers = json::array();
   if (m.bias_shape.size() != 2) return layers;
   int64_t L = m.bias_shape[0], E = m.bias_shape[1];
+  // Per-layer counts: each row is padded to the largest; a layer's own count from the config.
+  ModelConfig model;
+  model.n_layers = 0, model.dense_layers = 0;
+  try {
+    model = parse_config(m.config_toml, "the checkpoint's config").model;
+  } catch (const ConfigError&) {
+    // no readable config: every row whole
+  }
   for (int64_t l = 0; l < L; ++l) {
-    std::vector<int64_t> load(m.expert_load.begin() + l * E, m.expert_load.begin() + (l + 1) * E);
-    std::vector<float> bias(m.expert_bias.begin() + l * E, m.expert_bias.begin() + (l + 1) * E);
+    const int64_t El = model.moe_layers() == L ? std::min(E, model.experts_at(model.dense_layers + l)) : E;
+    std::vector<int64_t> load(m.expert_load.begin() + l * E, m.expert_load.begin() + l * E + El);
+    std::vector<float> bias(m.expert_bias.begin() + l * E, m.expert_bias.begin() + l * E + El);
     int64_t sum = 0, mx = 0;
     for (int64_t c : load) sum += c, mx = std::max(mx, c);
     layers.push_back({{"moe_layer", l},
                       {"load", load},
-                      {"imbalance", sum > 0 ? static_cast<double>(mx) * static_cast<double>(E) / static_cast<double>(sum) : 1.0},
+                      {"imbalance", sum > 0 ? static_cast<double>(mx) * static_cast<double>(El) / static_cast<double>(sum) : 1.0},
                       {"bias", bias}});
   }
   return layers;
@@ -288,9 +300,10 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     m.world = m.pp = m.dp = m.ep = 1;
   } else {
     RunConfig cfg = parse_config(m.config_toml, path + " (its config)");
-    const int64_t experts = cfg.model.moe_layers() > 0 ? cfg.model.moe.experts : 0;
+    const int64_t experts = cfg.model.experts_gcd();
     const int64_t world = shape.pp * shape.dp;
-    GridShape s = resolve_layout(world, shape, experts, "--pp/--dp/--ep");
+    GridShape s = resolve_layout(world, shape, experts, "--pp/--dp/--ep",
+                                 cfg.model.uniform_experts() ? "" : cfg.model.experts_text());
     ParamLayout full(cfg.model);
     std::vector<ckpt::TensorHome> homes;
     RunConfig sized = cfg;
@@ -299,7 +312,8 @@ int cmd_repack(const std::string& path, const std::string& out, bool single, Gri
     std::unique_ptr<PipelinePlan> plan;
     if (s.pp > 1) plan = std::make_unique<PipelinePlan>(plan_pipeline(sized, s.pp));
     for (const ParamInfo& p : full.params())
-      homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p.layer, p.kind == ParamKind::embed) : -1});
+      homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p.layer, p.kind == ParamKind::embed) : -1,
+                       p.expert >= 0 ? cfg.model.experts_at(p.layer) : 0});
     std::vector<int64_t> writers = ckpt::assign_writers(homes, world, s.dp, s.ep, cfg.model.moe.experts);
     for (size_t i = 0; i < m.tensors.size(); ++i) {
       const int64_t index = m.tensors[i].index;
@@ -382,6 +396,33 @@ int cmd_upcycle(const std::string& path, const std::string& out, const UpcycleOp
   return 0;
 }
 
+int cmd_grow(const std::string& path, const std::string& out, const std::string& layers, GrowOptions o, bool as_json) {
+  if (layers != "all") {
+    size_t at = 0;
+    while (at <= layers.size()) {
+      const size_t comma = std::min(layers.find(',', at), layers.size());
+      const std::string item = layers.substr(at, comma - at);
+      int64_t l = -1;
+      const auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), l);
+      SY_CONFIG_CHECK(!item.empty() && ec == std::errc() && p == item.data() + item.size(),
+                      "grow: --layer '{}': expected block numbers separated by commas (e.g. 1,3) or 'all'", layers);
+      o.layers.push_back(l);
+      at = comma + 1;
+    }
+  }
+  const auto reader = open_checkpoint(path);
+  const GrowResult res = grow_experts(*reader, out, o);
+  if (as_json) {
+    print_json({{"source", path}, {"out", out}, {"step", reader->manifest().step}, {"experts_before", res.before},
+                {"experts_after", res.after}});
+    return 0;
+  }
+  std::cout << fmt::format("wrote {} (step {}): experts per MoE layer {} -> {}; resume it with {} in the config\n",
+                           out, reader->manifest().step, fmt::join(res.before, "/"), fmt::join(res.after, "/"),
+                           res.config_experts);
+  return 0;
+}
+
 // verify reports a damaged checkpoint as a problem (exit 1), even when it is
 // too damaged to be recognised as one; a path that does not exist is bad input.
 int cmd_verify_path(const std::string& path, bool as_json) {
@@ -448,8 +489,27 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   upc->add_option("--layers", up.layers, "layers to upcycle, A-B or A,B,...: from one layer to the last (default "
                                          "all)");
-  for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp})
+  
+  auto* grow = app.add_subcommand("grow", "add routed experts to MoE layers of a trained checkpoint (new "
+                                           "consolidated checkpoint: weights, router rows, bias, zero moments)");
+  std::string grow_layers, grow_init = "copy";
+  GrowOptions gopt;
+  double new_bias = 0;
+  grow->add_option("--layer", grow_layers, "blocks to grow: L[,L...] (model.n_layers numbering) or all")->required();
+  grow->add_option("--add", gopt.add, "experts added to each chosen layer")->required()->check(
+      CLI::Range(int64_t{1}, int64_t{4096}));
+  grow->add_option("--init", grow_init, "copy (the source expert), noise (copy + relative Gaussian noise), fresh "
+                                        "(the model's init)")->check(CLI::IsMember({"copy", "noise", "fresh"}));
+  grow->add_option("--seed", gopt.seed, "seed of the noise / fresh draws");
+  grow->add_option("--noise", gopt.noise, "noise: standard deviation relative to each source tensor's")
+      ->check(CLI::Range(0.0, 100.0));
+  grow->add_option("--ep", gopt.ep, "check that every layer's new count splits over this many expert-parallel ranks")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+  auto* nb = grow->add_option("--new-bias", new_bias, "balancing bias of the new experts (default: the source's; "
+                                                      "fresh: 0); a large negative value keeps them unchosen");
+  for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp, grow})
     c->add_option("checkpoint", ckpt, ckpt_help)->required();
+  grow->add_option("out", out, "output file (must not exist)")->required();
   show->add_option("name", name, "tensor name (see ls)")->required();
   show->add_option("--group", group, "params, adam_m or adam_v")->check(CLI::IsMember({"params", "adam_m", "adam_v"}));
   show->add_option("--slice", slice, "BEGIN:END flat elements to print (default 0:8)");
@@ -491,6 +551,16 @@ int main(int argc, char** argv) {
     if (*upc) {
       sy::cli::check_new_output(out, "the output file");
       return cmd_upcycle(path, out, up, as_json);
+    }
+    if (*grow) {
+      gopt.init = grow_init == "fresh" ? GrowInit::fresh : grow_init == "noise" ? GrowInit::noise : GrowInit::copy;
+      if (nb->count() > 0) {
+        SY_CONFIG_CHECK(std::isfinite(new_bias) && std::abs(new_bias) <= 1e30, "grow: --new-bias {} must be finite "
+                        "(at most 1e30 in magnitude)", new_bias);
+        gopt.new_bias = static_cast<float>(new_bias);
+      }
+      sy::cli::check_new_output(out, "the output file");
+      return cmd_grow(path, out, grow_layers, gopt, as_json);
     }
     SY_CONFIG_FAIL("no subcommand (see --help)");
   });

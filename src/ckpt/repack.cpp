@@ -16,9 +16,10 @@ std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int6
   std::vector<int64_t> order(tensors.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return tensors[a].numel > tensors[b].numel; });
-  const int64_t per_rank = ep > 0 && experts > 0 ? experts / ep : 1;
   std::vector<int64_t> load(world, 0), writer(tensors.size(), -1);
   for (int64_t i : order) {
+    const int64_t E = tensors[i].layer_experts > 0 ? tensors[i].layer_experts : experts;
+    const int64_t per_rank = ep > 0 && E > 0 ? E / ep : 1;
     int64_t best = -1;
     for (int64_t r = 0; r < world; ++r) {
       bool holds = (tensors[i].expert < 0 || (r % dp) % ep == tensors[i].expert / per_rank) &&

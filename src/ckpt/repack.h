@@ -15,10 +15,12 @@ struct TensorHome {
   int64_t numel;
   int64_t expert;  // routed expert index, -1 if every data-parallel rank holds the tensor
   int64_t pp = -1;  // pipeline rank that saves it, -1: every pipeline rank holds it
+  int64_t layer_experts = 0;  // routed experts of its layer (per-layer counts); 0: `experts` of assign_writers
 };
 
 // World rank that writes each tensor: among the ranks that hold it (rank r
-// holds expert x when (r % dp) % ep == x / (experts / ep)), the least
+// holds expert x when (r % dp) % ep == x / (experts / ep), experts being
+// the tensor's layer_experts where set), the least
 // loaded one, biggest tensors first (ties to the lower rank).
 std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int64_t world, int64_t dp, int64_t ep,
                                     int64_t experts);

@@ -1,6 +1,10 @@
 #include "config/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
+
+#include <fmt/ranges.h>
 
 #include "core/check.h"
 
@@ -13,7 +17,7 @@ double layer_flops(const ModelConfig& m, int64_t l) {
   if (!m.is_moe_layer(l)) return f + 6 * C * static_cast<double>(m.dense_width());
   const MoeConfig& e = m.moe;
   const double F = static_cast<double>(e.expert_hidden);
-  return f + 2 * C * static_cast<double>(e.experts) + 6 * C * F * static_cast<double>(e.top_k + e.shared_experts);
+  return f + 2 * C * static_cast<double>(m.experts_at(l)) + 6 * C * F * static_cast<double>(e.top_k + e.shared_experts);
 }
 
 double head_flops(const ModelConfig& m) { return 2.0 * static_cast<double>(m.d_model * m.vocab_size); }
@@ -43,9 +47,76 @@ void validate(const ModelConfig& m, const std::string& where) {
   need(m.dense_layers <= m.n_layers, "model.dense_layers",
        fmt::format("= {} exceeds model.n_layers = {}", m.dense_layers, m.n_layers));
   if (m.moe_layers() > 0) {
-    need(m.moe.top_k <= m.moe.experts, "moe.top_k",
-         fmt::format("= {} exceeds moe.experts = {}", m.moe.top_k, m.moe.experts));
+    need(m.uniform_experts() || static_cast<int64_t>(m.moe.layer_experts.size()) == m.moe_layers(), "moe.experts",
+         fmt::format("has {} entries, the model has {} MoE layers", m.moe.layer_experts.size(), m.moe_layers()));
+    need(m.moe.top_k <= m.min_experts(), "moe.top_k",
+         fmt::format("= {} exceeds {}{}", m.moe.top_k, m.experts_text(),
+                     m.uniform_experts() ? "" : fmt::format(" (its smallest count is {})", m.min_experts())));
   }
+}
+
+int64_t ModelConfig::experts_gcd() const {
+  int64_t g = 0;
+  for (int64_t l = dense_layers; l < n_layers; ++l) g = std::gcd(g, experts_at(l));
+  return g;
+}
+
+int64_t ModelConfig::min_experts() const {
+  int64_t x = 0;
+  for (int64_t l = dense_layers; l < n_layers; ++l) x = x == 0 ? experts_at(l) : std::min(x, experts_at(l));
+  return x;
+}
+
+int64_t ModelConfig::total_experts() const {
+  int64_t x = 0;
+  for (int64_t l = dense_layers; l < n_layers; ++l) x += experts_at(l);
+  return x;
+}
+
+std::string ModelConfig::experts_text() const {
+  return uniform_experts() ? fmt::format("moe.experts = {}", moe.experts)
+                           : fmt::format("moe.experts = [{}]", fmt::join(moe.layer_experts, ", "));
+}
+
+std::vector<int64_t> allocate_experts(int64_t lo, int64_t hi, double gamma, int64_t round, int64_t M) {
+  std::vector<int64_t> out;
+  for (int64_t l = 0; l < M; ++l) {
+    const double t = M == 1 ? 1.0 : static_cast<double>(l) / static_cast<double>(M - 1);
+    const double n = static_cast<double>(lo) + static_cast<double>(hi - lo) * std::pow(t, gamma);
+    out.push_back(static_cast<int64_t>(std::floor(n / static_cast<double>(round) + 0.5)) * round);
+  }
+  return out;
+}
+
+void resolve_experts(ModelConfig& m, const std::string& where) {
+  MoeConfig& e = m.moe;
+  const int64_t M = m.moe_layers();
+  if (e.experts_max > 0) {
+    SY_CONFIG_CHECK(e.layer_experts.empty(), "{}: moe.experts is a list and moe.experts_max = {} asks for the "
+                    "allocation formula: set one of them", where, e.experts_max);
+    SY_CONFIG_CHECK(e.experts_min >= 1 && e.experts_min <= e.experts_max, "{}: moe.experts_min = {} must be in [1, "
+                    "moe.experts_max = {}] (the allocation formula)", where, e.experts_min, e.experts_max);
+    if (M > 0) e.layer_experts = allocate_experts(e.experts_min, e.experts_max, e.experts_gamma, e.experts_round, M);
+    for (size_t i = 0; i < e.layer_experts.size(); ++i)
+      SY_CONFIG_CHECK(e.layer_experts[i] >= 1, "{}: the allocation formula (moe.experts_min = {}, moe.experts_max = "
+                      "{}, moe.experts_gamma = {}, moe.experts_round = {}) gives MoE layer {} no experts", where,
+                      e.experts_min, e.experts_max, e.experts_gamma, e.experts_round, i);
+    e.experts_min = 0, e.experts_max = 0, e.experts_gamma = 1.0, e.experts_round = 1;  // the list says it now
+  } else {
+    SY_CONFIG_CHECK(e.experts_min == 0, "{}: moe.experts_min = {} without moe.experts_max: set both (the allocation "
+                    "formula) or neither", where, e.experts_min);
+  }
+  if (e.layer_experts.empty()) return;
+  SY_CONFIG_CHECK(static_cast<int64_t>(e.layer_experts.size()) == M, "{}: moe.experts = [{}] has {} entries, the "
+                  "model has {} MoE layers (model.n_layers = {} - model.dense_layers = {}): give one count per MoE "
+                  "layer", where, fmt::join(e.layer_experts, ", "), e.layer_experts.size(), M, m.n_layers,
+                  m.dense_layers);
+  for (size_t i = 0; i < e.layer_experts.size(); ++i)
+    SY_CONFIG_CHECK(e.layer_experts[i] >= 1 && e.layer_experts[i] <= 4096, "{}: moe.experts[{}] = {} is out of "
+                    "range [1, 4096]", where, i, e.layer_experts[i]);
+  e.experts = *std::max_element(e.layer_experts.begin(), e.layer_experts.end());
+  if (std::all_of(e.layer_experts.begin(), e.layer_experts.end(), [&](int64_t x) { return x == e.experts; }))
+    e.layer_experts.clear();  // equal counts: the integer, as before
 }
 
 }  // namespace sy

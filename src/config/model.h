@@ -3,13 +3,26 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/types.h"
 
 namespace sy {
 
 struct MoeConfig {
-  int64_t experts = 8;           // E routed experts per MoE layer
+  // E routed experts per MoE layer. With per-layer counts (layer_experts
+  // non-empty) it is their maximum: (moe_layers, E) tables (balancing bias,
+  // loads) are padded to it; a layer's own count is ModelConfig::experts_at.
+  int64_t experts = 8;
+  // One count per MoE layer (moe.experts = [..]), empty when all are equal:
+  // a list of equal counts, or a formula giving them, is stored as the integer.
+  std::vector<int64_t> layer_experts;
+  // Layer-wise allocation formula (resolve_experts turns it into
+  // layer_experts and clears these): N_m = experts_min + (experts_max -
+  // experts_min) * (m / (M - 1))^experts_gamma over MoE layers m = 0..M-1,
+  // rounded to the nearest multiple of experts_round (halves up).
+  int64_t experts_min = 0, experts_max = 0, experts_round = 1;  // experts_max = 0: off
+  double experts_gamma = 1.0;
   int64_t top_k = 2;             // K experts per token
   int64_t expert_hidden = 256;   // F, hidden width of each routed expert
   int64_t shared_experts = 0;    // always-active experts of width F (DeepSeek-V3)
@@ -49,7 +62,29 @@ struct ModelConfig {
   int64_t qkv_width() const { return (n_heads + 2 * n_kv_heads) * head_size(); }
   bool is_moe_layer(int64_t layer) const { return layer >= dense_layers; }
   int64_t moe_layers() const { return n_layers - dense_layers; }
+  // Routed experts of block `layer` (0 for a dense block).
+  int64_t experts_at(int64_t layer) const {
+    if (!is_moe_layer(layer)) return 0;
+    return moe.layer_experts.empty() ? moe.experts : moe.layer_experts[static_cast<size_t>(layer - dense_layers)];
+  }
+  bool uniform_experts() const { return moe.layer_experts.empty(); }
+  int64_t experts_gcd() const;    // gcd of the MoE layers' counts (0 without MoE layers): what ep must divide
+  int64_t min_experts() const;    // smallest count of a MoE layer (0 without MoE layers)
+  int64_t total_experts() const;  // routed experts of all MoE layers
+  // "moe.experts = 8" or "moe.experts = [4, 8, 8]", for messages.
+  std::string experts_text() const;
 };
+
+// The layer-wise allocation formula (MoeConfig): the counts of `moe_layers`
+// MoE layers; the first gets experts_min, the last experts_max (one layer:
+// experts_max). Each rounded to the nearest multiple of `round`, halves up.
+std::vector<int64_t> allocate_experts(int64_t experts_min, int64_t experts_max, double gamma, int64_t round,
+                                      int64_t moe_layers);
+
+// Resolves moe.experts lists and the allocation formula against n_layers /
+// dense_layers (a list must have one entry per MoE layer; equal counts
+// become the integer). Throws ConfigError naming the key.
+void resolve_experts(ModelConfig& m, const std::string& where);
 
 // The FLOP model (one home: the pipeline split, the trainer and moe-launch's
 // plan all use it). Forward FLOPs per token, multiply-adds counted as 2:

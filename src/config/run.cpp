@@ -289,6 +289,36 @@ Key lr_groups_key() {
   return k;
 }
 
+// moe.experts: an integer (every MoE layer) or one count per MoE layer.
+Key experts_key() {
+  Key k{"moe", "experts", "an integer or an array of integers (one per MoE layer)",
+        "routed experts E per MoE layer: one count, or a list with one entry per MoE layer", false, nullptr, nullptr};
+  k.set = [k](RunConfig& c, const toml::node& v, const Where& w) {
+    MoeConfig& e = c.model.moe;
+    auto one = [&](const toml::node& x, const std::string& key) {
+      if (!x.is_integer()) bad_type(k, v, w);
+      const int64_t n = x.as_integer()->get();
+      SY_CONFIG_CHECK(n >= 1 && n <= 4096, "{}: {} = {} is out of range [1, 4096]", w.str(), key, n);
+      return n;
+    };
+    if (v.is_array()) {
+      std::vector<int64_t> out;
+      for (const toml::node& x : *v.as_array()) out.push_back(one(x, fmt::format("moe.experts[{}]", out.size())));
+      SY_CONFIG_CHECK(!out.empty(), "{}: moe.experts = [] names no counts", w.str());
+      e.layer_experts = std::move(out);
+      e.experts = *std::max_element(e.layer_experts.begin(), e.layer_experts.end());
+    } else {
+      e.experts = one(v, "moe.experts");
+      e.layer_experts.clear();
+    }
+  };
+  k.show = [](const RunConfig& c) {
+    const MoeConfig& e = c.model.moe;
+    return e.layer_experts.empty() ? fmt::format("{}", e.experts) : fmt::format("[{}]", fmt::join(e.layer_experts, ", "));
+  };
+  return k;
+}
+
 #define SY_REF(T, field) [](RunConfig& c) -> T& { return c.field; }
 constexpr int64_t kBig = int64_t{1} << 40;
 
@@ -317,7 +347,11 @@ const std::vector<Key>& schema() {
     k.push_back(boolean("model", "tie_embeddings", SY_REF(bool, model.tie_embeddings), "share the embedding with the LM head"));
     k.push_back(real("model", "init_std", SY_REF(double, model.init_std), 0.0, 10.0, "init standard deviation of matrices"));
     // moe
-    k.push_back(integer("moe", "experts", SY_REF(int64_t, model.moe.experts), 1, 4096, "routed experts E"));
+    k.push_back(experts_key());
+    k.push_back(integer("moe", "experts_min", SY_REF(int64_t, model.moe.experts_min), 0, 4096, "allocation formula: experts of the first MoE layer (with moe.experts_max)"));
+    k.push_back(integer("moe", "experts_max", SY_REF(int64_t, model.moe.experts_max), 0, 4096, "allocation formula N_m = min + (max - min) (m / (M - 1))^gamma over MoE layers m = 0..M-1; 0 = off (moe.experts)"));
+    k.push_back(real("moe", "experts_gamma", SY_REF(double, model.moe.experts_gamma), 0.0, 100.0, "allocation formula exponent gamma"));
+    k.push_back(integer("moe", "experts_round", SY_REF(int64_t, model.moe.experts_round), 1, 4096, "allocation formula: counts rounded to the nearest multiple of this (set it to parallel.ep)"));
     k.push_back(integer("moe", "top_k", SY_REF(int64_t, model.moe.top_k), 1, 64, "experts per token K"));
     k.push_back(integer("moe", "expert_hidden", SY_REF(int64_t, model.moe.expert_hidden), 1, 1 << 20, "expert hidden width F"));
     k.push_back(integer("moe", "shared_experts", SY_REF(int64_t, model.moe.shared_experts), 0, 64, "always-active experts of width F"));
@@ -532,6 +566,7 @@ RunConfig parse_config(const std::string& text, const std::string& source,
   }
   apply_table(cfg, root, source);
   for (const std::string& ov : overrides) apply_override(cfg, ov);
+  resolve_experts(cfg.model, source);
   validate(cfg.model, source);
   SY_CONFIG_CHECK(!cfg.data.train.empty(), "{}: data.train is empty: name the training files", source);
   SY_CONFIG_CHECK(cfg.data.format != DataFormat::text || cfg.model.vocab_size >= 256,

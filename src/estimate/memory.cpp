@@ -22,7 +22,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // AdamW state elements on the rank with the largest ZeRO-1 share: as
 // GradSync cuts every gradient bucket over its group (dense buckets over
 // dp, routed experts over expert-dp), at most ceil(n / G) of each.
-int64_t zero1_state(const ModelConfig& m, const StageSpec& stage, int64_t local_experts, int64_t dp, int64_t edp) {
+int64_t zero1_state(const ModelConfig& m, const StageSpec& stage, ExpertSlice local_experts, int64_t dp, int64_t edp) {
   const int64_t C = m.d_model, V = m.vocab_size;
   int64_t state = 0;
   if (stage.head) state += ceil_div(C + (m.tie_embeddings ? 0 : V * C), dp);
@@ -41,7 +41,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
   const ModelConfig& m = cfg.model;
   const int64_t pp = std::max<int64_t>(shape.pp, 1), dp = std::max<int64_t>(shape.dp, 1);
   const int64_t ep = std::max<int64_t>(shape.ep, 1), edp = std::max<int64_t>(dp / ep, 1), world = pp * dp;
-  const int64_t local_experts = m.moe.experts / ep;
+  const ExpertSlice local_experts = rank_experts(m, 0, ep);
   const int64_t B = cfg.train.micro_batch;
   const double N = static_cast<double>(B) * static_cast<double>(m.seq_len), f4 = sizeof(float);
   const bool fp8 = is_fp8(cfg.precision.recipe) && cfg.precision.fp8_activations;
@@ -73,7 +73,7 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
     } else {
       chunks.push_back(StageChunk{});
     }
-    const ParamCount pc = count_params(m, {0, local_experts}, stage);
+    const ParamCount pc = count_params(m, local_experts, stage);
     e.params_rank = pc.total;
     e.embed_head = pc.embed_head;
     e.expert_params = pc.expert;
@@ -211,8 +211,8 @@ void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const Memory
       need.embed_head >= std::max(need.expert_params, rest)
           ? fmt::format("model.vocab_size = {}, model.d_model = {}", m.vocab_size, m.d_model)
       : need.expert_params >= rest
-          ? fmt::format("moe.experts = {}, moe.expert_hidden = {}, model.d_model = {}, model.n_layers = {}",
-                        m.moe.experts, m.moe.expert_hidden, m.d_model, m.n_layers)
+          ? fmt::format("{}, moe.expert_hidden = {}, model.d_model = {}, model.n_layers = {}",
+                        m.experts_text(), m.moe.expert_hidden, m.d_model, m.n_layers)
           : fmt::format("model.d_model = {}, model.n_layers = {}", m.d_model, m.n_layers);
   const std::string batch =
       t.global_batch != t.micro_batch

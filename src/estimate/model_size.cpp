@@ -9,7 +9,7 @@
 
 namespace sy {
 
-LayerParams layer_params(const ModelConfig& m, int64_t layer, int64_t local_experts) {
+LayerParams layer_params(const ModelConfig& m, int64_t layer, ExpertSlice experts) {
   const int64_t C = m.d_model;
   LayerParams p;
   p.dense = 2 * C + m.qkv_width() * C + C * m.n_heads * m.head_size();  // norms, wqkv, wo
@@ -18,13 +18,12 @@ LayerParams layer_params(const ModelConfig& m, int64_t layer, int64_t local_expe
     return p;
   }
   const int64_t F = m.moe.expert_hidden;
-  p.dense += m.moe.experts * C + 3 * m.moe.shared_experts * F * C;  // router, shared experts
-  p.expert = local_experts * 3 * F * C;
+  p.dense += m.experts_at(layer) * C + 3 * m.moe.shared_experts * F * C;  // router, shared experts
+  p.expert = experts.in(m.experts_at(layer)).n * 3 * F * C;
   return p;
 }
 
 ParamCount count_params(const ModelConfig& m, ExpertSlice experts, const StageSpec& stage) {
-  if (experts.count < 0) experts = {0, m.moe.experts};
   const int64_t C = m.d_model, V = m.vocab_size, F = m.moe.expert_hidden;
   ParamCount n;
   auto largest = [&](int64_t x) { n.largest = std::max(n.largest, x); };
@@ -39,7 +38,7 @@ ParamCount count_params(const ModelConfig& m, ExpertSlice experts, const StageSp
   }
   for (int64_t l = 0; l < m.n_layers; ++l) {
     if (!stage.holds(l)) continue;
-    const LayerParams p = layer_params(m, l, experts.count);
+    const LayerParams p = layer_params(m, l, experts);
     n.total += p.dense + p.expert;
     n.expert += p.expert;
     largest(m.qkv_width() * C);
@@ -47,9 +46,9 @@ ParamCount count_params(const ModelConfig& m, ExpertSlice experts, const StageSp
     if (!m.is_moe_layer(l)) {
       largest(2 * m.dense_width() * C);
     } else {
-      largest(m.moe.experts * C);
+      largest(m.experts_at(l) * C);
       largest(2 * m.moe.shared_experts * F * C);
-      if (experts.count > 0) largest(2 * F * C);
+      if (experts.in(m.experts_at(l)).n > 0) largest(2 * F * C);
     }
   }
   n.total += n.embed_head;
@@ -57,7 +56,9 @@ ParamCount count_params(const ModelConfig& m, ExpertSlice experts, const StageSp
 }
 
 int64_t active_params_per_token(const ModelConfig& m, const ParamCount& full) {
-  return full.total - full.expert + (m.moe.experts > 0 ? full.expert / m.moe.experts * m.moe.top_k : 0);
+  // full.expert / (experts of all layers) is one expert's size (3 F C).
+  const int64_t all = m.total_experts();
+  return full.total - full.expert + (all > 0 ? full.expert / all * m.moe.top_k * m.moe_layers() : 0);
 }
 
 namespace {

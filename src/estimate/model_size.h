@@ -15,12 +15,12 @@
 
 namespace sy {
 
-// Parameter elements of block l with `local_experts` of its routed experts:
-// the part every data-parallel rank holds and the routed experts' part.
+// Parameter elements of block l with the `experts` slice of its routed
+// experts: the part every data-parallel rank holds and the routed experts' part.
 struct LayerParams {
   int64_t dense = 0, expert = 0;
 };
-LayerParams layer_params(const ModelConfig& m, int64_t layer, int64_t local_experts);
+LayerParams layer_params(const ModelConfig& m, int64_t layer, ExpertSlice experts);
 
 // What ParamLayout(m, experts, stage) holds, without building the table
 // (which has one named entry per expert and layer): total() elements, the

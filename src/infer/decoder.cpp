@@ -92,9 +92,11 @@ const float* Decoder::extend(const int32_t* tokens, int64_t n) {
     ops_.b().rmsnorm_forward(L.h2, L.rstd2, L.x_mid, P + o.ffn_norm, n, d.C, eps, ops_.stream);
     if (cfg_.is_moe_layer(l)) {
       const int64_t m = l - cfg_.dense_layers;
-      moe_block_forward(ops_, L.moe, out_, L.h2, P, bias_.empty() ? nullptr : bias_.data() + m * d.E, o, d, cfg_.moe,
+      Dims dl = d;  // this layer's experts (bias rows: (moe_layers, E max))
+      dl.E = cfg_.experts_at(l);
+      moe_block_forward(ops_, L.moe, out_, L.h2, P, bias_.empty() ? nullptr : bias_.data() + m * d.E, o, dl, cfg_.moe,
                         MoeContext{}, moe_scratch_);
-      flops_ += moe_block_flops(L.moe, d);
+      flops_ += moe_block_flops(L.moe, dl);
     } else {
       dense_ffn_forward(ops_, L.dense, out_, L.h2, P, o, d);
       flops_ += 2.0 * n * d.C * 3.0 * d.Fd;

@@ -33,10 +33,12 @@ ParamLayout::ParamLayout(const ModelConfig& m, ExpertSlice experts, StageSpec st
     : experts_(experts), stage_(std::move(stage)) {
   SY_CHECK(stage_.layers.empty() || static_cast<int64_t>(stage_.layers.size()) == m.n_layers,
            "stage spec names {} layers, the model has {}", stage_.layers.size(), m.n_layers);
-  if (experts_.count < 0) experts_ = {0, m.moe.experts};
-  SY_CHECK(experts_.begin >= 0 && experts_.begin + experts_.count <= m.moe.experts,
-           "expert slice [{}, {}) is outside the model's {} experts", experts_.begin,
-           experts_.begin + experts_.count, m.moe.experts);
+  if (experts_.count < 0 && experts_.parts == 0 && m.uniform_experts()) experts_ = {0, m.moe.experts};  // as before
+  for (int64_t l = m.dense_layers; l < m.n_layers; ++l) {
+    const ExpertSlice::Range r = experts_.in(m.experts_at(l));
+    SY_CHECK(r.first >= 0 && r.first + r.n <= m.experts_at(l) && (experts_.parts == 0 || m.experts_at(l) % experts_.parts == 0),
+             "expert slice [{}, {}) is outside layer {}'s {} experts", r.first, r.first + r.n, l, m.experts_at(l));
+  }
   const int64_t C = m.d_model, V = m.vocab_size, D = m.head_size();
   const double std = m.init_std;
   // Residual-branch output projections are scaled down by depth (GPT-2).
@@ -60,14 +62,16 @@ ParamLayout::ParamLayout(const ModelConfig& m, ExpertSlice experts, StageSpec st
       continue;
     }
     const MoeConfig& e = m.moe;
-    b.router = add(pre + "moe.router", {e.experts, C}, ParamKind::router, l, -1, false, std, here);
+    const int64_t E = m.experts_at(l);
+    const ExpertSlice::Range mine = experts_.in(E);
+    b.router = add(pre + "moe.router", {E, C}, ParamKind::router, l, -1, false, std, here);
     if (e.shared_experts > 0) {
       int64_t S = e.shared_experts * e.expert_hidden;
       b.shared_w13 = add(pre + "moe.shared.w13", {2 * S, C}, ParamKind::shared_w13, l, -1, false, std, here);
       b.shared_w2 = add(pre + "moe.shared.w2", {C, S}, ParamKind::shared_w2, l, -1, false, out_std, here);
     }
-    for (int64_t x = 0; x < e.experts; ++x) {
-      bool local = here && x >= experts_.begin && x < experts_.begin + experts_.count;
+    for (int64_t x = 0; x < E; ++x) {
+      bool local = here && x >= mine.first && x < mine.first + mine.n;
       std::string ep = fmt::format("{}moe.experts.{}.", pre, x);
       int64_t w13 = add(ep + "w13", {2 * e.expert_hidden, C}, ParamKind::expert_w13, l, x, false, std, local);
       int64_t w2 = add(ep + "w2", {C, e.expert_hidden}, ParamKind::expert_w2, l, x, false, out_std, local);

@@ -34,8 +34,11 @@ void Transformer::bind(A& a) {
 
 namespace {
 ExpertSlice local_experts(const ModelConfig& cfg, const MoeContext& ctx) {
-  int64_t per_rank = cfg.moe.experts / ctx.dispatch->ep_size();
-  return {ctx.dispatch->ep_rank() * per_rank, per_rank};
+  if (cfg.uniform_experts()) {  // as before per-layer counts (the same slice)
+    int64_t per_rank = cfg.moe.experts / ctx.dispatch->ep_size();
+    return {ctx.dispatch->ep_rank() * per_rank, per_rank};
+  }
+  return ExpertSlice::of_part(ctx.dispatch->ep_rank(), ctx.dispatch->ep_size());
 }
 }  // namespace
 
@@ -162,16 +165,18 @@ MicroBatchStats Transformer::forward_with(int64_t slot, const float* params, con
     float* ffn_out = scratch_.tmp;
     if (cfg_.is_moe_layer(l)) {
       int64_t m = l - cfg_.dense_layers;
+      Dims dl = d;  // this layer's experts (the bias rows stay (moe_layers, E max))
+      dl.E = cfg_.experts_at(l);
       moe_block_forward(ops_, L.moe, ffn_out, L.h2, params, expert_bias ? expert_bias + m * d.E : nullptr,
-                        o, d, moe, ctx_, moe_scratch_);
-      st.router.push_back(ops_.b().router_losses(L.moe.sums, L.moe.Ntot, d.E, d.K));
+                        o, dl, moe, ctx_, moe_scratch_);
+      st.router.push_back(ops_.b().router_losses(L.moe.sums, L.moe.Ntot, dl.E, d.K));
       st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
       st.margin.push_back(L.moe.margin);
       st.moe_index.push_back(m);
       st.dropped += L.moe.dropped;
       st.layer_dropped.push_back(L.moe.dropped);
       st.picks += d.N * d.K;
-      st.flops += moe_block_flops(L.moe, d);
+      st.flops += moe_block_flops(L.moe, dl);
     } else {
       dense_ffn_forward(ops_, L.dense, ffn_out, L.h2, params, o, d);
       st.flops += 2.0 * d.N * d.C * 3.0 * d.Fd;
@@ -218,9 +223,12 @@ void Transformer::backward(int64_t slot, const float* params, float* grads, cons
     BlockActs& L = S.layers[static_cast<size_t>(l)];
     const BlockOffsets& o = layout.block(l);
     // dres = dL/dx_{l+1} = dL/d ffn_out; the residual carries it to x_mid.
-    if (cfg_.is_moe_layer(l))
-      moe_block_backward(ops, s.dh, grads, L.moe, S.dres, L.h2, params, o, d, cfg_.moe, S.loss_scale, ctx_,
+    if (cfg_.is_moe_layer(l)) {
+      Dims dl = d;
+      dl.E = cfg_.experts_at(l);
+      moe_block_backward(ops, s.dh, grads, L.moe, S.dres, L.h2, params, o, dl, cfg_.moe, S.loss_scale, ctx_,
                          moe_scratch_, s);
+    }
     else
       dense_ffn_backward(ops, s.dh, grads, L.dense, S.dres, L.h2, params, o, d, s);
     ops_.b().rmsnorm_backward(S.dres, grads + o.ffn_norm, s.dh, L.x_mid, params + o.ffn_norm, L.rstd2, d.N, d.C, ops_.stream);

@@ -9,7 +9,8 @@
 
 namespace sy {
 
-// bias: (moe layers, experts), row-major; load[l][e]: tokens expert e of MoE
+// bias: (moe layers, experts), row-major (experts: the largest layer's count;
+// a smaller layer uses the first load[l].size() of its row); load[l][e]: tokens expert e of MoE
 // layer l received in the step, summed over the whole job, so every rank
 // makes the same update. rate = 0 leaves the bias alone.
 void update_expert_bias(std::vector<float>& bias, const std::vector<std::vector<int64_t>>& load, int64_t experts,

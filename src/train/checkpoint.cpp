@@ -44,7 +44,8 @@ Checkpointer::Checkpointer(const RunConfig& cfg, const Grid& grid, const ParamLa
   std::unique_ptr<PipelinePlan> plan;
   if (grid.pp_size() > 1) plan = std::make_unique<PipelinePlan>(plan_pipeline(cfg, grid.pp_size()));
   for (const ParamInfo& p : full.params())
-    homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p.layer, p.kind == ParamKind::embed) : -1});
+    homes.push_back({p.numel(), p.expert, plan ? plan->home_rank(p.layer, p.kind == ParamKind::embed) : -1,
+                     p.expert >= 0 ? cfg.model.experts_at(p.layer) : 0});
   writer_ = ckpt::assign_writers(homes, grid.world().size(), grid.dp_size(), grid.ep_size(), cfg.model.moe.experts);
   // Staging for async saves, bounded by checkpoint.staging_mb, paid for now
   // (first touch of fresh pages is slow) rather than inside the first save.

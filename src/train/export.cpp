@@ -194,6 +194,10 @@ ExportResult export_safetensors(ckpt::Reader& r, const std::string& out_dir, Exp
   const ckpt::Manifest& man = r.manifest();
   RunConfig cfg = parse_config(man.config_toml, r.path() + " (its config)");
   const ModelConfig& m = cfg.model;
+  SY_CONFIG_CHECK(m.uniform_experts(), "{}: {} gives the MoE layers different expert counts; the {} format has one "
+                  "count for every layer (config.json's {}), so it cannot represent this model", r.path(),
+                  m.experts_text(), export_format_name(format),
+                  format == ExportFormat::mixtral ? "num_local_experts" : "n_routed_experts");
   if (format == ExportFormat::mixtral) {
     const std::vector<std::string> bad = mixtral_incompatibilities(m, man.expert_bias);
     SY_CONFIG_CHECK(bad.empty(), "{}: the Mixtral format cannot represent this model; a Mixtral loader would read it "

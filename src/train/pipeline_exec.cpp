@@ -46,8 +46,9 @@ void Trainer::setup_pipeline(const MoeContext& ctx, bool fp8_activations) {
                                    static_cast<int>(pl.v));
   const int64_t r = grid_.pp_rank();
   const int64_t per_rank = cfg_.model.moe.experts / grid_.ep_size();
-  layout_ = std::make_shared<const ParamLayout>(cfg_.model, ExpertSlice{grid_.ep_rank() * per_rank, per_rank},
-                                                pl.stage_spec(r));
+  const ExpertSlice mine = cfg_.model.uniform_experts() ? ExpertSlice{grid_.ep_rank() * per_rank, per_rank}
+                                                       : ExpertSlice::of_part(grid_.ep_rank(), grid_.ep_size());
+  layout_ = std::make_shared<const ParamLayout>(cfg_.model, mine, pl.stage_spec(r));
   P.N = cfg_.train.micro_batch * cfg_.model.seq_len;
   P.C = cfg_.model.d_model;
   const int64_t v = pl.v;
@@ -143,7 +144,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
         sums[4] += mb.flops;
         for (size_t i = 0; i < mb.moe_index.size(); ++i) {
           const size_t l = static_cast<size_t>(mb.moe_index[i]);
-          for (int64_t e = 0; e < E; ++e) load[l * static_cast<size_t>(E) + static_cast<size_t>(e)] += static_cast<double>(mb.load[i][static_cast<size_t>(e)]);
+          for (size_t e = 0; e < mb.load[i].size(); ++e) load[l * static_cast<size_t>(E) + e] += static_cast<double>(mb.load[i][e]);
           router[3 * l] += mb.router[i].aux, router[3 * l + 1] += mb.router[i].z, router[3 * l + 2] += mb.router[i].entropy;
           margin[l] = std::min(margin[l], mb.margin[i]);
         }
@@ -211,11 +212,12 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
   pp.allreduce_sum(sums, 5);
   pp.allreduce_sum(load.data(), load.size());
   pp.allreduce_sum(router.data(), router.size());
-  s.load.assign(static_cast<size_t>(moe_layers), std::vector<int64_t>(static_cast<size_t>(E)));
+  s.load.assign(static_cast<size_t>(moe_layers), {});
   s.router.assign(static_cast<size_t>(moe_layers), {});
   s.router_margin = margin;  // this stage's layers (+inf for the others): the step's all-reduce takes the minimum
   for (int64_t l = 0; l < moe_layers; ++l) {
-    for (int64_t e = 0; e < E; ++e) s.load[static_cast<size_t>(l)][static_cast<size_t>(e)] = static_cast<int64_t>(std::llround(load[static_cast<size_t>(l * E + e)]));
+    s.load[static_cast<size_t>(l)].resize(static_cast<size_t>(cfg_.model.experts_at(cfg_.model.dense_layers + l)));
+    for (int64_t e = 0; e < cfg_.model.experts_at(cfg_.model.dense_layers + l); ++e) s.load[static_cast<size_t>(l)][static_cast<size_t>(e)] = static_cast<int64_t>(std::llround(load[static_cast<size_t>(l * E + e)]));
     s.router[static_cast<size_t>(l)].aux = router[static_cast<size_t>(3 * l)];
     s.router[static_cast<size_t>(l)].z = router[static_cast<size_t>(3 * l + 1)];
     s.router[static_cast<size_t>(l)].entropy = router[static_cast<size_t>(3 * l + 2)];

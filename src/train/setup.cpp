@@ -27,6 +27,12 @@ namespace {
 
 GridShape shape_of(const ParallelSection& p) { return {p.pp, p.dp, p.ep}; }
 
+std::vector<int64_t> local_counts(const ModelConfig& m, int64_t ep) {
+  std::vector<int64_t> out;
+  for (int64_t l = m.dense_layers; l < m.n_layers; ++l) out.push_back(m.experts_at(l) / ep);
+  return out;
+}
+
 }  // namespace
 
 Tokenizer Trainer::load_tokenizer() const {
@@ -43,7 +49,8 @@ Tokenizer Trainer::load_tokenizer() const {
 
 Trainer::Trainer(RunConfig cfg, const Comm& world)
     : cfg_(std::move(cfg)),
-      grid_(world, shape_of(cfg_.parallel), cfg_.model.moe_layers() > 0 ? cfg_.model.moe.experts : 0, cfg_.source) {
+      grid_(world, shape_of(cfg_.parallel), cfg_.model.experts_gcd(), cfg_.source,
+            cfg_.model.uniform_experts() ? "" : cfg_.model.experts_text()) {
   rank0_ = world.rank() == 0;
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
@@ -178,7 +185,10 @@ std::string Trainer::describe() const {
   std::string moe = m.moe_layers() == 0
                         ? "no MoE layers"
                         : fmt::format("{} MoE layer{}: E={} K={} F={} shared={} {} {}{}", m.moe_layers(),
-                                      m.moe_layers() == 1 ? "" : "s", m.moe.experts, m.moe.top_k,
+                                      m.moe_layers() == 1 ? "" : "s",
+                                      m.uniform_experts() ? fmt::format("{}", m.moe.experts)
+                                                          : fmt::format("[{}]", fmt::join(m.moe.layer_experts, ",")),
+                                      m.moe.top_k,
                                       m.moe.expert_hidden, m.moe.shared_experts,
                                       score_name(m.moe.score),
                                       m.moe.capacity_factor > 0 ? fmt::format("capacity {}", m.moe.capacity_factor)
@@ -208,7 +218,10 @@ std::string Trainer::describe() const {
       "cpu    : {} thread{} per rank ({}) | OpenBLAS {} kernels ({}), activations {:.1f} MiB per rank{}",
       m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.head_size(), m.seq_len, m.vocab_size, moe,
       human_count(static_cast<double>(full.total())), human_count(static_cast<double>(active)),
-      grid_.describe(m.moe.experts), p.zero1 ? "ZeRO-1" : "replicated optimizer",
+      m.uniform_experts() ? grid_.describe(m.moe.experts)
+                          : fmt::format("{} (experts per rank by MoE layer: {})", grid_.describe(0),
+                                        fmt::join(local_counts(m, grid_.ep_size()), "/")),
+      p.zero1 ? "ZeRO-1" : "replicated optimizer",
       grid_.ep_size() == 1 ? std::string(", no dispatch")
       : shm_               ? std::string(", shared-memory dispatch")
       : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)

@@ -2,6 +2,8 @@
 #include <string>
 #include <vector>
 
+#include "config/layout.h"
+#include "core/check.h"
 #include "config/run.h"
 #include "testing.h"
 
@@ -56,6 +58,81 @@ TEST(Config, OptionsAreEnumsWithOneNameTable) {
   RunConfig c = parse_config(default_config_text(), "t", {"checkpoint.resume=none"});
   EXPECT_EQ(c.checkpoint.resume, ResumeMode::none);
   EXPECT_EQ(c.checkpoint.resume_dir, "");
+}
+
+
+// moe.experts per MoE layer: a list, or the allocation formula
+// N_m = min + (max - min) (m / (M - 1))^gamma rounded to a multiple of experts_round.
+TEST(Config, AllocationFormulaRoundsAsDocumented) {
+  // M = 4, min 4, max 16, gamma 1: 4, 8, 12, 16 exactly.
+  EXPECT_EQ(allocate_experts(4, 16, 1.0, 1, 4), (std::vector<int64_t>{4, 8, 12, 16}));
+  // gamma 2: 4 + 12 * (0, 1/9, 4/9, 1) = 4, 5.33, 9.33, 16 -> nearest: 4, 5, 9, 16.
+  EXPECT_EQ(allocate_experts(4, 16, 2.0, 1, 4), (std::vector<int64_t>{4, 5, 9, 16}));
+  // ... to multiples of 4: 4, 5.33 -> 4, 9.33 -> 8, 16.
+  EXPECT_EQ(allocate_experts(4, 16, 2.0, 4, 4), (std::vector<int64_t>{4, 4, 8, 16}));
+  // A half rounds up: 2 + 3 * 0.5 = 3.5 -> 4.
+  EXPECT_EQ(allocate_experts(2, 5, 1.0, 1, 3), (std::vector<int64_t>{2, 4, 5}));
+  // One MoE layer gets experts_max.
+  EXPECT_EQ(allocate_experts(4, 16, 1.0, 1, 1), (std::vector<int64_t>{16}));
+}
+
+TEST(Config, PerLayerExpertsResolveAndRoundTrip) {
+  const std::vector<std::string> four = {"model.n_layers=4", "model.dense_layers=1"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), four.begin(), four.end());
+    return parse_config(default_config_text(), "t", more);
+  };
+  RunConfig a = with({"moe.experts=[4, 8, 8]"});
+  EXPECT_EQ(a.model.moe.experts, 8);
+  EXPECT_EQ(a.model.experts_at(0), 0);
+  EXPECT_EQ(a.model.experts_at(1), 4);
+  EXPECT_EQ(a.model.experts_at(3), 8);
+  EXPECT_EQ(a.model.experts_gcd(), 4);
+  EXPECT_EQ(a.model.total_experts(), 20);
+  RunConfig b = parse_config(to_toml(a), "t2");
+  EXPECT_EQ(b.model.moe.layer_experts, (std::vector<int64_t>{4, 8, 8}));
+  EXPECT_EQ(to_toml(b), to_toml(a));
+  // Equal counts are the integer: the config (and checkpoints) of a uniform model.
+  RunConfig u = with({"moe.experts=[8, 8, 8]"});
+  EXPECT_TRUE(u.model.uniform_experts());
+  EXPECT_EQ(to_toml(u), to_toml(with({"moe.experts=8"})));
+  // The formula resolves into the list and is cleared (the list says it).
+  RunConfig f = with({"moe.experts_min=4", "moe.experts_max=16", "moe.experts_gamma=2", "moe.experts_round=4"});
+  EXPECT_EQ(f.model.moe.layer_experts, (std::vector<int64_t>{4, 8, 16}));
+  EXPECT_EQ(f.model.moe.experts_max, 0);
+  EXPECT_EQ(to_toml(parse_config(to_toml(f), "t3")), to_toml(f));
+  // FLOPs: the router of each layer its own width.
+  EXPECT_LT(layer_flops(a.model, 1), layer_flops(a.model, 2));
+  EXPECT_EQ(layer_flops(a.model, 2), layer_flops(u.model, 2));
+}
+
+TEST(Config, PerLayerExpertErrorsNameTheKey) {
+  auto fails = [](std::vector<std::string> sets, const std::string& want) {
+    sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});
+    try {
+      parse_config(default_config_text(), "t", sets);
+      ADD_FAILURE() << "no error for " << want;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  fails({"moe.experts=[4, 8]"}, "moe.experts = [4, 8] has 2 entries, the model has 3 MoE layers");
+  fails({"moe.experts=[4, 8, 0]"}, "moe.experts[2] = 0");
+  fails({"moe.experts=[1, 8, 8]", "moe.top_k=2"}, "moe.top_k");
+  fails({"moe.experts=[4, 8, 8]", "moe.experts_max=8", "moe.experts_min=4"}, "set one of them");
+  fails({"moe.experts_min=4"}, "moe.experts_min = 4 without moe.experts_max");
+  fails({"moe.experts_min=9", "moe.experts_max=8"}, "moe.experts_min = 9");
+  fails({"moe.experts=[\"a\"]"}, "moe.experts must be an integer or an array of integers");
+  // ep must divide every layer's count (the layout check names the list).
+  RunConfig a = parse_config(default_config_text(), "t", {"model.n_layers=4", "model.dense_layers=1", "moe.experts=[4, 6, 8]"});
+  try {
+    resolve_layout(4, {1, 4, 4}, a.model.experts_gcd(), "t", a.model.experts_text());
+    ADD_FAILURE() << "ep = 4 does not divide 6";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("moe.experts = [4, 6, 8] cannot be split evenly over parallel.ep = 4"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_EQ(resolve_layout(4, {1, 4, 0}, a.model.experts_gcd(), "t").ep, 2);  // auto: gcd(dp, 4, 6, 8)
 }
 
 }  // namespace
