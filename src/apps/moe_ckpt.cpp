@@ -333,14 +333,35 @@ int cmd_export(const std::string& path, const std::string& out, const std::strin
 }
 
 // Like consolidate, import and upcycle create the directories above their output file.
-void make_parent(const std::string& out) {
-  const std::filesystem::path parent = std::filesystem::absolute(out).parent_path();
-  if (!std::filesystem::exists(parent)) std::filesystem::create_directories(parent);
-}
+// The directories made for `out`: removed (when still empty) unless keep() is called,
+// so a refused import or upcycle leaves nothing behind, its new parents included.
+class NewParents {
+ public:
+  explicit NewParents(const std::string& out) {
+    namespace fs = std::filesystem;
+    const fs::path parent = fs::absolute(out).parent_path();
+    for (fs::path p = parent; !p.empty() && !fs::exists(fs::symlink_status(p)); p = p.parent_path()) {
+      made_.push_back(p);  // deepest first
+      if (p == p.parent_path()) break;
+    }
+    if (!made_.empty()) fs::create_directories(parent);
+  }
+  NewParents(const NewParents&) = delete;
+  NewParents& operator=(const NewParents&) = delete;
+  ~NewParents() {
+    std::error_code ec;
+    for (const std::filesystem::path& p : made_) std::filesystem::remove(p, ec);  // only empty directories go
+  }
+  void keep() { made_.clear(); }
+
+ private:
+  std::vector<std::filesystem::path> made_;
+};
 
 int cmd_import(const std::string& dir, const std::string& out, bool as_json) {
-  make_parent(out);
+  NewParents parents(out);
   const ImportResult res = import_safetensors(dir, out);
+  parents.keep();
   if (as_json) {
     print_json({{"source", dir}, {"out", res.out}, {"format", res.format}, {"tensors", res.tensors},
                 {"files", res.files}, {"switchyard_config", res.metadata}, {"step", 0}});
@@ -355,8 +376,9 @@ int cmd_import(const std::string& dir, const std::string& out, bool as_json) {
 
 int cmd_upcycle(const std::string& path, const std::string& out, const UpcycleOptions& o, bool as_json) {
   const auto reader = open_checkpoint(path);
-  make_parent(out);
+  NewParents parents(out);
   const UpcycleResult res = upcycle(*reader, out, o);
+  parents.keep();
   if (as_json) {
     print_json({{"source", path}, {"out", res.out}, {"first_moe_layer", res.first_moe_layer},
                 {"moe_layers", res.moe_layers}, {"experts", res.experts}, {"top_k", res.top_k},
