@@ -415,6 +415,17 @@ int cmd_verify_path(const std::string& path, bool as_json) {
 
 }  // namespace
 
+// A whole number 0..2^63-1: CLI11's own conversion turns a larger one into 2^63-1 (strtoll saturates).
+const CLI::Validator kSeed(
+    [](std::string& s) -> std::string {
+      int64_t v = 0;
+      const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+      return !s.empty() && ec == std::errc() && p == s.data() + s.size() && v >= 0
+                 ? ""
+                 : "'" + s + "' is not a whole number from 0 to 9223372036854775807";
+    },
+    "");
+
 int main(int argc, char** argv) {
   CLI::App app{"moe-ckpt: inspect, check, compare and convert Switchyard checkpoints"};
   sy::cli::setup(app, "moe-ckpt");
@@ -458,7 +469,7 @@ int main(int argc, char** argv) {
       ->check(sy::cli::finite_range(0.0, 1e6));
   upc->add_option("--seed", up.seed, "seed of the router init and the noise (default: the checkpoint's train.seed)")
       ->default_str("")
-      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
+      ->check(kSeed);
   upc->add_option("--layers", up.layers, "layers to upcycle, A-B or A,B,...: from one layer to the last (default "
                                          "all)");
   for (auto* c : {ls, info, loads, show, verify, diff, consolidate, reshard, exp})
@@ -502,6 +513,9 @@ int main(int argc, char** argv) {
     }
     if (*exp) return cmd_export(path, out, format, as_json);
     if (*upc) {
+      // "" is the default (every layer), but an explicit --layers '' (an unset shell variable?) names none
+      SY_CONFIG_CHECK(upc->get_option("--layers")->count() == 0 || !up.layers.empty(),
+                      "--layers '': an empty list names no layer (omit --layers to upcycle every layer)");
       sy::cli::check_new_output(out, "the output file");
       return cmd_upcycle(path, out, up, as_json);
     }
