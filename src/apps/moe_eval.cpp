@@ -91,6 +91,8 @@ int main(int argc, char** argv) {
     // The data: the run's validation set, or the given files whole.
     const bool own = data.empty();
     const std::string fmt_name = own || format.empty() ? option_name(rc.data.format) : format;
+    // --data checked under its own name first (DataFiles names its train patterns "data.train")
+    if (!own) sy::expand_patterns(data, "--data");
     std::unique_ptr<sy::DataFiles> files;
     try {
       files = own ? std::make_unique<sy::DataFiles>(fmt_name, rc.data.train, rc.data.val, rc.data.val_fraction,
