@@ -591,6 +591,14 @@ def case_eval_import_upcycle(bin_dir, tmp, tally):
                                                                      lambda p: p.symlink_to("/dev/zero"))),
          ["model.safetensors"]),
     ]
+    hdr = (hf / "model.safetensors").read_bytes()[8:8 + header_len]
+    damaged += [
+        ("a tensor of dtype Q4_K", hf_copy("dtype", header(hdr.replace(b'"F32"', b'"Q4_K"', 1))),
+         ["model.safetensors"]),
+        ("a tensor whose shape disagrees with its bytes", hf_copy("shape", header(
+            hdr.replace(b'"shape":[', b'"shape":[3,', 1).replace(b'"shape": [', b'"shape": [3, ', 1))),
+         ["model.safetensors"]),
+    ]
     idx = "model.safetensors.index.json"
 
     def index(text, keep=False):
@@ -732,6 +740,12 @@ def case_eval_import_upcycle(bin_dir, tmp, tally):
         unchanged = [path] if label in ("an existing file", "an existing directory") else []
         add("moe-ckpt import", f"moe-ckpt import into {label}", imp + [hf, path], (1, 2), [cul, "out"],
             unchanged=unchanged)
+    for c, cmd in (("import", imp + [hf]), ("upcycle", ckpt + ["upcycle", dense])):
+        out = tmp / f"{c}_interrupted.h5"
+        Path(f"{out}.tmp").write_text("what an interrupted write left\n")
+        add(f"moe-ckpt {c}", f"moe-ckpt {c} when OUT.tmp exists (an interrupted write)",
+            cmd + [out] + (["--experts", "4", "--top-k", "2"] if c == "upcycle" else []), (2,), [f"{out.name}.tmp"],
+            unchanged=[f"{out}.tmp"])
     add("moe-ckpt import", "moe-ckpt import into the Hugging Face directory's own config.json",
         imp + [hf, hf / "config.json"], (2,), ["config.json"])
 
