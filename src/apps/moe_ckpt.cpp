@@ -344,17 +344,23 @@ class NewParents {
       made_.push_back(p);  // deepest first
       if (p == p.parent_path()) break;
     }
-    if (!made_.empty()) fs::create_directories(parent);
+    try {
+      if (!made_.empty()) fs::create_directories(parent);
+    } catch (...) {
+      remove_made();  // the destructor does not run when the constructor throws
+      throw;
+    }
   }
   NewParents(const NewParents&) = delete;
   NewParents& operator=(const NewParents&) = delete;
-  ~NewParents() {
-    std::error_code ec;
-    for (const std::filesystem::path& p : made_) std::filesystem::remove(p, ec);  // only empty directories go
-  }
+  ~NewParents() { remove_made(); }
   void keep() { made_.clear(); }
 
  private:
+  void remove_made() {
+    std::error_code ec;
+    for (const std::filesystem::path& p : made_) std::filesystem::remove(p, ec);  // only empty directories go
+  }
   std::vector<std::filesystem::path> made_;
 };
 
