@@ -356,14 +356,41 @@ int cmd_export(const std::string& path, const std::string& out, const std::strin
 }
 
 // Like consolidate, import and upcycle create the directories above their output file.
-void make_parent(const std::string& out) {
-  const std::filesystem::path parent = std::filesystem::absolute(out).parent_path();
-  if (!std::filesystem::exists(parent)) std::filesystem::create_directories(parent);
-}
+// The directories made for `out`: removed (when still empty) unless keep() is called,
+// so a refused import or upcycle leaves nothing behind, its new parents included.
+class NewParents {
+ public:
+  explicit NewParents(const std::string& out) {
+    namespace fs = std::filesystem;
+    const fs::path parent = fs::absolute(out).parent_path();
+    for (fs::path p = parent; !p.empty() && !fs::exists(fs::symlink_status(p)); p = p.parent_path()) {
+      made_.push_back(p);  // deepest first
+      if (p == p.parent_path()) break;
+    }
+    try {
+      if (!made_.empty()) fs::create_directories(parent);
+    } catch (...) {
+      remove_made();  // the destructor does not run when the constructor throws
+      throw;
+    }
+  }
+  NewParents(const NewParents&) = delete;
+  NewParents& operator=(const NewParents&) = delete;
+  ~NewParents() { remove_made(); }
+  void keep() { made_.clear(); }
+
+ private:
+  void remove_made() {
+    std::error_code ec;
+    for (const std::filesystem::path& p : made_) std::filesystem::remove(p, ec);  // only empty directories go
+  }
+  std::vector<std::filesystem::path> made_;
+};
 
 int cmd_import(const std::string& dir, const std::string& out, bool as_json) {
-  make_parent(out);
+  NewParents parents(out);
   const ImportResult res = import_safetensors(dir, out);
+  parents.keep();
   if (as_json) {
     print_json({{"source", dir}, {"out", res.out}, {"format", res.format}, {"tensors", res.tensors},
                 {"files", res.files}, {"switchyard_config", res.metadata}, {"step", 0}});
@@ -378,8 +405,9 @@ int cmd_import(const std::string& dir, const std::string& out, bool as_json) {
 
 int cmd_upcycle(const std::string& path, const std::string& out, const UpcycleOptions& o, bool as_json) {
   const auto reader = open_checkpoint(path);
-  make_parent(out);
+  NewParents parents(out);
   const UpcycleResult res = upcycle(*reader, out, o);
+  parents.keep();
   if (as_json) {
     print_json({{"source", path}, {"out", res.out}, {"first_moe_layer", res.first_moe_layer},
                 {"moe_layers", res.moe_layers}, {"experts", res.experts}, {"top_k", res.top_k},
@@ -443,6 +471,17 @@ int cmd_verify_path(const std::string& path, bool as_json) {
 
 }  // namespace
 
+// A whole number 0..2^63-1: CLI11's own conversion turns a larger one into 2^63-1 (strtoll saturates).
+const CLI::Validator kSeed(
+    [](std::string& s) -> std::string {
+      int64_t v = 0;
+      const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+      return !s.empty() && ec == std::errc() && p == s.data() + s.size() && v >= 0
+                 ? ""
+                 : "'" + s + "' is not a whole number from 0 to 9223372036854775807";
+    },
+    "");
+
 int main(int argc, char** argv) {
   CLI::App app{"moe-ckpt: inspect, check, compare and convert Switchyard checkpoints"};
   sy::cli::setup(app, "moe-ckpt");
@@ -486,7 +525,7 @@ int main(int argc, char** argv) {
       ->check(sy::cli::finite_range(0.0, 1e6));
   upc->add_option("--seed", up.seed, "seed of the router init and the noise (default: the checkpoint's train.seed)")
       ->default_str("")
-      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
+      ->check(kSeed);
   upc->add_option("--layers", up.layers, "layers to upcycle, A-B or A,B,...: from one layer to the last (default "
                                          "all)");
   
@@ -549,6 +588,9 @@ int main(int argc, char** argv) {
     }
     if (*exp) return cmd_export(path, out, format, as_json);
     if (*upc) {
+      // "" is the default (every layer), but an explicit --layers '' (an unset shell variable?) names none
+      SY_CONFIG_CHECK(upc->get_option("--layers")->count() == 0 || !up.layers.empty(),
+                      "--layers '': an empty list names no layer (omit --layers to upcycle every layer)");
       sy::cli::check_new_output(out, "the output file");
       return cmd_upcycle(path, out, up, as_json);
     }

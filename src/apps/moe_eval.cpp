@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <iostream>
+#include <memory>
+#include <new>
 #include <unistd.h>
 
 #include "apps/cli.h"
@@ -89,6 +91,8 @@ int main(int argc, char** argv) {
     // The data: the run's validation set, or the given files whole.
     const bool own = data.empty();
     const std::string fmt_name = own || format.empty() ? option_name(rc.data.format) : format;
+    // --data checked under its own name first (DataFiles names its train patterns "data.train")
+    if (!own) sy::expand_patterns(data, "--data");
     std::unique_ptr<sy::DataFiles> files;
     try {
       files = own ? std::make_unique<sy::DataFiles>(fmt_name, rc.data.train, rc.data.val, rc.data.val_fraction,
@@ -110,6 +114,7 @@ int main(int argc, char** argv) {
                               : std::max<int64_t>(1, rc.train.global_batch / std::max<int64_t>(1, m.dp * rc.train.grad_accum));
     const int64_t val_batch = m.dp * micro;
     const int64_t val_windows = rc.train.val_batches * val_batch;
+    const bool batch_given = batch > 0;
     if (batch == 0) batch = val_batch;
     if (batches == 0) {
       SY_CONFIG_CHECK(val_windows % batch == 0, "--batch {} does not divide the {} validation windows (train.val_batches "
@@ -119,14 +124,34 @@ int main(int argc, char** argv) {
     }
     const int64_t windows = batches * batch;
 
-    std::vector<float> params = std::move(m.params), bias = std::move(m.bias);
-    sy::Evaluator ev(mc, std::move(params), std::move(bias), batch, capacity, ops);
-    sy::Batcher batcher(set, set, T, batch, 1, batches, static_cast<uint64_t>(rc.train.seed), mc.vocab_size);
-    std::vector<int32_t> in(static_cast<size_t>(batch * T)), tg(in.size());
-    for (int64_t b = 0; b < batches; ++b) {
-      batcher.val_batch(b, 0, in.data(), tg.data());
-      ev.add(in.data(), tg.data());
+    // One batch's activations must fit: its logits alone are batch x seq_len x vocab floats (a lower bound). A
+    // batch past the machine's memory, or one whose buffers cannot be had, is a --batch too large (exit 2), not a
+    // crash or an anonymous "out of memory".
+    const auto too_big = [&](const std::string& why) {
+      return fmt::format("{}batches of {} sequences x {} tokens do not fit in memory ({}); use a smaller --batch "
+                         "(and more --batches)", batch_given ? fmt::format("--batch {}: ", batch) : "", batch,
+                         T, why);
+    };
+    const double logit_bytes = 4.0 * static_cast<double>(batch) * static_cast<double>(T) *
+                               static_cast<double>(mc.vocab_size);
+    const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+    SY_CONFIG_CHECK(ram <= 0 || logit_bytes < ram, "{}",
+                    too_big(fmt::format("their logits alone take {:.1f} GiB, the machine has {:.1f} GiB",
+                                        logit_bytes / (1 << 30), ram / (1 << 30))));
+    std::unique_ptr<sy::Evaluator> evp;
+    try {
+      std::vector<float> params = std::move(m.params), bias = std::move(m.bias);
+      evp = std::make_unique<sy::Evaluator>(mc, std::move(params), std::move(bias), batch, capacity, ops);
+      sy::Batcher batcher(set, set, T, batch, 1, batches, static_cast<uint64_t>(rc.train.seed), mc.vocab_size);
+      std::vector<int32_t> in(static_cast<size_t>(batch * T)), tg(in.size());
+      for (int64_t b = 0; b < batches; ++b) {
+        batcher.val_batch(b, 0, in.data(), tg.data());
+        evp->add(in.data(), tg.data());
+      }
+    } catch (const std::bad_alloc&) {
+      SY_CONFIG_FAIL("{}", too_big("an allocation failed"));
     }
+    const sy::Evaluator& ev = *evp;
     const sy::EvalStats& s = ev.stats();
     const double tok_s = s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0.0;
     std::vector<std::string> names;
