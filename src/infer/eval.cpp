@@ -40,8 +40,11 @@ Evaluator::Evaluator(ModelConfig cfg, std::vector<float> params, std::vector<flo
   if (bias_.empty()) bias_.assign(static_cast<size_t>(L * E), 0.f);
   SY_CHECK(static_cast<int64_t>(bias_.size()) == L * E, "evaluation: expert bias has {} values, the model needs {} "
            "(moe layers x experts)", bias_.size(), L * E);
-  for (int64_t m = 0; m < L; ++m) stats_.moe_layer.push_back(cfg_.dense_layers + m);
-  stats_.load.assign(static_cast<size_t>(L), std::vector<int64_t>(static_cast<size_t>(E), 0));
+  for (int64_t m = 0; m < L; ++m) {
+    stats_.moe_layer.push_back(cfg_.dense_layers + m);
+    // Each layer's own count (moe.experts may be per layer); the bias rows are padded to the largest.
+    stats_.load.emplace_back(static_cast<size_t>(cfg_.experts_at(cfg_.dense_layers + m)), 0);
+  }
   stats_.dropped.assign(static_cast<size_t>(L), 0);
   stats_.picks.assign(static_cast<size_t>(L), 0);
 }
@@ -56,6 +59,8 @@ void Evaluator::add(const int32_t* inputs, const int32_t* targets) {
   const int64_t picks_per_layer = model_->dims().N * cfg_.moe.top_k;
   for (size_t i = 0; i < mb.load.size(); ++i) {
     const size_t m = static_cast<size_t>(mb.moe_index[i]);
+    SY_CHECK(mb.load[i].size() == stats_.load[m].size(), "evaluation: layer {} reported {} expert loads, it has {} "
+             "experts", stats_.moe_layer[m], mb.load[i].size(), stats_.load[m].size());
     for (size_t e = 0; e < mb.load[i].size(); ++e) stats_.load[m][e] += mb.load[i][e];
     stats_.dropped[m] += mb.layer_dropped[i];
     stats_.picks[m] += picks_per_layer;
