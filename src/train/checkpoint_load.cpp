@@ -127,6 +127,13 @@ TrainState Checkpointer::load_weights(const std::string& path, float* params, st
       SY_CHECK(names.count(t.name), "{}: checkpoint '{}' holds tensor '{}' {} that this model does not have (the checkpoint is of "
                "another model)", key, dir, t.name, Shape(t.shape).str());
     }
+    // The token ids mean what the source's tokenizer says: another tokenizer
+    // (or none, bytes) would train the weights on a different vocabulary.
+    SY_CHECK(m.tokenizer_model.empty() || m.tokenizer_model == tokenizer_, "{}: checkpoint '{}' was trained with a "
+             "tokenizer ({} bytes) {}; set data.tokenizer to the model its run used", key, dir,
+             m.tokenizer_model.size(), tokenizer_.empty() ? std::string("and data.tokenizer is not set")
+                                                          : fmt::format("that differs from data.tokenizer '{}'",
+                                                                        cfg_.data.tokenizer));
     st = m;
     // Settings that keep every shape but change what the weights compute
     // (top_k, score function, rope_theta, ...): said, not refused, since a

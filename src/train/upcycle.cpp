@@ -87,6 +87,7 @@ UpcycleResult upcycle(ckpt::Reader& r, const std::string& out, const UpcycleOpti
   man.seed = cfg.train.seed;
   man.software_version = version();
   man.saved_at = now_iso();
+  man.tokenizer_model = r.manifest().tokenizer_model;  // the ids keep their meaning
   const ParamLayout layout(cfg.model);
   for (const ParamInfo& p : layout.params()) man.tensors.push_back({p.name, p.shape.dims, ".", p.index});
   if (cfg.model.moe_layers() > 0) {

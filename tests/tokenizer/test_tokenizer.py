@@ -241,6 +241,40 @@ def test_bad_training_inputs():
     assert "tokenizer" in p.stderr and str(checkpoint_dir()) in p.stderr, p.stderr
 
 
+def test_lifecycle_tools_keep_the_tokenizer():
+    # The ids mean what the tokenizer says, so every tool that writes a model from a tokenized one carries it,
+    # and a weights-only start under another tokenizer is refused.
+    model = MODEL.read_bytes()
+    def tokenizer_of(path):
+        with h5py.File(path, "r") as f:
+            return bytes(f["tokenizer_model"][()]) if "tokenizer_model" in f else b""
+    grown = WORK / "grown.h5"
+    grown.unlink(missing_ok=True)
+    run([BIN / "moe-ckpt", "grow", checkpoint_dir(), grown, "--layer", "all", "--add", "4"])
+    assert tokenizer_of(grown) == model
+    dense_run, upcycled = WORK / "dense_run", WORK / "upcycled.h5"
+    shutil.rmtree(dense_run, ignore_errors=True)
+    upcycled.unlink(missing_ok=True)
+    run(train_args(f"run.dir={dense_run}", "model.dense_layers=2", "train.steps=2", "checkpoint.interval=2"))
+    run([BIN / "moe-ckpt", "upcycle", dense_run, upcycled, "--experts", "4", "--top-k", "2"])
+    assert tokenizer_of(upcycled) == model
+    # init_from: the same tokenizer trains; another is refused before anything is written.
+    ft = WORK / "ft_run"
+    shutil.rmtree(ft, ignore_errors=True)
+    run(train_args(f"run.dir={ft}", f"checkpoint.init_from={checkpoint_dir()}", "train.steps=1",
+                   "checkpoint.interval=1"))
+    ck = ft / "checkpoints"
+    assert tokenizer_of(ck / (ck / "latest").read_text().strip() / "manifest.h5") == model
+    other = WORK / "other_ft"
+    Path(f"{other}.model").unlink(missing_ok=True)
+    run([BIN / "moe-data", "train-tokenizer", "--input", SMALL, "--vocab", "400", "--out", other])
+    shutil.rmtree(WORK / "ft_bad", ignore_errors=True)
+    p = run(train_args(f"run.dir={WORK / 'ft_bad'}", f"data.tokenizer={other}.model",
+                       f"checkpoint.init_from={checkpoint_dir()}", "train.steps=1"), expect=2)
+    assert "checkpoint.init_from" in p.stderr and "tokenizer" in p.stderr and f"{other}.model" in p.stderr, p.stderr
+    assert not list((WORK / "ft_bad").glob("checkpoints/step_*")), "a refused init_from wrote a checkpoint"
+
+
 if __name__ == "__main__":
     os.chdir(Path(__file__).resolve().parent.parent.parent)  # configs/tiny.toml
     globals()[CASE]()
