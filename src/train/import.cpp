@@ -18,6 +18,7 @@
 #include "model/layout.h"
 #include "train/export.h"
 #include "train/metrics.h"
+#include "train/weights_file.h"
 
 namespace sy {
 
@@ -283,15 +284,7 @@ ImportResult import_safetensors(const std::string& dir_arg, const std::string& o
   cfg = parse_config(to_toml(cfg), cfg_path + " (as imported)");
   const ModelConfig& m = cfg.model;
 
-  ckpt::Manifest man;
-  man.config_toml = to_toml(cfg);
-  man.run_id = ckpt::new_run_id();
-  man.seed = cfg.train.seed;
-  man.software_version = version();
-  man.saved_at = now_iso();
-  const ParamLayout layout(m);
-  for (const ParamInfo& p : layout.params())
-    man.tensors.push_back({p.name, p.shape.dims, ".", p.index});
+  ckpt::Manifest man = new_weights_manifest(cfg);
   const int64_t E = m.moe.experts;
   if (m.moe_layers() > 0) {
     man.bias_shape = {m.moe_layers(), E};

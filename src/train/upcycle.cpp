@@ -13,6 +13,7 @@
 #include "core/version.h"
 #include "model/layout.h"
 #include "train/metrics.h"
+#include "train/weights_file.h"
 
 namespace sy {
 
@@ -81,15 +82,9 @@ UpcycleResult upcycle(ckpt::Reader& r, const std::string& out, const UpcycleOpti
   cfg = parse_config(to_toml(cfg), out + " (the upcycled config)");
   const uint64_t seed = static_cast<uint64_t>(o.seed >= 0 ? o.seed : src.train.seed);
 
-  ckpt::Manifest man;
-  man.config_toml = to_toml(cfg);
-  man.run_id = ckpt::new_run_id();
-  man.seed = cfg.train.seed;
-  man.software_version = version();
-  man.saved_at = now_iso();
+  ckpt::Manifest man = new_weights_manifest(cfg);
   man.tokenizer_model = r.manifest().tokenizer_model;  // the ids keep their meaning
   const ParamLayout layout(cfg.model);
-  for (const ParamInfo& p : layout.params()) man.tensors.push_back({p.name, p.shape.dims, ".", p.index});
   if (cfg.model.moe_layers() > 0) {
     man.bias_shape = {cfg.model.moe_layers(), E};
     man.expert_bias.assign(static_cast<size_t>(cfg.model.moe_layers() * E), 0.f);
