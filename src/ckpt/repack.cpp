@@ -33,17 +33,8 @@ std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int6
   return writer;
 }
 
-void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files) {
-  SY_CHECK(files.size() == m.tensors.size(), "repack: {} file names for {} tensors", files.size(), m.tensors.size());
-  const bool single = std::all_of(files.begin(), files.end(), [](const std::string& f) { return f == "."; });
-  SY_CONFIG_CHECK(!fs::exists(fs::symlink_status(out)), "'{}' already exists; choose a new output path", out);
-  const std::string tmp = out + ".tmp";
-  try {
-    fs::remove_all(tmp);
-    if (!single) fs::create_directories(tmp);
-  } catch (const fs::filesystem_error& e) {
-    SY_FAIL("cannot create '{}': {}", tmp, e.code().message());
-  }
+static void repack_into(Reader& src, const std::string& tmp, const std::string& out, Manifest m,
+                        const std::vector<std::string>& files, bool single) {
   std::map<std::string, h5::File> open;
   auto file = [&](const std::string& name) -> h5::File& {
     auto it = open.find(name);
@@ -84,6 +75,29 @@ void repack(Reader& src, const std::string& out, Manifest m, const std::vector<s
   fs::rename(tmp, out, ec);
   SY_CHECK(!ec, "cannot rename '{}' to '{}': {}", tmp, out, ec.message());
 }
+
+void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files) {
+  SY_CHECK(files.size() == m.tensors.size(), "repack: {} file names for {} tensors", files.size(), m.tensors.size());
+  const bool single = std::all_of(files.begin(), files.end(), [](const std::string& f) { return f == "."; });
+  SY_CONFIG_CHECK(!fs::exists(fs::symlink_status(out)), "'{}' already exists; choose a new output path", out);
+  // A leftover OUT.tmp is not ours to delete (it may be another write's, or
+  // the user's): refused, as every checkpoint writer does.
+  const std::string tmp = out + ".tmp";
+  SY_CONFIG_CHECK(!fs::exists(fs::symlink_status(tmp)), "'{}' exists (an interrupted write?); remove it first", tmp);
+  try {
+    if (!single) fs::create_directories(tmp);
+  } catch (const fs::filesystem_error& e) {
+    SY_FAIL("cannot create '{}': {}", tmp, e.code().message());
+  }
+  try {
+    repack_into(src, tmp, out, std::move(m), files, single);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);  // what this call created, and only that
+    throw;
+  }
+}
+
 
 void write_weights_only(const std::string& out, Manifest m,
                         const std::function<void(size_t, std::vector<float>&)>& params) {

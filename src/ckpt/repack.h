@@ -28,7 +28,8 @@ std::vector<int64_t> assign_writers(const std::vector<TensorHome>& tensors, int6
 // Writes src's tensors (weights and moments) and manifest `m` (its layout
 // fields as the caller set them) to `out`. files[i] names the shard of
 // m.tensors[i]; all "." makes `out` a single consolidated file. Written
-// under out + ".tmp" and renamed when complete.
+// under out + ".tmp" (refused if that exists: it is not ours to delete) and
+// renamed when complete; on failure what it wrote is removed.
 void repack(Reader& src, const std::string& out, Manifest m, const std::vector<std::string>& files);
 
 // Writes a new consolidated checkpoint file `out` (refused if it exists)

@@ -740,12 +740,15 @@ def case_eval_import_upcycle(bin_dir, tmp, tally):
         unchanged = [path] if label in ("an existing file", "an existing directory") else []
         add("moe-ckpt import", f"moe-ckpt import into {label}", imp + [hf, path], (1, 2), [cul, "out"],
             unchanged=unchanged)
-    for c, cmd in (("import", imp + [hf]), ("upcycle", ckpt + ["upcycle", dense])):
+    # A leftover OUT.tmp may be another write's or the user's: every writer refuses it and leaves it as it was
+    # (consolidate and reshard used to delete it).
+    for c, cmd, extra in (("import", imp + [hf], []), ("upcycle", ckpt + ["upcycle", dense], ["--experts", "4", "--top-k", "2"]),
+                          ("consolidate", ckpt + ["consolidate", ck], []), ("reshard", ckpt + ["reshard", ck], ["--dp", "2"]),
+                          ("grow", ckpt + ["grow", ck], ["--layer", "all", "--add", "2"])):
         out = tmp / f"{c}_interrupted.h5"
         Path(f"{out}.tmp").write_text("what an interrupted write left\n")
         add(f"moe-ckpt {c}", f"moe-ckpt {c} when OUT.tmp exists (an interrupted write)",
-            cmd + [out] + (["--experts", "4", "--top-k", "2"] if c == "upcycle" else []), (2,), [f"{out.name}.tmp"],
-            unchanged=[f"{out}.tmp"])
+            cmd + [out] + extra, (2,), [f"{out.name}.tmp"], unchanged=[f"{out}.tmp"])
     add("moe-ckpt import", "moe-ckpt import into the Hugging Face directory's own config.json",
         imp + [hf, hf / "config.json"], (2,), ["config.json"])
 
