@@ -201,7 +201,8 @@ RowMap HierDispatcher::forward_outputs(const EpDispatch&, const DispatchLayer& l
 }
 
 const float* HierDispatcher::forward_inputs(const DispatchLayer& layer) const {
-  return state_as<const HierLayer>(layer, name()).inputs->local();
+  const HierLayer& Ly = state_as<const HierLayer>(layer, name());
+  return Ly.inputs ? Ly.inputs->local() : nullptr;  // null before the layer's first forward
 }
 
 // The senders have written their rows (the block's gather: node-local rows
