@@ -1,9 +1,17 @@
 // sy-bench-dispatch: expert-parallel dispatch + combine, nccl-tests style.
-//   mpirun -np P sy-bench-dispatch [--tokens 4096] [--iters 10] [--warmup 2]
-// For each shape (C in {512, 1024}, E in {8, 16}, K = 2, tokens per rank):
+//   mpirun -np P sy-bench-dispatch [--tokens 4096] [--iters 10] [--warmup 2] [--top-k 2]
+//                                  [--experts 8,16] [--dims 512,1024] [--node-size 0]
+// For each shape (C in --dims, E in --experts, K = --top-k, tokens per rank):
 //  - raw: MPI_Alltoallv of the same rows there and back (the baseline);
 //  - ours: plan (counts all-to-all) + gather + all-to-all-v + back + combine,
 //    the data path of an MoE layer without its GEMMs;
+//  - shm: the same path through the shared-memory transport (only when the
+//    ep group is on one node: "-" otherwise);
+//  - hier: the same path through the hierarchical transport (nodes as the
+//    machine says, or every --node-size consecutive ranks declared a node),
+//    with the bytes it sent between nodes as a share of the flat transport's
+//    (xnode: below 100% where a token's row goes once to a node holding
+//    several of its experts);
 //  - the MoE layer (F = C, one shared expert) forward + backward, plain and
 //    overlapped (4 chunks), with the share of permute/unpermute in it.
 // Bytes are the rows each rank sends, both directions; algbw = bytes / time,
@@ -27,6 +35,7 @@
 #include "kernels/cpu/permute.h"
 #include "model/layout.h"
 #include "model/moe_block.h"
+#include "moe/transport/hier.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -61,8 +70,16 @@ int main(int argc, char** argv) {
   flush_denormals();
   CLI::App app{"expert-parallel dispatch + combine against MPI_Alltoallv"};
   int64_t tokens = 4096;
-  int iters = 10, warmup = 2;
+  int iters = 10, warmup = 2, node_size = 0;
+  int64_t K = 2;
+  std::vector<int64_t> dims{512, 1024}, experts{8, 16};
   app.add_option("--tokens", tokens, "tokens per rank");
+  app.add_option("--top-k", K, "experts per token")->check(CLI::Range(1, 64));
+  app.add_option("--dims", dims, "model widths C")->delimiter(',');
+  app.add_option("--experts", experts, "expert counts E")->delimiter(',');
+  app.add_option("--node-size", node_size,
+                 "ranks per node for the hierarchical transport (0: the machine's nodes; n: every n consecutive "
+                 "ranks declared a node)")->check(CLI::NonNegativeNumber);
   app.add_option("--iters", iters);
   app.add_option("--warmup", warmup);
   CLI11_PARSE(app, argc, argv);
@@ -74,19 +91,25 @@ int main(int argc, char** argv) {
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
   try {
+    // The machine's nodes decide whether shared memory can serve the whole
+    // group (a window across nodes cannot be allocated); the declared ones
+    // (--node-size) what the hierarchical transport treats as a node.
+    const bool one_node = same_node(world);
+    const NodeLayout nodes = node_size > 0 ? NodeLayout::consecutive(world, node_size) : NodeLayout::of(world);
     if (root)
       std::cout << fmt::format(
-          "# sy-bench-dispatch: {} ranks, {} tokens per rank, K = 2, {} threads per rank, times in ms (median of {}, "
-          "slowest rank)\n"
-          "#{:>5} {:>4} {:>8} | {:>7} {:>6} {:>6} | {:>7} {:>5} | {:>7} {:>6} {:>6} {:>5} {:>6} | {:>8} {:>8} {:>5} "
-          "{:>8} {:>5} | {:>7}\n",
-          P, tokens, threads, iters, "C", "E", "MB/rank", "raw", "algbw", "busbw", "mpi", "ratio", "shm", "algbw",
-          "busbw", "ratio", "#wrong", "layer", "overlap", "speed", "shm", "speed", "permute")
+          "# sy-bench-dispatch: {} ranks ({}{}), {} tokens per rank, K = {}, {} threads per rank, times in ms "
+          "(median of {}, slowest rank)\n"
+          "#{:>5} {:>4} {:>8} | {:>7} {:>6} {:>6} | {:>7} {:>5} | {:>7} {:>6} {:>6} {:>5} | {:>7} {:>6} {:>6} {:>5} "
+          "{:>6} | {:>6} | {:>8} {:>8} {:>5} {:>8} {:>5} {:>8} {:>5} | {:>7}\n",
+          P, nodes.describe(), node_size > 0 ? " declared by --node-size" : "", tokens, K, threads, iters, "C", "E",
+          "MB/rank", "raw", "algbw", "busbw", "mpi", "ratio", "shm", "algbw", "busbw", "ratio", "hier", "algbw",
+          "busbw", "ratio", "xnode", "#wrong", "layer", "overlap", "speed", "shm", "speed", "hier", "speed",
+          "permute")
                 << std::flush;
-    const int64_t K = 2;
-    for (int64_t C : {512, 1024})
-      for (int64_t E : {8, 16}) {
-        if (E % P) continue;
+    for (int64_t C : dims)
+      for (int64_t E : experts) {
+        if (E % P || K > E) continue;
         Grid grid(world, {1, 0, P}, E, "bench");
         ModelConfig m;
         m.d_model = C, m.n_layers = 1, m.dense_layers = 0, m.n_heads = 8, m.n_kv_heads = 8, m.seq_len = tokens;
@@ -153,7 +176,8 @@ int main(int argc, char** argv) {
         // segment + fence + combine reading them there (identity experts).
         SharedWindow win;
         std::vector<float> combined_shm(N * C), copy(Ms * C);
-        double shm_path = time_it(world, warmup, iters, [&] {
+        double shm_path = 0;
+        if (one_node) shm_path = time_it(world, warmup, iters, [&] {
           p2.plan(grid.ep(), acts.idx, acts.keep, N, K, E, 1, true);
           win.ensure(grid.ep(), p2.recv_rows() * C);
           RowMap at = RowMap::scattered(win.peers(), p2.dest_rank(), p2.dest_row());
@@ -163,14 +187,38 @@ int main(int argc, char** argv) {
           moe_combine(combined_shm.data(), at, nullptr, acts.gates, p2.send_pos().data(), N, K, C);
           win.fence(grid.ep(), "combine");
         });
-        {  // the rows as the combine saw them (outside the timing)
+        if (one_node) {  // the rows as the combine saw them (outside the timing)
           std::vector<float> scratch_out(N * C, 0.f);
           moe_combine(scratch_out.data(), RowMap::scattered(win.peers(), p2.dest_rank(), p2.dest_row()), copy.data(),
                       acts.gates, p2.send_pos().data(), N, K, C);
+          for (int64_t r = 0; r < Ms; ++r)
+            for (int64_t c = 0; c < C; ++c) wrong += copy[r * C + c] != h[p2.send_token()[r] * C + c];
+          for (int64_t i = 0; i < N * C; ++i) wrong += combined_shm[i] != combined[i];
         }
-        for (int64_t r = 0; r < Ms; ++r)
-          for (int64_t c = 0; c < C; ++c) wrong += copy[r * C + c] != h[p2.send_token()[r] * C + c];
-        for (int64_t i = 0; i < N * C; ++i) wrong += combined_shm[i] != combined[i];
+
+        // Hierarchical transport: the same path through its Dispatcher
+        // (plan, routes, gather, both levels there and back, combine).
+        auto hier = make_dispatcher(DispatchKind::hierarchical, grid.ep(), 1, nodes);
+        const auto& H = dynamic_cast<const HierDispatcher&>(*hier);
+        auto h_layer = hier->make_layer();
+        auto h_scratch = hier->make_scratch();
+        EpDispatch p3;
+        std::vector<float> combined_hier(N * C);
+        double hier_path = time_it(world, warmup, iters, [&] {
+          hier->plan(p3, acts.idx, acts.keep, N, K, E);
+          Rows r = hier->forward_rows(p3, *h_layer, *h_scratch, C, false);
+          moe_gather(r.send, h.data(), p3.send_token().data(), p3.send_rows(), C);
+          ExpertSteps steps;
+          steps.meanwhile = [] {};
+          steps.experts = [&](int) { std::copy_n(r.recv, p3.recv_rows() * C, r.reply); };
+          hier->exchange(Pass::forward, p3, r, *h_layer, *h_scratch, C, steps, nullptr);
+          std::fill(combined_hier.begin(), combined_hier.end(), 0.f);
+          moe_combine(combined_hier.data(), r.back, nullptr, acts.gates, p3.send_pos().data(), N, K, C);
+        });
+        for (int64_t i = 0; i < N * C; ++i) wrong += combined_hier[i] != combined[i];
+        HierTraffic traffic = H.traffic();  // the forward passes above, warm-up included
+        world.allreduce_sum(&traffic.network_bytes, 1);
+        world.allreduce_sum(&traffic.flat_bytes, 1);
         world.allreduce_sum(&wrong, 1);
 
         // The whole MoE layer, forward + backward, plain and overlapped.
@@ -192,31 +240,55 @@ int main(int argc, char** argv) {
         MoeContext over{DpGroup(grid.dp()), make_dispatcher(DispatchKind::mpi_overlapped, grid.ep(), 4),
                         grid.dp_rank() * N};
         double t_over = time_it(world, warmup, iters, [&] { layer(over); });
-        MoeContext shm{DpGroup(grid.dp()), make_dispatcher(DispatchKind::shm, grid.ep()), grid.dp_rank() * N};
-        acts.rows.reset();  // the transport's buffers are its own: shm makes its windows
+        double t_shm = 0;
+        if (one_node) {
+          MoeContext shm{DpGroup(grid.dp()), make_dispatcher(DispatchKind::shm, grid.ep()), grid.dp_rank() * N};
+          acts.rows.reset();  // the transport's buffers are its own: shm makes its windows
+          scratch.rows.reset();
+          t_shm = time_it(world, warmup, iters, [&] { layer(shm); });
+        }
+        MoeContext hier_ctx{DpGroup(grid.dp()), hier, grid.dp_rank() * N};
+        acts.rows.reset();
         scratch.rows.reset();
-        double t_shm = time_it(world, warmup, iters, [&] { layer(shm); });
+        double t_hier = time_it(world, warmup, iters, [&] { layer(hier_ctx); });
+        acts.rows.reset();
+        scratch.rows.reset();
         double permute_share = tp.permute / tp.total();
         world.allreduce_max(&permute_share, 1);
 
         auto bw = [&](double t) { return bytes / t / 1e9; };
         double bus = static_cast<double>(P - 1) / P;
+        auto shm_cols = [&] {
+          if (!one_node) return fmt::format("{:>7} {:>6} {:>6} {:>5}", "-", "-", "-", "-");
+          return fmt::format("{:>7.2f} {:>6.2f} {:>6.2f} {:>5.2f}", shm_path * 1e3, bw(shm_path), bw(shm_path) * bus,
+                             raw / shm_path);
+        };
+        const std::string xnode =
+            traffic.flat_bytes > 0
+                ? fmt::format("{:.0f}%", 100.0 * static_cast<double>(traffic.network_bytes) / traffic.flat_bytes)
+                : std::string("-");
+        const std::string shm_layer = one_node ? fmt::format("{:>8.1f} {:>4.2f}x", t_shm * 1e3, t_plain / t_shm)
+                                               : fmt::format("{:>8} {:>5}", "-", "-");
         if (root)
           std::cout << fmt::format(
-                           " {:>5} {:>4} {:>8.2f} | {:>7.2f} {:>6.2f} {:>6.2f} | {:>7.2f} {:>5.2f} | {:>7.2f} {:>6.2f} "
-                           "{:>6.2f} {:>5.2f} {:>6} | {:>8.1f} {:>8.1f} {:>4.2f}x {:>8.1f} {:>4.2f}x | {:>6.1f}%\n",
+                           " {:>5} {:>4} {:>8.2f} | {:>7.2f} {:>6.2f} {:>6.2f} | {:>7.2f} {:>5.2f} | {} | {:>7.2f} "
+                           "{:>6.2f} {:>6.2f} {:>5.2f} {:>6} | {:>6} | {:>8.1f} {:>8.1f} {:>4.2f}x {} {:>8.1f} "
+                           "{:>4.2f}x | {:>6.1f}%\n",
                            C, E, bytes / 2 / 1e6, raw * 1e3, bw(raw), bw(raw) * bus, mpi_path * 1e3, raw / mpi_path,
-                           shm_path * 1e3, bw(shm_path), bw(shm_path) * bus, raw / shm_path, wrong, t_plain * 1e3,
-                           t_over * 1e3, t_plain / t_over, t_shm * 1e3, t_plain / t_shm, 100 * permute_share)
+                           shm_cols(), hier_path * 1e3, bw(hier_path), bw(hier_path) * bus, raw / hier_path, xnode,
+                           wrong, t_plain * 1e3, t_over * 1e3, t_plain / t_over, shm_layer, t_hier * 1e3,
+                           t_plain / t_hier, 100 * permute_share)
                     << std::flush;
       }
     if (root)
-      std::cout << "# raw = MPI_Alltoallv of the same rows there and back; mpi / shm = the whole dispatch + combine\n"
-                   "# path (plan with its count exchange, gather, transfer, return, gate-weighted combine) over the MPI\n"
-                   "# all-to-all-v / shared-memory transport; ratio = raw / path. layer = MoE forward + backward (F = C,\n"
-                   "# one shared expert) with the plain MPI dispatch; overlap = 4-chunk overlapped MPI dispatch; shm =\n"
-                   "# shared-memory transport; speed = layer / that; permute = gather + combine and their backward,\n"
-                   "# share of the plain layer's time.\n";
+      std::cout << "# raw = MPI_Alltoallv of the same rows there and back; mpi / shm / hier = the whole dispatch +\n"
+                   "# combine path (plan with its count exchange, gather, transfer, return, gate-weighted combine) over\n"
+                   "# the MPI all-to-all-v / shared-memory / hierarchical transport; ratio = raw / path. shm is \"-\"\n"
+                   "# when the ranks span nodes (a shared-memory window cannot cross them). xnode = bytes the\n"
+                   "# hierarchical path sent between nodes (dispatch + combine, all ranks) / the flat transport's for the\n"
+                   "# same rows. layer = MoE forward + backward (F = C, one shared expert) with the plain MPI dispatch;\n"
+                   "# overlap = 4-chunk overlapped MPI dispatch; shm / hier = those transports; speed = layer / that;\n"
+                   "# permute = gather + combine and their backward, share of the plain layer's time.\n";
     return 0;
   } catch (const Error& e) {
     std::cerr << "sy-bench-dispatch: " << e.what() << "\n";

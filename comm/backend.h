@@ -57,6 +57,9 @@ class CommBackend {
   virtual std::shared_ptr<const CommBackend> split(int color, int key) const = 0;
   // Members sharing this node's memory (collective).
   virtual int node_size() const = 0;
+  // The lowest group rank among the members sharing this node's memory
+  // (collective): equal on two members exactly when they share a node.
+  virtual int node_leader() const = 0;
 
   virtual void barrier() const = 0;
   virtual void allreduce(void* data, size_t n, DType t, ReduceOp op) const = 0;  // in place
@@ -65,6 +68,9 @@ class CommBackend {
   virtual void allgatherv(const void* send, int64_t n, void* recv, const Counts& counts, const Counts& displs,
                           DType t) const = 0;
   virtual void alltoall(const void* send, size_t bytes_per_rank, void* recv) const = 0;
+  // Variable-size all-to-all of elements of type t; counts and displacements in elements.
+  virtual void alltoallv(const void* send, const Counts& scount, const Counts& sdispl, void* recv,
+                         const Counts& rcount, const Counts& rdispl, DType t) const = 0;
 
   // Rows of `row` floats; counts and displacements in rows.
   virtual std::unique_ptr<RequestImpl> ialltoallv_rows(const float* send, const Counts& scount, const Counts& sdispl,

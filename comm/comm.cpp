@@ -139,6 +139,20 @@ void Comm::alltoall_bytes(const void* send, size_t bytes, void* recv) const {
   backend_->alltoall(send, bytes, recv);
 }
 
+void Comm::alltoallv_typed(const void* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl,
+                           void* recv, const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl, DType t,
+                           size_t elem) const {
+  if (solo()) {
+    if (scount[0] > 0)
+      std::memmove(static_cast<char*>(recv) + rdispl[0] * static_cast<int64_t>(elem),
+                   static_cast<const char*>(send) + sdispl[0] * static_cast<int64_t>(elem),
+                   static_cast<size_t>(scount[0]) * elem);
+    return;
+  }
+  watchdog::Scope scope("alltoallv", describe(), world_ranks_);
+  backend_->alltoallv(send, scount, sdispl, recv, rcount, rdispl, t);
+}
+
 void Comm::alltoallv_rows(const float* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl,
                           float* recv, const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl,
                           int64_t row, const char* what) const {
@@ -193,6 +207,24 @@ void Comm::abort(int code) const {
 }
 
 int node_ranks(const Comm& world) { return world.solo() ? 1 : world.backend()->node_size(); }
+
+std::vector<int> node_of(const Comm& comm) {
+  if (comm.solo()) return {0};
+  int leader = 0;
+  {
+    watchdog::Scope scope("node layout", comm.describe(), comm.world_ranks());
+    leader = comm.backend()->node_leader();
+  }
+  std::vector<int> leaders(static_cast<size_t>(comm.size()));
+  comm.allgather(&leader, 1, leaders.data());
+  std::vector<int> node(leaders.size()), seen;
+  for (size_t r = 0; r < leaders.size(); ++r) {
+    auto it = std::find(seen.begin(), seen.end(), leaders[r]);
+    node[r] = static_cast<int>(it - seen.begin());
+    if (it == seen.end()) seen.push_back(leaders[r]);
+  }
+  return node;
+}
 
 ThreadCount default_thread_count(const Comm& world) {
   const int ranks = node_ranks(world);  // collective: every rank calls it, whatever its environment

@@ -117,6 +117,12 @@ class Comm {
   template <class T>
   void alltoall(const T* send, size_t n, T* recv) const { alltoall_bytes(send, n * sizeof(T), recv); }
   void alltoall_bytes(const void* send, size_t bytes_per_rank, void* recv) const;
+  // Variable-size all-to-all of elements of T; counts and displacements in elements.
+  template <class T>
+  void alltoallv(const T* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl, T* recv,
+                 const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl) const {
+    alltoallv_typed(send, scount, sdispl, recv, rcount, rdispl, dtype_of<T>(), sizeof(T));
+  }
 
   // All-to-all of float rows of `row` floats; counts and displacements in rows.
   void alltoallv_rows(const float* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl,
@@ -148,6 +154,9 @@ class Comm {
   void allreduce(void* data, size_t n, DType t, ReduceOp op) const;
   void allgatherv_typed(const void* send, int64_t n, void* recv, const std::vector<int64_t>& counts,
                         const std::vector<int64_t>& displs, DType t, size_t elem) const;
+  void alltoallv_typed(const void* send, const std::vector<int64_t>& scount, const std::vector<int64_t>& sdispl,
+                       void* recv, const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl, DType t,
+                       size_t elem) const;
   std::shared_ptr<const CommBackend> backend_;
   int rank_ = 0, size_ = 1;
   std::string name_ = "self";
@@ -161,6 +170,10 @@ std::string host_name();
 
 // Ranks of this job on this node (the members of `world` sharing memory).
 int node_ranks(const Comm& world);
+// The node of each member of `comm` (collective): node[r] for group rank r,
+// nodes numbered 0, 1, ... in the order of their lowest member. Members share
+// a node when they share memory (MPI_Comm_split_type SHARED).
+std::vector<int> node_of(const Comm& comm);
 // CPU threads each rank should use when train.threads = 0, and where the
 // number came from: OMP_NUM_THREADS when set (its first entry; anything but a
 // positive integer is a ConfigError), else the CPUs this process may run on

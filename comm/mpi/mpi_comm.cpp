@@ -195,6 +195,16 @@ int MpiBackend::node_size() const {
   return n;
 }
 
+int MpiBackend::node_leader() const {
+  MPI_Comm node;
+  SY_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int leader = rank_;
+  const int rc = MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, node);
+  MPI_Comm_free(&node);
+  SY_MPI_CHECK(rc);
+  return leader;
+}
+
 void MpiBackend::barrier() const { SY_MPI_CHECK(MPI_Barrier(comm_)); }
 
 void MpiBackend::allreduce(void* data, size_t n, DType t, ReduceOp op) const {
@@ -221,6 +231,13 @@ void MpiBackend::allgatherv(const void* send, int64_t n, void* recv, const Count
 void MpiBackend::alltoall(const void* send, size_t bytes, void* recv) const {
   const int n = as_count(static_cast<int64_t>(bytes), "alltoall");
   SY_MPI_CHECK(MPI_Alltoall(send, n, MPI_BYTE, recv, n, MPI_BYTE, comm_));
+}
+
+void MpiBackend::alltoallv(const void* send, const Counts& scount, const Counts& sdispl, void* recv,
+                           const Counts& rcount, const Counts& rdispl, DType t) const {
+  auto sc = as_counts(scount, "alltoallv"), sd = as_counts(sdispl, "alltoallv"), rc = as_counts(rcount, "alltoallv"),
+       rd = as_counts(rdispl, "alltoallv");
+  SY_MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), mpi_type(t), recv, rc.data(), rd.data(), mpi_type(t), comm_));
 }
 
 std::unique_ptr<RequestImpl> MpiBackend::ialltoallv_rows(const float* send, const Counts& scount,

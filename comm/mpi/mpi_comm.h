@@ -38,6 +38,7 @@ class MpiBackend final : public CommBackend {
   std::vector<int> world_ranks() const override;
   std::shared_ptr<const CommBackend> split(int color, int key) const override;
   int node_size() const override;
+  int node_leader() const override;
 
   void barrier() const override;
   void allreduce(void* data, size_t n, DType t, ReduceOp op) const override;
@@ -46,6 +47,8 @@ class MpiBackend final : public CommBackend {
   void allgatherv(const void* send, int64_t n, void* recv, const Counts& counts, const Counts& displs,
                   DType t) const override;
   void alltoall(const void* send, size_t bytes_per_rank, void* recv) const override;
+  void alltoallv(const void* send, const Counts& scount, const Counts& sdispl, void* recv, const Counts& rcount,
+                 const Counts& rdispl, DType t) const override;
 
   std::unique_ptr<RequestImpl> ialltoallv_rows(const float* send, const Counts& scount, const Counts& sdispl,
                                                float* recv, const Counts& rcount, const Counts& rdispl, int64_t row,

@@ -77,6 +77,7 @@ class NcclBackend final : public CommBackend {
     return std::make_shared<NcclBackend>(mpi_->split(color, key));
   }
   int node_size() const override { return mpi_->node_size(); }
+  int node_leader() const override { return mpi_->node_leader(); }
 
   // Host values: MPI.
   void barrier() const override { mpi_->barrier(); }
@@ -89,6 +90,10 @@ class NcclBackend final : public CommBackend {
   }
   void alltoall(const void* send, size_t bytes_per_rank, void* recv) const override {
     mpi_->alltoall(send, bytes_per_rank, recv);
+  }
+  void alltoallv(const void* send, const Counts& scount, const Counts& sdispl, void* recv, const Counts& rcount,
+                 const Counts& rdispl, DType t) const override {
+    mpi_->alltoallv(send, scount, sdispl, recv, rcount, rdispl, t);
   }
   std::unique_ptr<SharedSegmentsImpl> allocate_shared(int64_t floats) const override {
     return mpi_->allocate_shared(floats);

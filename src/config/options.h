@@ -36,7 +36,7 @@ enum class Moments : uint8_t { fp32, bf16 };
 // parallel.recompute: activation recomputation per pipeline stage.
 enum class Recompute : uint8_t { none, full };
 // parallel.transport: how MoE rows travel between expert-parallel ranks.
-enum class Transport : uint8_t { automatic, shm, mpi };
+enum class Transport : uint8_t { automatic, shm, mpi, hierarchical };
 // data.format: text bytes, or llm.c uint16 token shards.
 enum class DataFormat : uint8_t { text, bin };
 // checkpoint.resume: "auto", "none", or (any other string) a checkpoint
@@ -66,7 +66,7 @@ struct OptionNames<Recompute> {
 };
 template <>
 struct OptionNames<Transport> {
-  static constexpr std::array<std::string_view, 3> names() { return {"auto", "shm", "mpi"}; }
+  static constexpr std::array<std::string_view, 4> names() { return {"auto", "shm", "mpi", "hierarchical"}; }
 };
 template <>
 struct OptionNames<DataFormat> {

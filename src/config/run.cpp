@@ -403,7 +403,8 @@ const std::vector<Key>& schema() {
     k.push_back(integers("parallel", "split", SY_REF(std::vector<int64_t>, parallel.split), "layers per pipeline stage (pp x virtual entries, stage order); empty = balanced by estimated cost"));
     k.push_back(option<Recompute>("parallel", "recompute", SY_REF(Recompute, parallel.recompute), "activation recomputation per pipeline stage: keep every activation, or keep only each stage's input and recompute its forward before backward"));
     k.push_back(boolean("parallel", "zero1", SY_REF(bool, parallel.zero1), "shard AdamW state over data-parallel ranks (ZeRO-1)"));
-    k.push_back(option<Transport>("parallel", "transport", SY_REF(Transport, parallel.transport), "MoE row transport: shared memory (ep group on one node), MPI all-to-all-v, or auto"));
+    k.push_back(option<Transport>("parallel", "transport", SY_REF(Transport, parallel.transport), "MoE row transport: shared memory (ep group on one node), flat MPI all-to-all-v, hierarchical (shared memory within a node, the network once per node pair), or auto (shm on one node, hierarchical across nodes with several ranks on a node, else mpi)"));
+    k.push_back(integer("parallel", "node_size", SY_REF(int64_t, parallel.node_size), 0, 1 << 20, "ranks per node as the MoE dispatch sees it; 0 = the machine's; n = every n consecutive world ranks form a node (each within a real node; for tests and benchmarks)"));
     k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts (mpi transport)"));
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));

@@ -66,7 +66,14 @@ struct ParallelSection {
   std::vector<int64_t> split;      // layers per stage (pp x virtual); empty = balanced by cost
   Recompute recompute = Recompute::none;  // "none" or "full" (keep each stage's input, recompute before backward)
   bool zero1 = false;              // shard AdamW state over the data-parallel group
-  Transport transport = Transport::automatic;  // MoE rows: "shm" (ep group on one node), "mpi" (all-to-all-v), "auto"
+  // MoE rows between expert-parallel ranks: "shm" (ep group on one node), "mpi" (flat all-to-all-v),
+  // "hierarchical" (shared memory within a node, the network once per node pair between nodes), or "auto":
+  // shm on one node, hierarchical when the group spans nodes with several of its ranks on some node, else mpi.
+  Transport transport = Transport::automatic;
+  // Ranks per node as the MoE dispatch sees it: 0 = the machine's (MPI_Comm_split_type SHARED); n > 0 =
+  // every n consecutive world ranks form a node (each within a real node). For tests and benchmarks that
+  // exercise the paths between nodes on one machine.
+  int64_t node_size = 0;
   bool overlap = false;            // chunked dispatch overlapping all-to-all with expert compute (mpi transport)
   int64_t dispatch_chunks = 4;     // chunks per MoE dispatch when overlapping
   double timeout = 300;            // seconds a collective may wait before the watchdog aborts, 0 = off

@@ -1,14 +1,47 @@
 #include "moe/dispatcher.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+
 #include "comm/comm.h"
 #include "core/check.h"
+#include "moe/transport/hier.h"
 #include "moe/transport/mpi.h"
 #include "moe/transport/mpi_overlap.h"
 #include "moe/transport/shm.h"
 
 namespace sy {
 
-std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks) {
+NodeLayout NodeLayout::consecutive(const Comm& ep, int ranks_per_node) {
+  SY_CHECK(ranks_per_node >= 1, "a node holds at least one rank, got {}", ranks_per_node);
+  NodeLayout l;
+  for (int w : ep.world_ranks()) l.node.push_back(w / ranks_per_node);
+  return l;
+}
+
+NodeLayout NodeLayout::of(const Comm& ep) { return {node_of(ep)}; }
+
+int NodeLayout::nodes() const {
+  std::vector<int> ids(node);
+  std::sort(ids.begin(), ids.end());
+  return static_cast<int>(std::unique(ids.begin(), ids.end()) - ids.begin());
+}
+
+bool NodeLayout::hierarchical_pays() const { return nodes() > 1 && nodes() < static_cast<int>(node.size()); }
+
+std::string NodeLayout::describe() const {
+  std::vector<int> ids, sizes;
+  for (int n : node) {
+    auto it = std::find(ids.begin(), ids.end(), n);
+    if (it == ids.end()) ids.push_back(n), sizes.push_back(1);
+    else ++sizes[static_cast<size_t>(it - ids.begin())];
+  }
+  return fmt::format("{} node{}: {} ranks", ids.size(), ids.size() == 1 ? "" : "s", fmt::join(sizes, "+"));
+}
+
+std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks,
+                                                  const NodeLayout& nodes) {
   switch (kind) {
     case DispatchKind::shm:
       return std::make_shared<ShmDispatcher>(ep);
@@ -17,6 +50,8 @@ std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm&
     case DispatchKind::mpi_overlapped:
       SY_CHECK(chunks >= 1, "overlapped MoE dispatch needs at least one chunk, got {}", chunks);
       return std::make_shared<MpiOverlapDispatcher>(ep, chunks);
+    case DispatchKind::hierarchical:
+      return std::make_shared<HierDispatcher>(ep, nodes.node.empty() ? node_of(ep) : nodes.node);
   }
   SY_CHECK(false, "unknown MoE dispatch kind {}", static_cast<int>(kind));
   return nullptr;

@@ -11,6 +11,13 @@
 //   mpi             (transport/mpi.h)  one blocking all-to-all-v each way
 //   mpi-overlapped  (transport/mpi_overlap.h)  the rows cut into chunks, all
 //                   posted at once; the experts run on each chunk as it lands
+//   hierarchical    (transport/hier.h)  the ep group spans nodes: rows for a
+//                   node-local expert go through shared memory as with shm;
+//                   rows for another node cross the network once per node
+//                   pair, to one relay rank there (forward, a token with
+//                   several experts on that node once), which copies them
+//                   into its node's segments; outputs return by the mirror
+//                   path. One chunk: the experts run once both levels landed.
 //
 // One pass (forward, or backward: output gradients to the experts, input
 // gradients back) of one layer, as the block drives it:
@@ -39,22 +46,14 @@
 //                 way. The states hold the device buffers (from the device
 //                 arena) and the events; bytes() counts them as today. The
 //                 ep communicator comes from comm/nccl (see comm/backend.h).
-//   hierarchical  Two levels, node then network: plan() also learns each
-//                 row's destination node; send is laid out (node, rank,
-//                 expert) so that rows for another node travel once over the
-//                 network to one peer rank there (all-to-all-v over the
-//                 inter-node group of equal local ranks), which scatters
-//                 them into its node's shared-memory segments (as shm does);
-//                 outputs return by the reverse path. exchange calls
-//                 steps.experts(c) per chunk as both levels of chunk c have
-//                 landed. Its states hold the network staging buffers and the
-//                 node's windows.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "kernels/types.h"  // RowMap: where a send buffer's rows live (contiguous or scattered over ranks)
 #include "moe/timers.h"
@@ -99,7 +98,7 @@ class DispatchScratch {
 class Dispatcher {
  public:
   virtual ~Dispatcher() = default;
-  virtual const char* name() const = 0;  // "shm", "mpi", "mpi-overlapped"
+  virtual const char* name() const = 0;  // "shm", "mpi", "mpi-overlapped", "hierarchical"
   // The expert-parallel group: rank r holds experts [r * E / size, (r + 1) * E / size).
   virtual int ep_size() const = 0;
   virtual int ep_rank() const = 0;
@@ -131,12 +130,33 @@ class Dispatcher {
                         DispatchScratch& scratch, int64_t C, const ExpertSteps& steps, MoeTimers* timers) const = 0;
 };
 
-enum class DispatchKind : uint8_t { shm, mpi, mpi_overlapped };
+enum class DispatchKind : uint8_t { shm, mpi, mpi_overlapped, hierarchical };
+
+// Which node each member of an ep group is on: node[r] for ep rank r. Empty
+// means as the machine says (node_of(ep): MPI_Comm_split_type SHARED).
+// Tests and benchmarks may declare smaller nodes than the machine's (4 ranks
+// of one machine as 2 nodes of 2) to exercise the paths between nodes; each
+// declared node must lie within one real node (its ranks share memory).
+struct NodeLayout {
+  std::vector<int> node;
+  // Every `ranks_per_node` consecutive world ranks form a node (how mpirun
+  // places ranks by slot): node[r] = ep.world_ranks()[r] / ranks_per_node.
+  static NodeLayout consecutive(const Comm& ep, int ranks_per_node);
+  // The machine's layout (collective over ep).
+  static NodeLayout of(const Comm& ep);
+  int nodes() const;
+  // Spans several nodes and some node holds several of its ranks: the
+  // hierarchical transport has something to gain over flat MPI.
+  bool hierarchical_pays() const;
+  std::string describe() const;  // "2 nodes: 2+2 ranks"
+};
 
 // The transport for an ep group. chunks: rows in flight per pass are cut
 // into this many chunks (mpi_overlapped only; the others move one).
-// shm needs every member of ep on one node.
-std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks = 1);
+// shm needs every member of ep on one node. nodes: the node layout the
+// hierarchical transport uses (empty: the machine's; the others ignore it).
+std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks = 1,
+                                                  const NodeLayout& nodes = {});
 // One rank, no communicator (generation, tests): mpi over a group of one.
 std::shared_ptr<const Dispatcher> make_local_dispatcher();
 

@@ -86,14 +86,44 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   bool one_node = grid_.ep_size() > 1 && same_node(grid_.ep());
   SY_CONFIG_CHECK(transport != Transport::shm || one_node || grid_.ep_size() == 1,
                   "{}: parallel.transport = \"shm\" needs every expert-parallel group on one node, and {} spans "
-                  "several; use \"mpi\" or \"auto\"", cfg_.source, grid_.ep().describe());
-  shm_ = one_node && transport != Transport::mpi;
+                  "several; use \"mpi\", \"hierarchical\" or \"auto\"", cfg_.source, grid_.ep().describe());
+  // The nodes the MoE dispatch sees: the machine's, or those parallel.node_size
+  // declares (each must lie within a real node: the ranks share memory).
+  NodeLayout nodes;
+  if (grid_.ep_size() > 1) {
+    if (cfg_.parallel.node_size > 0) {
+      nodes = NodeLayout::consecutive(grid_.ep(), static_cast<int>(cfg_.parallel.node_size));
+      Comm declared = grid_.ep().split(nodes.node[static_cast<size_t>(grid_.ep_rank())],
+                                       static_cast<int>(grid_.ep_rank()), "declared-node");
+      int shares = same_node(declared);
+      world.allreduce_min(&shares, 1);
+      SY_CONFIG_CHECK(shares != 0,
+                      "{}: parallel.node_size = {} declares nodes (every {} consecutive world ranks) whose ranks do "
+                      "not all share memory on this machine; use a size that divides the real nodes' rank counts, "
+                      "or 0 for the machine's nodes",
+                      cfg_.source, cfg_.parallel.node_size, cfg_.parallel.node_size);
+    } else {
+      nodes = NodeLayout::of(grid_.ep());
+    }
+  }
   // The MoE dispatch transport, chosen here once.
-  const DispatchKind dispatch = shm_                   ? DispatchKind::shm
-                                : cfg_.parallel.overlap ? DispatchKind::mpi_overlapped
-                                                        : DispatchKind::mpi;
+  DispatchKind dispatch = cfg_.parallel.overlap ? DispatchKind::mpi_overlapped : DispatchKind::mpi;
+  if (grid_.ep_size() > 1) {
+    if (transport == Transport::shm || (transport == Transport::automatic && one_node && nodes.nodes() == 1))
+      dispatch = DispatchKind::shm;
+    else if (transport == Transport::hierarchical ||
+             (transport == Transport::automatic && nodes.hierarchical_pays()))
+      dispatch = DispatchKind::hierarchical;
+  }
+  dispatch_note_ = grid_.ep_size() == 1                       ? std::string(", no dispatch")
+                   : dispatch == DispatchKind::shm            ? std::string(", shared-memory dispatch")
+                   : dispatch == DispatchKind::mpi_overlapped ? fmt::format(", MPI dispatch overlapped ({} chunks)",
+                                                                            cfg_.parallel.dispatch_chunks)
+                   : dispatch == DispatchKind::mpi            ? std::string(", MPI dispatch")
+                                                              : fmt::format(", hierarchical dispatch ({}{})", nodes.describe(),
+                                                                            cfg_.parallel.node_size > 0 ? " by parallel.node_size" : "");
   MoeContext ctx{DpGroup(grid_.dp()),
-                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks)),
+                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks), nodes),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
   // The FP8 recipe state, made before the model: the model's Ops carry it.
   if (is_fp8(cfg_.precision.recipe)) {
@@ -222,10 +252,7 @@ std::string Trainer::describe() const {
                           : fmt::format("{} (experts per rank by MoE layer: {})", grid_.describe(0),
                                         fmt::join(local_counts(m, grid_.ep_size()), "/")),
       p.zero1 ? "ZeRO-1" : "replicated optimizer",
-      grid_.ep_size() == 1 ? std::string(", no dispatch")
-      : shm_               ? std::string(", shared-memory dispatch")
-      : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)
-                           : std::string(", MPI dispatch"),
+      dispatch_note_,
       human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
       data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
       cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.kernels, blas.threading,

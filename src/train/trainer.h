@@ -128,7 +128,7 @@ class Trainer {
   RunConfig cfg_;
   Grid grid_;
   bool rank0_ = true;
-  bool shm_ = false;  // MoE rows through shared memory
+  std::string dispatch_note_;  // the MoE dispatch transport, for the banner
   std::string threads_source_;  // where the thread count came from, for the banner
   std::vector<std::unique_ptr<Transformer>> chunks_;  // one per pipeline chunk this rank runs
   Transformer* model_ = nullptr;                      // chunks_[0]

@@ -1,6 +1,7 @@
 // Expert-parallel dispatch and the global capacity decision on several
-// ranks (run by ctest under mpiexec with 2 and 4 ranks). Every rank can
-// regenerate every rank's routing, so each checks what it received.
+// ranks (run by ctest under mpiexec with 2 and 4 ranks, the hierarchical
+// transport also with 3). Every rank can regenerate every rank's routing, so
+// each checks what it received.
 #include <gtest/gtest.h>
 #include <fmt/format.h>
 #include "comm/mpi/mpi_comm.h"
@@ -11,8 +12,11 @@
 #include "comm/comm.h"
 #include "comm/grid.h"
 #include "core/rng.h"
+#include "kernels/cpu/permute.h"
 #include "moe/capacity.h"
+#include "moe/dispatcher.h"
 #include "moe/ep_dispatch.h"
+#include "moe/transport/hier.h"
 
 namespace sy {
 namespace {
@@ -139,6 +143,247 @@ INSTANTIATE_TEST_SUITE_P(Groups, Dispatch,
                            return fmt::format("ep{}_chunks{}", p.param.ep == 0 ? std::string("all") : std::to_string(p.param.ep),
                                               p.param.chunks);
                          });
+
+// The hierarchical transport (moe/transport/hier.h) on one machine with
+// declared nodes, driven through the Dispatcher interface as the MoE block
+// drives it. K = 3 distinct experts per token, so tokens often have several
+// experts on one remote node (the rows the forward sends once); the last
+// expert is never picked (zero rows); some picks dropped; uneven tokens per
+// rank, and with 3 or more ranks the last has none.
+constexpr int64_t HK = 3, HC = 5;
+
+struct HierRouting {
+  int64_t N, E;
+  std::vector<int32_t> idx;
+  std::vector<uint8_t> keep;
+  std::vector<float> rows;  // (N, HC): (world rank, token, noise...)
+  HierRouting(int rank, int P, int64_t E_) : N(P > 2 && rank == P - 1 ? 0 : 29 + 7 * rank), E(E_) {
+    idx.resize(N * HK), keep.resize(N * HK), rows.resize(N * HC);
+    uint64_t key = stream_key(23, fmt::format("hier.{}", rank));
+    for (int64_t t = 0; t < N; ++t) {
+      for (int64_t k = 0; k < HK; ++k) {
+        int32_t e;
+        uint64_t n = 0;
+        do e = static_cast<int32_t>(u64_at(key, t, 8 * k + n++) % (E - 1));  // expert E - 1 never
+        while (std::find(idx.begin() + t * HK, idx.begin() + t * HK + k, e) != idx.begin() + t * HK + k);
+        idx[t * HK + k] = e;
+        keep[t * HK + k] = u64_at(key, t, 100 + k) % 6 != 0;  // ~1/6 dropped
+      }
+      rows[t * HC] = static_cast<float>(rank);
+      rows[t * HC + 1] = static_cast<float>(t);
+      for (int64_t c = 2; c < HC; ++c) rows[t * HC + c] = normal_at(key, static_cast<uint64_t>(t * HC + c));
+    }
+  }
+};
+
+struct Layout {
+  std::string name;
+  std::vector<int> node;  // per ep rank (ep = world here)
+};
+
+std::vector<Layout> layouts(int P) {
+  std::vector<Layout> out;
+  std::vector<int> pairs, ones, one, interleaved, three_one;
+  for (int r = 0; r < P; ++r) {
+    pairs.push_back(r / 2), ones.push_back(r), one.push_back(0), interleaved.push_back(r % 2);
+    three_one.push_back(r < 3 ? 0 : 1);
+  }
+  out.push_back({"nodes of 2", pairs});  // P = 4: 2 + 2, P = 3: 2 + 1, P = 2: one node
+  out.push_back({"one rank per node", ones});
+  out.push_back({"one node", one});
+  if (P >= 4) out.push_back({"interleaved nodes", interleaved}), out.push_back({"nodes of 3 + 1", three_one});
+  return out;
+}
+
+// The experts' receive buffer as the plan lays it out, against every rank's
+// routing: rows of (source, local expert) blocks, in the source's order.
+int64_t check_received(const EpDispatch& plan, const float* recv, const Comm& ep, int64_t E, int P) {
+  const int64_t El = E / P;
+  int64_t bad = 0;
+  for (int src = 0; src < P; ++src) {
+    HierRouting theirs(ep.world_ranks()[src], P, E);
+    for (int64_t le = 0; le < El; ++le) {
+      const ExpertSegment& seg = plan.segments(0)[src * El + le];
+      std::vector<int64_t> want;
+      for (int64_t t = 0; t < theirs.N; ++t)
+        for (int64_t k = 0; k < HK; ++k)
+          if (theirs.keep[t * HK + k] && theirs.idx[t * HK + k] == ep.rank() * El + le) want.push_back(t);
+      if (seg.rows != static_cast<int64_t>(want.size())) return -1;
+      for (int64_t i = 0; i < seg.rows; ++i)
+        for (int64_t c = 0; c < HC; ++c) bad += recv[(seg.offset + i) * HC + c] != theirs.rows[want[i] * HC + c];
+    }
+  }
+  return bad;
+}
+
+// A plain MPI_Alltoallv of every kept pick's row, grouped (destination,
+// local expert, token), and ours reassembled in (source, local expert) order.
+void expect_equals_alltoallv(const EpDispatch& plan, const float* recv, const HierRouting& mine, const Comm& ep,
+                             int64_t E) {
+  const int P = ep.size();
+  const int64_t El = E / P;
+  std::vector<int> sc(P, 0), sd(P, 0), rc(P), rd(P);
+  std::vector<float> flat;
+  for (int dst = 0; dst < P; ++dst) {
+    sd[dst] = static_cast<int>(flat.size());
+    for (int64_t le = 0; le < El; ++le)
+      for (int64_t t = 0; t < mine.N; ++t)
+        for (int64_t k = 0; k < HK; ++k)
+          if (mine.keep[t * HK + k] && mine.idx[t * HK + k] == dst * El + le)
+            flat.insert(flat.end(), mine.rows.begin() + t * HC, mine.rows.begin() + (t + 1) * HC);
+    sc[dst] = static_cast<int>(flat.size()) - sd[dst];
+  }
+  MPI_Alltoall(sc.data(), 1, MPI_INT, rc.data(), 1, MPI_INT, sy::mpi_handle(ep));
+  int total = 0;
+  for (int s = 0; s < P; ++s) rd[s] = total, total += rc[s];
+  std::vector<float> ref(total);
+  MPI_Alltoallv(flat.data(), sc.data(), sd.data(), MPI_FLOAT, ref.data(), rc.data(), rd.data(), MPI_FLOAT,
+                sy::mpi_handle(ep));
+  std::vector<float> ours;
+  for (const ExpertSegment& seg : plan.segments(0))
+    ours.insert(ours.end(), recv + seg.offset * HC, recv + (seg.offset + seg.rows) * HC);
+  EXPECT_EQ(ours, ref);
+}
+
+// One MoE layer's transport state, driven as moe_block drives it.
+struct LayerRun {
+  EpDispatch plan;
+  std::unique_ptr<DispatchLayer> state;
+  std::vector<float> x_recv, y_back, dy_recv, dx_back;  // copies, for comparison between transports
+};
+
+// Forward: gather, exchange with identity experts (y = x, checked against the
+// routing), the outputs as combine reads them.
+void forward(const Dispatcher& D, LayerRun& L, DispatchScratch& scratch, const HierRouting& mine, int64_t E,
+             const Comm& ep) {
+  D.plan(L.plan, mine.idx.data(), mine.keep.data(), mine.N, HK, E);
+  if (!L.state) L.state = D.make_layer();
+  const Rows r = D.forward_rows(L.plan, *L.state, scratch, HC, false);
+  moe_gather(r.send, mine.rows.data(), L.plan.send_token().data(), L.plan.send_rows(), HC);
+  std::string calls;
+  ExpertSteps steps;
+  steps.meanwhile = [&] { calls += "m"; };
+  steps.experts = [&](int c) {
+    calls += std::to_string(c);
+    const int64_t Mr = L.plan.recv_rows();
+    EXPECT_EQ(check_received(L.plan, r.recv, ep, E, ep.size()), 0) << D.name();
+    L.x_recv.assign(r.recv, r.recv + Mr * HC);
+    std::copy_n(r.recv, Mr * HC, r.reply);
+  };
+  D.exchange(Pass::forward, L.plan, r, *L.state, scratch, HC, steps, nullptr);
+  EXPECT_EQ(calls, "m0") << D.name();
+  L.y_back.clear();
+  for (int64_t s = 0; s < L.plan.send_rows(); ++s) L.y_back.insert(L.y_back.end(), r.back.at(s, HC), r.back.at(s, HC) + HC);
+}
+
+// Backward: every pick's row differs (pick p of token t: the token's row
+// times (k + 2), as the gate would make it); experts y = -x.
+void backward(const Dispatcher& D, LayerRun& L, DispatchScratch& scratch, const HierRouting& mine) {
+  const EpDispatch& plan = L.plan;
+  const Rows r = D.backward_rows(plan, *L.state, scratch, HC);
+  // What forward left for backward: the outputs (== the rows) and inputs.
+  RowMap y = D.forward_outputs(plan, *L.state);
+  int64_t bad = 0;
+  for (int64_t s = 0; s < plan.send_rows(); ++s)
+    for (int64_t c = 0; c < HC; ++c) bad += y.at(s, HC)[c] != mine.rows[plan.send_token()[s] * HC + c];
+  EXPECT_EQ(bad, 0) << D.name() << ": forward outputs changed before backward";
+  EXPECT_EQ(std::vector<float>(D.forward_inputs(*L.state), D.forward_inputs(*L.state) + L.x_recv.size()), L.x_recv);
+  for (int64_t t = 0; t < mine.N; ++t)
+    for (int64_t k = 0; k < HK; ++k) {
+      int32_t s = plan.send_pos()[t * HK + k];
+      if (s < 0) continue;
+      for (int64_t c = 0; c < HC; ++c) r.send.at(s, HC)[c] = mine.rows[t * HC + c] * static_cast<float>(k + 2);
+    }
+  std::vector<float> sent;
+  for (int64_t s = 0; s < plan.send_rows(); ++s) sent.insert(sent.end(), r.send.at(s, HC), r.send.at(s, HC) + HC);
+  ExpertSteps steps;
+  steps.meanwhile = [] {};
+  steps.experts = [&](int) {
+    const int64_t Mr = plan.recv_rows();
+    L.dy_recv.assign(r.recv, r.recv + Mr * HC);
+    for (int64_t i = 0; i < Mr * HC; ++i) r.reply[i] = -r.recv[i];
+  };
+  D.exchange(Pass::backward, plan, r, *L.state, scratch, HC, steps, nullptr);
+  L.dx_back.clear();
+  for (int64_t s = 0; s < plan.send_rows(); ++s) L.dx_back.insert(L.dx_back.end(), r.back.at(s, HC), r.back.at(s, HC) + HC);
+  for (float& v : sent) v = -v;
+  EXPECT_EQ(L.dx_back, sent) << D.name() << ": input gradients did not come home unchanged";
+}
+
+TEST(Hierarchical, RowsReachThePlannedExpertsAndComeBackAsWithFlatMpi) {
+  Comm world = Comm::world();
+  const int P = world.size();
+  if (P < 2) GTEST_SKIP() << "needs several ranks";
+  const Comm& ep = world;
+  const int64_t E = 4 * P;
+  HierRouting mine(world.rank(), P, E);
+  for (const Layout& lay : layouts(P)) {
+    SCOPED_TRACE(lay.name);
+    auto flat = make_dispatcher(DispatchKind::mpi, ep);
+    auto hier = make_dispatcher(DispatchKind::hierarchical, ep, 1, NodeLayout{lay.node});
+    ASSERT_STREQ(hier->name(), "hierarchical");
+    const auto& H = dynamic_cast<const HierDispatcher&>(*hier);
+    H.reset_traffic();
+    // Two layers through one scratch, forward A, B then backward B, A, as a
+    // model does: each layer's outputs must survive the other's passes.
+    auto fs = flat->make_scratch(), hs = hier->make_scratch();
+    LayerRun fa, fb, ha, hb;
+    forward(*flat, fa, *fs, mine, E, ep);
+    forward(*flat, fb, *fs, mine, E, ep);
+    forward(*hier, ha, *hs, mine, E, ep);
+    forward(*hier, hb, *hs, mine, E, ep);
+    backward(*hier, hb, *hs, mine);
+    backward(*hier, ha, *hs, mine);
+    backward(*flat, fb, *fs, mine);
+    backward(*flat, fa, *fs, mine);
+    for (LayerRun* h : {&ha, &hb}) {
+      LayerRun& f = h == &ha ? fa : fb;
+      EXPECT_EQ(h->x_recv, f.x_recv);
+      EXPECT_EQ(h->y_back, f.y_back);
+      EXPECT_EQ(h->dy_recv, f.dy_recv);
+      EXPECT_EQ(h->dx_back, f.dx_back);
+      expect_equals_alltoallv(h->plan, h->x_recv.data(), mine, ep, E);
+    }
+    // Rows between nodes, summed over ranks, from every rank's routing: the
+    // flat transport moves every pick on another node out and back in both
+    // passes; the hierarchical one sends a token's row once per remote node
+    // forward, every pick's row otherwise.
+    int64_t picks = 0, rows = 0;
+    for (int s = 0; s < P; ++s) {
+      HierRouting R(s, P, E);
+      const int El = static_cast<int>(E / P);
+      for (int64_t t = 0; t < R.N; ++t) {
+        std::vector<int> nodes;
+        for (int64_t k = 0; k < HK; ++k) {
+          const int n = lay.node[R.idx[t * HK + k] / El];
+          if (!R.keep[t * HK + k] || n == lay.node[s]) continue;
+          ++picks;
+          if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n), ++rows;
+        }
+      }
+    }
+    HierTraffic got = H.traffic();
+    world.allreduce_sum(&got.network_bytes, 1);
+    world.allreduce_sum(&got.flat_bytes, 1);
+    const int64_t row = HC * sizeof(float), layers = 2;
+    EXPECT_EQ(got.flat_bytes, layers * 4 * picks * row);
+    EXPECT_EQ(got.network_bytes, layers * (rows + 3 * picks) * row);
+    if (H.nodes() > 1 && static_cast<int>(lay.node.size()) > H.nodes()) EXPECT_LT(rows, picks) << "no token shared a node";
+  }
+}
+
+TEST(Hierarchical, NodeLayoutsDescribeThemselves) {
+  EXPECT_EQ((NodeLayout{{0, 0, 1, 1}}).describe(), "2 nodes: 2+2 ranks");
+  EXPECT_TRUE((NodeLayout{{0, 0, 1, 1}}).hierarchical_pays());
+  EXPECT_TRUE((NodeLayout{{0, 0, 1}}).hierarchical_pays());
+  EXPECT_FALSE((NodeLayout{{0, 1, 2}}).hierarchical_pays());  // one rank per node: nothing to share
+  EXPECT_FALSE((NodeLayout{{0, 0, 0}}).hierarchical_pays());  // one node: shared memory alone
+  Comm world = Comm::world();
+  NodeLayout c = NodeLayout::consecutive(world, 2);
+  for (int r = 0; r < world.size(); ++r) EXPECT_EQ(c.node[r], r / 2);
+  NodeLayout m = NodeLayout::of(world);  // one machine: one node
+  EXPECT_EQ(m.nodes(), 1);
+}
 
 TEST(Capacity, DistributedDecisionEqualsOneRankOverAllTokens) {
   Comm world = Comm::world();

@@ -37,7 +37,7 @@ TEST(Config, OptionsAreEnumsWithOneNameTable) {
   expect_round_trip<GradFormat>({"e5m2", "e4m3"});
   expect_round_trip<Moments>({"fp32", "bf16"});
   expect_round_trip<Recompute>({"none", "full"});
-  expect_round_trip<Transport>({"auto", "shm", "mpi"});
+  expect_round_trip<Transport>({"auto", "shm", "mpi", "hierarchical"});
   expect_round_trip<DataFormat>({"text", "bin"});
   expect_round_trip<pipe::ScheduleKind>({"gpipe", "1f1b", "interleaved", "zb"});
   EXPECT_EQ(pipe::schedule_name(pipe::ScheduleKind::zb), "zb");
@@ -55,6 +55,10 @@ TEST(Config, OptionsAreEnumsWithOneNameTable) {
   RunConfig b = parse_config(to_toml(a), "t2");
   EXPECT_EQ(to_toml(b), to_toml(a));
   EXPECT_EQ(b.checkpoint.resume_dir, "runs/x/step_1");
+  RunConfig h = parse_config(default_config_text(), "t", {"parallel.transport=hierarchical", "parallel.node_size=2"});
+  EXPECT_EQ(h.parallel.transport, Transport::hierarchical);
+  EXPECT_EQ(h.parallel.node_size, 2);
+  EXPECT_EQ(to_toml(parse_config(to_toml(h), "t3")), to_toml(h));
   RunConfig c = parse_config(default_config_text(), "t", {"checkpoint.resume=none"});
   EXPECT_EQ(c.checkpoint.resume, ResumeMode::none);
   EXPECT_EQ(c.checkpoint.resume_dir, "");
