@@ -153,7 +153,6 @@ void loop() {
   State& s = state();
   // The first beat at once: the launcher waits for it (launch.start_timeout),
   // and a run shorter than one interval still says where each rank ran.
-  if (!s.cfg.dir.empty()) write_heartbeat(s, wall_now());
   std::unique_lock<std::mutex> lk(s.mu);
   while (!s.stop) {
     s.cv.wait_for(lk, std::chrono::duration<double>(s.cfg.interval));
@@ -208,6 +207,9 @@ void stop() {
   s.cv.notify_all();
   s.thread.join();
   s.running = false;
+  // A last beat: the step the rank ended at, and, for a run shorter than one
+  // interval, where it ran at all.
+  if (!s.cfg.dir.empty()) write_heartbeat(s, wall_now());
 }
 
 bool running() { return state().running; }

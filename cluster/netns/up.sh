@@ -44,7 +44,10 @@
 #                memory transport mixes the nodes up)
 #   mpirun.env   OMPI_MCA_* lines (KEY=VALUE; `set -a; . mpirun.env` exports
 #                them) that make any mpirun, and so moe-launch, use the agent
+#                (mpi_yield_when_idle too: the nodes share this machine's
+#                cores, and ranks that spin while waiting starve the others)
 #   mpirun.args  the same as mpirun options, one per line
+# with.sh PREFIX|STATE COMMAND runs COMMAND with mpirun.env's settings.
 # Needs root (ip netns, tc). Refuses to run if any of its names exist; on a
 # failure it removes what it made.
 set -euo pipefail
@@ -150,6 +153,7 @@ OMPI_MCA_plm_rsh_no_tree_spawn=1
 OMPI_MCA_btl=tcp,vader,self
 OMPI_MCA_oob_tcp_if_include=$SUBNET
 OMPI_MCA_btl_tcp_if_include=$SUBNET
+OMPI_MCA_mpi_yield_when_idle=1
 ENV
 cat > "$STATE/mpirun.args" <<ARGS
 --mca
@@ -167,6 +171,9 @@ $SUBNET
 --mca
 btl_tcp_if_include
 $SUBNET
+--mca
+mpi_yield_when_idle
+1
 ARGS
 echo "$PREFIX $NODES $SUBNET rate $RATE delay $DELAY" > "$STATE/cluster"
 trap - ERR
