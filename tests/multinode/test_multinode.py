@@ -160,25 +160,31 @@ def train_one_rank(run_dir, model, sets):
 def compare(name, rows, base, tol, grad_tol, failures):
     c = Comparison(rows, base, tol, None if tol is None else grad_tol)
     print(f"{name:<32} {c.summary()}", flush=True)
-    if not c.ok or c.n != len(base):
+    # A routing near-tie ends the comparison (tests/equivalence.py); one in
+    # the first half would leave too few steps to show anything: measured on
+    # one machine these layouts compare all 10 steps.
+    if not c.ok or c.n != len(base) or c.compared < len(base) // 2:
         failures.append(name)
 
 
-def layouts(runs, model, base_sets, grad_tol):
-    """runs: [(name, np, sets, tolerance or None, {rank: node index})] against one rank."""
+def layouts(runs, model, grad_tol):
+    """runs: [(name, np, sets, tolerance or None, {rank: node index}, the baseline's sets)] against one rank."""
     failures = []
     tmp = WORK / CASE
     shutil.rmtree(tmp, ignore_errors=True)
+    bases = {}
     with Cluster(CLUSTERS[CASE]) as c:
-        base = train_one_rank(tmp / "base", model, base_sets)
-        for name, np, sets, tol, placement in runs:
+        for name, np, sets, tol, placement, base_sets in runs:
+            key = tuple(base_sets)
+            if key not in bases:
+                bases[key] = train_one_rank(tmp / f"base{len(bases)}", model, base_sets)
             t0 = time.time()
             run_dir = tmp / name
             launch(c, run_dir, model + base_sets + sets, np)
             where = hosts_of(run_dir, np)
             want = {r: c.nodes[i] for r, i in placement.items()}
             assert where == want, f"{name}: ranks ran on {where}, expected {want}"
-            compare(f"{name} ({time.time() - t0:.0f} s)", metric_rows(run_dir), base, tol, grad_tol, failures)
+            compare(f"{name} ({time.time() - t0:.0f} s)", metric_rows(run_dir), bases[key], tol, grad_tol, failures)
     assert not failures, failures
     print("PASS")
 
@@ -191,8 +197,8 @@ DROPLESS = ["moe.capacity_factor=0.0"]
 
 
 def layout_dp():
-    layouts([("dp4_ep1", 4, ["parallel.dp=4", "parallel.ep=1"], LAYOUTS.TOL_DROPLESS, BY_SLOT)],
-            LAYOUTS.MODEL, DROPLESS, LAYOUTS.GRAD_NORM_TOL)
+    layouts([("dp4_ep1", 4, ["parallel.dp=4", "parallel.ep=1"], LAYOUTS.TOL_DROPLESS, BY_SLOT, DROPLESS)],
+            LAYOUTS.MODEL, LAYOUTS.GRAD_NORM_TOL)
 
 
 def layout_ep():
@@ -200,21 +206,23 @@ def layout_ep():
     # (grid: ep_rank = dp_rank % 2, so ep groups {0, 1} and {2, 3}): each ep
     # group has one rank on each node, the expert-data-parallel groups
     # {0, 2}, {1, 3} stay inside a node.
-    layouts([("dp4_ep4", 4, ["parallel.dp=4", "parallel.ep=4"], LAYOUTS.TOL_DROPLESS, BY_SLOT),
+    layouts([("dp4_ep4", 4, ["parallel.dp=4", "parallel.ep=4"], LAYOUTS.TOL_DROPLESS, BY_SLOT, DROPLESS),
              ("dp4_ep2_by_node", 4, ["parallel.dp=4", "parallel.ep=2", "launch.map_by=node"], LAYOUTS.TOL_DROPLESS,
-              BY_NODE)],
-            LAYOUTS.MODEL, DROPLESS, LAYOUTS.GRAD_NORM_TOL)
+              BY_NODE, DROPLESS)],
+            LAYOUTS.MODEL, LAYOUTS.GRAD_NORM_TOL)
 
 
 def layout_pp():
     # pp = 2 on 2 ranks mapped by node: stage 0 on node 1, stage 1 on node 2;
     # bitwise (tests/pipeline/test_pipeline.py says why). pp 2 x dp 2 x ep 2
     # by slot (grid: pp_rank = w / dp): stage 0 = ranks 0, 1 on node 1,
-    # stage 1 = ranks 2, 3 on node 2; the 3d tolerance, with dropping as there.
-    layouts([("pp2_1f1b", 2, ["parallel.pp=2", "parallel.schedule=1f1b", "launch.map_by=node"], None, {0: 0, 1: 1}),
-             ("pp2_dp2_ep2", 4, ["parallel.pp=2", "parallel.dp=2", "parallel.ep=2", "parallel.schedule=1f1b",
-                                 "moe.capacity_factor=1.0"], PIPELINE.TOL_3D, BY_SLOT)],
-            PIPELINE.MODEL, [], PIPELINE.GRAD_NORM_TOL)
+    # stage 1 = ranks 2, 3 on node 2; the 3d tolerance, against a one-rank
+    # baseline with the same capacity dropping (as test_pipeline.py's 3d).
+    layouts([("pp2_1f1b", 2, ["parallel.pp=2", "parallel.schedule=1f1b", "launch.map_by=node"], None, {0: 0, 1: 1},
+              []),
+             ("pp2_dp2_ep2", 4, ["parallel.pp=2", "parallel.dp=2", "parallel.ep=2", "parallel.schedule=1f1b"],
+              PIPELINE.TOL_3D, BY_SLOT, ["moe.capacity_factor=1.0"])],
+            PIPELINE.MODEL, PIPELINE.GRAD_NORM_TOL)
 
 
 # The fault cases: 30 steps of dp 4 / ep 4 (launch's automatic layout),
