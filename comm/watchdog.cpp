@@ -11,12 +11,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "comm/comm.h"
 
@@ -81,7 +83,13 @@ std::string describe_peers(const State& s, const std::vector<int>& members, doub
   if (s.cfg.dir.empty()) return "  (no heartbeat directory: peers unknown)\n";
   std::ostringstream os;
   double stale = std::max(3.0 * s.cfg.interval, 2.5);  // about three missed beats
-  int named = 0;
+  int named = 0, silent = 0, busy = 0;
+  // Fresh members by host, for hosts other than this one: when no member is
+  // silent or busy, every member is blocked waiting (on the same operation,
+  // or still in an earlier one whose messages did not arrive), which is what
+  // a network fault between hosts looks like with heartbeats on a shared
+  // file system; those ranks are named with their hosts.
+  std::map<std::string, std::vector<int>> elsewhere;
   for (int r : members) {
     if (r == s.cfg.rank) continue;
     std::ifstream in(rank_file(s.cfg.dir, r));
@@ -93,29 +101,58 @@ std::string describe_peers(const State& s, const std::vector<int>& members, doub
     }
     if (j.is_null() || !j.contains("time")) {
       os << fmt::format("  rank {}: no heartbeat at all (never started, or dead before its first beat)\n", r);
-      ++named;
+      ++named, ++silent;
       continue;
     }
     double age = now - j["time"].get<double>();
+    const std::string host = j["host"].get<std::string>(), op = j["op"].get<std::string>();
     std::string where = fmt::format("step {} in {}{}", j["step"].get<int64_t>(), j["phase"].get<std::string>(),
-                                    j["op"].get<std::string>().empty()
-                                        ? std::string()
-                                        : fmt::format(" / {} on {}", j["op"].get<std::string>(), j["group"].get<std::string>()));
+                                    op.empty() ? std::string() : fmt::format(" / {} on {}", op, j["group"].get<std::string>()));
+    // How long the peer had been blocked in its operation when it last beat.
+    const double blocked = op.empty() ? 0.0 : j.value("op_seconds", 0.0);
     if (age > stale) {
       os << fmt::format("  rank {} (host {}, pid {}): SILENT for {:.0f} s - dead or stopped; last seen at {}\n", r,
-                        j["host"].get<std::string>(), j["pid"].get<int64_t>(), age, where);
-      ++named;
-    } else if (j["op"].get<std::string>() != s.op || j["group"].get<std::string>() != s.group) {
-      os << fmt::format("  rank {} (host {}): alive but elsewhere, at {}\n", r, j["host"].get<std::string>(), where);
+                        host, j["pid"].get<int64_t>(), age, where);
+      ++named, ++silent;
+      continue;
+    }
+    if (op != s.op || j["group"].get<std::string>() != s.group) {
+      if (blocked > stale) {
+        // Fresh but stuck in another operation for seconds: waiting on
+        // messages too (an earlier operation that never completed), not busy.
+        os << fmt::format("  rank {} (host {}): alive but blocked for {:.0f} s at {}\n", r, host, blocked, where);
+      } else {
+        os << fmt::format("  rank {} (host {}): alive but elsewhere, at {}\n", r, host, where);
+        ++busy;
+      }
       ++named;
     }
+    if (host != s.host) elsewhere[host].push_back(r);
   }
-  if (named == 0) os << "  every member's heartbeat is fresh and in the same operation (a slow network?)\n";
+  if (silent == 0 && busy == 0) {
+    os << (named == 0 ? "  every member's heartbeat is fresh and in the same operation"
+                      : "  no member is silent or busy: all are blocked waiting");
+    if (elsewhere.empty()) {
+      os << " (a slow network?)\n";
+    } else {
+      os << "; members on other hosts:";
+      bool first = true;
+      for (const auto& [host, ranks] : elsewhere) {
+        os << (first ? " " : ", ") << fmt::format("host {} (rank{} {})", host, ranks.size() == 1 ? "" : "s",
+                                                   fmt::join(ranks, ", "));
+        first = false;
+      }
+      os << fmt::format(": a slow or broken network between this host ({}) and {}?\n", s.host,
+                        elsewhere.size() == 1 ? "that one" : "those");
+    }
+  }
   return os.str();
 }
 
 void loop() {
   State& s = state();
+  // The first beat at once: the launcher waits for it (launch.start_timeout),
+  // and a run shorter than one interval still says where each rank ran.
   std::unique_lock<std::mutex> lk(s.mu);
   while (!s.stop) {
     s.cv.wait_for(lk, std::chrono::duration<double>(s.cfg.interval));
@@ -170,6 +207,9 @@ void stop() {
   s.cv.notify_all();
   s.thread.join();
   s.running = false;
+  // A last beat: the step the rank ended at, and, for a run shorter than one
+  // interval, where it ran at all.
+  if (!s.cfg.dir.empty()) write_heartbeat(s, wall_now());
 }
 
 bool running() { return state().running; }

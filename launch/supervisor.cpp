@@ -322,6 +322,7 @@ class Supervisor {
     TaggedLine t = parse_tagged(line, plan_.slurm);
     if (t.rank >= 0) {
       rank_log(t.rank) << t.text << '\n';
+      note_watchdog(t.rank, t.text);
       if (t.rank == 0) {
         rank_log(0).flush();
         if (o.first_step < 0 && t.text.rfind("step ", 0) == 0) o.first_step = since(start);
@@ -343,6 +344,24 @@ class Supervisor {
       dead_.emplace(std::stoi(m[1].str()), m[2].str());
     clear_progress();
     std::cerr << line << std::endl;
+  }
+
+  // Keeps the first watchdog report of the attempt: its header line and the
+  // member lines after it from the same rank, up to "aborting the job.".
+  void note_watchdog(int rank, const std::string& text) {
+    static const std::string head = "watchdog: rank ", tail = "; its members:";
+    if (watchdog_.empty() && text.rfind(head, 0) == 0) {
+      watchdog_ = text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0
+                      ? text.substr(0, text.size() - tail.size())
+                      : text;
+      watchdog_rank_ = rank, watchdog_open_ = true;
+    } else if (watchdog_open_ && rank == watchdog_rank_) {
+      if (text.rfind("  ", 0) == 0 && watchdog_.size() < 4000)
+        watchdog_ += (watchdog_.find(": ", watchdog_.find(" at step ")) == std::string::npos ? ": " : "; ") +
+                     text.substr(text.find_first_not_of(' '));
+      else
+        watchdog_open_ = false;
+    }
   }
 
   std::string describe_rank(int r, const std::string& what) {
@@ -372,6 +391,7 @@ class Supervisor {
     attempt_ = attempt;
     rank_logs_.clear();
     dead_.clear();
+    watchdog_.clear(), watchdog_rank_ = -1, watchdog_open_ = false;
     const LaunchSection& L = plan_.cfg.launch;
     std::vector<std::string> argv = plan_.argv;
     if (attempt > 1) {
@@ -436,7 +456,12 @@ class Supervisor {
           if (!why.empty()) {
             o.kind = Outcome::hung;
             o.ended_at = wall_seconds();
-            o.report = "hang detected: " + why;
+            // After a watchdog abort the ranks are gone but the launcher
+            // program did not end the job (mpirun cannot reach a host whose
+            // network is down): say what the watchdog saw first.
+            o.report = watchdog_.empty() ? "hang detected: " + why
+                                         : fmt::format("hang detected: the job did not end after a watchdog abort ({}); {}",
+                                                       watchdog_, why);
             say(o.report + "; tearing the job down");
             kill_all(job);
             killed = true;
@@ -480,6 +505,7 @@ class Supervisor {
     else
       o.report = fmt::format("the job failed after {:.0f} s ({}){}", o.seconds, o.status,
                              who.empty() ? "" : ": " + who);
+    if (!watchdog_.empty()) o.report += "; " + watchdog_;
     if (stopping) {
       o.kind = Outcome::stopped;  // a stop was asked for: no restart
       o.signal_name = sig_name(stop_sig);
@@ -526,6 +552,12 @@ class Supervisor {
   std::ofstream launcher_log_, attempts_;
   std::map<int, std::ofstream> rank_logs_;
   std::map<int, std::string> dead_;
+  // The first watchdog report of this attempt (moe-train's comm/watchdog: the
+  // rank that gave up waiting, the operation, and its group's members with
+  // their hosts), one line; it goes into the attempt's report.
+  std::string watchdog_;
+  int watchdog_rank_ = -1;
+  bool watchdog_open_ = false;
 };
 
 }  // namespace
