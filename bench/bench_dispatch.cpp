@@ -1,11 +1,16 @@
 // sy-bench-dispatch: expert-parallel dispatch + combine, nccl-tests style.
-//   mpirun -np P sy-bench-dispatch [--tokens 4096] [--iters 10] [--warmup 2]
-// For each shape (C in {512, 1024}, E in {8, 16}, K = 2, tokens per rank):
+//   mpirun -np P sy-bench-dispatch [--tokens 4096] [--iters 10] [--warmup 2] [--top-k 2]
+//                                  [--dims 512,1024] [--experts 8,16] [--no-layer]
+// For each shape (C in --dims, E in --experts, K = --top-k, tokens per rank):
 //  - raw: MPI_Alltoallv of the same rows there and back (the baseline);
 //  - ours: plan (counts all-to-all) + gather + all-to-all-v + back + combine,
 //    the data path of an MoE layer without its GEMMs;
+//  - shm: the same path through the shared-memory transport, only when the
+//    ranks are on one node ("-" across nodes: a window cannot span them);
 //  - the MoE layer (F = C, one shared expert) forward + backward, plain and
-//    overlapped (4 chunks), with the share of permute/unpermute in it.
+//    overlapped (4 chunks), with the share of permute/unpermute in it
+//    (--no-layer: "-", and the routing forward runs with tiny experts, which
+//    routes the same: the router reads only h and its own weights).
 // Bytes are the rows each rank sends, both directions; algbw = bytes / time,
 // busbw = algbw * (P - 1) / P (nccl-tests' all-to-all factor). Times are
 // medians over the iterations of the slowest rank. Never pass/fail, except
@@ -62,7 +67,14 @@ int main(int argc, char** argv) {
   CLI::App app{"expert-parallel dispatch + combine against MPI_Alltoallv"};
   int64_t tokens = 4096;
   int iters = 10, warmup = 2;
+  int64_t K = 2;
+  std::vector<int64_t> dims{512, 1024}, experts{8, 16};
+  bool no_layer = false;
   app.add_option("--tokens", tokens, "tokens per rank");
+  app.add_option("--top-k", K, "experts per token")->check(CLI::Range(1, 64));
+  app.add_option("--dims", dims, "model widths C")->delimiter(',');
+  app.add_option("--experts", experts, "expert counts E")->delimiter(',');
+  app.add_flag("--no-layer", no_layer, "only the data path (no MoE layer forward + backward columns)");
   app.add_option("--iters", iters);
   app.add_option("--warmup", warmup);
   CLI11_PARSE(app, argc, argv);
@@ -74,23 +86,24 @@ int main(int argc, char** argv) {
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
   try {
+    // A shared-memory window cannot span nodes: the shm columns need one.
+    const bool one_node = same_node(world);
     if (root)
       std::cout << fmt::format(
-          "# sy-bench-dispatch: {} ranks, {} tokens per rank, K = 2, {} threads per rank, times in ms (median of {}, "
+          "# sy-bench-dispatch: {} ranks, {} tokens per rank, K = {}, {} threads per rank, times in ms (median of {}, "
           "slowest rank)\n"
           "#{:>5} {:>4} {:>8} | {:>7} {:>6} {:>6} | {:>7} {:>5} | {:>7} {:>6} {:>6} {:>5} {:>6} | {:>8} {:>8} {:>5} "
           "{:>8} {:>5} | {:>7}\n",
-          P, tokens, threads, iters, "C", "E", "MB/rank", "raw", "algbw", "busbw", "mpi", "ratio", "shm", "algbw",
+          P, tokens, K, threads, iters, "C", "E", "MB/rank", "raw", "algbw", "busbw", "mpi", "ratio", "shm", "algbw",
           "busbw", "ratio", "#wrong", "layer", "overlap", "speed", "shm", "speed", "permute")
                 << std::flush;
-    const int64_t K = 2;
-    for (int64_t C : {512, 1024})
-      for (int64_t E : {8, 16}) {
-        if (E % P) continue;
+    for (int64_t C : dims)
+      for (int64_t E : experts) {
+        if (E % P || K > E) continue;
         Grid grid(world, {1, 0, P}, E, "bench");
         ModelConfig m;
         m.d_model = C, m.n_layers = 1, m.dense_layers = 0, m.n_heads = 8, m.n_kv_heads = 8, m.seq_len = tokens;
-        m.moe.experts = E, m.moe.top_k = K, m.moe.expert_hidden = C, m.moe.shared_experts = 1;
+        m.moe.experts = E, m.moe.top_k = K, m.moe.expert_hidden = no_layer ? 8 : C, m.moe.shared_experts = !no_layer;
         m.moe.aux_loss_coef = 0.01;
         const int64_t N = tokens;
         Dims d(m, 1);
@@ -152,8 +165,9 @@ int main(int argc, char** argv) {
         // Shared-memory transport: plan + rows written into the expert's
         // segment + fence + combine reading them there (identity experts).
         SharedWindow win;
-        std::vector<float> combined_shm(N * C), copy(Ms * C);
-        double shm_path = time_it(world, warmup, iters, [&] {
+        std::vector<float> combined_shm(one_node ? N * C : 0), copy(one_node ? Ms * C : 0);
+        double shm_path = 0;
+        if (one_node) shm_path = time_it(world, warmup, iters, [&] {
           p2.plan(grid.ep(), acts.idx, acts.keep, N, K, E, 1, true);
           win.ensure(grid.ep(), p2.recv_rows() * C);
           RowMap at = RowMap::scattered(win.peers(), p2.dest_rank(), p2.dest_row());
@@ -163,14 +177,14 @@ int main(int argc, char** argv) {
           moe_combine(combined_shm.data(), at, nullptr, acts.gates, p2.send_pos().data(), N, K, C);
           win.fence(grid.ep(), "combine");
         });
-        {  // the rows as the combine saw them (outside the timing)
+        if (one_node) {  // the rows as the combine saw them (outside the timing)
           std::vector<float> scratch_out(N * C, 0.f);
           moe_combine(scratch_out.data(), RowMap::scattered(win.peers(), p2.dest_rank(), p2.dest_row()), copy.data(),
                       acts.gates, p2.send_pos().data(), N, K, C);
+          for (int64_t r = 0; r < Ms; ++r)
+            for (int64_t c = 0; c < C; ++c) wrong += copy[r * C + c] != h[p2.send_token()[r] * C + c];
+          for (int64_t i = 0; i < N * C; ++i) wrong += combined_shm[i] != combined[i];
         }
-        for (int64_t r = 0; r < Ms; ++r)
-          for (int64_t c = 0; c < C; ++c) wrong += copy[r * C + c] != h[p2.send_token()[r] * C + c];
-        for (int64_t i = 0; i < N * C; ++i) wrong += combined_shm[i] != combined[i];
         world.allreduce_sum(&wrong, 1);
 
         // The whole MoE layer, forward + backward, plain and overlapped.
@@ -188,26 +202,43 @@ int main(int argc, char** argv) {
         };
         MoeTimers tp;
         plain.timers = &tp;
-        double t_plain = time_it(world, warmup, iters, [&] { layer(plain); });
-        MoeContext over{DpGroup(grid.dp()), make_dispatcher(DispatchKind::mpi_overlapped, grid.ep(), 4),
-                        grid.dp_rank() * N};
-        double t_over = time_it(world, warmup, iters, [&] { layer(over); });
-        MoeContext shm{DpGroup(grid.dp()), make_dispatcher(DispatchKind::shm, grid.ep()), grid.dp_rank() * N};
-        acts.rows.reset();  // the transport's buffers are its own: shm makes its windows
-        scratch.rows.reset();
-        double t_shm = time_it(world, warmup, iters, [&] { layer(shm); });
-        double permute_share = tp.permute / tp.total();
-        world.allreduce_max(&permute_share, 1);
+        double t_plain = 0, t_over = 0, t_shm = 0, permute_share = 0;
+        if (!no_layer) {
+          t_plain = time_it(world, warmup, iters, [&] { layer(plain); });
+          MoeContext over{DpGroup(grid.dp()), make_dispatcher(DispatchKind::mpi_overlapped, grid.ep(), 4),
+                          grid.dp_rank() * N};
+          t_over = time_it(world, warmup, iters, [&] { layer(over); });
+          if (one_node) {
+            MoeContext shm{DpGroup(grid.dp()), make_dispatcher(DispatchKind::shm, grid.ep()), grid.dp_rank() * N};
+            acts.rows.reset();  // the transport's buffers are its own: shm makes its windows
+            scratch.rows.reset();
+            t_shm = time_it(world, warmup, iters, [&] { layer(shm); });
+          }
+          permute_share = tp.permute / tp.total();
+          world.allreduce_max(&permute_share, 1);
+        }
 
         auto bw = [&](double t) { return bytes / t / 1e9; };
         double bus = static_cast<double>(P - 1) / P;
+        // A column left out (across nodes, --no-layer) prints "-" in its width.
+        auto cell = [](bool on, int width, const std::string& text) {
+          return fmt::format("{:>{}}", on ? text : "-", width);
+        };
         if (root)
           std::cout << fmt::format(
-                           " {:>5} {:>4} {:>8.2f} | {:>7.2f} {:>6.2f} {:>6.2f} | {:>7.2f} {:>5.2f} | {:>7.2f} {:>6.2f} "
-                           "{:>6.2f} {:>5.2f} {:>6} | {:>8.1f} {:>8.1f} {:>4.2f}x {:>8.1f} {:>4.2f}x | {:>6.1f}%\n",
+                           " {:>5} {:>4} {:>8.2f} | {:>7.2f} {:>6.2f} {:>6.2f} | {:>7.2f} {:>5.2f} | {} {} "
+                           "{} {} {:>6} | {} {} {} {} {} | {}\n",
                            C, E, bytes / 2 / 1e6, raw * 1e3, bw(raw), bw(raw) * bus, mpi_path * 1e3, raw / mpi_path,
-                           shm_path * 1e3, bw(shm_path), bw(shm_path) * bus, raw / shm_path, wrong, t_plain * 1e3,
-                           t_over * 1e3, t_plain / t_over, t_shm * 1e3, t_plain / t_shm, 100 * permute_share)
+                           cell(one_node, 7, fmt::format("{:.2f}", shm_path * 1e3)),
+                           cell(one_node, 6, fmt::format("{:.2f}", bw(shm_path))),
+                           cell(one_node, 6, fmt::format("{:.2f}", bw(shm_path) * bus)),
+                           cell(one_node, 5, fmt::format("{:.2f}", raw / shm_path)), wrong,
+                           cell(!no_layer, 8, fmt::format("{:.1f}", t_plain * 1e3)),
+                           cell(!no_layer, 8, fmt::format("{:.1f}", t_over * 1e3)),
+                           cell(!no_layer, 5, fmt::format("{:.2f}x", t_plain / t_over)),
+                           cell(!no_layer && one_node, 8, fmt::format("{:.1f}", t_shm * 1e3)),
+                           cell(!no_layer && one_node, 5, fmt::format("{:.2f}x", t_plain / t_shm)),
+                           cell(!no_layer, 7, fmt::format("{:.1f}%", 100 * permute_share)))
                     << std::flush;
       }
     if (root)
@@ -216,7 +247,7 @@ int main(int argc, char** argv) {
                    "# all-to-all-v / shared-memory transport; ratio = raw / path. layer = MoE forward + backward (F = C,\n"
                    "# one shared expert) with the plain MPI dispatch; overlap = 4-chunk overlapped MPI dispatch; shm =\n"
                    "# shared-memory transport; speed = layer / that; permute = gather + combine and their backward,\n"
-                   "# share of the plain layer's time.\n";
+                   "# share of the plain layer's time. \"-\": not measured (shm across nodes, layer with --no-layer).\n";
     return 0;
   } catch (const Error& e) {
     std::cerr << "sy-bench-dispatch: " << e.what() << "\n";
