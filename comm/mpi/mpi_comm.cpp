@@ -1,13 +1,10 @@
 #include "comm/mpi/mpi_comm.h"
 
-#include <algorithm>
-#include <chrono>
 #include <climits>
 #include <exception>
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <thread>
 
 #include "comm/watchdog.h"
 #include "core/check.h"
@@ -77,27 +74,8 @@ class MpiRequest final : public RequestImpl {
     SY_MPI_CHECK(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE));
     return flag != 0;
   }
-  // Polls, then sleeps between polls. MPI_Wait spins on its core until the
-  // peers arrive (OpenMPI yields it only when it thinks the node is
-  // oversubscribed); where ranks share cores (simulated nodes on one host,
-  // more ranks than cores, threads per rank) that spin takes the cycles the
-  // ranks still computing need, and every all-to-all pays the slowest rank
-  // twice. The first kSpin of a wait spin as before (short waits keep their
-  // latency); after that the rank tests every kNap at most, so a long wait
-  // ends at most kNap (plus timer slack) late and the core is free meanwhile.
   void wait() override {
-    using clock = std::chrono::steady_clock;
-    constexpr auto kSpin = std::chrono::microseconds(100), kNap = std::chrono::microseconds(200);
-    if (req_ == MPI_REQUEST_NULL) return;
-    const clock::time_point t0 = clock::now();
-    auto nap = std::chrono::microseconds(10);
-    for (int flag = 0;;) {
-      SY_MPI_CHECK(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE));
-      if (flag) return;
-      if (clock::now() - t0 < kSpin) continue;
-      std::this_thread::sleep_for(nap);
-      nap = std::min(2 * nap, kNap);
-    }
+    if (req_ != MPI_REQUEST_NULL) SY_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
   }
 
  private:
