@@ -45,10 +45,6 @@
 #   mpirun.env   OMPI_MCA_* lines (KEY=VALUE; `set -a; . mpirun.env` exports
 #                them) that make any mpirun, and so moe-launch, use the agent
 #   mpirun.args  the same as mpirun options, one per line
-#   Both include mpi_yield_when_idle=1: every node's slots look free to
-#   OpenMPI, but all nodes share this host's cores, and a rank spinning in
-#   MPI_Wait would take the core a computing rank needs (measured: the MoE
-#   all-to-all waits of small.toml went from 6.2 to 4.5 s a step).
 # Needs root (ip netns, tc). Refuses to run if any of its names exist; on a
 # failure it removes what it made.
 set -euo pipefail
@@ -154,7 +150,6 @@ OMPI_MCA_plm_rsh_no_tree_spawn=1
 OMPI_MCA_btl=tcp,vader,self
 OMPI_MCA_oob_tcp_if_include=$SUBNET
 OMPI_MCA_btl_tcp_if_include=$SUBNET
-OMPI_MCA_mpi_yield_when_idle=1
 ENV
 cat > "$STATE/mpirun.args" <<ARGS
 --mca
@@ -172,9 +167,6 @@ $SUBNET
 --mca
 btl_tcp_if_include
 $SUBNET
---mca
-mpi_yield_when_idle
-1
 ARGS
 echo "$PREFIX $NODES $SUBNET rate $RATE delay $DELAY" > "$STATE/cluster"
 trap - ERR
