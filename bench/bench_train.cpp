@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
     };
     double peak_before = job_peak();
     std::vector<double> secs, tok, model, gemm, gemm_frac;
+    std::vector<std::vector<double>> parts(7);  // StepStats::times, in its order
     for (int64_t s = 0; s < warmup + steps; ++s) {
       sy::StepStats st = trainer.step(s);
       if (s < warmup) continue;
@@ -81,6 +82,9 @@ int main(int argc, char** argv) {
       world.allreduce_sum(&g, 1);
       gemm.push_back(g);
       gemm_frac.push_back(st.gemm_seconds / st.seconds);
+      const sy::StepTimes& t = st.times;
+      const double each[7] = {t.forward, t.backward, t.grad_wait, t.optimizer, t.moe_wait, t.moe_plan, t.moe_permute};
+      for (int i = 0; i < 7; ++i) parts[i].push_back(each[i]);
     }
     double peak = std::max(peak_before, job_peak());  // before and after the steps
     sy::BlasInfo blas = sy::blas_info();
@@ -95,6 +99,12 @@ int main(int argc, char** argv) {
                         {"gemm_gflops", median(gemm)},
                         {"gemm_time_frac", median(gemm_frac)},
                         {"sgemm_peak_gflops", peak}};
+    const char* part_names[7] = {"forward", "backward", "grad_wait", "optimizer", "moe_wait", "moe_plan", "moe_permute"};
+    std::string breakdown;
+    for (int i = 0; i < 7; ++i) {
+      r["times"][part_names[i]] = median(parts[i]);
+      breakdown += fmt::format("{}{} {:.3f}", i ? ", " : "", part_names[i], median(parts[i]));
+    }
     if (json) {
       std::cout << r.dump() << "\n";
     } else {
@@ -105,6 +115,7 @@ int main(int argc, char** argv) {
           r["config"].get<std::string>(), world.size(), world.size() == 1 ? "" : "s", median(tok), steps,
           median(secs), median(model), 100 * median(model) / peak, median(gemm), 100 * median(gemm) / peak,
           100 * median(gemm_frac), peak, blas.core, blas.threads);
+      std::cout << "  step parts (s, median of the slowest rank each): " << breakdown << "\n";
     }
     return 0;
   } catch (const sy::Error& e) {

@@ -90,6 +90,9 @@ void MetricsWriter::write(const StepStats& s) {
     j["val_loss"] = s.val_loss;
     j["val_capacity_factor"] = s.val_capacity_factor;  // moe.eval_capacity_factor (0: dropless)
   }
+  j["times"] = {{"forward", s.times.forward},     {"backward", s.times.backward}, {"grad_wait", s.times.grad_wait},
+                {"optimizer", s.times.optimizer}, {"moe_wait", s.times.moe_wait}, {"moe_plan", s.times.moe_plan},
+                {"moe_permute", s.times.moe_permute}};  // seconds, each the largest over ranks
   j["activation_mib"] = {{"arena", s.act_mib[0]}, {"expert_rows", s.act_mib[1]}, {"fp8", s.act_mib[2]},
                          {"total", s.act_mib[3]}};
   for (size_t g = 0; g < s.fp8.size(); ++g)

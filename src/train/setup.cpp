@@ -125,6 +125,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   MoeContext ctx{DpGroup(grid_.dp()),
                  make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks), nodes),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
+  ctx.timers = &moe_timers_;
   // The FP8 recipe state, made before the model: the model's Ops carry it.
   if (is_fp8(cfg_.precision.recipe)) {
     Fp8Recipe r;

@@ -34,21 +34,27 @@ StepStats Trainer::step(int64_t step) {
 
   StepStats s;
   s.step = step;
+  const MoeTimers moe0 = moe_timers_;
+  double t_fwd = 0, t_bwd = 0;
   // Summed over ranks at the end: CE sum, tokens, dropped, picks, flops.
   double sums[5] = {0, 0, 0, 0, 0};
   if (pipelined()) run_pipeline(step, s, sums);
   for (int64_t a = 0; a < A && !pipelined(); ++a) {
     batcher_->train_batch(step, a, grid_.dp_rank(), inputs_.data(), targets_.data());
     watchdog::set_phase("forward");
+    const double tf = now_seconds();
     MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), true,
                                          1.0 / static_cast<double>(A));
     SY_CHECK(std::isfinite(mb.loss_sum), "the loss is {} at step {} (micro-batch {}, rank {}): training diverged; "
              "lower train.lr or check the data", mb.loss_sum, step, a, grid_.world().rank());
     watchdog::set_phase("backward");
     bool last = a + 1 == A;
+    const double tb = now_seconds();
+    t_fwd += tb - tf;
     model_->backward(params_.data(), grads_.data(), [&](int64_t key) {
       if (last) sync_->ready(key, grads_.data());
     });
+    t_bwd += now_seconds() - tb;
     sums[0] += mb.loss_sum;
     sums[1] += static_cast<double>(mb.tokens);
     sums[2] += static_cast<double>(mb.dropped);
@@ -72,7 +78,9 @@ StepStats Trainer::step(int64_t step) {
   // The closest top-k call anywhere (a minimum: the same on any layout).
   if (!s.router_margin.empty()) grid_.world().allreduce_min(s.router_margin.data(), s.router_margin.size());
   watchdog::set_phase("optimizer");
+  const double tw = now_seconds();
   sync_->finish();
+  const double to = now_seconds();
 
   // Global gradient norm: every rank's owned share, summed.
   GradNormPart gn = grad_norm_part(sync_->reduced(grads_.data()), sync_->owned(), layout);
@@ -86,6 +94,7 @@ StepStats Trainer::step(int64_t step) {
   ckpt_->wait_staged();  // a background save may still be copying the weights and moments
   opt_->update(params_.data(), sync_->reduced(grads_.data()), step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
   sync_->gather_params(params_.data());
+  const double t_opt = now_seconds() - to;
   update_bias(s.load);
 
   grid_.dp().allreduce_sum(sums, 5);
@@ -103,11 +112,16 @@ StepStats Trainer::step(int64_t step) {
     am.arena += a.arena, am.expert_rows += a.expert_rows, am.fp8 += a.fp8;
   }
   const size_t amb[4] = {am.arena, am.expert_rows, am.fp8, am.total()};
-  double mx[5] = {now_seconds() - t0};
+  const MoeTimers& mt = moe_timers_;
+  double mx[12] = {now_seconds() - t0};
   for (int i = 0; i < 4; ++i) mx[i + 1] = static_cast<double>(amb[i]) / (1 << 20);
-  grid_.world().allreduce_max(mx, 5);
+  const double times[7] = {t_fwd, t_bwd, to - tw, t_opt, mt.wait - moe0.wait, mt.plan - moe0.plan,
+                           mt.permute - moe0.permute};
+  std::copy(times, times + 7, mx + 5);
+  grid_.world().allreduce_max(mx, 12);
   s.seconds = mx[0];
   std::copy(mx + 1, mx + 5, s.act_mib);
+  s.times = {mx[5], mx[6], mx[7], mx[8], mx[9], mx[10], mx[11]};
   s.tokens_per_s = sums[1] / s.seconds;
   s.gflops = 3.0 * sums[4] / s.seconds / 1e9;
   const OpCounters gc = ops_.b().counters();

@@ -41,6 +41,11 @@ namespace sy {
 // 3 watchdog abort).
 inline constexpr int kInterruptedExitCode = 4;
 
+struct StepTimes {
+  double forward = 0, backward = 0, grad_wait = 0, optimizer = 0;
+  double moe_wait = 0, moe_plan = 0, moe_permute = 0;
+};
+
 struct StepStats {
   int64_t step = 0;
   double loss = 0;              // mean cross-entropy over the global batch
@@ -68,6 +73,13 @@ struct StepStats {
   std::vector<double> pp_bubble, pp_bubble_sim, pp_act_mib;
   std::vector<int64_t> pp_peak_in_flight;
   double pp_bubble_analytic = -1;
+  // Where the step's time went, seconds, each the largest over ranks (a
+  // breakdown to find a slow part, not a partition of `seconds`): forward,
+  // backward (the gradient buckets are started from it), waiting for the
+  // gradient reduction to finish, the optimizer (norm, AdamW, ZeRO-1
+  // all-gather); inside the MoE layers: waiting for the row all-to-alls,
+  // the dispatch plan with its count exchange, and gather/combine.
+  StepTimes times;
 };
 
 struct PipeState;  // the executor's buffers and timings (pipeline_exec.cpp)
@@ -139,6 +151,7 @@ class Trainer {
   std::unique_ptr<Batcher> batcher_;
   FloatBuffer params_, grads_;
   std::unique_ptr<GradSync> sync_;
+  MoeTimers moe_timers_;               // the MoE layers time into it (StepStats::times)
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Checkpointer> ckpt_;
   TextSampler sampler_;                // rank 0, train.sample_every > 0

@@ -230,6 +230,13 @@ def test_metrics_and_log(d):
             assert k in r, (k, r)
         assert len(r["expert_load"]) == 1 and len(r["expert_load"][0]) == 4  # 1 MoE layer, 4 experts
         assert sum(r["expert_load"][0]) == 2 * 4 * 32  # top-2 of B*T tokens
+        # Where the step went: disjoint parts of one rank's step, so they fit in it
+        # (1e-6 s: the rounding of the printed figures).
+        t = r["times"]
+        assert set(t) == {"forward", "backward", "grad_wait", "optimizer", "moe_wait", "moe_plan", "moe_permute"}, t
+        assert all(v >= 0 for v in t.values()) and t["forward"] > 0 and t["backward"] > 0, t
+        assert t["forward"] + t["backward"] + t["grad_wait"] + t["optimizer"] <= r["step_seconds"] + 1e-6, (t, r)
+        assert t["moe_wait"] + t["moe_plan"] + t["moe_permute"] <= t["forward"] + t["backward"] + 1e-6, t
     assert "val_loss" in rows[1] and "val_loss" in rows[3] and "val_loss" not in rows[0]
     resolved = (Path(d) / "r" / "config.toml").read_text()
     assert "d_model = 32" in resolved
