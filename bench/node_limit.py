@@ -50,8 +50,8 @@ def run(bin_dir, config, sets, run_dir):
 
 
 def pairs_table(a, tmp):
-    print(f"# Table 1: (token, group) pairs per token per MoE layer, configs/small.toml with 4 layers, "
-          f"{a.steps} steps each")
+    print(f"# Table 1: (token, group) pairs per token per MoE layer, configs/small.toml with 4 layers "
+          f"{' '.join(a.set)}, {a.steps} steps each")
     print(f"{'E':>3} {'K':>2} {'G':>2} {'M':>2} {'pairs/token':>11} {'of M=G':>7} {'of K':>6} {'max':>4} {'last loss':>9}")
     for shape in a.shapes.split(","):
         E, K = (int(x) for x in shape.split("x"))
@@ -66,7 +66,7 @@ def pairs_table(a, tmp):
                 rows = run(a.bin, ROOT / "configs/small.toml",
                            ["model.n_layers=4", f"moe.experts={E}", f"moe.top_k={K}", f"moe.expert_hidden={F}",
                             f"moe.expert_groups={G}", f"moe.max_nodes_per_token={M}", f"train.steps={a.steps}",
-                            "train.log_every=1", "train.val_every=0", f"train.seed={a.seed}"],
+                            "train.log_every=1", "train.val_every=0", f"train.seed={a.seed}"] + a.set,
                            Path(tmp) / f"e{E}k{K}g{G}m{M}")
                 per = statistics.mean(r["expert_groups"]["per_token"] for r in rows)
                 mx = max(r["expert_groups"]["max"] for r in rows)
@@ -105,6 +105,7 @@ def main():
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--skip-loss", action="store_true")
     p.add_argument("--skip-pairs", action="store_true")
+    p.add_argument("--set", action="append", default=[], help="more section.key=value for table 1's runs")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="node_limit.") as tmp:
         if not a.skip_pairs:
