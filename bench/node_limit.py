@@ -5,7 +5,7 @@ dispatch that sends a token once per destination node moves across the
 network when each group lives on one node. Never pass/fail: it prints tables.
 
 usage: bench/node_limit.py [--bin build/bin] [--steps 8] [--shapes 16x2,64x8]
-           [--groups 2,4,8] [--loss-steps 150] [--seeds 1,2,3] [--skip-loss]
+           [--groups 2,4,8] [--limits 1,2] [--set section.key=value] [--loss-steps 150] [--seeds 1,2,3] [--skip-loss]
 
 Table 1, from the real router outputs of `--steps` training steps of
 configs/small.toml with model.n_layers = 4 (3 MoE layers) and fine-grained
@@ -61,7 +61,7 @@ def pairs_table(a, tmp):
                 continue
             base, lines = None, []
             for M in range(G, 0, -1):  # M = G (no limit) first: the reference
-                if K > M * (E // G):
+                if K > M * (E // G) or (M < G and a.limits and M not in a.limits):
                     continue
                 rows = run(a.bin, ROOT / "configs/small.toml",
                            ["model.n_layers=4", f"moe.experts={E}", f"moe.top_k={K}", f"moe.expert_hidden={F}",
@@ -105,6 +105,8 @@ def main():
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--skip-loss", action="store_true")
     p.add_argument("--skip-pairs", action="store_true")
+    p.add_argument("--limits", type=lambda x: [int(v) for v in x.split(",")], default=[],
+                   help="only these M (and M = G); default every M")
     p.add_argument("--set", action="append", default=[], help="more section.key=value for table 1's runs")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="node_limit.") as tmp:
