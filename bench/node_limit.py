@@ -78,12 +78,13 @@ def pairs_table(a, tmp):
 
 
 def loss_table(a, tmp):
-    print(f"\n# Table 2: final validation loss, configs/tiny.toml (E 8, K 2, 4 groups of 2), {a.loss_steps} steps")
+    print(f"\n# Table 2: final validation loss, configs/tiny.toml {' '.join(a.loss_set)} (E 8, K 2, 4 groups of 2), "
+          f"{a.loss_steps} steps")
     res = {}
     for name, M in (("no limit", 0), ("M = 1", 1)):
         for seed in a.seeds.split(","):
             rows = run(a.bin, ROOT / "configs/tiny.toml",
-                       ["moe.expert_groups=4", f"moe.max_nodes_per_token={M}", f"train.steps={a.loss_steps}",
+                       a.loss_set + ["moe.expert_groups=4", f"moe.max_nodes_per_token={M}", f"train.steps={a.loss_steps}",
                         f"train.val_every={a.loss_steps}", "train.val_batches=16", f"train.log_every={a.loss_steps}",
                         f"train.seed={seed}"], Path(tmp) / f"loss_m{M}_s{seed}")
             res.setdefault(name, []).append(rows[-1]["val_loss"])
@@ -105,6 +106,7 @@ def main():
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--skip-loss", action="store_true")
     p.add_argument("--skip-pairs", action="store_true")
+    p.add_argument("--loss-set", action="append", default=[], help="more section.key=value for table 2's runs")
     p.add_argument("--limits", type=lambda x: [int(v) for v in x.split(",")], default=[],
                    help="only these M (and M = G); default every M")
     p.add_argument("--set", action="append", default=[], help="more section.key=value for table 1's runs")
