@@ -18,9 +18,11 @@ unlimited pairs (M = G) the limit leaves, and the share of K. Each run trains
 with its own limit, so its router outputs are those of a model trained with
 it.
 
-Table 2, the limit's loss effect: configs/tiny.toml (E = 8, K = 2) with
-4 groups, --loss-steps steps, no limit vs M = 1, one run per seed; the
-difference in final validation loss next to the seed spread of each.
+Table 2, the limit's loss effect: configs/tiny.toml (E = 8, K = 2; --loss-set
+overrides, e.g. a smaller model) with 4 groups, --loss-steps steps, no limit
+vs M = 1, one run per seed; the difference in final validation loss next to
+the seed spread of each. The README's figures and the commands behind them
+are in its "Node-limited routing" section.
 """
 import argparse
 import json
