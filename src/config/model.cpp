@@ -52,7 +52,21 @@ void validate(const ModelConfig& m, const std::string& where) {
     need(m.moe.top_k <= m.min_experts(), "moe.top_k",
          fmt::format("= {} exceeds {}{}", m.moe.top_k, m.experts_text(),
                      m.uniform_experts() ? "" : fmt::format(" (its smallest count is {})", m.min_experts())));
+    const int64_t G = m.moe.expert_groups, M = m.moe.max_nodes_per_token;
+    for (int64_t l = m.dense_layers; l < m.n_layers; ++l) {
+      const int64_t E = m.experts_at(l);
+      need(E % G == 0, "moe.expert_groups",
+           fmt::format("= {} does not divide the {} experts of layer {} ({}): each group is E / G contiguous experts",
+                       G, E, l, m.experts_text()));
+      if (M > 0)
+        need(m.moe.top_k <= M * (E / G), "moe.max_nodes_per_token",
+             fmt::format("= {} leaves {} x {} experts of layer {} ({}, moe.expert_groups = {}) to choose from, fewer "
+                         "than moe.top_k = {}", M, M, E / G, l, m.experts_text(), G, m.moe.top_k));
+    }
   }
+  need(m.moe.max_nodes_per_token <= m.moe.expert_groups, "moe.max_nodes_per_token",
+       fmt::format("= {} exceeds moe.expert_groups = {} (a token's experts come from at most that many groups; 0 = "
+                   "no limit)", m.moe.max_nodes_per_token, m.moe.expert_groups));
 }
 
 int64_t ModelConfig::experts_gcd() const {

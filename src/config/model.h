@@ -24,6 +24,14 @@ struct MoeConfig {
   int64_t experts_min = 0, experts_max = 0, experts_round = 1;  // experts_max = 0: off
   double experts_gamma = 1.0;
   int64_t top_k = 2;             // K experts per token
+  // Group-limited routing (DeepSeek-V3 n_group / topk_group): a layer's E
+  // experts form expert_groups contiguous groups of E / expert_groups, and a
+  // token's K experts come from at most max_nodes_per_token groups (0 = no
+  // limit). Part of the model, not of the layout: a group is meant to live on
+  // one node (ep rank blocks), but the math is the same on any layout.
+  int64_t expert_groups = 1;
+  int64_t max_nodes_per_token = 0;
+  RouterGroups router_groups() const { return {expert_groups, max_nodes_per_token}; }
   int64_t expert_hidden = 256;   // F, hidden width of each routed expert
   int64_t shared_experts = 0;    // always-active experts of width F (DeepSeek-V3)
   ScoreFn score = ScoreFn::softmax;

@@ -353,6 +353,8 @@ const std::vector<Key>& schema() {
     k.push_back(real("moe", "experts_gamma", SY_REF(double, model.moe.experts_gamma), 0.0, 100.0, "allocation formula exponent gamma"));
     k.push_back(integer("moe", "experts_round", SY_REF(int64_t, model.moe.experts_round), 1, 4096, "allocation formula: counts rounded to the nearest multiple of this (set it to parallel.ep)"));
     k.push_back(integer("moe", "top_k", SY_REF(int64_t, model.moe.top_k), 1, 64, "experts per token K"));
+    k.push_back(integer("moe", "expert_groups", SY_REF(int64_t, model.moe.expert_groups), 1, 64, "contiguous expert groups G of every MoE layer (DeepSeek-V3 n_group; a group is meant to live on one node); divides each layer's experts"));
+    k.push_back(integer("moe", "max_nodes_per_token", SY_REF(int64_t, model.moe.max_nodes_per_token), 0, 64, "node-limited routing: a token's top_k experts come from at most this many of the moe.expert_groups groups, chosen by the sum of each group's top-2 selection scores (DeepSeek-V3 topk_group); 0 = no limit"));
     k.push_back(integer("moe", "expert_hidden", SY_REF(int64_t, model.moe.expert_hidden), 1, 1 << 20, "expert hidden width F"));
     k.push_back(integer("moe", "shared_experts", SY_REF(int64_t, model.moe.shared_experts), 0, 64, "always-active experts of width F"));
     k.push_back(score_fn());

@@ -132,10 +132,11 @@ class Backend {
   // Router: scores/probs, top-k with bias, the top-k margin, balance sums and terms, backward.
   virtual void router_scores(float* scores, float* probs, const float* logits, int64_t N, int64_t E, ScoreFn fn,
                              Stream s) const = 0;
+  // groups: group-limited routing (DeepSeek-V3 n_group / topk_group; kernels/types.h), off by default.
   virtual void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N, int64_t E,
-                           int64_t K, bool renormalize, Stream s) const = 0;
+                           int64_t K, bool renormalize, RouterGroups groups, Stream s) const = 0;
   virtual double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E,
-                               int64_t K, Stream s) const = 0;
+                               int64_t K, RouterGroups groups, Stream s) const = 0;
   virtual void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs, int64_t N,
                            int64_t E, int64_t K, Stream s) const = 0;
   virtual RouterLosses router_losses(const RouterSums& sums, int64_t Ntot, int64_t E, int64_t K) const = 0;

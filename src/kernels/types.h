@@ -38,6 +38,18 @@ struct RowMap {
   float* at(int64_t r, int64_t C) const { return local ? local + r * C : base[rank[r]] + int64_t{row[r]} * C; }
 };
 
+// Group-limited routing (DeepSeek-V3's node-limited routing, n_group /
+// topk_group): the E experts form `groups` contiguous groups of E / groups;
+// a token's top-k experts come from at most `limit` groups. A group's score
+// is the sum of its two largest selection values (score + bias; its one value
+// when a group has a single expert); the `limit` best groups are kept (equal
+// scores: the lower group index), then top-k among their experts (equal
+// values: the lower expert index). limit == 0 or limit >= groups: no limit.
+struct RouterGroups {
+  int64_t groups = 1, limit = 0;
+  bool on() const { return groups > 1 && limit > 0 && limit < groups; }
+};
+
 // Router balance statistics over N tokens, added into (so micro-batches and
 // ranks can be summed): counts (E) of top-k picks, prob_sum (E),
 // z_sum = sum_t lse_t^2, entropy_sum = sum_t H(probs_t). Host values.

@@ -76,8 +76,22 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   // Router on the local tokens.
   ops.b().linear_forward(a.logits, h, params + o.router, N, C, E, ops.stream);
   ops.b().router_scores(a.scores, a.probs, a.logits, N, E, cfg.score, ops.stream);
-  ops.b().router_topk(a.idx, a.gates, a.scores, bias, N, E, K, cfg.renormalize, ops.stream);
-  a.margin = ops.b().router_margin(a.idx, a.scores, bias, N, E, K, ops.stream);
+  ops.b().router_topk(a.idx, a.gates, a.scores, bias, N, E, K, cfg.renormalize, cfg.router_groups(), ops.stream);
+  a.margin = ops.b().router_margin(a.idx, a.scores, bias, N, E, K, cfg.router_groups(), ops.stream);
+  a.group_pairs = a.group_max = 0;
+  if (cfg.expert_groups > 1) {
+    const int64_t Eg = E / cfg.expert_groups;
+    for (int64_t t = 0; t < N; ++t) {
+      int64_t distinct = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        bool seen = false;
+        for (int64_t q = 0; q < k; ++q) seen |= a.idx[t * K + q] / Eg == a.idx[t * K + k] / Eg;
+        distinct += seen ? 0 : 1;
+      }
+      a.group_pairs += distinct;
+      a.group_max = std::max(a.group_max, distinct);
+    }
+  }
   RouterSums local(E);
   ops.b().router_sums(local, a.idx, a.logits, a.probs, N, E, K, ops.stream);
   // ... and its statistics over the whole data-parallel micro-batch.

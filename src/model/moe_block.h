@@ -49,6 +49,10 @@ struct MoeActs {
   RouterSums sums;  // over the data-parallel group
   int64_t Ntot = 0, dropped = 0;
   double margin = 0;  // router_margin of this rank's tokens (how near the top-k choice came to a tie)
+  // With moe.expert_groups > 1: distinct (token, group) pairs of this rank's
+  // picks (before capacity), what a dispatch that sends a token once per
+  // group (node) moves, and the most groups one token's picks span.
+  int64_t group_pairs = 0, group_max = 0;
   // The transport's rows kept for backward: expert inputs (M_recv, C) and
   // outputs (made by the dispatcher at the first forward).
   std::unique_ptr<DispatchLayer> rows;

@@ -172,6 +172,8 @@ MicroBatchStats Transformer::forward_with(int64_t slot, const float* params, con
       st.router.push_back(ops_.b().router_losses(L.moe.sums, L.moe.Ntot, dl.E, d.K));
       st.load.emplace_back(L.moe.sums.counts.begin(), L.moe.sums.counts.end());
       st.margin.push_back(L.moe.margin);
+      st.group_pairs += L.moe.group_pairs;
+      st.group_max = std::max(st.group_max, L.moe.group_max);
       st.moe_index.push_back(m);
       st.dropped += L.moe.dropped;
       st.layer_dropped.push_back(L.moe.dropped);

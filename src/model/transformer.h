@@ -31,6 +31,7 @@ struct MicroBatchStats {
   std::vector<std::vector<int64_t>> load;   // per MoE layer: (E) picks before dropping
   std::vector<double> margin;               // per MoE layer: router_margin of this rank's tokens
   int64_t dropped = 0, picks = 0;           // routed picks dropped / made
+  int64_t group_pairs = 0, group_max = 0;   // moe.expert_groups > 1: MoeActs::group_pairs summed, group_max max over layers
   double flops = 0;                         // forward FLOPs (GEMMs and attention)
   std::vector<int64_t> moe_index;           // per entry of router / load: its MoE layer (0-based among MoE layers)
   std::vector<int64_t> layer_dropped;       // per entry of router / load: routed picks dropped by capacity

@@ -38,6 +38,10 @@ std::vector<std::string> mixtral_incompatibilities(const ModelConfig& m, const s
     out.push_back("moe.score = \"sigmoid\": sigmoid router scores (Mixtral: softmax)");
   if (!m.moe.renormalize)
     out.push_back("moe.renormalize = false: gate weights not divided by their sum (Mixtral renormalises)");
+  if (m.moe.router_groups().on())
+    out.push_back(fmt::format("moe.max_nodes_per_token = {} of moe.expert_groups = {}: group-limited routing "
+                              "(Mixtral routes over all experts; deepseek-v3: n_group, topk_group)",
+                              m.moe.max_nodes_per_token, m.moe.expert_groups));
   float largest = 0;
   for (float b : bias) largest = std::max(largest, std::fabs(b));
   if (m.moe.bias_update_rate > 0 || largest > 0)
@@ -156,8 +160,9 @@ nlohmann::ordered_json config_json(const ModelConfig& m, const ckpt::Manifest& m
     j["scoring_func"] = std::string(score_name(m.moe.score));
     j["norm_topk_prob"] = m.moe.renormalize;
     j["topk_method"] = "noaux_tc";
-    j["n_group"] = 1;
-    j["topk_group"] = 1;
+    // Group-limited routing: topk_group == n_group is no limit (DeepSeek-V3's convention).
+    j["n_group"] = m.moe.expert_groups;
+    j["topk_group"] = m.moe.router_groups().on() ? m.moe.max_nodes_per_token : m.moe.expert_groups;
     j["routed_scaling_factor"] = 1.0;
     j["aux_loss_alpha"] = m.moe.aux_loss_coef;
   }

@@ -26,7 +26,8 @@
 // deepseek-v3: DeepSeek-V3's MoE tensor names and config.json keys
 // (first_k_dense_replace, n_routed_experts, n_shared_experts,
 // num_experts_per_tok, scoring_func, norm_topk_prob, moe_intermediate_size,
-// intermediate_size, routed_scaling_factor = 1, n_group = topk_group = 1,
+// intermediate_size, routed_scaling_factor = 1, n_group = moe.expert_groups,
+// topk_group = moe.max_nodes_per_token (n_group when 0: no limit),
 // topk_method = "noaux_tc") for every Switchyard model:
 //   layers.L.mlp.w13 / w2 (dense) -> model.layers.L.mlp.{gate,up,down}_proj.weight
 //   layers.L.moe.router           -> model.layers.L.mlp.gate.weight

@@ -170,6 +170,9 @@ ExportFormat read_model(HfConfig& hf, RunConfig& cfg, bool metadata) {
     e.top_k = hf.integer("num_experts_per_tok", 1, 0, true);
     e.shared_experts = 0, e.score = ScoreFn::softmax, e.renormalize = true;
     e.aux_loss_coef = hf.number("router_aux_loss_coef", e.aux_loss_coef, false);
+    // Mixtral routes over all experts; the run's groups (no limit) stay if they still divide.
+    e.max_nodes_per_token = 0;
+    if (e.experts % e.expert_groups != 0) e.expert_groups = 1;
   } else {
     const int64_t dense = hf.integer("intermediate_size", 1, m.dense_width(), false);
     if (dense != m.dense_width()) m.dense_hidden = dense;
@@ -188,8 +191,22 @@ ExportFormat read_model(HfConfig& hf, RunConfig& cfg, bool metadata) {
                     "top-k of score + bias over all experts (noaux_tc, or greedy without a bias)", hf.path(), method);
     hf.refuse_unless("moe_layer_freq", 1, "MoE only every few layers (Switchyard: every block after the dense ones)");
     hf.refuse_unless("routed_scaling_factor", 1.0, "scaled routed-expert outputs");
-    hf.refuse_unless("n_group", 1, "group-limited routing");
-    hf.refuse_unless("topk_group", 1, "group-limited routing");
+    // Group-limited routing: n_group contiguous groups, experts from at most
+    // topk_group of them (== n_group: no limit), groups ranked by the sum of
+    // their top-2 selection scores: Switchyard's moe.expert_groups and
+    // moe.max_nodes_per_token (0 = no limit).
+    const int64_t n_group = hf.integer("n_group", 1, 1, false);
+    const int64_t topk_group = hf.integer("topk_group", 1, n_group, false);
+    SY_CONFIG_CHECK(n_group <= 64 && e.experts % n_group == 0, "{}: \"n_group\" = {} must divide \"n_routed_experts\" "
+                    "= {} (at most 64 groups)", hf.path(), n_group, e.experts);
+    SY_CONFIG_CHECK(topk_group <= n_group, "{}: \"topk_group\" = {} exceeds \"n_group\" = {}", hf.path(), topk_group,
+                    n_group);
+    SY_CONFIG_CHECK(topk_group == n_group || method == "noaux_tc", "{}: \"topk_group\" = {} < \"n_group\" = {} with "
+                    "\"topk_method\" = \"{}\": Switchyard limits groups as noaux_tc does (top-2 sums)", hf.path(),
+                    topk_group, n_group, method);
+    const bool was_full = e.expert_groups == n_group && e.max_nodes_per_token == n_group;  // the run's own spelling
+    e.expert_groups = n_group;
+    e.max_nodes_per_token = topk_group < n_group ? topk_group : (was_full ? n_group : 0);
     e.aux_loss_coef = hf.number("aux_loss_alpha", e.aux_loss_coef, false);
     if (method == "greedy") e.bias_update_rate = 0;
   }

@@ -86,6 +86,8 @@ void MetricsWriter::write(const StepStats& s) {
   j["z_loss"] = z;
   j["router_entropy"] = ent;
   j["router_margin"] = s.router_margin;  // +inf (no decision: every expert chosen) is written as null
+  if (s.group_pairs >= 0)
+    j["expert_groups"] = {{"pairs", s.group_pairs}, {"per_token", s.groups_per_token}, {"max", s.groups_max}};
   if (s.val_loss >= 0) {
     j["val_loss"] = s.val_loss;
     j["val_capacity_factor"] = s.val_capacity_factor;  // moe.eval_capacity_factor (0: dropless)

@@ -33,6 +33,51 @@ std::vector<int64_t> local_counts(const ModelConfig& m, int64_t ep) {
   return out;
 }
 
+// Whether each expert group (moe.expert_groups) lives on one node of this
+// layout: the hosts of the expert-parallel ranks (gathered over `ep`) that
+// hold each group's experts, layer by layer. Collective over `ep` and `world`.
+std::string describe_group_nodes(const ModelConfig& m, const Comm& ep, const Comm& world) {
+  const int64_t G = m.moe.expert_groups, P = ep.size();
+  if (G <= 1 || m.moe_layers() == 0) return {};
+  constexpr size_t kHost = 64;
+  std::vector<char> mine(kHost, '\0'), hosts(kHost * static_cast<size_t>(P));
+  const std::string h = host_name();
+  std::copy_n(h.begin(), std::min(h.size(), kHost - 1), mine.begin());
+  ep.allgather(mine.data(), kHost, hosts.data());
+  auto host = [&](int64_t r) { return std::string(hosts.data() + static_cast<size_t>(r) * kHost); };
+  std::vector<std::string> names;
+  for (int64_t r = 0; r < P; ++r)
+    if (std::find(names.begin(), names.end(), host(r)) == names.end()) names.push_back(host(r));
+  std::string split;  // the first group found on several nodes
+  for (int64_t l = m.dense_layers; l < m.n_layers && split.empty(); ++l) {
+    const int64_t E = m.experts_at(l), Eg = E / G, per_rank = E / P;
+    for (int64_t g = 0; g < G && split.empty(); ++g) {
+      const int64_t r0 = g * Eg / per_rank, r1 = ((g + 1) * Eg - 1) / per_rank;
+      for (int64_t r = r0 + 1; r <= r1; ++r)
+        if (host(r) != host(r0)) {
+          split = fmt::format("group {} of layer {} (experts {}-{}) is on ep ranks {}-{}, hosts {} and {}", g, l,
+                              g * Eg, (g + 1) * Eg - 1, r0, r1, host(r0), host(r));
+          break;
+        }
+    }
+  }
+  int aligned = split.empty() ? 1 : 0;
+  world.allreduce_min(&aligned, 1);  // every expert-parallel group's
+  const std::string limit = m.moe.router_groups().on()
+                                ? fmt::format("a token's experts from at most {} of {} groups", m.moe.max_nodes_per_token, G)
+                                : fmt::format("{} groups, no limit (moe.max_nodes_per_token = 0)", G);
+  if (names.size() == 1)
+    return fmt::format("groups : {}; the expert-parallel group is on one node ({}): the limit saves no network bytes",
+                       limit, names[0]);
+  if (!split.empty() || !aligned)
+    return fmt::format("groups : {}; the groups do NOT align with the {} nodes of the expert-parallel group ({}): the "
+                       "limit saves no network bytes (training goes on; make each node hold whole groups: ep ranks per "
+                       "node a multiple of ep / moe.expert_groups)", limit, names.size(),
+                       split.empty() ? std::string("another expert-parallel group's do not") : split);
+  return fmt::format("groups : {}; each group's experts live on one node ({} nodes: {}): a token's rows cross to at "
+                     "most that many nodes", limit, names.size(), fmt::join(names, ", "));
+}
+
 }  // namespace
 
 Tokenizer Trainer::load_tokenizer() const {
@@ -176,6 +221,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
       fp8_->name_weights(ids, static_cast<int64_t>(full_layout_->params().size()));
     }
   }
+  group_nodes_ = describe_group_nodes(cfg_.model, grid_.ep(), grid_.world());
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
   inputs_.resize(static_cast<size_t>(N));
   targets_.resize(static_cast<size_t>(N));
@@ -237,6 +283,7 @@ std::string Trainer::describe() const {
                        pl->balanced ? "balanced by FLOPs" : "from parallel.split", fmt::join(pl->counts, "/"),
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
+  if (!group_nodes_.empty()) pipe += "\n" + group_nodes_;
   for (size_t g = 0; g < lr_use_.size(); ++g)
     pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensor{}, {} params", cfg_.train.lr_groups[g].match,
                         cfg_.train.lr_groups[g].scale, lr_use_[g].tensors, lr_use_[g].tensors == 1 ? "" : "s",

@@ -38,6 +38,7 @@ StepStats Trainer::step(int64_t step) {
   double t_fwd = 0, t_bwd = 0;
   // Summed over ranks at the end: CE sum, tokens, dropped, picks, flops.
   double sums[5] = {0, 0, 0, 0, 0};
+  double groups[2] = {0, 0};  // (token, group) pairs summed, most groups of one token (moe.expert_groups > 1)
   if (pipelined()) run_pipeline(step, s, sums);
   for (int64_t a = 0; a < A && !pipelined(); ++a) {
     batcher_->train_batch(step, a, grid_.dp_rank(), inputs_.data(), targets_.data());
@@ -60,6 +61,8 @@ StepStats Trainer::step(int64_t step) {
     sums[2] += static_cast<double>(mb.dropped);
     sums[3] += static_cast<double>(mb.picks);
     sums[4] += mb.flops;
+    groups[0] += static_cast<double>(mb.group_pairs);
+    groups[1] = std::max(groups[1], static_cast<double>(mb.group_max));
     if (s.load.empty()) {
       s.load = mb.load;
       s.router = mb.router;
@@ -97,7 +100,17 @@ StepStats Trainer::step(int64_t step) {
   const double t_opt = now_seconds() - to;
   update_bias(s.load);
 
+  const bool grouped = cfg_.model.moe.expert_groups > 1 && cfg_.model.moe_layers() > 0 && !pipelined();
+  if (grouped) {
+    grid_.dp().allreduce_sum(groups, 1);
+    grid_.dp().allreduce_max(groups + 1, 1);
+  }
   grid_.dp().allreduce_sum(sums, 5);
+  if (grouped) {
+    s.group_pairs = groups[0];
+    s.groups_per_token = groups[0] / (sums[1] * static_cast<double>(cfg_.model.moe_layers()));
+    s.groups_max = groups[1];
+  }
   s.loss = sums[0] / sums[1];
   s.dropped_frac = sums[3] > 0 ? sums[2] / sums[3] : 0.0;
   for (const auto& l : s.load) {

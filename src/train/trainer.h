@@ -63,6 +63,11 @@ struct StepStats {
   // Per MoE layer: the smallest router_margin of the step's tokens (every
   // micro-batch, every rank); null in metrics when every expert is chosen.
   std::vector<double> router_margin;
+  // moe.expert_groups > 1 (not with pp > 1): distinct (token, expert group)
+  // pairs of the step's picks over all MoE layers and ranks, what a dispatch
+  // that sends a token once per group (node) moves, per token per MoE layer
+  // (1 .. min(K, groups)), and the most groups one token's picks spanned.
+  double group_pairs = -1, groups_per_token = 0, groups_max = 0;
   double val_loss = -1;                    // < 0: not computed this step
   double val_capacity_factor = 0;          // the capacity factor validation ran with (moe.eval_capacity_factor)
   std::vector<Fp8GroupStats> fp8;          // per FP8 group (FP8 recipes): amax max and saturation sum over ranks
@@ -141,6 +146,7 @@ class Trainer {
   Grid grid_;
   bool rank0_ = true;
   std::string dispatch_note_;  // the MoE dispatch transport, for the banner
+  std::string group_nodes_;  // moe.expert_groups > 1: whether each group's experts live on one node (banner line)
   std::string threads_source_;  // where the thread count came from, for the banner
   std::vector<std::unique_ptr<Transformer>> chunks_;  // one per pipeline chunk this rank runs
   Transformer* model_ = nullptr;                      // chunks_[0]

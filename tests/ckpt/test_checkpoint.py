@@ -443,7 +443,7 @@ def test_export_refuses_what_mixtral_misreads(tmp):
     assert all(n in err for n in features.values()), err
 
 
-def deepseek_v3_forward(d, ids, use_bias=True, norm_topk_prob=None):
+def deepseek_v3_forward(d, ids, use_bias=True, norm_topk_prob=None, use_groups=True):
     """A float64 forward of a deepseek-v3 export from model.safetensors and
     config.json alone: Llama attention (GQA, RoPE rotate-half), DeepSeek-V3's
     MoE block (scores = scoring_func(gate logits); the top-k of score +
@@ -454,7 +454,8 @@ def deepseek_v3_forward(d, ids, use_bias=True, norm_topk_prob=None):
     W = {k: v.astype(np.float64) for k, v in read_safetensors(Path(d) / "model.safetensors").items()}
     H, Hkv, D, eps, K = (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["rms_norm_eps"],
                          cfg["num_experts_per_tok"])
-    assert cfg["n_group"] == cfg["topk_group"] == 1 and cfg["topk_method"] == "noaux_tc"
+    assert cfg["topk_method"] == "noaux_tc"
+    G, M = cfg["n_group"], cfg["topk_group"]  # group-limited routing: experts from the topk_group best groups
     norm = cfg["norm_topk_prob"] if norm_topk_prob is None else norm_topk_prob
     T = len(ids)
     inv = 1.0 / cfg["rope_theta"] ** (np.arange(D // 2) * 2 / D)
@@ -496,6 +497,12 @@ def deepseek_v3_forward(d, ids, use_bias=True, norm_topk_prob=None):
             scores = np.exp(logits - logits.max(-1, keepdims=True))
             scores /= scores.sum(-1, keepdims=True)
         choose = scores + (W[p + "mlp.gate.e_score_correction_bias"] if use_bias else 0)
+        if use_groups and M < G:  # DeepSeek-V3: group score = sum of its top-2 choice values; others masked (-inf)
+            Eg = choose.shape[1] // G
+            gs = -np.sort(-choose.reshape(T, G, Eg), -1)[..., :2].sum(-1)
+            drop = np.ones((T, G), bool)
+            np.put_along_axis(drop, np.argsort(-gs, -1, kind="stable")[:, :M], False, -1)
+            choose = np.where(np.repeat(drop, Eg, axis=1), -np.inf, choose)
         idx = np.argsort(-choose, axis=-1, kind="stable")[:, :K]
         wts = np.take_along_axis(scores, idx, -1)
         if norm:
@@ -548,6 +555,28 @@ def test_export_deepseek_v3(tmp):
     print(f"deepseek-v3 export vs Switchyard logits: {err:.2e}; bias ignored {no_bias:.2e}; renormalised {renorm:.2e}")
     assert err <= 1e-5, err
     assert no_bias > 1e-3 and renorm > 1e-3, (no_bias, renorm)
+
+
+def test_export_deepseek_v3_groups(tmp):
+    # Group-limited routing (4 groups of 2, experts from 1 group): config.json's n_group / topk_group read by
+    # the float64 forward above (DeepSeek-V3's rule) give Switchyard's logits; ignoring the groups does not.
+    run, out = Path(tmp) / "run", Path(tmp) / "ds"
+    moe_train(run, ["train.steps=6", "checkpoint.interval=6", "moe.expert_groups=4", "moe.max_nodes_per_token=1"]
+              + DEEPSEEK_ONLY)
+    ckpt("export", run, out, "--format", "deepseek-v3")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["n_group"] == 4 and cfg["topk_group"] == 1, cfg
+    prompt = "The quick brown fox jumps over t"
+    p = subprocess.run([str(BIN / "moe-generate"), str(run), "--prompt", prompt, "--max-new", "0", "--json", "--logits",
+                        "--quiet"], capture_output=True, text=True, timeout=120, env=dict(ENV, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr
+    got = np.array(json.loads(p.stdout)["prompt_logits"])
+    ids = list(prompt.encode())
+    rel = lambda a: float(np.abs(a - got).max() / np.abs(got).max())
+    err, free = rel(deepseek_v3_forward(out, ids)), rel(deepseek_v3_forward(out, ids, use_groups=False))
+    print(f"deepseek-v3 export with groups vs Switchyard logits: {err:.2e}; groups ignored {free:.2e}")
+    assert err <= 1e-5, err  # FP32 against float64, as in test_export_deepseek_v3
+    assert free > 1e-3, free
 
 
 def test_moe_ckpt_bad_input(tmp):

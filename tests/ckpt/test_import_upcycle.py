@@ -128,6 +128,19 @@ def test_import_roundtrip(tmp):
     assert_bitwise_equal(imp, tmp / "bare.h5")
     a = generate(run, "--prompt", "The quick", "--max-new", "20", "--temperature", "0")
     assert generate(tmp / "bare.h5", "--prompt", "The quick", "--max-new", "20", "--temperature", "0")["ids"] == a["ids"]
+    # Group-limited routing (moe.expert_groups = 4, moe.max_nodes_per_token = 1) is n_group / topk_group in
+    # config.json, and reads back from those keys alone (no switchyard metadata): the same routing rule.
+    grp, grp_hf, grp_imp = roundtrip(tmp, "dsg", DEEPSEEK_ONLY + ["moe.expert_groups=4", "moe.max_nodes_per_token=1"],
+                                     "deepseek-v3")
+    c = json.loads((grp_hf / "config.json").read_text())
+    assert c["n_group"] == 4 and c["topk_group"] == 1, c
+    gbare = copy_hf(grp_hf, tmp / "gbare", lambda c: c.pop("switchyard"))
+    ckpt("import", gbare, tmp / "gbare.h5")
+    assert_bitwise_equal(grp_imp, tmp / "gbare.h5")
+    shown = ckpt("info", tmp / "gbare.h5")
+    assert "expert_groups = 4" in shown and "max_nodes_per_token = 1" in shown, shown[-2000:]
+    a = generate(grp, "--prompt", "The quick", "--max-new", "20", "--temperature", "0")
+    assert generate(tmp / "gbare.h5", "--prompt", "The quick", "--max-new", "20", "--temperature", "0")["ids"] == a["ids"]
     # Sharded (an index and two files) with BF16 and F16 tensors: read and widened exactly.
     t = read_safetensors(hf / "model.safetensors")
     names = sorted(t)

@@ -157,12 +157,12 @@ class CpuBackend final : public Backend {
     sy::router_scores(scores, probs, logits, N, E, fn);
   }
   void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N, int64_t E,
-                   int64_t K, bool renormalize, Stream) const override {
-    sy::router_topk(idx, gates, scores, bias, N, E, K, renormalize);
+                   int64_t K, bool renormalize, RouterGroups groups, Stream) const override {
+    sy::router_topk(idx, gates, scores, bias, N, E, K, renormalize, groups);
   }
   double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
-                       Stream) const override {
-    return sy::router_margin(idx, scores, bias, N, E, K);
+                       RouterGroups groups, Stream) const override {
+    return sy::router_margin(idx, scores, bias, N, E, K, groups);
   }
   void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs, int64_t N,
                    int64_t E, int64_t K, Stream) const override {

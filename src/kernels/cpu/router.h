@@ -5,7 +5,9 @@
 //   probs  (N, E) = scores normalised to sum 1 per token (== scores for softmax);
 //                   the distribution the balance terms are computed on
 //   idx, gates (N, K): top-k of scores + bias (bias shifts the choice only),
-//                   gates = chosen scores, divided by their sum if renormalised
+//                   gates = chosen scores, divided by their sum if renormalised;
+//                   with RouterGroups on, only among the experts of the
+//                   token's `limit` best groups (kernels/types.h)
 //
 // Balance terms over a micro-batch of Ntot tokens (all ranks together):
 //   aux     = E * sum_e f_e * P_e,  f_e = count_e / (Ntot K), P_e = prob_sum_e / Ntot
@@ -25,15 +27,18 @@ namespace sy {
 
 void router_scores(float* scores, float* probs, const float* logits, int64_t N, int64_t E, ScoreFn fn);
 void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N,
-                 int64_t E, int64_t K, bool renormalize);
+                 int64_t E, int64_t K, bool renormalize, RouterGroups groups = {});
 
 // How close the top-k choice of these N tokens came to a tie: the smallest,
 // over tokens, of (lowest chosen score + bias) - (highest unchosen score +
 // bias); +inf when every expert is chosen (K == E) or N == 0. Two runs whose
 // scores differ by less than this (rounding, e.g. another reduction order)
 // choose the same experts; a larger margin means a different choice is not
-// a rounding effect.
-double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K);
+// a rounding effect. With RouterGroups on it is also at most the group
+// choice's margin (lowest kept group score - highest dropped one), and the
+// unchosen experts compared are those of kept groups.
+double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
+                     RouterGroups groups = {});
 
 // Sums over these N tokens, added into the outputs (so micro-batches and
 // ranks can be summed): counts (E) of top-k picks, prob_sum (E),
@@ -72,12 +77,33 @@ void router_scores_ref(T* scores, T* probs, const T* logits, int64_t N, int64_t 
   }
 }
 
+// With groups on: each group's score is the sum of its two largest values
+// (from a sorted copy), the groups are ranked by a stable sort on descending
+// score (equal scores: lower group first), the first `limit` kept; experts of
+// the other groups are marked taken before the top-k picks.
 template <class T>
 void router_topk_ref(int32_t* idx, T* gates, const T* scores, const T* bias, int64_t N, int64_t E,
-                     int64_t K, bool renormalize) {
+                     int64_t K, bool renormalize, RouterGroups grp = {}) {
   std::vector<bool> taken(static_cast<size_t>(E));
   for (int64_t t = 0; t < N; ++t) {
     std::fill(taken.begin(), taken.end(), false);
+    if (grp.on()) {
+      const int64_t G = grp.groups, Eg = E / G;
+      std::vector<T> gs(static_cast<size_t>(G));
+      for (int64_t g = 0; g < G; ++g) {
+        std::vector<T> v;
+        for (int64_t e = g * Eg; e < (g + 1) * Eg; ++e) v.push_back(scores[t * E + e] + (bias ? bias[e] : T(0)));
+        std::sort(v.begin(), v.end(), [](T a, T b) { return a > b; });
+        gs[static_cast<size_t>(g)] = Eg == 1 ? v[0] : v[0] + v[1];
+      }
+      std::vector<int64_t> order(static_cast<size_t>(G));
+      for (int64_t g = 0; g < G; ++g) order[static_cast<size_t>(g)] = g;
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return gs[static_cast<size_t>(a)] > gs[static_cast<size_t>(b)]; });
+      for (int64_t r = grp.limit; r < G; ++r)
+        for (int64_t e = order[static_cast<size_t>(r)] * Eg; e < (order[static_cast<size_t>(r)] + 1) * Eg; ++e)
+          taken[static_cast<size_t>(e)] = true;
+    }
     T sum = 0;
     for (int64_t k = 0; k < K; ++k) {
       int64_t best = -1;

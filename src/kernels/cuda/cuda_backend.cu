@@ -271,15 +271,40 @@ __global__ void router_scores_kernel(float* scores, float* probs, const float* l
   }
 }
 
+// groups (at most 64, checked by the config): the same rule and float
+// arithmetic as the CPU's router_topk (kernels/types.h RouterGroups).
 __global__ void router_topk_kernel(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N,
-                                   int64_t E, int64_t K, bool renormalize) {
+                                   int64_t E, int64_t K, bool renormalize, int64_t G, int64_t limit) {
   SY_GRID_LOOP(t, N) {
     const float* s = scores + t * E;
+    const bool grouped = G > 1 && limit > 0 && limit < G;
+    const int64_t Eg = grouped ? E / G : E;
+    uint64_t keep = ~uint64_t{0};
+    if (grouped) {
+      keep = 0;
+      for (int64_t m = 0; m < limit; ++m) {  // the limit best groups, lower index first on equal scores
+        int64_t bg = -1;
+        float bv = 0.f;
+        for (int64_t g = 0; g < G; ++g) {
+          if ((keep >> g) & 1) continue;
+          float a = -INFINITY, b = -INFINITY;
+          for (int64_t e = g * Eg; e < (g + 1) * Eg; ++e) {
+            const float v = s[e] + (bias ? bias[e] : 0.f);
+            if (v > a) b = a, a = v;
+            else if (v > b) b = v;
+          }
+          const float gv = Eg == 1 ? a : a + b;
+          if (bg < 0 || gv > bv) bg = g, bv = gv;
+        }
+        keep |= uint64_t{1} << bg;
+      }
+    }
     float sum = 0.f;
     for (int64_t k = 0; k < K; ++k) {
       int64_t best = -1;
       float best_v = 0.f;
       for (int64_t e = 0; e < E; ++e) {
+        if (grouped && !((keep >> (e / Eg)) & 1)) continue;
         bool taken = false;
         for (int64_t q = 0; q < k; ++q) taken |= idx[t * K + q] == e;
         const float v = s[e] + (bias ? bias[e] : 0.f);
@@ -550,18 +575,19 @@ class CudaBackend final : public Backend {
     launched("router_scores");
   }
   void router_topk(int32_t* idx, float* gates, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
-                   bool renormalize, Stream s) const override {
-    router_topk_kernel<<<blocks_for(N), kThreads, 0, cs(s)>>>(idx, gates, scores, bias, N, E, K, renormalize);
+                   bool renormalize, RouterGroups groups, Stream s) const override {
+    router_topk_kernel<<<blocks_for(N), kThreads, 0, cs(s)>>>(idx, gates, scores, bias, N, E, K, renormalize,
+                                                               groups.groups, groups.limit);
     launched("router_topk");
   }
   // Statistics the host needs: computed there from copies (N x E values), in
   // the CPU's order, so they match the CPU backend exactly for equal inputs.
   double router_margin(const int32_t* idx, const float* scores, const float* bias, int64_t N, int64_t E, int64_t K,
-                       Stream s) const override {
+                       RouterGroups groups, Stream s) const override {
     const auto hi = to_host(idx, N * K, s);
     const auto hs = to_host(scores, N * E, s);
     const auto hb = bias ? to_host(bias, E, s) : std::vector<float>();
-    return sy::router_margin(hi.data(), hs.data(), bias ? hb.data() : nullptr, N, E, K);
+    return sy::router_margin(hi.data(), hs.data(), bias ? hb.data() : nullptr, N, E, K, groups);
   }
   void router_sums(RouterSums& sums, const int32_t* idx, const float* logits, const float* probs, int64_t N, int64_t E,
                    int64_t K, Stream s) const override {

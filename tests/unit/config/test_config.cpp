@@ -110,6 +110,37 @@ TEST(Config, PerLayerExpertsResolveAndRoundTrip) {
   EXPECT_EQ(layer_flops(a.model, 2), layer_flops(u.model, 2));
 }
 
+TEST(Config, ExpertGroupErrorsNameTheKeyAndLayer) {
+  auto fails = [](std::vector<std::string> sets, const std::string& want) {
+    sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});
+    try {
+      parse_config(default_config_text(), "t", sets);
+      ADD_FAILURE() << "no error for " << want;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  // Each layer's experts split into whole groups: the layer is named.
+  fails({"moe.experts=[8, 6, 8]", "moe.expert_groups=4"}, "moe.expert_groups = 4 does not divide the 6 experts of layer 2");
+  fails({"moe.experts=8", "moe.expert_groups=3"}, "moe.expert_groups = 3 does not divide the 8 experts of layer 1");
+  fails({"moe.experts=8", "moe.expert_groups=4", "moe.max_nodes_per_token=5"},
+        "moe.max_nodes_per_token = 5 exceeds moe.expert_groups = 4");
+  fails({"moe.experts=8", "moe.max_nodes_per_token=2"}, "moe.max_nodes_per_token = 2 exceeds moe.expert_groups = 1");
+  // K experts must exist in M groups: 1 group of 2 experts cannot give 3.
+  fails({"moe.experts=8", "moe.top_k=3", "moe.expert_groups=4", "moe.max_nodes_per_token=1"},
+        "moe.max_nodes_per_token = 1 leaves 1 x 2 experts of layer 1");
+  fails({"moe.expert_groups=65"}, "moe.expert_groups = 65 is out of range");
+  // Valid: the limit binds with K = M x E / G exactly, and a limit of every group.
+  RunConfig ok = parse_config(default_config_text(), "t", {"model.n_layers=4", "model.dense_layers=1", "moe.experts=8",
+                              "moe.top_k=2", "moe.expert_groups=4", "moe.max_nodes_per_token=1"});
+  EXPECT_TRUE(ok.model.moe.router_groups().on());
+  EXPECT_FALSE(parse_config(default_config_text(), "t", {"moe.experts=8", "moe.expert_groups=4",
+                            "moe.max_nodes_per_token=4"}).model.moe.router_groups().on());
+  // The keys travel in the resolved TOML (checkpoints store it).
+  EXPECT_NE(to_toml(ok).find("max_nodes_per_token = 1"), std::string::npos);
+  EXPECT_EQ(to_toml(parse_config(to_toml(ok), "t2")), to_toml(ok));
+}
+
 TEST(Config, PerLayerExpertErrorsNameTheKey) {
   auto fails = [](std::vector<std::string> sets, const std::string& want) {
     sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});

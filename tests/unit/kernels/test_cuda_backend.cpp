@@ -162,7 +162,7 @@ TEST(CudaBackend, RouterAndPermutation) {
     std::vector<float> s(N * E), p(N * E), gates(N * K), dl(N * E);
     std::vector<int32_t> idx(N * K);
     C.router_scores(s.data(), p.data(), logits.data(), N, E, fn, {});
-    C.router_topk(idx.data(), gates.data(), s.data(), bias.data(), N, E, K, true, {});
+    C.router_topk(idx.data(), gates.data(), s.data(), bias.data(), N, E, K, true, {}, {});
     RouterSums sums(E);
     C.router_sums(sums, idx.data(), logits.data(), p.data(), N, E, K, {});
     C.router_backward(dl.data(), dg.data(), idx.data(), logits.data(), s.data(), p.data(), sums, N, N, E, K, fn, true,
@@ -170,9 +170,21 @@ TEST(CudaBackend, RouterAndPermutation) {
     Dev<float> gl(*G, logits), gb(*G, bias), gs(*G, s), gp(*G, p), gg(*G, gates), gdg(*G, dg), gdl(*G, dl);
     Dev<int32_t> gi(*G, idx);
     G->router_scores(gs.p, gp.p, gl.p, N, E, fn, {});
-    G->router_topk(gi.p, gg.p, gs.p, gb.p, N, E, K, true, {});
+    G->router_topk(gi.p, gg.p, gs.p, gb.p, N, E, K, true, {}, {});
     EXPECT_LT(rel_to_max(gs.host(), s), kElementTol);
     EXPECT_EQ(gi.host(), idx);
+    // Group-limited routing (4 groups of 3, at most 2 per token, and 1): the
+    // same experts as the CPU from the same scores (same float arithmetic).
+    for (int64_t limit : {1, 2}) {
+      std::vector<int32_t> gidx(N * K);
+      std::vector<float> ggate(N * K);
+      C.router_topk(gidx.data(), ggate.data(), s.data(), bias.data(), N, E, K, true, {4, limit}, {});
+      Dev<int32_t> di(*G, gidx);
+      Dev<float> dg2(*G, ggate), ds(*G, s);
+      G->router_topk(di.p, dg2.p, ds.p, gb.p, N, E, K, true, {4, limit}, {});
+      EXPECT_EQ(di.host(), gidx) << "limit " << limit;
+      EXPECT_NE(gidx, idx) << "limit " << limit << " changed no choice: the case tests nothing";
+    }
     RouterSums gsums(E);
     G->router_sums(gsums, gi.p, gl.p, gp.p, N, E, K, {});
     EXPECT_EQ(gsums.counts, sums.counts);
