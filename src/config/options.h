@@ -37,6 +37,10 @@ enum class Moments : uint8_t { fp32, bf16 };
 enum class Recompute : uint8_t { none, full };
 // parallel.transport: how MoE rows travel between expert-parallel ranks.
 enum class Transport : uint8_t { automatic, shm, mpi };
+// parallel.dispatch_dtype: what the MoE rows that cross ranks travel as
+// (moe/payload.h): FP32; BF16 both ways; or E4M3 with 1x128 scales to the
+// experts and BF16 back (DeepSeek-V3).
+enum class DispatchDtype : uint8_t { fp32, bf16, fp8 };
 // data.format: text bytes, or llm.c uint16 token shards.
 enum class DataFormat : uint8_t { text, bin };
 // checkpoint.resume: "auto", "none", or (any other string) a checkpoint
@@ -67,6 +71,10 @@ struct OptionNames<Recompute> {
 template <>
 struct OptionNames<Transport> {
   static constexpr std::array<std::string_view, 3> names() { return {"auto", "shm", "mpi"}; }
+};
+template <>
+struct OptionNames<DispatchDtype> {
+  static constexpr std::array<std::string_view, 3> names() { return {"fp32", "bf16", "fp8"}; }
 };
 template <>
 struct OptionNames<DataFormat> {

@@ -92,8 +92,19 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const DispatchKind dispatch = shm_                   ? DispatchKind::shm
                                 : cfg_.parallel.overlap ? DispatchKind::mpi_overlapped
                                                         : DispatchKind::mpi;
+  // What the MPI transports' rows travel as (parallel.dispatch_dtype), FP8
+  // rows quantized as the FP8 recipe's expert GEMM would (its gradient
+  // format, power-of-two scales, saturation), by the backend that runs it.
+  const Payload payload = cfg_.parallel.dispatch_dtype == DispatchDtype::fp8    ? Payload::fp8
+                          : cfg_.parallel.dispatch_dtype == DispatchDtype::bf16 ? Payload::bf16
+                                                                                 : Payload::fp32;
+  const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
+  const PayloadCodec codec = make_payload_codec(
+      payload, *ops_.be,
+      fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
+      fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
   MoeContext ctx{DpGroup(grid_.dp()),
-                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks)),
+                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks), codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
   // The FP8 recipe state, made before the model: the model's Ops carry it.
   if (is_fp8(cfg_.precision.recipe)) {
@@ -173,6 +184,18 @@ void Trainer::set_threads(const Comm& world) {
   ops_.b().set_threads(tc.threads);
 }
 
+namespace {
+// What the MoE rows travel as, as the transport chosen does it (moe/payload.h).
+std::string payload_note(const ParallelSection& p, int ep, bool shm) {
+  if (p.dispatch_dtype == DispatchDtype::fp32) return "";
+  const std::string dt(option_name(p.dispatch_dtype));
+  if (ep == 1) return fmt::format(" (parallel.dispatch_dtype = {}: no effect, nothing crosses ranks)", dt);
+  if (shm) return fmt::format(" with fp32 rows (parallel.dispatch_dtype = {} is for the MPI transports; shared "
+                              "memory moves no network bytes)", dt);
+  return fmt::format(", rows {} to the experts and bf16 back", dt);
+}
+}  // namespace
+
 std::string Trainer::describe() const {
   const ModelConfig& m = cfg_.model;
   const ParamLayout& full = *full_layout_;
@@ -222,10 +245,10 @@ std::string Trainer::describe() const {
                           : fmt::format("{} (experts per rank by MoE layer: {})", grid_.describe(0),
                                         fmt::join(local_counts(m, grid_.ep_size()), "/")),
       p.zero1 ? "ZeRO-1" : "replicated optimizer",
-      grid_.ep_size() == 1 ? std::string(", no dispatch")
-      : shm_               ? std::string(", shared-memory dispatch")
-      : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)
-                           : std::string(", MPI dispatch"),
+      (grid_.ep_size() == 1 ? std::string(", no dispatch")
+       : shm_               ? std::string(", shared-memory dispatch")
+       : p.overlap          ? fmt::format(", MPI dispatch overlapped ({} chunks)", p.dispatch_chunks)
+                            : std::string(", MPI dispatch")) + payload_note(p, grid_.ep_size(), shm_),
       human_count(static_cast<double>(model_->layout().total())), data_->train().describe(),
       data_->val().describe(), cfg_.train.micro_batch, cfg_.train.grad_accum, grid_.dp_size(),
       cfg_.train.global_batch * m.seq_len, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s", threads_source_, blas.kernels, blas.threading,
