@@ -407,6 +407,7 @@ const std::vector<Key>& schema() {
     k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts (mpi transport)"));
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
     k.push_back(option<DispatchDtype>("parallel", "dispatch_dtype", SY_REF(DispatchDtype, parallel.dispatch_dtype), "MoE rows between ranks: fp32; bf16 both ways; fp8 (E4M3, 1x128 scales) to the experts and bf16 back (mpi transports; shm keeps fp32)"));
+    k.push_back(option<CombineDtype>("parallel", "combine_dtype", SY_REF(CombineDtype, parallel.combine_dtype), "MoE rows back from the experts: auto (bf16 with a bf16 or fp8 dispatch, else fp32), fp32, bf16 (mpi transports)"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
     k.push_back(option<Recipe>("precision", "recipe", SY_REF(Recipe, precision.recipe), "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights), or BF16 GEMM operands with FP32 accumulation (bf16)"));

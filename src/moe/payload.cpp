@@ -69,10 +69,12 @@ int64_t payload_row_bytes(Payload p, int64_t C) {
   return 4 * C;
 }
 
-PayloadCodec make_payload_codec(Payload p, const Backend& be, Fp8Format grad_format, bool pow2, bool saturate) {
+PayloadCodec make_payload_codec(Payload p, Payload back, const Backend& be, Fp8Format grad_format, bool pow2,
+                                bool saturate) {
+  SY_CHECK(back != Payload::fp8, "MoE rows back from the experts travel as fp32 or bf16, not fp8");
   PayloadCodec c;
   c.out = p;
-  c.back = p == Payload::fp32 ? Payload::fp32 : Payload::bf16;
+  c.back = back;
   c.act = {Fp8Format::e4m3, ScaleMode::rows_1x128, pow2, saturate, 0};
   c.grad = {grad_format, ScaleMode::rows_1x128, pow2, saturate, 0};
   c.be = &be;

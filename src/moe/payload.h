@@ -46,9 +46,9 @@ struct PayloadCodec {
   bool any() const { return out != Payload::fp32 || back != Payload::fp32; }
 };
 
-// The codec of parallel.dispatch_dtype = p (fp8: rows back in BF16), with
-// the FP8 recipe's pow2 / saturate / gradient format.
-PayloadCodec make_payload_codec(Payload p, const Backend& be, Fp8Format grad_format = Fp8Format::e4m3,
+// The codec of parallel.dispatch_dtype = p, rows back as `back` (fp32 or
+// bf16), with the FP8 recipe's pow2 / saturate / gradient format.
+PayloadCodec make_payload_codec(Payload p, Payload back, const Backend& be, Fp8Format grad_format = Fp8Format::e4m3,
                                 bool pow2 = false, bool saturate = true);
 
 // Packs rows x (n, C) into packed (n, payload_row_words(p, C) words).

@@ -99,8 +99,11 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                           : cfg_.parallel.dispatch_dtype == DispatchDtype::bf16 ? Payload::bf16
                                                                                  : Payload::fp32;
   const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
+  const CombineDtype combine = cfg_.parallel.combine_dtype;
+  const Payload back = combine == CombineDtype::bf16 || (combine == CombineDtype::automatic && payload != Payload::fp32)
+                           ? Payload::bf16 : Payload::fp32;
   const PayloadCodec codec = make_payload_codec(
-      payload, *ops_.be,
+      payload, back, *ops_.be,
       fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
   MoeContext ctx{DpGroup(grid_.dp()),
@@ -187,12 +190,14 @@ void Trainer::set_threads(const Comm& world) {
 namespace {
 // What the MoE rows travel as, as the transport chosen does it (moe/payload.h).
 std::string payload_note(const ParallelSection& p, int ep, bool shm) {
-  if (p.dispatch_dtype == DispatchDtype::fp32) return "";
-  const std::string dt(option_name(p.dispatch_dtype));
-  if (ep == 1) return fmt::format(" (parallel.dispatch_dtype = {}: no effect, nothing crosses ranks)", dt);
-  if (shm) return fmt::format(" with fp32 rows (parallel.dispatch_dtype = {} is for the MPI transports; shared "
-                              "memory moves no network bytes)", dt);
-  return fmt::format(", rows {} to the experts and bf16 back", dt);
+  const bool back16 = p.combine_dtype == CombineDtype::bf16 ||
+                      (p.combine_dtype == CombineDtype::automatic && p.dispatch_dtype != DispatchDtype::fp32);
+  if (p.dispatch_dtype == DispatchDtype::fp32 && !back16) return "";
+  const std::string dt = fmt::format("{} / {}", option_name(p.dispatch_dtype), back16 ? "bf16" : "fp32");
+  if (ep == 1) return fmt::format(" (parallel.dispatch_dtype / combine_dtype = {}: no effect, nothing crosses ranks)", dt);
+  if (shm) return fmt::format(" with fp32 rows (parallel.dispatch_dtype / combine_dtype = {} are for the MPI "
+                              "transports; shared memory moves no network bytes)", dt);
+  return fmt::format(", rows {} to the experts, {} back", option_name(p.dispatch_dtype), back16 ? "bf16" : "fp32");
 }
 }  // namespace
 

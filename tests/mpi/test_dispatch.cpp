@@ -168,7 +168,7 @@ TEST_P(DispatchPayload, RowsArriveEncodedAndComeBackInBf16) {
   std::vector<float> x(static_cast<size_t>(N * Cw));
   for (int64_t i = 0; i < N * Cw; ++i)
     x[i] = normal_at(stream_key(3, fmt::format("x{}", world.rank())), static_cast<uint64_t>(i)) * (1 + i % 97);
-  const PayloadCodec codec = make_payload_codec(payload, backend(Device::cpu), Fp8Format::e5m2);
+  const PayloadCodec codec = make_payload_codec(payload, Payload::bf16, backend(Device::cpu), Fp8Format::e5m2);
   auto small = make_dispatcher(kind, ep, chunks, codec);
   auto full = make_dispatcher(kind, ep, chunks);
   EXPECT_EQ(small->payload_out(), P == 1 ? Payload::fp32 : payload);
