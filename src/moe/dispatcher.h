@@ -48,7 +48,11 @@
 //                 outputs return by the reverse path. exchange calls
 //                 steps.experts(c) per chunk as both levels of chunk c have
 //                 landed. Its states hold the network staging buffers and the
-//                 node's windows.
+//                 node's windows. A smaller payload (parallel.dispatch_dtype)
+//                 packs the rows of the network level with moe/payload.h
+//                 (payload_encode before posting, payload_decode as they
+//                 land, as MpiDispatcher::post_out / land_out do; FP8 rows
+//                 also as Rows::recv_fp8 for the FP8 expert GEMM).
 #pragma once
 
 #include <cstddef>
