@@ -36,6 +36,7 @@
 #include "model/layout.h"
 #include "model/moe_block.h"
 #include "moe/transport/hier.h"
+#include "moe/payload.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -107,6 +108,8 @@ int main(int argc, char** argv) {
           "busbw", "ratio", "xnode", "#wrong", "layer", "overlap", "speed", "shm", "speed", "hier", "speed",
           "permute")
                 << std::flush;
+    std::vector<std::string> payload_lines;
+    double payload_base = 0;
     for (int64_t C : dims)
       for (int64_t E : experts) {
         if (E % P || K > E) continue;
@@ -255,6 +258,30 @@ int main(int argc, char** argv) {
         scratch.rows.reset();
         double permute_share = tp.permute / tp.total();
         world.allreduce_max(&permute_share, 1);
+        // Payloads (parallel.dispatch_dtype) over the MPI transport: bytes per
+        // row this rank sent to other ranks (rows to the experts, rows back)
+        // and the layer's time against FP32 rows.
+        acts.rows.reset();
+        scratch.rows.reset();
+        for (Payload p : {Payload::fp32, Payload::bf16, Payload::fp8}) {
+          MoeContext pc{DpGroup(grid.dp()),
+                        make_dispatcher(DispatchKind::mpi, grid.ep(), 1, {},
+                                        make_payload_codec(p, p == Payload::fp32 ? Payload::fp32 : Payload::bf16,
+                                                           backend(Device::cpu))),
+                        grid.dp_rank() * N};
+          MoeTimers pt;
+          pc.timers = &pt;
+          double t = time_it(world, warmup, iters, [&] { layer(pc); });
+          double per_row[2] = {pt.out_rows ? static_cast<double>(pt.out_bytes) / pt.out_rows : 0,
+                               pt.back_rows ? static_cast<double>(pt.back_bytes) / pt.back_rows : 0};
+          world.allreduce_max(per_row, 2);
+          if (p == Payload::fp32) payload_base = t;
+          payload_lines.push_back(fmt::format(" {:>5} {:>4} {:>7} | {:>8.0f} {:>8.0f} | {:>8.1f} {:>5.2f}x {:>6.1f}%", C, E,
+                                              to_string(p), per_row[0], per_row[1], t * 1e3, payload_base / t,
+                                              100 * pt.codec / pt.total()));
+        }
+        acts.rows.reset();
+        scratch.rows.reset();
 
         auto bw = [&](double t) { return bytes / t / 1e9; };
         double bus = static_cast<double>(P - 1) / P;
@@ -289,6 +316,14 @@ int main(int argc, char** argv) {
                    "# same rows. layer = MoE forward + backward (F = C, one shared expert) with the plain MPI dispatch;\n"
                    "# overlap = 4-chunk overlapped MPI dispatch; shm / hier = those transports; speed = layer / that;\n"
                    "# permute = gather + combine and their backward, share of the plain layer's time.\n";
+    if (root) {
+      std::cout << "\n# payloads (parallel.dispatch_dtype) over the MPI transport: bytes per row sent to other ranks\n"
+                   "#    C    E payload | out B/row back B/row | layer ms speed  codec\n";
+      for (const std::string& l : payload_lines) std::cout << l << "\n";
+      std::cout << "# out = rows to the experts, back = rows back (both passes); speed = FP32 layer / this;\n"
+                   "# codec = packing and unpacking, share of this layer's MoE time. On one node the MPI\n"
+                   "# all-to-all-v moves memory, so a smaller payload shows its bytes, not a network's time.\n";
+    }
     return 0;
   } catch (const Error& e) {
     std::cerr << "sy-bench-dispatch: " << e.what() << "\n";

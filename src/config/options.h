@@ -37,6 +37,13 @@ enum class Moments : uint8_t { fp32, bf16 };
 enum class Recompute : uint8_t { none, full };
 // parallel.transport: how MoE rows travel between expert-parallel ranks.
 enum class Transport : uint8_t { automatic, shm, mpi, hierarchical };
+// parallel.dispatch_dtype: what the MoE rows that cross ranks travel as
+// (moe/payload.h): FP32; BF16 both ways; or E4M3 with 1x128 scales to the
+// experts and BF16 back (DeepSeek-V3).
+enum class DispatchDtype : uint8_t { fp32, bf16, fp8 };
+// parallel.combine_dtype: what the rows back from the experts travel as;
+// "auto": BF16 with a bf16 or fp8 dispatch, else FP32.
+enum class CombineDtype : uint8_t { automatic, fp32, bf16 };
 // data.format: text bytes, or llm.c uint16 token shards.
 enum class DataFormat : uint8_t { text, bin };
 // checkpoint.resume: "auto", "none", or (any other string) a checkpoint
@@ -67,6 +74,14 @@ struct OptionNames<Recompute> {
 template <>
 struct OptionNames<Transport> {
   static constexpr std::array<std::string_view, 4> names() { return {"auto", "shm", "mpi", "hierarchical"}; }
+};
+template <>
+struct OptionNames<DispatchDtype> {
+  static constexpr std::array<std::string_view, 3> names() { return {"fp32", "bf16", "fp8"}; }
+};
+template <>
+struct OptionNames<CombineDtype> {
+  static constexpr std::array<std::string_view, 3> names() { return {"auto", "fp32", "bf16"}; }
 };
 template <>
 struct OptionNames<DataFormat> {

@@ -409,6 +409,8 @@ const std::vector<Key>& schema() {
     k.push_back(integer("parallel", "node_size", SY_REF(int64_t, parallel.node_size), 0, 1 << 20, "ranks per node as the MoE dispatch sees it; 0 = the machine's; n = every n consecutive world ranks form a node (each within a real node; for tests and benchmarks)"));
     k.push_back(boolean("parallel", "overlap", SY_REF(bool, parallel.overlap), "chunked MoE dispatch overlapping all-to-all and experts (mpi transport)"));
     k.push_back(integer("parallel", "dispatch_chunks", SY_REF(int64_t, parallel.dispatch_chunks), 1, 64, "chunks per MoE dispatch when overlapping"));
+    k.push_back(option<DispatchDtype>("parallel", "dispatch_dtype", SY_REF(DispatchDtype, parallel.dispatch_dtype), "MoE rows between ranks: fp32; bf16 both ways; fp8 (E4M3, 1x128 scales) to the experts and bf16 back (mpi transports; shm keeps fp32)"));
+    k.push_back(option<CombineDtype>("parallel", "combine_dtype", SY_REF(CombineDtype, parallel.combine_dtype), "MoE rows back from the experts: auto (bf16 with a bf16 or fp8 dispatch, else fp32), fp32, bf16 (mpi transports)"));
     k.push_back(real("parallel", "timeout", SY_REF(double, parallel.timeout), 0.0, 1e6, "seconds a collective may wait before the watchdog aborts; 0 = off"));
     // precision
     k.push_back(option<Recipe>("precision", "recipe", SY_REF(Recipe, precision.recipe), "numeric recipe of the linear layers (attention projections, dense FFN, routed and shared experts): FP32, or FP8 GEMMs with per-tensor current / delayed scales or DeepSeek-V3 block scales (1x128 activations and gradients, 128x128 weights), or BF16 GEMM operands with FP32 accumulation (bf16)"));
@@ -571,6 +573,14 @@ RunConfig parse_config(const std::string& text, const std::string& source,
   for (const std::string& ov : overrides) apply_override(cfg, ov);
   resolve_experts(cfg.model, source);
   validate(cfg.model, source);
+  SY_CONFIG_CHECK(cfg.parallel.dispatch_dtype != DispatchDtype::fp8 ||
+                      (cfg.precision.recipe != Recipe::fp8_tensor_current &&
+                       cfg.precision.recipe != Recipe::fp8_tensor_delayed),
+                  "{}: parallel.dispatch_dtype = \"fp8\" cannot be used with precision.recipe = \"{}\": its FP8 "
+                  "scale is one per whole tensor (the expert rows of every sender), which no sender knows, so the "
+                  "rows sent would not be what the expert GEMM quantizes; use precision.recipe = \"fp8-block\" "
+                  "(1x128 scales, exact) or parallel.dispatch_dtype = \"bf16\"",
+                  source, cfg.precision.recipe == Recipe::fp8_tensor_current ? "fp8-tensor-current" : "fp8-tensor-delayed");
   SY_CONFIG_CHECK(!cfg.data.train.empty(), "{}: data.train is empty: name the training files", source);
   SY_CONFIG_CHECK(cfg.data.format != DataFormat::text || cfg.model.vocab_size >= 256,
                   "{}: data.format = \"text\" has byte tokens 0..255 but model.vocab_size = {}; "

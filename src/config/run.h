@@ -76,6 +76,23 @@ struct ParallelSection {
   int64_t node_size = 0;
   bool overlap = false;            // chunked dispatch overlapping all-to-all with expert compute (mpi transport)
   int64_t dispatch_chunks = 4;     // chunks per MoE dispatch when overlapping
+  // What MoE rows that cross ranks travel as (moe/payload.h), both passes:
+  //   "fp32"  as computed (default)
+  //   "bf16"  rows to the experts and back in BF16 (round to nearest even)
+  //   "fp8"   rows to the experts in E4M3 (output gradients: the recipe's
+  //           grad_format, else E4M3) with one FP32 scale per 1x128 block
+  //           of each row, in the same message; rows back in BF16 (combine_dtype)
+  // The mpi transports (also overlapped) encode; shm moves no network
+  // bytes and keeps FP32 (the log says which payload each transport uses).
+  // With ep = 1 nothing crosses ranks: no effect. With precision.recipe =
+  // "fp8-block" the FP8 rows are exactly what the expert GEMM quantizes:
+  // with the same combine_dtype the run is bit-identical to "fp32". Refused with the per-tensor FP8
+  // recipes (their scale is of the whole tensor, unknown to a sender).
+  DispatchDtype dispatch_dtype = DispatchDtype::fp32;
+  // The rows back (expert outputs; input gradients): "auto" (BF16 with a
+  // bf16 or fp8 dispatch, else FP32), "fp32" or "bf16". With "fp8-block"
+  // and combine_dtype = "fp32", dispatch_dtype = "fp8" changes nothing.
+  CombineDtype combine_dtype = CombineDtype::automatic;
   double timeout = 300;            // seconds a collective may wait before the watchdog aborts, 0 = off
 };
 

@@ -69,6 +69,12 @@ void Fp8Linear::backward(Fp8Group g, float* dinp, float* dw, const float* dout, 
     quantize(t_b, w, O, I, scaler_.options(Fp8Role::weight, Fp8Format::e4m3, w), true);  // W^T (I, O)
     be_.fp8_gemm(dinp, t_a, t_b, accumulate_dinp, stream_);
   }
+  wgrad(g, dw, dout, inp, w, N, I, O, saved, save_row);
+}
+
+void Fp8Linear::wgrad(Fp8Group, float* dw, const float* dout, const float* inp, const float* w, int64_t N, int64_t I,
+                      int64_t O, const Fp8Saved* saved, int64_t save_row) {
+  const Fp8Format gf = recipe().grad_format;
   // dW (O, I) += dy^T (O, N) . x (N, I): K = N, both quantized along the tokens.
   quantize(t_a, dout, N, O, scaler_.wgrad_options(Fp8Role::grad, gf, w), true);
   if (saved) {
@@ -79,6 +85,41 @@ void Fp8Linear::backward(Fp8Group g, float* dinp, float* dw, const float* dout, 
     quantize(t_b, inp, N, I, scaler_.wgrad_options(Fp8Role::act, Fp8Format::e4m3, w), true);
   }
   be_.fp8_gemm(dw, t_a, t_b, true, stream_);
+}
+
+void Fp8Linear::quantize_operand(Fp8Group g, Fp8Role role, Fp8Matrix& m, const float* x, int64_t N, int64_t K,
+                                 const float* w) {
+  const Fp8Format f = role == Fp8Role::grad ? recipe().grad_format : Fp8Format::e4m3;
+  scaler_.note(g, role, quantize(m, x, N, K, scaler_.options(role, f, w)), w);
+}
+
+namespace {
+void check_operand(const Fp8Matrix& m, int64_t rows, int64_t cols, Fp8Format f, const char* what) {
+  SY_CHECK(m.rows == rows && m.cols == cols && m.fmt == f, "FP8 linear: the pre-quantized {} is {}x{} {}, the GEMM "
+           "needs {}x{} {}", what, m.rows, m.cols, to_string(m.fmt), rows, cols, to_string(f));
+}
+}  // namespace
+
+void Fp8Linear::forward_quantized(Fp8Group g, float* out, const Fp8Matrix& x_q, const float* inp, const float* w,
+                                  int64_t N, int64_t I, int64_t O, Fp8Saved* save, int64_t save_row) {
+  check_operand(x_q, N, I, Fp8Format::e4m3, "input");
+  scaler_.note(g, Fp8Role::weight, quantize(t_b, w, O, I, scaler_.options(Fp8Role::weight, Fp8Format::e4m3, w)), w);
+  be_.fp8_gemm(out, x_q, t_b, false, stream_);
+  if (save) {
+    quantize(t_b, inp, N, I, scaler_.wgrad_options(Fp8Role::act, Fp8Format::e4m3, w), true);
+    save->add(save_row, t_b);
+  }
+}
+
+void Fp8Linear::backward_quantized(Fp8Group g, float* dinp, float* dw, const Fp8Matrix& dout_q, const float* dout,
+                                   const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                                   const Fp8Saved* saved, int64_t save_row) {
+  SY_CHECK(inp || saved, "FP8 linear backward ({}): no input (FP32 or saved in FP8) for the weight gradient",
+           to_string(g));
+  check_operand(dout_q, N, O, recipe().grad_format, "output gradient");
+  quantize(t_b, w, O, I, scaler_.options(Fp8Role::weight, Fp8Format::e4m3, w), true);  // W^T (I, O)
+  be_.fp8_gemm(dinp, dout_q, t_b, false, stream_);
+  wgrad(g, dw, dout, inp, w, N, I, O, saved, save_row);
 }
 
 }  // namespace sy

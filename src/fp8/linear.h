@@ -62,6 +62,22 @@ class Fp8Linear {
                 int64_t I, int64_t O, bool accumulate_dinp = false, const Fp8Saved* saved = nullptr,
                 int64_t save_row = 0);
 
+  // The same GEMMs with the rows' operand quantized already (the experts'
+  // rows, quantized once per row by whoever quantized them: the sender of
+  // an FP8 dispatch payload, or quantize_operand). x_q: inp quantized as
+  // options(act, e4m3, w) makes it; inp: x_q's values (decode(q) *
+  // scale_inv), which the weight-gradient GEMM reads (quantized along the
+  // tokens; DeepSeek-V3 re-quantizes its 1x128 FP8 activations the same way).
+  void forward_quantized(Fp8Group g, float* out, const Fp8Matrix& x_q, const float* inp, const float* w, int64_t N,
+                         int64_t I, int64_t O, Fp8Saved* save = nullptr, int64_t save_row = 0);
+  // dout_q: dout quantized as options(grad, grad_format, w) makes it; dout: its values.
+  void backward_quantized(Fp8Group g, float* dinp, float* dw, const Fp8Matrix& dout_q, const float* dout,
+                          const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                          const Fp8Saved* saved = nullptr, int64_t save_row = 0);
+  // Quantizes x (N, K) as operand `role` of weight w's forward (act) or
+  // dgrad (grad) GEMM would, and notes its statistics.
+  void quantize_operand(Fp8Group g, Fp8Role role, Fp8Matrix& m, const float* x, int64_t N, int64_t K, const float* w);
+
   // The recipe state's (fp8/recipe.h).
   std::vector<Fp8GroupStats> take_stats(const std::function<void(float*, size_t)>& reduce_max = {}) {
     return scaler_.take_stats(reduce_max);
@@ -78,6 +94,9 @@ class Fp8Linear {
                       bool transpose = false) {
     return be_.fp8_quantize(m, x, rows, cols, o, transpose, stream_);
   }
+  // dW (O, I) += dy^T . x, both quantized along the tokens (x from saved, or inp).
+  void wgrad(Fp8Group g, float* dw, const float* dout, const float* inp, const float* w, int64_t N, int64_t I,
+             int64_t O, const Fp8Saved* saved, int64_t save_row);
   Fp8Scaler scaler_;
   const Backend& be_;
   Stream stream_;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "moe/capacity.h"
+#include "moe/payload.h"
 #include "moe/timers.h"
 
 namespace sy {
@@ -32,6 +33,35 @@ struct ChunkGemm {
     }
   }
 };
+
+// FP8 block recipe (1x128 tiles for activations and gradients): the rows
+// the experts receive (forward: inputs; backward: output gradients) are
+// quantized once per row, by the sender when they travelled as FP8
+// (parallel.dispatch_dtype = "fp8": Rows::recv_fp8) or else here, and the
+// expert GEMM takes those codes and scales. The rows themselves become the
+// values that GEMM computed with (decode(q) * scale_inv), which the
+// weight-gradient GEMM then reads, quantized along the tokens (as
+// DeepSeek-V3 re-quantizes its FP8 activations). So the run is the same,
+// bit for bit, whatever the dispatch payload.
+bool exact_rows(const Ops& ops) {
+  return ops.fp8 && !ops.bf16 && ops.fp8->recipe().scaling == Fp8Scaling::block;
+}
+
+thread_local Fp8Matrix t_rows;  // one segment's rows as the GEMM operand (reused)
+
+// Rows [b, b + n) of the received rows (K wide) as operand `role` of weight w's GEMM, into t_rows.
+void segment_operand(const Ops& ops, Fp8Role role, const Rows& r, int64_t b, int64_t n, int64_t K, const float* w) {
+  if (r.recv_fp8) {
+    const Fp8Format want = role == Fp8Role::act ? Fp8Format::e4m3 : ops.fp8->recipe().grad_format;
+    SY_CHECK(r.fp8_format == want, "MoE FP8 payload rows are {}, the FP8 recipe's expert GEMM quantizes them as {}",
+             to_string(r.fp8_format), to_string(want));
+    const auto* packed = static_cast<const unsigned char*>(r.recv_fp8);
+    payload_fp8_matrix(t_rows, packed + b * payload_row_words(Payload::fp8, K) * 4, n, K, want);
+    return;  // r.recv holds their values already (decoded as they landed)
+  }
+  ops.fp8->quantize_operand(Fp8Group::experts, role, t_rows, r.recv + b * K, n, K, w);
+  fp8_dequantize_rows(r.recv + b * K, t_rows);
+}
 
 // Where the experts' SwiGLU output goes: kept per layer in FP32, or (FP8
 // storage) in a buffer shared by the layers, act_q keeping it for backward.
@@ -135,11 +165,23 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
     Timed t(ctx.timers, &MoeTimers::experts);
     ChunkGemm g(plan, c, params, nullptr, o);
     const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-    grouped_forward(ops, a.up.data(), r.recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
-                           a.fp8 ? &a.x_q : nullptr);
+    if (exact_rows(ops)) {
+      for (int64_t e = 0; e < g.groups(); ++e) {
+        const int64_t b0 = g.offsets[e], n = g.offsets[e + 1] - b0;
+        if (n == 0) continue;
+        segment_operand(ops, Fp8Role::act, r, b0, n, C, g.w13[e]);
+        ops.fp8->forward_quantized(Fp8Group::experts, a.up.data() + b0 * 2 * F, t_rows, r.recv + b0 * C, g.w13[e], n,
+                                   C, 2 * F, a.fp8 ? &a.x_q : nullptr, b0);
+      }
+    } else {
+      grouped_forward(ops, a.up.data(), r.recv, g.w13.data(), g.offsets.data(), g.groups(), C, 2 * F,
+                      a.fp8 ? &a.x_q : nullptr);
+    }
     ops.b().swiglu_forward(act + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
     grouped_forward(ops, r.reply, act, g.w2.data(), g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
   };
+  if (exact_rows(ops))  // FP8 payload: the sender quantized the rows; its statistics are the recipe's
+    steps.encoded = [&](const QuantStats& st) { ops.fp8->scaler().note(Fp8Group::experts, Fp8Role::act, st, nullptr); };
   D.exchange(Pass::forward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   Timed t(ctx.timers, &MoeTimers::permute);
   ops.b().moe_combine(out, r.back, nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
@@ -167,12 +209,25 @@ void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, con
     Timed t(ctx.timers, &MoeTimers::experts);
     ChunkGemm g(plan, c, params, grads, o);
     const int64_t b = plan.recv_begin(c), rows = plan.recv_end(c) - b;
-    grouped_backward(ops, dact, g.dw2.data(), r.recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
-                            g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
+    if (exact_rows(ops)) {
+      for (int64_t e = 0; e < g.groups(); ++e) {
+        const int64_t b0 = g.offsets[e], n = g.offsets[e + 1] - b0;
+        if (n == 0) continue;
+        segment_operand(ops, Fp8Role::grad, r, b0, n, C, g.w2[e]);
+        ops.fp8->backward_quantized(Fp8Group::experts, dact + b0 * F, g.dw2[e], t_rows, r.recv + b0 * C,
+                                    a.fp8 ? nullptr : a.act.data() + b0 * F, g.w2[e], n, F, C,
+                                    a.fp8 ? &a.act_q : nullptr, b0);
+      }
+    } else {
+      grouped_backward(ops, dact, g.dw2.data(), r.recv, a.fp8 ? nullptr : a.act.data(), g.w2.data(),
+                       g.offsets.data(), g.groups(), F, C, a.fp8 ? &a.act_q : nullptr);
+    }
     ops.b().swiglu_backward(dup + b * 2 * F, dact + b * F, a.up.data() + b * 2 * F, rows, F, ops.stream);
     grouped_backward(ops, r.reply, g.dw13.data(), dup, x_saved, g.w13.data(), g.offsets.data(), g.groups(), C,
                             2 * F, a.fp8 ? &a.x_q : nullptr);
   };
+  if (exact_rows(ops))
+    steps.encoded = [&](const QuantStats& st) { ops.fp8->scaler().note(Fp8Group::experts, Fp8Role::grad, st, nullptr); };
   D.exchange(Pass::backward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   {
     Timed t(ctx.timers, &MoeTimers::permute);

@@ -41,15 +41,15 @@ std::string NodeLayout::describe() const {
 }
 
 std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks,
-                                                  const NodeLayout& nodes) {
+                                                  const NodeLayout& nodes, const PayloadCodec& payload) {
   switch (kind) {
     case DispatchKind::shm:
       return std::make_shared<ShmDispatcher>(ep);
     case DispatchKind::mpi:
-      return std::make_shared<MpiDispatcher>(ep);
+      return std::make_shared<MpiDispatcher>(ep, payload);
     case DispatchKind::mpi_overlapped:
       SY_CHECK(chunks >= 1, "overlapped MoE dispatch needs at least one chunk, got {}", chunks);
-      return std::make_shared<MpiOverlapDispatcher>(ep, chunks);
+      return std::make_shared<MpiOverlapDispatcher>(ep, chunks, payload);
     case DispatchKind::hierarchical:
       return std::make_shared<HierDispatcher>(ep, nodes.node.empty() ? node_of(ep) : nodes.node);
   }

@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "kernels/types.h"  // RowMap: where a send buffer's rows live (contiguous or scattered over ranks)
+#include "moe/payload.h"
 #include "moe/timers.h"
 
 namespace sy {
@@ -72,12 +73,20 @@ struct Rows {
   float* recv = nullptr;  // (M_recv, C) the experts' input rows, chunk c from plan.recv_begin(c)
   float* reply = nullptr; // (M_recv, C) where the experts write their outputs, same order
   RowMap back;          // (M_send, C) the outputs as the sender reads them
+  // FP8 payload (moe/payload.h): the rows as they arrived, packed (M_recv,
+  // payload_row_words), codes in `fp8_format`; recv holds them decoded. The
+  // FP8 expert GEMM takes these codes and scales as its operand. Null otherwise.
+  const void* recv_fp8 = nullptr;
+  Fp8Format fp8_format = Fp8Format::e4m3;
 };
 
 // What the block does while a pass's rows move (called on the calling thread).
 struct ExpertSteps {
   std::function<void()> meanwhile;     // once, after the rows have started moving (shared experts)
   std::function<void(int)> experts;    // per chunk c, once its rows are in Rows::recv; writes Rows::reply
+  // Optional: the statistics of each FP8 payload encode of this rank's rows
+  // to the experts (the FP8 recipe's amax, noted where the rows are quantized).
+  std::function<void(const QuantStats&)> encoded;
 };
 
 // A layer's transport buffers kept from its forward to its backward.
@@ -102,6 +111,10 @@ class Dispatcher {
   // The expert-parallel group: rank r holds experts [r * E / size, (r + 1) * E / size).
   virtual int ep_size() const = 0;
   virtual int ep_rank() const = 0;
+  // What rows to the experts and back travel as (moe/payload.h); fp32 for
+  // shm (one node: no network bytes) and for a group of one (nothing crosses).
+  virtual Payload payload_out() const { return Payload::fp32; }
+  virtual Payload payload_back() const { return Payload::fp32; }
 
   virtual std::unique_ptr<DispatchLayer> make_layer() const = 0;
   virtual std::unique_ptr<DispatchScratch> make_scratch() const = 0;
@@ -155,8 +168,10 @@ struct NodeLayout {
 // into this many chunks (mpi_overlapped only; the others move one).
 // shm needs every member of ep on one node. nodes: the node layout the
 // hierarchical transport uses (empty: the machine's; the others ignore it).
+// payload: what the mpi transports' rows travel as (parallel.dispatch_dtype;
+// shm and hierarchical keep fp32).
 std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks = 1,
-                                                  const NodeLayout& nodes = {});
+                                                  const NodeLayout& nodes = {}, const PayloadCodec& payload = {});
 // One rank, no communicator (generation, tests): mpi over a group of one.
 std::shared_ptr<const Dispatcher> make_local_dispatcher();
 

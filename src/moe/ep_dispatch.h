@@ -46,6 +46,12 @@ class EpDispatch {
   int64_t recv_end(int c) const { return recv_begin_[c + 1]; }
   // Rows each local expert received in all chunks.
   const std::vector<int64_t>& expert_rows() const { return expert_rows_; }
+  // Chunk c's rows in the send buffer: [send_begin(c), send_end(c)).
+  int64_t send_begin(int c) const { return c == 0 ? 0 : send_end(c - 1); }
+  int64_t send_end(int c) const { return sdispl_[c].back() + scount_[c].back(); }
+  // Rows of chunk c sent to / received from ep rank r.
+  int64_t send_count(int c, int r) const { return scount_[c][r]; }
+  int64_t recv_count(int c, int r) const { return rcount_[c][r]; }
   // With destinations: the ep rank and receive-buffer row of each send row.
   const int32_t* dest_rank() const { return dest_rank_.data(); }
   const int32_t* dest_row() const { return dest_row_.data(); }

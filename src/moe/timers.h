@@ -3,6 +3,8 @@
 // the same MoeTimers (the transports time their waits).
 #pragma once
 
+#include <cstdint>
+
 #include "core/timer.h"
 
 namespace sy {
@@ -16,7 +18,13 @@ struct MoeTimers {
   double wait = 0;      // waiting for row all-to-alls to finish
   double experts = 0;   // grouped expert GEMMs and SwiGLU
   double shared = 0;    // shared experts
-  double total() const { return router + plan + permute + wait + experts + shared; }
+  double codec = 0;     // packing rows into and out of a smaller payload (parallel.dispatch_dtype)
+  double total() const { return router + plan + permute + wait + experts + shared + codec; }
+  // Rows this rank sent to other ranks and the bytes they took (rows a rank
+  // sends its own experts do not count), both passes: to the experts
+  // (tokens; output gradients) and back (expert outputs; input gradients).
+  int64_t out_rows = 0, out_bytes = 0;
+  int64_t back_rows = 0, back_bytes = 0;
 };
 
 // Adds the lifetime of the scope to timers->*field (if there are timers at all).

@@ -78,6 +78,17 @@ std::string describe_group_nodes(const ModelConfig& m, const Comm& ep, const Com
                      "most that many nodes", limit, names.size(), fmt::join(names, ", "));
 }
 
+std::string payload_note(const ParallelSection& p, int ep, const char* fp32_transport) {
+  const bool back16 = p.combine_dtype == CombineDtype::bf16 ||
+                      (p.combine_dtype == CombineDtype::automatic && p.dispatch_dtype != DispatchDtype::fp32);
+  if (p.dispatch_dtype == DispatchDtype::fp32 && !back16) return "";
+  const std::string dt = fmt::format("{} / {}", option_name(p.dispatch_dtype), back16 ? "bf16" : "fp32");
+  if (ep == 1) return fmt::format(" (parallel.dispatch_dtype / combine_dtype = {}: no effect, nothing crosses ranks)", dt);
+  if (fp32_transport != nullptr)
+    return fmt::format(" with fp32 rows (parallel.dispatch_dtype / combine_dtype = {} are not applied by the {} "
+                       "transport)", dt, fp32_transport);
+  return fmt::format(", rows {} to the experts, {} back", option_name(p.dispatch_dtype), back16 ? "bf16" : "fp32");
+}
 }  // namespace
 
 Tokenizer Trainer::load_tokenizer() const {
@@ -167,8 +178,23 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                    : dispatch == DispatchKind::mpi            ? std::string(", MPI dispatch")
                                                               : fmt::format(", hierarchical dispatch ({}{})", nodes.describe(),
                                                                             cfg_.parallel.node_size > 0 ? " by parallel.node_size" : "");
+  dispatch_note_ += payload_note(cfg_.parallel, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : dispatch == DispatchKind::hierarchical ? "hierarchical" : nullptr);
+  // What the MPI transports' rows travel as (parallel.dispatch_dtype), FP8
+  // rows quantized as the FP8 recipe's expert GEMM would (its gradient
+  // format, power-of-two scales, saturation), by the backend that runs it.
+  const Payload payload = cfg_.parallel.dispatch_dtype == DispatchDtype::fp8    ? Payload::fp8
+                          : cfg_.parallel.dispatch_dtype == DispatchDtype::bf16 ? Payload::bf16
+                                                                                 : Payload::fp32;
+  const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
+  const CombineDtype combine = cfg_.parallel.combine_dtype;
+  const Payload back = combine == CombineDtype::bf16 || (combine == CombineDtype::automatic && payload != Payload::fp32)
+                           ? Payload::bf16 : Payload::fp32;
+  const PayloadCodec codec = make_payload_codec(
+      payload, back, *ops_.be,
+      fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
+      fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
   MoeContext ctx{DpGroup(grid_.dp()),
-                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks), nodes),
+                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks), nodes, codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
   ctx.timers = &moe_timers_;
   // The FP8 recipe state, made before the model: the model's Ops carry it.

@@ -7,15 +7,19 @@
 #include "comm/mpi/mpi_comm.h"
 
 #include <algorithm>
+#include <cstring>
+#include <functional>
 #include <map>
 
 #include "comm/comm.h"
 #include "comm/grid.h"
 #include "core/rng.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/permute.h"
 #include "moe/capacity.h"
 #include "moe/dispatcher.h"
 #include "moe/ep_dispatch.h"
+#include "moe/payload.h"
 #include "moe/transport/hier.h"
 
 namespace sy {
@@ -384,6 +388,101 @@ TEST(Hierarchical, NodeLayoutsDescribeThemselves) {
   NodeLayout m = NodeLayout::of(world);  // one machine: one node
   EXPECT_EQ(m.nodes(), 1);
 }
+
+// Smaller payloads (moe/payload.h) through the MPI transports, both passes:
+// every row the experts receive is its sender's row encoded and decoded
+// (bit for bit), the outputs come back as the expert's rows rounded to BF16,
+// and the bytes this rank sent to other ranks are its remote rows times the
+// packed row. The reference is the FP32 transport on the same plan.
+struct PayloadCase {
+  DispatchKind kind;
+  int chunks;
+  Payload payload;
+};
+class DispatchPayload : public ::testing::TestWithParam<PayloadCase> {};
+
+TEST_P(DispatchPayload, RowsArriveEncodedAndComeBackInBf16) {
+  const auto [kind, chunks, payload] = GetParam();
+  Comm world = Comm::world();
+  Grid grid(world, {1, 0, world.size()}, 2 * world.size(), "test");
+  const Comm& ep = grid.ep();
+  const int P = ep.size(), me = ep.rank();
+  const int64_t Cw = 200, E = 2 * P, N = 29 + 3 * world.rank();  // Cw: two 1x128 blocks, the second partial
+  Routing mine(world.rank(), N, E, 9);
+  std::vector<float> x(static_cast<size_t>(N * Cw));
+  for (int64_t i = 0; i < N * Cw; ++i)
+    x[i] = normal_at(stream_key(3, fmt::format("x{}", world.rank())), static_cast<uint64_t>(i)) * (1 + i % 97);
+  const PayloadCodec codec = make_payload_codec(payload, Payload::bf16, backend(Device::cpu), Fp8Format::e5m2);
+  auto small = make_dispatcher(kind, ep, chunks, {}, codec);
+  auto full = make_dispatcher(kind, ep, chunks);
+  EXPECT_EQ(small->payload_out(), P == 1 ? Payload::fp32 : payload);
+  EXPECT_EQ(small->payload_back(), P == 1 ? Payload::fp32 : Payload::bf16);
+  for (Pass pass : {Pass::forward, Pass::backward}) {
+    EpDispatch plan;
+    small->plan(plan, mine.idx.data(), mine.keep.data(), N, K, E);
+    const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
+    auto run = [&](const Dispatcher& D, const std::function<void(const Rows&, int64_t, int64_t)>& expert,
+                   std::vector<float>& recv, std::vector<float>& back, MoeTimers* t) {
+      auto layer = D.make_layer();
+      auto scratch = D.make_scratch();
+      const Rows r = pass == Pass::forward ? D.forward_rows(plan, *layer, *scratch, Cw, false)
+                                           : D.backward_rows(plan, *layer, *scratch, Cw);
+      for (int64_t i = 0; i < Ms; ++i) std::copy_n(x.data() + plan.send_token()[i] * Cw, Cw, r.send.local + i * Cw);
+      ExpertSteps steps;
+      steps.meanwhile = [] {};
+      steps.experts = [&](int c) { expert(r, plan.recv_begin(c), plan.recv_end(c)); };
+      D.exchange(pass, plan, r, *layer, *scratch, Cw, steps, t);
+      EXPECT_EQ(r.recv_fp8 != nullptr, &D == small.get() && P > 1 && payload == Payload::fp8);
+      recv.assign(r.recv, r.recv + Mr * Cw);
+      back.assign(r.back.local, r.back.local + Ms * Cw);
+    };
+    // The payload run: the expert doubles its rows and adds one.
+    std::vector<float> recv, back, recv32, back32;
+    MoeTimers t;
+    run(*small, [&](const Rows& r, int64_t b, int64_t e) {
+      for (int64_t i = b * Cw; i < e * Cw; ++i) r.reply[i] = 2 * r.recv[i] + 1;
+    }, recv, back, &t);
+    // Reference: FP32 rows; the rows expected are those encoded and decoded,
+    // and the expert's outputs (of the rows the payload run received) rounded to BF16.
+    std::vector<float> want_recv, want_back;
+    run(*full, [&](const Rows& r, int64_t b, int64_t e) {
+      for (int64_t i = b * Cw; i < e * Cw; ++i) r.reply[i] = 2 * recv[i] + 1;
+      if (P == 1) return;  // nothing crosses: nothing is encoded
+      const Payload bp = Payload::bf16;
+      std::vector<float> pk(static_cast<size_t>((e - b) * payload_row_words(bp, Cw)));
+      payload_encode(bp, pk.data(), r.reply + b * Cw, e - b, Cw);
+      payload_decode(bp, r.reply + b * Cw, pk.data(), e - b, Cw);
+    }, recv32, back32, nullptr);
+    want_recv = recv32;
+    if (P > 1) {
+      const Fp8Format f = pass == Pass::forward ? Fp8Format::e4m3 : Fp8Format::e5m2;
+      std::vector<float> pk(static_cast<size_t>(Mr * payload_row_words(payload, Cw)));
+      payload_encode(payload, pk.data(), recv32.data(), Mr, Cw, pass == Pass::forward ? codec.act : codec.grad, codec.be);
+      payload_decode(payload, want_recv.data(), pk.data(), Mr, Cw, f);
+    }
+    EXPECT_EQ(0, std::memcmp(recv.data(), want_recv.data(), recv.size() * sizeof(float))) << "rows to the experts";
+    EXPECT_EQ(0, std::memcmp(back.data(), back32.data(), back.size() * sizeof(float))) << "rows back";
+    int64_t out_rows = 0, back_rows = 0;
+    for (int c = 0; c < plan.chunks(); ++c)
+      for (int r = 0; r < P; ++r)
+        if (r != me) out_rows += plan.send_count(c, r), back_rows += plan.recv_count(c, r);
+    const Payload po = P == 1 ? Payload::fp32 : payload, pb = P == 1 ? Payload::fp32 : Payload::bf16;
+    EXPECT_EQ(t.out_rows, out_rows);
+    EXPECT_EQ(t.out_bytes, out_rows * payload_row_words(po, Cw) * 4);
+    EXPECT_EQ(t.back_rows, back_rows);
+    EXPECT_EQ(t.back_bytes, back_rows * payload_row_words(pb, Cw) * 4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, DispatchPayload,
+                         ::testing::Values(PayloadCase{DispatchKind::mpi, 1, Payload::bf16},
+                                           PayloadCase{DispatchKind::mpi, 1, Payload::fp8},
+                                           PayloadCase{DispatchKind::mpi_overlapped, 3, Payload::bf16},
+                                           PayloadCase{DispatchKind::mpi_overlapped, 3, Payload::fp8}),
+                         [](const auto& p) {
+                           return fmt::format("{}_{}", p.param.kind == DispatchKind::mpi ? "mpi" : "overlapped",
+                                              to_string(p.param.payload));
+                         });
 
 TEST(Capacity, DistributedDecisionEqualsOneRankOverAllTokens) {
   Comm world = Comm::world();

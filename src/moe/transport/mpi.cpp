@@ -7,6 +7,78 @@
 
 namespace sy {
 
+// The packed rows of a pass (a smaller payload; not with a group of one).
+void MpiDispatcher::packed_rows(Rows& r, Pass pass, MpiScratch& S, int64_t Ms, int64_t Mr, int64_t C) const {
+  const Payload out = payload_out(), back = payload_back();
+  if (out != Payload::fp32) {
+    const auto Wo = static_cast<size_t>(payload_row_words(out, C));
+    S.out_send.ensure(Wo * static_cast<size_t>(Ms));
+    const float* recv = S.out_recv.ensure(Wo * static_cast<size_t>(Mr));
+    if (out == Payload::fp8) r.recv_fp8 = recv, r.fp8_format = out_format(pass);
+  }
+  if (back != Payload::fp32) {
+    const auto Wb = static_cast<size_t>(payload_row_words(back, C));
+    S.back_send.ensure(Wb * static_cast<size_t>(Mr));
+    S.back_recv.ensure(Wb * static_cast<size_t>(Ms));
+  }
+}
+
+Request MpiDispatcher::post_out(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
+                                int64_t C, const ExpertSteps& steps, MoeTimers* timers) const {
+  const Payload p = payload_out();
+  const int64_t W = payload_row_words(p, C);
+  if (timers)
+    for (int r = 0; r < ep_.size(); ++r)
+      if (r != ep_.rank()) timers->out_rows += plan.send_count(c, r), timers->out_bytes += plan.send_count(c, r) * W * 4;
+  if (p == Payload::fp32) return plan.to_experts(ep_, c, rows.send.local, rows.recv, C, to_what(pass));
+  MpiScratch& S = state_as<MpiScratch>(scratch, name());
+  const int64_t b = plan.send_begin(c), n = plan.send_end(c) - b;
+  {
+    Timed t(timers, &MoeTimers::codec);
+    const QuantStats st = payload_encode(p, S.out_send.data() + b * W, rows.send.local + b * C, n, C,
+                                         pass == Pass::forward ? codec_.act : codec_.grad, codec_.be);
+    if (p == Payload::fp8 && steps.encoded) steps.encoded(st);
+  }
+  return plan.to_experts(ep_, c, S.out_send.data(), S.out_recv.data(), W, to_what(pass));
+}
+
+void MpiDispatcher::land_out(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
+                             int64_t C, MoeTimers* timers) const {
+  const Payload p = payload_out();
+  if (p == Payload::fp32) return;
+  MpiScratch& S = state_as<MpiScratch>(scratch, name());
+  const int64_t W = payload_row_words(p, C), b = plan.recv_begin(c), n = plan.recv_end(c) - b;
+  Timed t(timers, &MoeTimers::codec);
+  payload_decode(p, rows.recv + b * C, S.out_recv.data() + b * W, n, C, out_format(pass));
+}
+
+Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
+                                 int64_t C, MoeTimers* timers) const {
+  const Payload p = payload_back();
+  const int64_t W = payload_row_words(p, C);
+  if (timers)
+    for (int r = 0; r < ep_.size(); ++r)
+      if (r != ep_.rank()) timers->back_rows += plan.recv_count(c, r), timers->back_bytes += plan.recv_count(c, r) * W * 4;
+  if (p == Payload::fp32) return plan.from_experts(ep_, c, rows.reply, rows.back.local, C, back_what(pass));
+  MpiScratch& S = state_as<MpiScratch>(scratch, name());
+  const int64_t b = plan.recv_begin(c), n = plan.recv_end(c) - b;
+  {
+    Timed t(timers, &MoeTimers::codec);
+    payload_encode(p, S.back_send.data() + b * W, rows.reply + b * C, n, C);
+  }
+  return plan.from_experts(ep_, c, S.back_send.data(), S.back_recv.data(), W, back_what(pass));
+}
+
+void MpiDispatcher::land_back(const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
+                              MoeTimers* timers) const {
+  const Payload p = payload_back();
+  if (p == Payload::fp32) return;
+  MpiScratch& S = state_as<MpiScratch>(scratch, name());
+  const int64_t W = payload_row_words(p, C), b = plan.send_begin(c), n = plan.send_end(c) - b;
+  Timed t(timers, &MoeTimers::codec);
+  payload_decode(p, rows.back.local + b * C, S.back_recv.data() + b * W, n, C);
+}
+
 void MpiDispatcher::plan(EpDispatch& plan, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K,
                          int64_t E) const {
   plan.plan(ep_, idx, keep, N, K, E, chunks(), false);
@@ -22,7 +94,9 @@ Rows MpiDispatcher::forward_rows(const EpDispatch& plan, DispatchLayer& layer, D
   L.y_send.ensure(static_cast<size_t>(Ms * C));
   float* x_send = solo ? x_recv : S.send.ensure(static_cast<size_t>(Ms * C));
   float* y_recv = solo ? L.y_send.data() : S.recv.ensure(static_cast<size_t>(Mr * C));
-  return {RowMap::contiguous(x_send), x_recv, y_recv, RowMap::contiguous(L.y_send.data())};
+  Rows r{RowMap::contiguous(x_send), x_recv, y_recv, RowMap::contiguous(L.y_send.data())};
+  packed_rows(r, Pass::forward, S, Ms, Mr, C);
+  return r;
 }
 
 Rows MpiDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer&, DispatchScratch& scratch,
@@ -34,7 +108,9 @@ Rows MpiDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer&, Dispat
   float* dy_recv = solo ? dy_send : S.recv.ensure(static_cast<size_t>(Mr * C));
   float* dx_recv = S.recv2.ensure(static_cast<size_t>(Mr * C));
   float* dx_send = solo ? dx_recv : S.send2.ensure(static_cast<size_t>(Ms * C));
-  return {RowMap::contiguous(dy_send), dy_recv, dx_recv, RowMap::contiguous(dx_send)};
+  Rows r{RowMap::contiguous(dy_send), dy_recv, dx_recv, RowMap::contiguous(dx_send)};
+  packed_rows(r, Pass::backward, S, Ms, Mr, C);
+  return r;
 }
 
 RowMap MpiDispatcher::forward_outputs(const EpDispatch&, const DispatchLayer& layer) const {
@@ -46,18 +122,23 @@ const float* MpiDispatcher::forward_inputs(const DispatchLayer& layer) const {
 }
 
 // One chunk at a time: rows out (blocking), experts, outputs back (blocking).
-void MpiDispatcher::exchange(Pass pass, const EpDispatch& plan, const Rows& rows, DispatchLayer&, DispatchScratch&,
-                             int64_t C, const ExpertSteps& steps, MoeTimers* timers) const {
+void MpiDispatcher::exchange(Pass pass, const EpDispatch& plan, const Rows& rows, DispatchLayer&,
+                             DispatchScratch& scratch, int64_t C, const ExpertSteps& steps, MoeTimers* timers) const {
   steps.meanwhile();
   for (int c = 0; c < plan.chunks(); ++c) {
+    Request out = post_out(pass, plan, c, rows, scratch, C, steps, timers);
     {
       Timed t(timers, &MoeTimers::wait);
-      plan.to_experts(ep_, c, rows.send.local, rows.recv, C, to_what(pass)).wait();
+      out.wait();
     }
+    land_out(pass, plan, c, rows, scratch, C, timers);
     steps.experts(c);
-    Request back = plan.from_experts(ep_, c, rows.reply, rows.back.local, C, back_what(pass));
-    Timed t(timers, &MoeTimers::wait);
-    back.wait();
+    Request back = post_back(pass, plan, c, rows, scratch, C, timers);
+    {
+      Timed t(timers, &MoeTimers::wait);
+      back.wait();
+    }
+    land_back(plan, c, rows, scratch, C, timers);
   }
 }
 

@@ -3,6 +3,11 @@
 // same way. The expert side's rows are contiguous in receive order.
 // With a group of one, send and receive layouts coincide and one buffer
 // serves both.
+// With a smaller payload (parallel.dispatch_dtype, moe/payload.h) each
+// chunk's rows are packed before they are posted and unpacked as they land
+// (every row, a rank's rows to its own experts too, so the numerics do not
+// depend on how the experts are laid out over ranks); the packed rows live
+// in the scratch.
 #pragma once
 
 #include "comm/comm.h"
@@ -22,18 +27,24 @@ struct MpiScratch final : DispatchScratch {
   GrowBuffer<float> send, recv;    // (M, C) rows in flight
   GrowBuffer<float> send2, recv2;  // (M, C) the second direction in backward
   GrowBuffer<float> x_recv;        // (M_recv, C) experts' inputs when shared by the layers (FP8 storage)
+  // Packed rows (moe/payload.h), payload_row_words floats a row: to the
+  // experts (sent, received) and back (sent by the experts, received).
+  GrowBuffer<float> out_send, out_recv, back_send, back_recv;
   size_t transfer_bytes() const override {
-    return (send.capacity() + recv.capacity() + send2.capacity() + recv2.capacity()) * sizeof(float);
+    return (send.capacity() + recv.capacity() + send2.capacity() + recv2.capacity() + out_send.capacity() +
+            out_recv.capacity() + back_send.capacity() + back_recv.capacity()) * sizeof(float);
   }
   size_t input_bytes() const override { return x_recv.capacity() * sizeof(float); }
 };
 
 class MpiDispatcher : public Dispatcher {
  public:
-  explicit MpiDispatcher(const Comm& ep) : ep_(ep) {}
+  explicit MpiDispatcher(const Comm& ep, const PayloadCodec& payload = {}) : ep_(ep), codec_(payload) {}
   const char* name() const override { return "mpi"; }
   int ep_size() const override { return ep_.size(); }
   int ep_rank() const override { return ep_.rank(); }
+  Payload payload_out() const override { return ep_.solo() ? Payload::fp32 : codec_.out; }
+  Payload payload_back() const override { return ep_.solo() ? Payload::fp32 : codec_.back; }
   std::unique_ptr<DispatchLayer> make_layer() const override { return std::make_unique<MpiLayer>(); }
   std::unique_ptr<DispatchScratch> make_scratch() const override { return std::make_unique<MpiScratch>(); }
   void plan(EpDispatch& plan, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K,
@@ -51,7 +62,20 @@ class MpiDispatcher : public Dispatcher {
   virtual int chunks() const { return 1; }
   static const char* to_what(Pass p) { return p == Pass::forward ? "moe dispatch" : "moe dispatch (backward)"; }
   static const char* back_what(Pass p) { return p == Pass::forward ? "moe combine" : "moe combine (backward)"; }
+  // Chunk c's rows to the experts: packed (if the payload asks) and posted;
+  // then, once landed, unpacked into rows.recv. Outputs back likewise.
+  Request post_out(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
+                   const ExpertSteps& steps, MoeTimers* timers) const;
+  void land_out(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
+                MoeTimers* timers) const;
+  Request post_back(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
+                    MoeTimers* timers) const;
+  void land_back(const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
+                 MoeTimers* timers) const;
+  void packed_rows(Rows& r, Pass pass, MpiScratch& S, int64_t Ms, int64_t Mr, int64_t C) const;
+  Fp8Format out_format(Pass p) const { return p == Pass::forward ? codec_.act.fmt : codec_.grad.fmt; }
   Comm ep_;
+  PayloadCodec codec_;
 };
 
 }  // namespace sy

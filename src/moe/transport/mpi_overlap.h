@@ -10,7 +10,8 @@ namespace sy {
 
 class MpiOverlapDispatcher final : public MpiDispatcher {
  public:
-  MpiOverlapDispatcher(const Comm& ep, int chunks) : MpiDispatcher(ep), chunks_(chunks) {}
+  MpiOverlapDispatcher(const Comm& ep, int chunks, const PayloadCodec& payload = {})
+      : MpiDispatcher(ep, payload), chunks_(chunks) {}
   const char* name() const override { return "mpi-overlapped"; }
   void exchange(Pass pass, const EpDispatch& plan, const Rows& rows, DispatchLayer& layer, DispatchScratch& scratch,
                 int64_t C, const ExpertSteps& steps, MoeTimers* timers) const override;

@@ -53,9 +53,15 @@ const float* ShmDispatcher::forward_inputs(const DispatchLayer& layer) const {
 
 // The senders have written their rows (the block's gather) before this is
 // called; the shared experts run while the others are still writing.
-void ShmDispatcher::exchange(Pass pass, const EpDispatch&, const Rows&, DispatchLayer& layer,
-                             DispatchScratch& scratch, int64_t, const ExpertSteps& steps, MoeTimers* timers) const {
+void ShmDispatcher::exchange(Pass pass, const EpDispatch& plan, const Rows&, DispatchLayer& layer,
+                             DispatchScratch& scratch, int64_t C, const ExpertSteps& steps, MoeTimers* timers) const {
   const bool fwd = pass == Pass::forward;
+  if (timers)  // rows written to and read from other ranks' segments, in FP32
+    for (int r = 0; r < ep_.size(); ++r)
+      if (r != ep_.rank()) {
+        timers->out_rows += plan.send_count(0, r), timers->out_bytes += plan.send_count(0, r) * C * 4;
+        timers->back_rows += plan.recv_count(0, r), timers->back_bytes += plan.recv_count(0, r) * C * 4;
+      }
   ShmLayer& L = state_as<ShmLayer>(layer, name());
   ShmScratch& S = state_as<ShmScratch>(scratch, name());
   const SharedWindow& in = fwd ? *L.inputs : S.dy_win;

@@ -141,6 +141,28 @@ TEST(Config, ExpertGroupErrorsNameTheKeyAndLayer) {
   EXPECT_EQ(to_toml(parse_config(to_toml(ok), "t2")), to_toml(ok));
 }
 
+TEST(Config, DispatchPayloadKeys) {
+  RunConfig a = parse_config(default_config_text(), "t", {"parallel.dispatch_dtype=fp8", "precision.recipe=fp8-block"});
+  EXPECT_EQ(a.parallel.dispatch_dtype, DispatchDtype::fp8);
+  EXPECT_EQ(a.parallel.combine_dtype, CombineDtype::automatic);
+  EXPECT_EQ(to_toml(parse_config(to_toml(a), "t2")), to_toml(a));
+  auto fails = [](std::vector<std::string> sets, std::vector<std::string> want) {
+    try {
+      parse_config(default_config_text(), "t", sets);
+      ADD_FAILURE() << "no error for " << sets[0];
+    } catch (const ConfigError& e) {
+      for (const std::string& w : want) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
+    }
+  };
+  fails({"parallel.dispatch_dtype=fp16"}, {"parallel.dispatch_dtype", "fp16"});
+  fails({"parallel.combine_dtype=fp8"}, {"parallel.combine_dtype", "fp8"});
+  for (const char* r : {"fp8-tensor-current", "fp8-tensor-delayed"})
+    fails({"parallel.dispatch_dtype=fp8", std::string("precision.recipe=") + r},
+          {"parallel.dispatch_dtype", "precision.recipe", r, "scale"});
+  // bf16 rows are fine with every recipe.
+  parse_config(default_config_text(), "t", {"parallel.dispatch_dtype=bf16", "precision.recipe=fp8-tensor-delayed"});
+}
+
 TEST(Config, PerLayerExpertErrorsNameTheKey) {
   auto fails = [](std::vector<std::string> sets, const std::string& want) {
     sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});
