@@ -81,7 +81,7 @@ remote = (P - per_node) / P
 print(f"# link {link:.3f} GB/s per direction; algbw = bytes per rank / time; busbw = algbw * (P-1)/P (nccl-tests);")
 print(f"# link% = bytes crossing into one node / time / link rate (assumes routing spread evenly: {remote:.0%} of rows remote);")
 print("# ratio = raw time / transport time (>= 0.9 is the target)")
-print(f"#{'K':>2} {'C':>5} {'E':>4} {'MB/rank':>8} | {'path':>6} {'ms':>8} {'algbw':>6} {'busbw':>6} {'link%':>6} {'ratio':>5}")
+print(f"#{'K':>2} {'C':>5} {'E':>4} {'MB/rank':>8} | {'path':>8} {'ms':>8} {'algbw':>6} {'busbw':>6} {'link%':>6} {'ratio':>5}")
 for f in files:
     K = re.search(r"_k(\d+)\.txt$", f).group(1)
     header, groups = None, None
@@ -103,7 +103,7 @@ for f in files:
             t = float(cell) / 1e3
             alg = bytes_rank / t / 1e9
             cross = per_node * bytes_rank * remote / t / 1e9
-            print(f" {K:>2} {C:>5} {E:>4} {mb:>8.1f} | {name:>6} {t*1e3:>8.1f} {alg:>6.2f} {alg*(P-1)/P:>6.2f} "
+            print(f" {K:>2} {C:>5} {E:>4} {mb:>8.1f} | {name:>8} {t*1e3:>8.1f} {alg:>6.2f} {alg*(P-1)/P:>6.2f} "
                   f"{100*cross/link:>5.0f}% {raw/1e3/t:>5.2f}")
 PY
 
