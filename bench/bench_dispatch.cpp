@@ -1,6 +1,6 @@
 // sy-bench-dispatch: expert-parallel dispatch + combine, nccl-tests style.
 //   mpirun -np P sy-bench-dispatch [--tokens 4096] [--iters 10] [--warmup 2] [--top-k 2]
-//                                  [--experts 8,16] [--dims 512,1024] [--node-size 0]
+//                                  [--experts 8,16] [--dims 512,1024] [--node-size 0] [--no-layer]
 // For each shape (C in --dims, E in --experts, K = --top-k, tokens per rank):
 //  - raw: MPI_Alltoallv of the same rows there and back (the baseline);
 //  - ours: plan (counts all-to-all) + gather + all-to-all-v + back + combine,
@@ -12,8 +12,16 @@
 //    with the bytes it sent between nodes as a share of the flat transport's
 //    (xnode: below 100% where a token's row goes once to a node holding
 //    several of its experts);
+//  - hier+fp8: the hierarchical path with parallel.dispatch_dtype = fp8
+//    (rows to the experts in FP8 with 1x128 scales, back in BF16; every row
+//    packed and unpacked, the node's too); its ratio is against raw of the
+//    same FP32 rows, xnode its packed bytes between nodes / the flat FP32
+//    transport's;
 //  - the MoE layer (F = C, one shared expert) forward + backward, plain and
-//    overlapped (4 chunks), with the share of permute/unpermute in it.
+//    overlapped (4 chunks), with the share of permute/unpermute in it, and
+//    the layer per payload over the MPI transport (--no-layer: "-" and no
+//    payload table; the routing forward runs with tiny experts, which routes
+//    the same: the router reads only h and its own weights).
 // Bytes are the rows each rank sends, both directions; algbw = bytes / time,
 // busbw = algbw * (P - 1) / P (nccl-tests' all-to-all factor). Times are
 // medians over the iterations of the slowest rank. Never pass/fail, except
@@ -81,6 +89,8 @@ int main(int argc, char** argv) {
   app.add_option("--node-size", node_size,
                  "ranks per node for the hierarchical transport (0: the machine's nodes; n: every n consecutive "
                  "ranks declared a node)")->check(CLI::NonNegativeNumber);
+  bool no_layer = false;
+  app.add_flag("--no-layer", no_layer, "only the data path (no MoE layer forward + backward columns)");
   app.add_option("--iters", iters);
   app.add_option("--warmup", warmup);
   CLI11_PARSE(app, argc, argv);
@@ -102,10 +112,10 @@ int main(int argc, char** argv) {
           "# sy-bench-dispatch: {} ranks ({}{}), {} tokens per rank, K = {}, {} threads per rank, times in ms "
           "(median of {}, slowest rank)\n"
           "#{:>5} {:>4} {:>8} | {:>7} {:>6} {:>6} | {:>7} {:>5} | {:>7} {:>6} {:>6} {:>5} | {:>7} {:>6} {:>6} {:>5} "
-          "{:>6} | {:>6} | {:>8} {:>8} {:>5} {:>8} {:>5} {:>8} {:>5} | {:>7}\n",
+          "{:>6} | {:>8} {:>6} {:>6} {:>5} {:>6} | {:>6} | {:>8} {:>8} {:>5} {:>8} {:>5} {:>8} {:>5} | {:>7}\n",
           P, nodes.describe(), node_size > 0 ? " declared by --node-size" : "", tokens, K, threads, iters, "C", "E",
           "MB/rank", "raw", "algbw", "busbw", "mpi", "ratio", "shm", "algbw", "busbw", "ratio", "hier", "algbw",
-          "busbw", "ratio", "xnode", "#wrong", "layer", "overlap", "speed", "shm", "speed", "hier", "speed",
+          "busbw", "ratio", "xnode", "hier+fp8", "algbw", "busbw", "ratio", "xnode", "#wrong", "layer", "overlap", "speed", "shm", "speed", "hier", "speed",
           "permute")
                 << std::flush;
     std::vector<std::string> payload_lines;
@@ -116,7 +126,7 @@ int main(int argc, char** argv) {
         Grid grid(world, {1, 0, P}, E, "bench");
         ModelConfig m;
         m.d_model = C, m.n_layers = 1, m.dense_layers = 0, m.n_heads = 8, m.n_kv_heads = 8, m.seq_len = tokens;
-        m.moe.experts = E, m.moe.top_k = K, m.moe.expert_hidden = C, m.moe.shared_experts = 1;
+        m.moe.experts = E, m.moe.top_k = K, m.moe.expert_hidden = no_layer ? 8 : C, m.moe.shared_experts = no_layer ? 0 : 1;
         m.moe.aux_loss_coef = 0.01;
         const int64_t N = tokens;
         Dims d(m, 1);
@@ -200,28 +210,44 @@ int main(int argc, char** argv) {
         }
 
         // Hierarchical transport: the same path through its Dispatcher
-        // (plan, routes, gather, both levels there and back, combine).
+        // (plan, routes, gather, both levels there and back, combine), with
+        // FP32 rows and with the FP8 payload (rows back in BF16).
+        auto hier_path_of = [&](const std::shared_ptr<const Dispatcher>& D, std::vector<float>& combined_out,
+                                HierTraffic& traffic) {
+          const auto& H = dynamic_cast<const HierDispatcher&>(*D);
+          auto h_layer = D->make_layer();
+          auto h_scratch = D->make_scratch();
+          EpDispatch p3;
+          combined_out.assign(N * C, 0.f);
+          H.reset_traffic();
+          double t = time_it(world, warmup, iters, [&] {
+            D->plan(p3, acts.idx, acts.keep, N, K, E);
+            Rows r = D->forward_rows(p3, *h_layer, *h_scratch, C, false);
+            moe_gather(r.send, h.data(), p3.send_token().data(), p3.send_rows(), C);
+            ExpertSteps steps;
+            steps.meanwhile = [] {};
+            steps.experts = [&](int) { std::copy_n(r.recv, p3.recv_rows() * C, r.reply); };
+            D->exchange(Pass::forward, p3, r, *h_layer, *h_scratch, C, steps, nullptr);
+            std::fill(combined_out.begin(), combined_out.end(), 0.f);
+            moe_combine(combined_out.data(), r.back, nullptr, acts.gates, p3.send_pos().data(), N, K, C);
+          });
+          traffic = H.traffic();  // the forward passes above, warm-up included
+          world.allreduce_sum(&traffic.network_bytes, 1);
+          world.allreduce_sum(&traffic.flat_bytes, 1);
+          return t;
+        };
         auto hier = make_dispatcher(DispatchKind::hierarchical, grid.ep(), 1, nodes);
-        const auto& H = dynamic_cast<const HierDispatcher&>(*hier);
-        auto h_layer = hier->make_layer();
-        auto h_scratch = hier->make_scratch();
-        EpDispatch p3;
-        std::vector<float> combined_hier(N * C);
-        double hier_path = time_it(world, warmup, iters, [&] {
-          hier->plan(p3, acts.idx, acts.keep, N, K, E);
-          Rows r = hier->forward_rows(p3, *h_layer, *h_scratch, C, false);
-          moe_gather(r.send, h.data(), p3.send_token().data(), p3.send_rows(), C);
-          ExpertSteps steps;
-          steps.meanwhile = [] {};
-          steps.experts = [&](int) { std::copy_n(r.recv, p3.recv_rows() * C, r.reply); };
-          hier->exchange(Pass::forward, p3, r, *h_layer, *h_scratch, C, steps, nullptr);
-          std::fill(combined_hier.begin(), combined_hier.end(), 0.f);
-          moe_combine(combined_hier.data(), r.back, nullptr, acts.gates, p3.send_pos().data(), N, K, C);
-        });
+        std::vector<float> combined_hier;
+        HierTraffic traffic, traffic8;
+        double hier_path = hier_path_of(hier, combined_hier, traffic);
         for (int64_t i = 0; i < N * C; ++i) wrong += combined_hier[i] != combined[i];
-        HierTraffic traffic = H.traffic();  // the forward passes above, warm-up included
-        world.allreduce_sum(&traffic.network_bytes, 1);
-        world.allreduce_sum(&traffic.flat_bytes, 1);
+        // FP8 rows are not the FP32 ones (tests/mpi/test_dispatch.cpp checks
+        // them bit for bit against the mpi transport's): not in #wrong.
+        double hier8_path = hier_path_of(
+            make_dispatcher(DispatchKind::hierarchical, grid.ep(), 1, nodes,
+                            make_payload_codec(Payload::fp8, Payload::bf16, backend(Device::cpu))),
+            combined_hier, traffic8);
+        traffic8.flat_bytes = traffic.flat_bytes;  // against the flat transport's FP32 rows
         world.allreduce_sum(&wrong, 1);
 
         // The whole MoE layer, forward + backward, plain and overlapped.
@@ -239,11 +265,12 @@ int main(int argc, char** argv) {
         };
         MoeTimers tp;
         plain.timers = &tp;
-        double t_plain = time_it(world, warmup, iters, [&] { layer(plain); });
+        double t_plain = 0, t_over = 0, t_shm = 0, t_hier = 0, permute_share = 0;
+        if (!no_layer) {
+        t_plain = time_it(world, warmup, iters, [&] { layer(plain); });
         MoeContext over{DpGroup(grid.dp()), make_dispatcher(DispatchKind::mpi_overlapped, grid.ep(), 4),
                         grid.dp_rank() * N};
-        double t_over = time_it(world, warmup, iters, [&] { layer(over); });
-        double t_shm = 0;
+        t_over = time_it(world, warmup, iters, [&] { layer(over); });
         if (one_node) {
           MoeContext shm{DpGroup(grid.dp()), make_dispatcher(DispatchKind::shm, grid.ep()), grid.dp_rank() * N};
           acts.rows.reset();  // the transport's buffers are its own: shm makes its windows
@@ -253,10 +280,10 @@ int main(int argc, char** argv) {
         MoeContext hier_ctx{DpGroup(grid.dp()), hier, grid.dp_rank() * N};
         acts.rows.reset();
         scratch.rows.reset();
-        double t_hier = time_it(world, warmup, iters, [&] { layer(hier_ctx); });
+        t_hier = time_it(world, warmup, iters, [&] { layer(hier_ctx); });
         acts.rows.reset();
         scratch.rows.reset();
-        double permute_share = tp.permute / tp.total();
+        permute_share = tp.permute / tp.total();
         world.allreduce_max(&permute_share, 1);
         // Payloads (parallel.dispatch_dtype) over the MPI transport: bytes per
         // row this rank sent to other ranks (rows to the experts, rows back)
@@ -280,6 +307,7 @@ int main(int argc, char** argv) {
                                               to_string(p), per_row[0], per_row[1], t * 1e3, payload_base / t,
                                               100 * pt.codec / pt.total()));
         }
+        }  // !no_layer
         acts.rows.reset();
         scratch.rows.reset();
 
@@ -290,21 +318,31 @@ int main(int argc, char** argv) {
           return fmt::format("{:>7.2f} {:>6.2f} {:>6.2f} {:>5.2f}", shm_path * 1e3, bw(shm_path), bw(shm_path) * bus,
                              raw / shm_path);
         };
-        const std::string xnode =
-            traffic.flat_bytes > 0
-                ? fmt::format("{:.0f}%", 100.0 * static_cast<double>(traffic.network_bytes) / traffic.flat_bytes)
-                : std::string("-");
-        const std::string shm_layer = one_node ? fmt::format("{:>8.1f} {:>4.2f}x", t_shm * 1e3, t_plain / t_shm)
-                                               : fmt::format("{:>8} {:>5}", "-", "-");
+        auto xnode_of = [](const HierTraffic& t) {
+          return t.flat_bytes > 0 ? fmt::format("{:.0f}%", 100.0 * static_cast<double>(t.network_bytes) / t.flat_bytes)
+                                  : std::string("-");
+        };
+        // A column left out (across nodes, --no-layer) prints "-" in its width.
+        auto cell = [](bool on, int width, const std::string& text) {
+          return fmt::format("{:>{}}", on ? text : "-", width);
+        };
         if (root)
           std::cout << fmt::format(
                            " {:>5} {:>4} {:>8.2f} | {:>7.2f} {:>6.2f} {:>6.2f} | {:>7.2f} {:>5.2f} | {} | {:>7.2f} "
-                           "{:>6.2f} {:>6.2f} {:>5.2f} {:>6} | {:>6} | {:>8.1f} {:>8.1f} {:>4.2f}x {} {:>8.1f} "
-                           "{:>4.2f}x | {:>6.1f}%\n",
+                           "{:>6.2f} {:>6.2f} {:>5.2f} {:>6} | {:>8.2f} {:>6.2f} {:>6.2f} {:>5.2f} {:>6} | {:>6} | "
+                           "{} {} {} {} {} {} {} | {}\n",
                            C, E, bytes / 2 / 1e6, raw * 1e3, bw(raw), bw(raw) * bus, mpi_path * 1e3, raw / mpi_path,
-                           shm_cols(), hier_path * 1e3, bw(hier_path), bw(hier_path) * bus, raw / hier_path, xnode,
-                           wrong, t_plain * 1e3, t_over * 1e3, t_plain / t_over, shm_layer, t_hier * 1e3,
-                           t_plain / t_hier, 100 * permute_share)
+                           shm_cols(), hier_path * 1e3, bw(hier_path), bw(hier_path) * bus, raw / hier_path,
+                           xnode_of(traffic), hier8_path * 1e3, bw(hier8_path), bw(hier8_path) * bus,
+                           raw / hier8_path, xnode_of(traffic8), wrong,
+                           cell(!no_layer, 8, fmt::format("{:.1f}", t_plain * 1e3)),
+                           cell(!no_layer, 8, fmt::format("{:.1f}", t_over * 1e3)),
+                           cell(!no_layer, 5, fmt::format("{:.2f}x", t_plain / t_over)),
+                           cell(!no_layer && one_node, 8, fmt::format("{:.1f}", t_shm * 1e3)),
+                           cell(!no_layer && one_node, 5, fmt::format("{:.2f}x", t_plain / t_shm)),
+                           cell(!no_layer, 8, fmt::format("{:.1f}", t_hier * 1e3)),
+                           cell(!no_layer, 5, fmt::format("{:.2f}x", t_plain / t_hier)),
+                           cell(!no_layer, 7, fmt::format("{:.1f}%", 100 * permute_share)))
                     << std::flush;
       }
     if (root)
@@ -313,10 +351,13 @@ int main(int argc, char** argv) {
                    "# the MPI all-to-all-v / shared-memory / hierarchical transport; ratio = raw / path. shm is \"-\"\n"
                    "# when the ranks span nodes (a shared-memory window cannot cross them). xnode = bytes the\n"
                    "# hierarchical path sent between nodes (dispatch + combine, all ranks) / the flat transport's for the\n"
-                   "# same rows. layer = MoE forward + backward (F = C, one shared expert) with the plain MPI dispatch;\n"
+                   "# same rows. hier+fp8 = the hierarchical path with FP8 rows out, BF16 back (algbw, busbw and ratio\n"
+                   "# count the FP32 rows' bytes and raw time; its xnode = packed bytes / the flat transport's FP32\n"
+                   "# bytes). layer = MoE forward + backward (F = C, one shared expert) with the plain MPI dispatch;\n"
                    "# overlap = 4-chunk overlapped MPI dispatch; shm / hier = those transports; speed = layer / that;\n"
-                   "# permute = gather + combine and their backward, share of the plain layer's time.\n";
-    if (root) {
+                   "# permute = gather + combine and their backward, share of the plain layer's time. \"-\": not\n"
+                   "# measured (shm across nodes, layer with --no-layer).\n";
+    if (root && !no_layer) {
       std::cout << "\n# payloads (parallel.dispatch_dtype) over the MPI transport: bytes per row sent to other ranks\n"
                    "#    C    E payload | out B/row back B/row | layer ms speed  codec\n";
       for (const std::string& l : payload_lines) std::cout << l << "\n";

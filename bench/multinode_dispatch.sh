@@ -14,10 +14,12 @@
 # Usage: bench/multinode_dispatch.sh [build-dir]
 # Environment (defaults): PREFIX (syb), SUBNET (10.77.2.0/24), RATE (5gbit),
 #   LATENCY (50us), DIMS (1024,2048), EXPERTS (16,64), TOPK ("2 8"),
-#   TOKENS (4096), ITERS (5), TRANSPORTS ("mpi shm": the column groups of
+#   TOKENS (4096), ITERS (5), TRANSPORTS ("mpi hier hier+fp8": the column groups of
 #   sy-bench-dispatch to summarise; a transport's group is found by its name
 #   in the table header, so a new transport's column needs only its name
-#   here), TRAIN (1: also the training comparison; 0: skip), STEPS (3),
+#   here; "shm" is "-" across nodes; hier+fp8 is the hierarchical transport
+#   with parallel.dispatch_dtype = fp8, its bytes counted as the FP32 rows'),
+#   TRAIN (1: also the training comparison; 0: skip), STEPS (3),
 #   TIMEOUT (900 s per mpirun).
 # Needs root (network namespaces). The host's cores are shared by all
 # simulated nodes: tokens/s across 4 ranks is CPU-bound, and both training
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 BIN=$(cd "${1:-build}/bin" && pwd)
 PREFIX=${PREFIX:-syb} SUBNET=${SUBNET:-10.77.2.0/24} RATE=${RATE:-5gbit} LATENCY=${LATENCY:-50us}
 DIMS=${DIMS:-1024,2048} EXPERTS=${EXPERTS:-16,64} TOPK=${TOPK:-2 8} TOKENS=${TOKENS:-4096} ITERS=${ITERS:-5}
-TRANSPORTS=${TRANSPORTS:-mpi shm} TRAIN=${TRAIN:-1} STEPS=${STEPS:-3} TIMEOUT=${TIMEOUT:-900}
+TRANSPORTS=${TRANSPORTS:-mpi hier hier+fp8} TRAIN=${TRAIN:-1} STEPS=${STEPS:-3} TIMEOUT=${TIMEOUT:-900}
 STATE=${STATE:-/run/switchyard-netns/$PREFIX}
 OUT=$(mktemp -d /tmp/multinode_dispatch.XXXXXX)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -79,7 +81,7 @@ remote = (P - per_node) / P
 print(f"# link {link:.3f} GB/s per direction; algbw = bytes per rank / time; busbw = algbw * (P-1)/P (nccl-tests);")
 print(f"# link% = bytes crossing into one node / time / link rate (assumes routing spread evenly: {remote:.0%} of rows remote);")
 print("# ratio = raw time / transport time (>= 0.9 is the target)")
-print(f"#{'K':>2} {'C':>5} {'E':>4} {'MB/rank':>8} | {'path':>6} {'ms':>8} {'algbw':>6} {'busbw':>6} {'link%':>6} {'ratio':>5}")
+print(f"#{'K':>2} {'C':>5} {'E':>4} {'MB/rank':>8} | {'path':>8} {'ms':>8} {'algbw':>6} {'busbw':>6} {'link%':>6} {'ratio':>5}")
 for f in files:
     K = re.search(r"_k(\d+)\.txt$", f).group(1)
     header, groups = None, None
@@ -101,7 +103,7 @@ for f in files:
             t = float(cell) / 1e3
             alg = bytes_rank / t / 1e9
             cross = per_node * bytes_rank * remote / t / 1e9
-            print(f" {K:>2} {C:>5} {E:>4} {mb:>8.1f} | {name:>6} {t*1e3:>8.1f} {alg:>6.2f} {alg*(P-1)/P:>6.2f} "
+            print(f" {K:>2} {C:>5} {E:>4} {mb:>8.1f} | {name:>8} {t*1e3:>8.1f} {alg:>6.2f} {alg*(P-1)/P:>6.2f} "
                   f"{100*cross/link:>5.0f}% {raw/1e3/t:>5.2f}")
 PY
 

@@ -51,7 +51,7 @@ std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm&
       SY_CHECK(chunks >= 1, "overlapped MoE dispatch needs at least one chunk, got {}", chunks);
       return std::make_shared<MpiOverlapDispatcher>(ep, chunks, payload);
     case DispatchKind::hierarchical:
-      return std::make_shared<HierDispatcher>(ep, nodes.node.empty() ? node_of(ep) : nodes.node);
+      return std::make_shared<HierDispatcher>(ep, nodes.node.empty() ? node_of(ep) : nodes.node, payload);
   }
   SY_CHECK(false, "unknown MoE dispatch kind {}", static_cast<int>(kind));
   return nullptr;

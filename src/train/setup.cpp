@@ -178,8 +178,8 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                    : dispatch == DispatchKind::mpi            ? std::string(", MPI dispatch")
                                                               : fmt::format(", hierarchical dispatch ({}{})", nodes.describe(),
                                                                             cfg_.parallel.node_size > 0 ? " by parallel.node_size" : "");
-  dispatch_note_ += payload_note(cfg_.parallel, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : dispatch == DispatchKind::hierarchical ? "hierarchical" : nullptr);
-  // What the MPI transports' rows travel as (parallel.dispatch_dtype), FP8
+  dispatch_note_ += payload_note(cfg_.parallel, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : nullptr);
+  // What the MPI and hierarchical transports' rows travel as (parallel.dispatch_dtype), FP8
   // rows quantized as the FP8 recipe's expert GEMM would (its gradient
   // format, power-of-two scales, saturation), by the backend that runs it.
   const Payload payload = cfg_.parallel.dispatch_dtype == DispatchDtype::fp8    ? Payload::fp8

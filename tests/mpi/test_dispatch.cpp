@@ -376,6 +376,119 @@ TEST(Hierarchical, RowsReachThePlannedExpertsAndComeBackAsWithFlatMpi) {
   }
 }
 
+// A smaller payload through the hierarchical transport: every row packed as
+// the mpi transport packs it (the node's rows through shared memory too), so
+// what the experts receive (decoded and, FP8, packed) and what comes home
+// equal the mpi transport's with the same codec bit for bit, both passes;
+// network bytes are the packed rows'.
+struct PayloadRun {
+  EpDispatch plan;
+  std::unique_ptr<DispatchLayer> state;
+  std::vector<float> x_recv, y_back, dy_recv, dx_back;
+  std::vector<unsigned char> x_q, dy_q;  // the packed rows as they landed (FP8)
+};
+
+void payload_pass(const Dispatcher& D, PayloadRun& L, DispatchScratch& scratch, const HierRouting& mine, int64_t E,
+                  Pass pass) {
+  const bool fwd = pass == Pass::forward;
+  if (fwd) {
+    D.plan(L.plan, mine.idx.data(), mine.keep.data(), mine.N, HK, E);
+    if (!L.state) L.state = D.make_layer();
+  }
+  const Rows r = fwd ? D.forward_rows(L.plan, *L.state, scratch, HC, false) : D.backward_rows(L.plan, *L.state, scratch, HC);
+  const int64_t Ms = L.plan.send_rows(), Mr = L.plan.recv_rows();
+  for (int64_t s = 0; s < Ms; ++s)  // forward the token's row, backward times (slot + 2)
+    for (int64_t c = 0; c < HC; ++c)
+      r.send.at(s, HC)[c] = mine.rows[L.plan.send_token()[s] * HC + c] * (fwd ? 1.0f : static_cast<float>(s % 3 + 2));
+  ExpertSteps steps;
+  steps.meanwhile = [] {};
+  steps.experts = [&](int) {
+    (fwd ? L.x_recv : L.dy_recv).assign(r.recv, r.recv + Mr * HC);
+    auto& q = fwd ? L.x_q : L.dy_q;
+    q.clear();
+    if (r.recv_fp8) {
+      const auto* b = static_cast<const unsigned char*>(r.recv_fp8);
+      q.assign(b, b + Mr * payload_row_words(Payload::fp8, HC) * 4);
+    }
+    for (int64_t i = 0; i < Mr * HC; ++i) r.reply[i] = fwd ? 2.0f * r.recv[i] + 1.0f : -3.0f * r.recv[i];
+  };
+  D.exchange(pass, L.plan, r, *L.state, scratch, HC, steps, nullptr);
+  auto& back = fwd ? L.y_back : L.dx_back;
+  back.clear();
+  for (int64_t s = 0; s < Ms; ++s) back.insert(back.end(), r.back.at(s, HC), r.back.at(s, HC) + HC);
+}
+
+TEST(Hierarchical, PayloadRowsEqualTheMpiTransportsBitForBit) {
+  Comm world = Comm::world();
+  const int P = world.size();
+  if (P < 2) GTEST_SKIP() << "needs several ranks";
+  const Comm& ep = world;
+  const int64_t E = 4 * P;
+  HierRouting mine(world.rank(), P, E);
+  for (const Payload payload : {Payload::bf16, Payload::fp8})
+    for (const Layout& lay : layouts(P)) {
+      SCOPED_TRACE(fmt::format("{}, {}", lay.name, to_string(payload)));
+      const PayloadCodec codec = make_payload_codec(payload, Payload::bf16, backend(Device::cpu), Fp8Format::e5m2);
+      auto flat = make_dispatcher(DispatchKind::mpi, ep, 1, {}, codec);
+      auto hier = make_dispatcher(DispatchKind::hierarchical, ep, 1, NodeLayout{lay.node}, codec);
+      auto plain = make_dispatcher(DispatchKind::hierarchical, ep, 1, NodeLayout{lay.node});
+      EXPECT_EQ(hier->payload_out(), payload);
+      EXPECT_EQ(hier->payload_back(), Payload::bf16);
+      const auto& H = dynamic_cast<const HierDispatcher&>(*hier);
+      H.reset_traffic();
+      auto fs = flat->make_scratch(), hs = hier->make_scratch(), ps = plain->make_scratch();
+      PayloadRun fa, fb, ha, hb, pa;
+      payload_pass(*flat, fa, *fs, mine, E, Pass::forward);
+      payload_pass(*flat, fb, *fs, mine, E, Pass::forward);
+      payload_pass(*hier, ha, *hs, mine, E, Pass::forward);
+      payload_pass(*hier, hb, *hs, mine, E, Pass::forward);
+      payload_pass(*plain, pa, *ps, mine, E, Pass::forward);
+      payload_pass(*hier, hb, *hs, mine, E, Pass::backward);
+      payload_pass(*hier, ha, *hs, mine, E, Pass::backward);
+      payload_pass(*flat, fb, *fs, mine, E, Pass::backward);
+      payload_pass(*flat, fa, *fs, mine, E, Pass::backward);
+      payload_pass(*plain, pa, *ps, mine, E, Pass::backward);
+      for (PayloadRun* h : {&ha, &hb}) {
+        PayloadRun& f = h == &ha ? fa : fb;
+        EXPECT_EQ(h->x_recv, f.x_recv);
+        EXPECT_EQ(h->y_back, f.y_back);
+        EXPECT_EQ(h->dy_recv, f.dy_recv);
+        EXPECT_EQ(h->dx_back, f.dx_back);
+        EXPECT_EQ(h->x_q, f.x_q);
+        EXPECT_EQ(h->dy_q, f.dy_q);
+        EXPECT_EQ(h->x_q.empty(), payload != Payload::fp8);
+      }
+      // The codec did act: the fp32 hierarchical run differs (rows of
+      // Gaussian noise are not exact in BF16 or FP8), on some rank.
+      int differs = pa.x_recv != ha.x_recv && pa.y_back != ha.y_back && pa.dx_back != ha.dx_back;
+      world.allreduce_max(&differs, 1);
+      EXPECT_EQ(differs, 1);
+      // Network bytes: forward a token's row once per remote node out, every
+      // pick's row otherwise; the flat transport every remote pick each way.
+      int64_t picks = 0, rows = 0;
+      for (int s = 0; s < P; ++s) {
+        HierRouting R(s, P, E);
+        const int El = static_cast<int>(E / P);
+        for (int64_t t = 0; t < R.N; ++t) {
+          std::vector<int> nodes;
+          for (int64_t k = 0; k < HK; ++k) {
+            const int n = lay.node[R.idx[t * HK + k] / El];
+            if (!R.keep[t * HK + k] || n == lay.node[s]) continue;
+            ++picks;
+            if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n), ++rows;
+          }
+        }
+      }
+      HierTraffic got = H.traffic();
+      world.allreduce_sum(&got.network_bytes, 1);
+      world.allreduce_sum(&got.flat_bytes, 1);
+      const int64_t wo = payload_row_words(payload, HC) * 4, wb = payload_row_words(Payload::bf16, HC) * 4;
+      const int64_t layers = 2;
+      EXPECT_EQ(got.flat_bytes, layers * 2 * picks * (wo + wb));
+      EXPECT_EQ(got.network_bytes, layers * ((rows + picks) * wo + 2 * picks * wb));
+    }
+}
+
 TEST(Hierarchical, NodeLayoutsDescribeThemselves) {
   EXPECT_EQ((NodeLayout{{0, 0, 1, 1}}).describe(), "2 nodes: 2+2 ranks");
   EXPECT_TRUE((NodeLayout{{0, 0, 1, 1}}).hierarchical_pays());

@@ -10,7 +10,9 @@ moves the same rows into the same expert-side order and brings every pick's
 output back unchanged (no pre-reduction), so every loss, validation loss and
 gradient norm equals the flat MPI transport's of the same layout exactly:
   dp 4, ep 4, 2 nodes of 2, with capacity dropping; and with FP8 block
-      scaling (the experts' inputs then live in one buffer shared by layers);
+      scaling (the experts' inputs then live in one buffer shared by layers),
+      and with it parallel.dispatch_dtype = fp8 (rows packed as the mpi
+      transport packs them, the node's rows too; the banner names the payload);
   dp 4, ep 4, nodes of 3 + 1 (uneven);
   dp 4, ep 2, one rank per node (each ep group spans 2 single-rank nodes).
 "auto" picks the hierarchical transport when the group spans declared nodes
@@ -49,6 +51,7 @@ def main(bin_dir):
     cases = [  # (name, common settings, hierarchical settings, what the banner must say)
         ("ep4_nodes2_drop", ["parallel.ep=4", "moe.capacity_factor=1.0"], ["parallel.node_size=2"], "hierarchical dispatch (2 nodes: 2+2 ranks by parallel.node_size)"),
         ("ep4_nodes2_fp8", ["parallel.ep=4", "precision.recipe=fp8-block"], ["parallel.node_size=2"], None),
+        ("ep4_nodes2_fp8_payload", ["parallel.ep=4", "precision.recipe=fp8-block", "parallel.dispatch_dtype=fp8"], ["parallel.node_size=2"], "by parallel.node_size), rows fp8 to the experts, bf16 back"),
         ("ep4_nodes3+1", ["parallel.ep=4"], ["parallel.node_size=3"], "hierarchical dispatch (2 nodes: 3+1 ranks by parallel.node_size)"),
         ("ep2_nodes1", ["parallel.ep=2"], ["parallel.node_size=1"], "hierarchical dispatch (2 nodes: 1+1 ranks by parallel.node_size)"),
     ]

@@ -25,7 +25,8 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& counts) {
 
 }  // namespace
 
-HierDispatcher::HierDispatcher(const Comm& ep, std::vector<int> node) : ep_(ep), node_of_(std::move(node)) {
+HierDispatcher::HierDispatcher(const Comm& ep, std::vector<int> node, const PayloadCodec& payload)
+    : ep_(ep), node_of_(std::move(node)), codec_(payload) {
   SY_CHECK(!ep.solo(), "the hierarchical MoE dispatch needs an expert-parallel group of several ranks");
   const int P = ep.size(), me = ep.rank();
   SY_CHECK(static_cast<int>(node_of_.size()) == P, "hierarchical MoE dispatch: a node layout of {} ranks for {}",
@@ -146,6 +147,17 @@ void HierDispatcher::route(const EpDispatch& plan, HierRoute& R) const {
   (void)L;
 }
 
+// The packed rows to the experts of a smaller payload, as they landed
+// (shared memory: collective over the node like the other windows; FP8
+// rows are the expert GEMM's operand, Rows::recv_fp8). The network staging
+// grows inside exchange.
+void HierDispatcher::packed_rows(Rows& r, Pass pass, HierScratch& S, int64_t Mr, int64_t C) const {
+  const Payload out = payload_out();
+  if (out == Payload::fp32) return;
+  S.q_win.ensure(node_, Mr * payload_row_words(out, C));
+  if (out == Payload::fp8) r.recv_fp8 = S.q_win.local(), r.fp8_format = out_format(pass);
+}
+
 // The layer's windows live from its forward to its backward exactly as in
 // the shm transport (transport/shm.cpp says why each is free to reuse when
 // it is); the network staging is used only inside exchange.
@@ -170,8 +182,10 @@ Rows HierDispatcher::forward_rows(const EpDispatch& plan, DispatchLayer& layer, 
   Ly.send_base.insert(Ly.send_base.end(), {out, dup});
   Ly.back_base.assign(Ly.y_win.peers(), Ly.y_win.peers() + L);
   Ly.back_base.push_back(home);
-  return {RowMap::scattered(Ly.send_base.data(), R.fwd_slot.data(), R.fwd_row.data()), x_win.local(),
-          Ly.y_win.local(), RowMap::scattered(Ly.back_base.data(), R.pick_slot.data(), R.pick_row.data())};
+  Rows r{RowMap::scattered(Ly.send_base.data(), R.fwd_slot.data(), R.fwd_row.data()), x_win.local(),
+         Ly.y_win.local(), RowMap::scattered(Ly.back_base.data(), R.pick_slot.data(), R.pick_row.data())};
+  packed_rows(r, Pass::forward, S, Mr, C);
+  return r;
 }
 
 Rows HierDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer& layer, DispatchScratch& scratch,
@@ -191,8 +205,10 @@ Rows HierDispatcher::backward_rows(const EpDispatch& plan, DispatchLayer& layer,
   S.send_base.push_back(out);
   S.back_base.assign(S.dx_win.peers(), S.dx_win.peers() + L);
   S.back_base.push_back(home);
-  return {RowMap::scattered(S.send_base.data(), R.pick_slot.data(), R.pick_row.data()), S.dy_win.local(),
-          S.dx_win.local(), RowMap::scattered(S.back_base.data(), R.pick_slot.data(), R.pick_row.data())};
+  Rows r{RowMap::scattered(S.send_base.data(), R.pick_slot.data(), R.pick_row.data()), S.dy_win.local(),
+         S.dx_win.local(), RowMap::scattered(S.back_base.data(), R.pick_slot.data(), R.pick_row.data())};
+  packed_rows(r, Pass::backward, S, Mr, C);
+  return r;
 }
 
 RowMap HierDispatcher::forward_outputs(const EpDispatch&, const DispatchLayer& layer) const {
@@ -205,11 +221,45 @@ const float* HierDispatcher::forward_inputs(const DispatchLayer& layer) const {
   return Ly.inputs ? Ly.inputs->local() : nullptr;  // null before the layer's first forward
 }
 
+// Packs this rank's rows in its node's segments as the mpi transport packs
+// every row it sends, and unpacks them in place (the values the receiver
+// computes with); rows to the experts also land packed in q (Rows::recv_fp8).
+// Each sender owns its rows, so the node's ranks do this side by side.
+QuantStats HierDispatcher::local_rows(Payload p, Pass pass, const std::vector<int32_t>& slot,
+                                      const std::vector<int32_t>& row, float* const* seg, float* const* q,
+                                      HierScratch& S, int64_t C, bool out) const {
+  const int L = node_.size();
+  std::vector<int64_t> mine;
+  for (size_t r = 0; r < slot.size(); ++r)
+    if (slot[r] < L) mine.push_back(static_cast<int64_t>(r));
+  const auto n = static_cast<int64_t>(mine.size());
+  const int64_t W = payload_row_words(p, C);
+  float* x = S.loc.ensure(static_cast<size_t>(n * C));
+  float* packed = S.loc_q.ensure(static_cast<size_t>(n * W));
+  const size_t row_bytes = static_cast<size_t>(C) * sizeof(float);
+  parallel_for(n, [&](int64_t i) {
+    std::memcpy(x + i * C, seg[slot[mine[i]]] + int64_t{row[mine[i]]} * C, row_bytes);
+  });
+  const bool fwd = pass == Pass::forward;
+  const QuantStats st = out ? payload_encode(p, packed, x, n, C, fwd ? codec_.act : codec_.grad, codec_.be)
+                            : payload_encode(p, packed, x, n, C);
+  const Fp8Format fmt = out ? out_format(pass) : Fp8Format::e4m3;
+  parallel_for(n, [&](int64_t i) {
+    const int s = slot[mine[i]];
+    const int64_t w = row[mine[i]];
+    if (q) std::memcpy(q[s] + w * W, packed + i * W, static_cast<size_t>(W) * 4);
+    payload_decode(p, seg[s] + w * C, packed + i * W, 1, C, fmt);
+  });
+  return st;
+}
+
 // The senders have written their rows (the block's gather: node-local rows
 // into the experts' segments, the others into the network staging) before
 // this is called. Rows cross the network while the shared experts run; the
 // relays place them; a fence; the experts; a fence; the relays send their
-// senders' outputs home.
+// senders' outputs home. A smaller payload packs every row as the mpi
+// transport does: the network rows before they leave (unpacked by the relay
+// into the experts' segments, or at home), the node's rows in place.
 void HierDispatcher::exchange(Pass pass, const EpDispatch&, const Rows&, DispatchLayer& layer,
                               DispatchScratch& scratch, int64_t C, const ExpertSteps& steps, MoeTimers* timers) const {
   const bool fwd = pass == Pass::forward;
@@ -223,10 +273,32 @@ void HierDispatcher::exchange(Pass pass, const EpDispatch&, const Rows&, Dispatc
   const std::vector<int64_t>& oa = fwd ? R.uniq_out_at : R.picks_out_at;
   const std::vector<int64_t>& ic = fwd ? R.uniq_in : R.picks_in;
   const std::vector<int64_t>& ia = fwd ? R.uniq_in_at : R.picks_in_at;
+  const Payload po = payload_out(), pb = payload_back();
+  const int64_t Wo = payload_row_words(po, C), Wb = payload_row_words(pb, C);
   Request net;
-  if (network)
-    net = ep_.ialltoallv_rows(S.out.data(), oc, oa, S.in.data(), ic, ia, C,
+  QuantStats st;
+  if (network) {
+    const float* send = S.out.data();
+    float* recv = S.in.data();
+    if (po != Payload::fp32) {
+      Timed t(timers, &MoeTimers::codec);
+      const int64_t n = sum(oc);
+      float* packed = S.out_q.ensure(static_cast<size_t>(n * Wo));
+      recv = S.in_q.ensure(static_cast<size_t>(sum(ic) * Wo));
+      st = payload_encode(po, packed, S.out.data(), n, C, fwd ? codec_.act : codec_.grad, codec_.be);
+      send = packed;
+    }
+    net = ep_.ialltoallv_rows(send, oc, oa, recv, ic, ia, Wo,
                               fwd ? "moe dispatch (between nodes)" : "moe dispatch (backward, between nodes)");
+  }
+  if (po != Payload::fp32) {
+    Timed t(timers, &MoeTimers::codec);
+    const QuantStats mine = local_rows(po, pass, fwd ? R.fwd_slot : R.pick_slot, fwd ? R.fwd_row : R.pick_row,
+                                       in_win.peers(), S.q_win.peers(), S, C, true);
+    st.amax = std::max(st.amax, mine.amax);
+    st.saturated += mine.saturated;
+    if (po == Payload::fp8 && steps.encoded) steps.encoded(st);
+  }
   steps.meanwhile();
   {
     Timed t(timers, &MoeTimers::wait);
@@ -236,11 +308,22 @@ void HierDispatcher::exchange(Pass pass, const EpDispatch&, const Rows&, Dispatc
   // share a receive row).
   const int64_t J = static_cast<int64_t>(R.to_row.size());
   const size_t row_bytes = static_cast<size_t>(C) * sizeof(float);
-  {
+  if (po == Payload::fp32) {
     float* const* seg = in_win.peers();
     const float* got = S.in.data();
     parallel_for(J, [&](int64_t j) {
       std::memcpy(seg[R.to_local[j]] + int64_t{R.to_row[j]} * C, got + (fwd ? int64_t{R.in_row[j]} : j) * C, row_bytes);
+    });
+  } else if (network) {
+    Timed t(timers, &MoeTimers::codec);
+    float* const* seg = in_win.peers();
+    float* const* q = S.q_win.peers();
+    const float* got = S.in_q.data();
+    const Fp8Format fmt = out_format(pass);
+    parallel_for(J, [&](int64_t j) {
+      const float* src = got + (fwd ? int64_t{R.in_row[j]} : j) * Wo;
+      std::memcpy(q[R.to_local[j]] + int64_t{R.to_row[j]} * Wo, src, static_cast<size_t>(Wo) * 4);
+      payload_decode(po, seg[R.to_local[j]] + int64_t{R.to_row[j]} * C, src, 1, C, fmt);
     });
   }
   {
@@ -252,6 +335,10 @@ void HierDispatcher::exchange(Pass pass, const EpDispatch&, const Rows&, Dispatc
     Timed t(timers, &MoeTimers::wait);
     out_win.fence(node_, fwd ? "moe combine (shared memory)" : "moe combine (backward, shared memory)");
   }
+  if (pb != Payload::fp32) {  // this rank's rows back through the node: packed and unpacked in place
+    Timed t(timers, &MoeTimers::codec);
+    local_rows(pb, pass, R.pick_slot, R.pick_row, out_win.peers(), nullptr, S, C, false);
+  }
   if (!network) return;
   {
     float* const* seg = out_win.peers();
@@ -261,16 +348,29 @@ void HierDispatcher::exchange(Pass pass, const EpDispatch&, const Rows&, Dispatc
     });
   }
   float* home = fwd ? Ly.y_remote.data() : S.dx_remote.data();
-  Request back = ep_.ialltoallv_rows(S.back_out.data(), R.picks_in, R.picks_in_at, home, R.picks_out,
-                                     R.picks_out_at, C,
+  const int64_t n_home = sum(R.picks_out);
+  const float* bsend = S.back_out.data();
+  float* brecv = home;
+  if (pb != Payload::fp32) {
+    Timed t(timers, &MoeTimers::codec);
+    float* packed = S.back_q.ensure(static_cast<size_t>(J * Wb));
+    brecv = S.home_q.ensure(static_cast<size_t>(n_home * Wb));
+    payload_encode(pb, packed, S.back_out.data(), J, C);
+    bsend = packed;
+  }
+  Request back = ep_.ialltoallv_rows(bsend, R.picks_in, R.picks_in_at, brecv, R.picks_out, R.picks_out_at, Wb,
                                      fwd ? "moe combine (between nodes)" : "moe combine (backward, between nodes)");
   {
     Timed t(timers, &MoeTimers::wait);
     back.wait();
   }
-  const int64_t row = C * static_cast<int64_t>(sizeof(float));
-  traffic_.network_bytes += (sum(oc) + J) * row;
-  traffic_.flat_bytes += (R.flat_out + R.flat_back) * row;
+  if (pb != Payload::fp32) {
+    Timed t(timers, &MoeTimers::codec);
+    payload_decode(pb, home, S.home_q.data(), n_home, C);
+  }
+  // Packed bytes, and what the flat transport moves with the same payload.
+  traffic_.network_bytes += (sum(oc) * Wo + J * Wb) * 4;
+  traffic_.flat_bytes += (R.flat_out * Wo + R.flat_back * Wb) * 4;
 }
 
 }  // namespace sy

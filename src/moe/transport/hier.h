@@ -32,6 +32,7 @@
 #include "comm/shm.h"
 #include "core/arena.h"
 #include "moe/dispatcher.h"
+#include "moe/payload.h"
 
 namespace sy {
 
@@ -73,10 +74,17 @@ struct HierScratch final : DispatchScratch {
   GrowBuffer<float> back_out;   // as a relay: its senders' outputs on their way home
   GrowBuffer<float> dup;        // forward rows that repeat a token's row to a node (never sent)
   GrowBuffer<float> dx_remote;  // backward: input gradients of this rank's remote picks
+  // A smaller payload (parallel.dispatch_dtype / combine_dtype): the packed
+  // rows to the experts as they landed (Rows::recv_fp8 for FP8), the packed
+  // network staging, and this rank's node-local rows while they are packed.
+  SharedWindow q_win;
+  GrowBuffer<float> out_q, in_q, back_q, home_q, loc, loc_q;
   std::vector<float*> send_base, back_base;
   size_t transfer_bytes() const override {
     return dy_win.bytes() + dx_win.bytes() +
-           (out.capacity() + in.capacity() + back_out.capacity() + dup.capacity() + dx_remote.capacity()) *
+           (out.capacity() + in.capacity() + back_out.capacity() + dup.capacity() + dx_remote.capacity() +
+            out_q.capacity() + in_q.capacity() + back_q.capacity() + home_q.capacity() + loc.capacity() +
+            loc_q.capacity()) *
                sizeof(float);
   }
   size_t input_bytes() const override { return x_win.bytes(); }
@@ -92,8 +100,13 @@ class HierDispatcher final : public Dispatcher {
  public:
   // node[r]: the node of ep rank r (every member passes the same layout, and
   // each node's members must share memory).
-  HierDispatcher(const Comm& ep, std::vector<int> node);
+  // payload: what the rows travel as (moe/payload.h). Every row is packed and
+  // unpacked, the node's rows through shared memory too, so results equal the
+  // mpi transport's with the same payload bit for bit.
+  HierDispatcher(const Comm& ep, std::vector<int> node, const PayloadCodec& payload = {});
   const char* name() const override { return "hierarchical"; }
+  Payload payload_out() const override { return codec_.out; }
+  Payload payload_back() const override { return codec_.back; }
   int ep_size() const override { return ep_.size(); }
   int ep_rank() const override { return ep_.rank(); }
   std::unique_ptr<DispatchLayer> make_layer() const override { return std::make_unique<HierLayer>(); }
@@ -116,9 +129,16 @@ class HierDispatcher final : public Dispatcher {
 
  private:
   void route(const EpDispatch& plan, HierRoute& R) const;
+  // Packs and unpacks in place this rank's rows in the node's segments
+  // (slot < L of the map): rows to the experts also into q (packed).
+  void packed_rows(Rows& r, Pass pass, HierScratch& S, int64_t Mr, int64_t C) const;
+  QuantStats local_rows(Payload p, Pass pass, const std::vector<int32_t>& slot, const std::vector<int32_t>& row,
+                        float* const* seg, float* const* q, HierScratch& S, int64_t C, bool out) const;
+  Fp8Format out_format(Pass p) const { return p == Pass::forward ? codec_.act.fmt : codec_.grad.fmt; }
   Comm ep_, node_;                          // the ep group; this rank's node within it
   std::vector<int> node_of_, local_;        // per ep rank: its node, its index within the node
   std::vector<std::vector<int>> members_;   // per node: its ep ranks, ascending
+  PayloadCodec codec_;
   mutable HierTraffic traffic_;
 };
 
