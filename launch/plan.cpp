@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <memory>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -193,7 +194,14 @@ void preflight(Plan& p) {
   // Data: every pattern matches, every file is a regular file and well
   // formed, every shard token is below model.vocab_size (moe-train's own
   // DataFiles, the same checks), and there is a window of seq_len + 1 tokens.
-  DataFiles data(option_name(cfg.data.format), cfg.data.train, cfg.data.val, cfg.data.val_fraction, cfg.model.vocab_size);
+  std::unique_ptr<DataFiles> files;
+  try {  // the data's errors name the key and file; the config that set them is named too
+    files = std::make_unique<DataFiles>(option_name(cfg.data.format), cfg.data.train, cfg.data.val,
+                                        cfg.data.val_fraction, cfg.model.vocab_size);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("{}: {}", cfg.source, e.what()), e.where());
+  }
+  const DataFiles& data = *files;
   const int64_t len = cfg.model.seq_len + 1;
   SY_CONFIG_CHECK(data.train().windows(len) > 0, "{}: the training data ({}) has no file with at least "
                   "model.seq_len + 1 = {} tokens", cfg.source, data.train().describe(), len);

@@ -1,5 +1,7 @@
 #include "estimate/memory.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -182,6 +184,16 @@ MemoryAvailable available_memory(const std::string& root) {
       consider(cgroup_room(limit, number(slurp(dir + "/memory.usage_in_bytes")), field(stat, "total_inactive_file")),
                "cgroup memory.limit_in_bytes");
     }
+  }
+  // An address-space limit (ulimit -v, RLIMIT_AS) caps what this process
+  // can map whatever the machine has: the room is the limit less what is
+  // mapped already (VmSize). Only for the machine itself (root ""): a test
+  // root describes another machine.
+  struct rlimit as{};
+  if (root.empty() && getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
+    const double vm_kb = field(slurp("/proc/self/status"), "VmSize:");
+    if (vm_kb >= 0)
+      consider(std::max(0.0, static_cast<double>(as.rlim_cur) - vm_kb * 1024.0), "the address-space limit (ulimit -v)");
   }
   return out;
 }

@@ -123,8 +123,12 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
 
   // The tokenizer's vocabulary fits the model: checked before the data is read.
   std::string tokenizer_model = cfg_.data.tokenizer.empty() ? std::string() : load_tokenizer().serialized();
-  data_ = std::make_unique<DataFiles>(option_name(cfg_.data.format), cfg_.data.train, cfg_.data.val, cfg_.data.val_fraction,
-                                      cfg_.model.vocab_size);
+  try {  // the data's errors name the key and file; the config that set them is named too
+    data_ = std::make_unique<DataFiles>(option_name(cfg_.data.format), cfg_.data.train, cfg_.data.val,
+                                        cfg_.data.val_fraction, cfg_.model.vocab_size);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("{}: {}", cfg_.source, e.what()), e.where());
+  }
   const int64_t len = cfg_.model.seq_len + 1;
   SY_CONFIG_CHECK(data_->train().windows(len) > 0,
                   "{}: the training data ({}) has no file with at least model.seq_len + 1 = {} tokens",
