@@ -78,16 +78,28 @@ std::string describe_group_nodes(const ModelConfig& m, const Comm& ep, const Com
                      "most that many nodes", limit, names.size(), fmt::join(names, ", "));
 }
 
-std::string payload_note(const ParallelSection& p, int ep, const char* fp32_transport) {
+// What the MoE rows travel as: to the experts (parallel.dispatch_dtype) and
+// back (parallel.combine_dtype; "auto": BF16 with a bf16 or fp8 dispatch).
+struct RowPayloads {
+  Payload out, back;
+};
+RowPayloads row_payloads(const ParallelSection& p) {
+  const Payload out = p.dispatch_dtype == DispatchDtype::fp8    ? Payload::fp8
+                      : p.dispatch_dtype == DispatchDtype::bf16 ? Payload::bf16
+                                                                : Payload::fp32;
   const bool back16 = p.combine_dtype == CombineDtype::bf16 ||
-                      (p.combine_dtype == CombineDtype::automatic && p.dispatch_dtype != DispatchDtype::fp32);
-  if (p.dispatch_dtype == DispatchDtype::fp32 && !back16) return "";
-  const std::string dt = fmt::format("{} / {}", option_name(p.dispatch_dtype), back16 ? "bf16" : "fp32");
+                      (p.combine_dtype == CombineDtype::automatic && out != Payload::fp32);
+  return {out, back16 ? Payload::bf16 : Payload::fp32};
+}
+
+std::string payload_note(const RowPayloads& r, int ep, const char* fp32_transport) {
+  if (r.out == Payload::fp32 && r.back == Payload::fp32) return "";
+  const std::string dt = fmt::format("{} / {}", to_string(r.out), to_string(r.back));
   if (ep == 1) return fmt::format(" (parallel.dispatch_dtype / combine_dtype = {}: no effect, nothing crosses ranks)", dt);
   if (fp32_transport != nullptr)
     return fmt::format(" with fp32 rows (parallel.dispatch_dtype / combine_dtype = {} are not applied by the {} "
                        "transport)", dt, fp32_transport);
-  return fmt::format(", rows {} to the experts, {} back", option_name(p.dispatch_dtype), back16 ? "bf16" : "fp32");
+  return fmt::format(", rows {} to the experts, {} back", to_string(r.out), to_string(r.back));
 }
 }  // namespace
 
@@ -182,19 +194,14 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                    : dispatch == DispatchKind::mpi            ? std::string(", MPI dispatch")
                                                               : fmt::format(", hierarchical dispatch ({}{})", nodes.describe(),
                                                                             cfg_.parallel.node_size > 0 ? " by parallel.node_size" : "");
-  dispatch_note_ += payload_note(cfg_.parallel, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : nullptr);
-  // What the MPI and hierarchical transports' rows travel as (parallel.dispatch_dtype), FP8
-  // rows quantized as the FP8 recipe's expert GEMM would (its gradient
-  // format, power-of-two scales, saturation), by the backend that runs it.
-  const Payload payload = cfg_.parallel.dispatch_dtype == DispatchDtype::fp8    ? Payload::fp8
-                          : cfg_.parallel.dispatch_dtype == DispatchDtype::bf16 ? Payload::bf16
-                                                                                 : Payload::fp32;
+  // What the MPI and hierarchical transports' rows travel as, FP8 rows
+  // quantized as the FP8 recipe's expert GEMM would (its gradient format,
+  // power-of-two scales, saturation), by the backend that runs it.
+  const RowPayloads rows = row_payloads(cfg_.parallel);
+  dispatch_note_ += payload_note(rows, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : nullptr);
   const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
-  const CombineDtype combine = cfg_.parallel.combine_dtype;
-  const Payload back = combine == CombineDtype::bf16 || (combine == CombineDtype::automatic && payload != Payload::fp32)
-                           ? Payload::bf16 : Payload::fp32;
   const PayloadCodec codec = make_payload_codec(
-      payload, back, *ops_.be,
+      rows.out, rows.back, *ops_.be,
       fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
   MoeContext ctx{DpGroup(grid_.dp()),

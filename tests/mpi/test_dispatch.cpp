@@ -180,6 +180,30 @@ struct HierRouting {
   }
 };
 
+// Over every rank's routing: kept picks whose expert is on another node
+// (the flat transport moves each one), and distinct (token, remote node)
+// pairs (the rows the hierarchical forward sends once per node).
+struct CrossNode {
+  int64_t picks = 0, rows = 0;
+};
+CrossNode cross_node(const std::vector<int>& node, int P, int64_t E) {
+  CrossNode c;
+  const int El = static_cast<int>(E / P);
+  for (int s = 0; s < P; ++s) {
+    HierRouting R(s, P, E);
+    for (int64_t t = 0; t < R.N; ++t) {
+      std::vector<int> nodes;
+      for (int64_t k = 0; k < HK; ++k) {
+        const int n = node[R.idx[t * HK + k] / El];
+        if (!R.keep[t * HK + k] || n == node[s]) continue;
+        ++c.picks;
+        if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n), ++c.rows;
+      }
+    }
+  }
+  return c;
+}
+
 struct Layout {
   std::string name;
   std::vector<int> node;  // per ep rank (ep = world here)
@@ -352,27 +376,16 @@ TEST(Hierarchical, RowsReachThePlannedExpertsAndComeBackAsWithFlatMpi) {
     // flat transport moves every pick on another node out and back in both
     // passes; the hierarchical one sends a token's row once per remote node
     // forward, every pick's row otherwise.
-    int64_t picks = 0, rows = 0;
-    for (int s = 0; s < P; ++s) {
-      HierRouting R(s, P, E);
-      const int El = static_cast<int>(E / P);
-      for (int64_t t = 0; t < R.N; ++t) {
-        std::vector<int> nodes;
-        for (int64_t k = 0; k < HK; ++k) {
-          const int n = lay.node[R.idx[t * HK + k] / El];
-          if (!R.keep[t * HK + k] || n == lay.node[s]) continue;
-          ++picks;
-          if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n), ++rows;
-        }
-      }
-    }
+    const auto [picks, rows] = cross_node(lay.node, P, E);
     HierTraffic got = H.traffic();
     world.allreduce_sum(&got.network_bytes, 1);
     world.allreduce_sum(&got.flat_bytes, 1);
     const int64_t row = HC * sizeof(float), layers = 2;
     EXPECT_EQ(got.flat_bytes, layers * 4 * picks * row);
     EXPECT_EQ(got.network_bytes, layers * (rows + 3 * picks) * row);
-    if (H.nodes() > 1 && static_cast<int>(lay.node.size()) > H.nodes()) EXPECT_LT(rows, picks) << "no token shared a node";
+    if (H.nodes() > 1 && static_cast<int>(lay.node.size()) > H.nodes()) {
+      EXPECT_LT(rows, picks) << "no token shared a node";
+    }
   }
 }
 
@@ -465,20 +478,7 @@ TEST(Hierarchical, PayloadRowsEqualTheMpiTransportsBitForBit) {
       EXPECT_EQ(differs, 1);
       // Network bytes: forward a token's row once per remote node out, every
       // pick's row otherwise; the flat transport every remote pick each way.
-      int64_t picks = 0, rows = 0;
-      for (int s = 0; s < P; ++s) {
-        HierRouting R(s, P, E);
-        const int El = static_cast<int>(E / P);
-        for (int64_t t = 0; t < R.N; ++t) {
-          std::vector<int> nodes;
-          for (int64_t k = 0; k < HK; ++k) {
-            const int n = lay.node[R.idx[t * HK + k] / El];
-            if (!R.keep[t * HK + k] || n == lay.node[s]) continue;
-            ++picks;
-            if (std::find(nodes.begin(), nodes.end(), n) == nodes.end()) nodes.push_back(n), ++rows;
-          }
-        }
-      }
+      const auto [picks, rows] = cross_node(lay.node, P, E);
       HierTraffic got = H.traffic();
       world.allreduce_sum(&got.network_bytes, 1);
       world.allreduce_sum(&got.flat_bytes, 1);

@@ -110,16 +110,18 @@ TEST(Config, PerLayerExpertsResolveAndRoundTrip) {
   EXPECT_EQ(layer_flops(a.model, 2), layer_flops(u.model, 2));
 }
 
+// A 4-layer model (layers 1-3 MoE) with `sets` is refused, the message holding `want`.
+void fails(std::vector<std::string> sets, const std::string& want) {
+  sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});
+  try {
+    parse_config(default_config_text(), "t", sets);
+    ADD_FAILURE() << "no error for " << want;
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+  }
+}
+
 TEST(Config, ExpertGroupErrorsNameTheKeyAndLayer) {
-  auto fails = [](std::vector<std::string> sets, const std::string& want) {
-    sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});
-    try {
-      parse_config(default_config_text(), "t", sets);
-      ADD_FAILURE() << "no error for " << want;
-    } catch (const ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-  };
   // Each layer's experts split into whole groups: the layer is named.
   fails({"moe.experts=[8, 6, 8]", "moe.expert_groups=4"}, "moe.expert_groups = 4 does not divide the 6 experts of layer 2");
   fails({"moe.experts=8", "moe.expert_groups=3"}, "moe.expert_groups = 3 does not divide the 8 experts of layer 1");
@@ -164,15 +166,6 @@ TEST(Config, DispatchPayloadKeys) {
 }
 
 TEST(Config, PerLayerExpertErrorsNameTheKey) {
-  auto fails = [](std::vector<std::string> sets, const std::string& want) {
-    sets.insert(sets.begin(), {"model.n_layers=4", "model.dense_layers=1"});
-    try {
-      parse_config(default_config_text(), "t", sets);
-      ADD_FAILURE() << "no error for " << want;
-    } catch (const ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-    }
-  };
   fails({"moe.experts=[4, 8]"}, "moe.experts = [4, 8] has 2 entries, the model has 3 MoE layers");
   fails({"moe.experts=[4, 8, 0]"}, "moe.experts[2] = 0");
   fails({"moe.experts=[1, 8, 8]", "moe.top_k=2"}, "moe.top_k");
