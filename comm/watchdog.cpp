@@ -151,8 +151,9 @@ std::string describe_peers(const State& s, const std::vector<int>& members, doub
 
 void loop() {
   State& s = state();
-  // The first beat at once: the launcher waits for it (launch.start_timeout),
-  // and a run shorter than one interval still says where each rank ran.
+  // The first beat after one interval (stop() writes a last one, so a run
+  // shorter than an interval still says where each rank ran). Until a rank's
+  // first beat the launcher names it from what mpirun says about it.
   std::unique_lock<std::mutex> lk(s.mu);
   while (!s.stop) {
     s.cv.wait_for(lk, std::chrono::duration<double>(s.cfg.interval));

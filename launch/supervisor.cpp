@@ -336,12 +336,16 @@ class Supervisor {
     static const std::regex mpi_exit(R"(process rank (\d+) with PID (\d+) on node (\S+) exited with status (\d+))");
     static const std::regex srun_dead(R"(task (\d+): (.*))");
     std::smatch m;
+    // mpirun names the rank's node and pid: the report uses them when the
+    // rank died before its first heartbeat (which would have named them).
     if (std::regex_search(line, m, mpi_dead))
-      dead_.emplace(std::stoi(m[1].str()), fmt::format("died on signal {} ({})", m[4].str(), m[5].str()));
+      dead_.emplace(std::stoi(m[1].str()), Death{fmt::format("died on signal {} ({})", m[4].str(), m[5].str()),
+                                                 m[3].str(), std::stol(m[2].str())});
     else if (std::regex_search(line, m, mpi_exit))
-      dead_.emplace(std::stoi(m[1].str()), fmt::format("exited with status {}", m[4].str()));
+      dead_.emplace(std::stoi(m[1].str()),
+                    Death{fmt::format("exited with status {}", m[4].str()), m[3].str(), std::stol(m[2].str())});
     else if (plan_.slurm && std::regex_search(line, m, srun_dead))
-      dead_.emplace(std::stoi(m[1].str()), m[2].str());
+      dead_.emplace(std::stoi(m[1].str()), Death{m[2].str(), "", 0});
     clear_progress();
     std::cerr << line << std::endl;
   }
@@ -364,9 +368,17 @@ class Supervisor {
     }
   }
 
-  std::string describe_rank(int r, const std::string& what) {
+  struct Death {
+    std::string what, host;  // host: "" when the launcher program did not say
+    long pid = 0;            // 0: not said (some mpirun versions print PID 0)
+  };
+
+  std::string describe_rank(int r, const std::string& what, const std::string& host = "", long pid = 0) {
     auto hb = read_heartbeat(hb_dir_, r);
-    if (!hb) return fmt::format("rank {} {} before its first heartbeat", r, what);
+    if (!hb) {
+      std::string where = host.empty() ? "" : pid > 0 ? fmt::format(" (host {}, pid {})", host, pid) : fmt::format(" (host {})", host);
+      return fmt::format("rank {}{} {} before its first heartbeat", r, where, what);
+    }
     return fmt::format("rank {} (host {}, pid {}) {}; last step {}, last operation {}{}", r, hb->host, hb->pid, what,
                        hb->step + 1, hb->phase, hb->op.empty() ? "" : " / " + hb->op);
   }
@@ -498,7 +510,7 @@ class Supervisor {
     }
     o.kind = Outcome::failed;
     std::string who;
-    for (auto& [r, what] : dead_) who += (who.empty() ? "" : "; ") + describe_rank(r, what);
+    for (auto& [r, d] : dead_) who += (who.empty() ? "" : "; ") + describe_rank(r, d.what, d.host, d.pid);
     if (stopping)
       o.report = fmt::format("the job did not stop cleanly after {} ({}){}", sig_name(stop_sig), o.status,
                              who.empty() ? "" : ": " + who);
@@ -551,7 +563,7 @@ class Supervisor {
   int attempt_ = 0;
   std::ofstream launcher_log_, attempts_;
   std::map<int, std::ofstream> rank_logs_;
-  std::map<int, std::string> dead_;
+  std::map<int, Death> dead_;
   // The first watchdog report of this attempt (moe-train's comm/watchdog: the
   // rank that gave up waiting, the operation, and its group's members with
   // their hosts), one line; it goes into the attempt's report.

@@ -71,8 +71,9 @@ def wait_for_step(run_dir, rank, step, proc, timeout=600):
 
 
 def reference():
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
+    # Only its own run: the cases without the fixture may be writing beside it (ctest -j).
+    shutil.rmtree(WORK / "ref", ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     launch(WORK / "ref")
 
 

@@ -261,17 +261,21 @@ def reference():
     print(f"reference losses: {losses(WORK / 'reference' / 'run')}")
 
 
-def step_of(run_dir, rank):
+def logged_step(run_dir):
+    """The last step in run_dir/metrics.jsonl, which rank 0 flushes after every step (its
+    heartbeat is written once a second, and on a fast machine the whole job took about that)."""
     try:
-        return json.loads((Path(run_dir) / "heartbeat" / f"rank_{rank:05d}.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
+        return max((r["step"] for r in metric_rows(run_dir)), default=-1)
+    except OSError:
         return -1
 
 
 def faulted_run(fault, repair=None, sets=()):
-    """Starts moe-launch on a fresh cluster; once rank 0 is past step 14 (the step-10 checkpoint is
-    committed), calls fault(cluster); calls repair(cluster, output so far) while the job runs until it
-    returns True. Returns (exit code, output, run dir)."""
+    """Starts moe-launch on a fresh cluster; once rank 0 has logged step 14 (the step-10 checkpoint
+    is committed), freezes every rank (SIGSTOP), calls fault(cluster), and lets the ranks that are
+    still there go on (SIGCONT): the fault lands mid-run however fast the machine steps. Then calls
+    repair(cluster, output so far) while the job runs until it returns True. Returns (exit code,
+    output, run dir, the step the ranks were frozen at)."""
     run_dir = WORK / CASE / "run"
     shutil.rmtree(WORK / CASE, ignore_errors=True)
     with Cluster(CLUSTERS[CASE]) as c:
@@ -282,11 +286,25 @@ def faulted_run(fault, repair=None, sets=()):
         reader.start()
         try:
             t0 = time.time()
-            while step_of(run_dir, 0) < 14 or not (run_dir / "checkpoints" / "latest").exists():
+            while logged_step(run_dir) < 14 or not (run_dir / "checkpoints" / "latest").exists():
                 assert proc.poll() is None, f"moe-launch exited early ({proc.returncode}):\n{''.join(out)[-3000:]}"
-                assert time.time() - t0 < 240, "rank 0 did not reach step 14 in 240 s"
-                time.sleep(0.05)
-            fault(c)
+                assert time.time() - t0 < 240, "rank 0 did not log step 14 in 240 s"
+                time.sleep(0.01)
+            frozen = [pid for n in c.nodes for pid in c.pids(n)]
+            assert len(frozen) == 4, f"expected 4 moe-train ranks in the nodes, found {frozen}"
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            at = logged_step(run_dir)
+            print(f"froze the 4 ranks at logged step {at}", flush=True)
+            assert at < STEPS, f"the job had finished ({at} steps) before the ranks were frozen"
+            try:
+                fault(c)
+            finally:
+                for pid in frozen:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass  # a rank the fault killed
             repaired = repair is None
             t1 = time.time()
             while proc.poll() is None:
@@ -296,7 +314,7 @@ def faulted_run(fault, repair=None, sets=()):
                 time.sleep(0.1)
             reader.join(timeout=10)
             assert repaired, "the job ended before the repair"
-            return proc.returncode, "".join(out), run_dir
+            return proc.returncode, "".join(out), run_dir, at
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -314,15 +332,18 @@ def node_killed():
         victims["pids"] = pids
         print(f"killed every moe-train process inside {c.nodes[1]}: {pids}", flush=True)
 
-    code, out, run = faulted_run(kill_node)
+    code, out, run, at = faulted_run(kill_node)
     assert code == 0, out[-4000:]
     a = attempts(run)
     print("attempt 1 report:", a[0]["report"])
     assert [x["outcome"] for x in a] == ["failed", "ok"], a
-    node = f"sya{CLUSTERS[CASE]}n2"
-    assert f"(host {node}, pid" in a[0]["report"] and "died on signal 9" in a[0]["report"], a[0]
-    # The kill landed mid-run: the restart resumed from a checkpoint before the last step.
-    assert a[0]["latest_checkpoint_step"] in range(10, STEPS, 10), a[0]
+    # The node by its hostname (from the rank's heartbeat) or, for a rank killed before its first
+    # heartbeat, by its hostfile address (from mpirun's report): either names node 2.
+    n = CLUSTERS[CASE]
+    node = rf"(sya{n}n2|10\.77\.{10 + n}\.12)"
+    assert re.search(rf"rank [23] \(host {node}, pid \d+\) died on signal 9", a[0]["report"]), a[0]
+    # The kill landed mid-run: the restart resumed from a checkpoint no later than the frozen step.
+    assert a[0]["latest_checkpoint_step"] in range(10, min(at + 2, STEPS), 10), (at, a[0])
     assert "resumed from" in out and "restart 1 of 3" in out, out[-3000:]
     same_losses(run)
     print("PASS")
@@ -349,7 +370,7 @@ def link_down():
 
     # parallel.timeout 5 s: a collective waits that long before the
     # watchdog aborts (steps here take ~0.1 s); hang_timeout 10 s.
-    code, out, run = faulted_run(cut, restore, ["parallel.timeout=5", "launch.hang_timeout=10"])
+    code, out, run, at = faulted_run(cut, restore, ["parallel.timeout=5", "launch.hang_timeout=10"])
     assert code == 0, out[-4000:]
     wd = [l for l in out.splitlines() if "watchdog: rank" in l or "members on other hosts" in l]
     print("\n".join(wd[:6]))
@@ -357,7 +378,8 @@ def link_down():
     print("attempt 1 report:", a[0]["report"])
     assert [x["outcome"] for x in a][-1] == "ok" and len(a) >= 2, a
     assert a[0]["outcome"] in ("hung", "failed"), a
-    assert a[0]["latest_checkpoint_step"] in range(10, STEPS, 10), a[0]  # the cut landed mid-run
+    # The cut landed mid-run: no checkpoint after the step the ranks were frozen at (or the one in flight).
+    assert a[0]["latest_checkpoint_step"] in range(10, min(at + 2, STEPS), 10), (at, a[0])
     # The watchdog of a rank on node 1 names the ranks of node 2 with their host, and the launcher's report carries it.
     assert re.search(rf"watchdog: rank [01] \(host {prefix}n1\)", a[0]["report"]), a[0]
     assert f"members on other hosts: host {prefix}n2 (ranks 2, 3)" in a[0]["report"], a[0]
