@@ -7,7 +7,9 @@
 // to stdout as it is generated; a statistics line goes to stderr.
 // --json --logits adds the logits of every prompt position (to compare an
 // exported model against Switchyard; --max-new 0 computes only those).
-// Exit codes: 0 success; 1 a failure; 2 bad input (flags, checkpoint, prompt).
+// --device cuda decodes on a GPU (weights, KV cache and activations in its
+// memory; apps/device.h); the default is the CPU.
+// Exit codes: 0 success; 1 a failure; 2 bad input (flags, checkpoint, prompt, device).
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -17,6 +19,7 @@
 #include <sstream>
 
 #include "apps/cli.h"
+#include "apps/device.h"
 #include "core/check.h"
 #include "core/cpu.h"
 #include "data/tokenizer.h"
@@ -56,6 +59,7 @@ int main(int argc, char** argv) {
   int64_t max_new = 200, context = 0;
   sy::SamplingOptions opt;
   bool no_cache = false, as_json = false, quiet = false, logits = false;
+  std::string device = "cpu";
   app.add_option("checkpoint", checkpoint, "checkpoint directory, consolidated file, or run directory (its latest)")
       ->required();
   app.add_option("--prompt", prompt, "prompt text (the checkpoint's tokenizer, or bytes for byte-level models)");
@@ -72,6 +76,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", opt.seed, "sampling seed: the same seed gives the same text")->check(sy::cli::kUint64);
   app.add_option("--context", context, "positions the KV cache holds; 0 = the model's seq_len")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  app.add_option("--device", device, "where the model runs: cpu, or cuda (a GPU; this tool must be built with "
+                 "CUDA)")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_flag("--no-cache", no_cache, "recompute the whole sequence for every token (reference, benchmarks)");
   app.add_flag("--json", as_json, "print one JSON object (ids, text, statistics) instead of streaming text");
   app.add_flag("--logits", logits, "with --json: also the logits of every prompt position (\"prompt_logits\")");
@@ -124,7 +130,9 @@ int main(int argc, char** argv) {
                     "context of {} (the model was trained on seq_len {}); shorten them or raise --context",
                     ids.size(), max_new, need, context, mc.seq_len);
 
-    sy::Decoder dec(mc, std::move(m.params), std::move(m.bias), context);
+    sy::Ops ops;
+    ops.be = &sy::cli::open_device(device);
+    sy::Decoder dec(mc, std::move(m.params), std::move(m.bias), context, ops);
     const int64_t V = mc.vocab_size, prompt_len = static_cast<int64_t>(ids.size());
     const bool stream = !as_json;
     if (stream) {
@@ -164,6 +172,7 @@ int main(int argc, char** argv) {
                           {"decode_seconds", decode_s},
                           {"tokens_per_second", tok_s},
                           {"cache", !no_cache},
+                          {"device", dec.backend().name()},
                           {"cache_bytes_per_token", dec.cache_bytes_per_token()},
                           {"cache_bytes", dec.cache_bytes()},
                           {"forward_flops", dec.flops()}};
@@ -176,10 +185,10 @@ int main(int argc, char** argv) {
       std::cout << "\n";
     }
     if (!quiet)
-      std::cerr << fmt::format("moe-generate: {} (step {}): {} prompt + {} new tokens; prefill {:.3f} s, {:.1f} "
+      std::cerr << fmt::format("moe-generate: {} (step {}) on {}: {} prompt + {} new tokens; prefill {:.3f} s, {:.1f} "
                                "tokens/s {}; KV cache {} B/token (2 x {} layers x {} kv heads x {} x 4 B), {:.2f} MiB "
                                "for {} positions\n",
-                               m.path, m.step, prompt_len, max_new, prefill_s, tok_s,
+                               m.path, m.step, dec.backend().name(), prompt_len, max_new, prefill_s, tok_s,
                                no_cache ? "recomputing the sequence (no cache)" : "with the KV cache",
                                dec.cache_bytes_per_token(), mc.n_layers, mc.n_kv_heads, mc.head_size(),
                                static_cast<double>(dec.cache_bytes()) / (1 << 20), context);

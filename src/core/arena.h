@@ -115,27 +115,52 @@ class FloatBuffer {
 
 // A buffer that only grows (contents are not kept when it does). For sizes
 // that depend on the data, such as the rows an expert receives: after the
-// first steps it stops allocating.
+// first steps it stops allocating. Its memory comes from an Allocator (host
+// memory by default; a backend's device memory for buffers the ops read and
+// write): ensure(n, alloc) moves the buffer to that allocator's memory.
 template <class T>
 class GrowBuffer {
  public:
-  T* ensure(size_t n) {
+  GrowBuffer() = default;
+  explicit GrowBuffer(Allocator& alloc) : alloc_(&alloc) {}
+  GrowBuffer(const GrowBuffer&) = delete;
+  GrowBuffer& operator=(const GrowBuffer&) = delete;
+  GrowBuffer(GrowBuffer&& o) noexcept : alloc_(o.alloc_), data_(o.data_), capacity_(o.capacity_) {
+    o.data_ = nullptr, o.capacity_ = 0;
+  }
+  GrowBuffer& operator=(GrowBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      alloc_ = o.alloc_, data_ = o.data_, capacity_ = o.capacity_;
+      o.data_ = nullptr, o.capacity_ = 0;
+    }
+    return *this;
+  }
+  ~GrowBuffer() { release(); }
+
+  T* ensure(size_t n) { return ensure(n, *alloc_); }
+  T* ensure(size_t n, Allocator& alloc) {
+    if (&alloc != alloc_) release(), alloc_ = &alloc;
     if (n > capacity_) {
       size_t cap = std::max(n, capacity_ + capacity_ / 2);
-      data_.reset(static_cast<T*>(::operator new[](Arena::round_up(cap * sizeof(T)), std::align_val_t{Arena::kAlign})));
+      release();
+      data_ = static_cast<T*>(alloc_->allocate(Arena::round_up(cap * sizeof(T)), Arena::kAlign));
       capacity_ = cap;
     }
-    return data_.get();
+    return data_;
   }
-  T* data() { return data_.get(); }
-  const T* data() const { return data_.get(); }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
   size_t capacity() const { return capacity_; }
+  Device device() const { return alloc_->device(); }
 
  private:
-  struct Free {
-    void operator()(T* p) const { ::operator delete[](p, std::align_val_t{Arena::kAlign}); }
-  };
-  std::unique_ptr<T[], Free> data_;
+  void release() {
+    if (data_) alloc_->deallocate(data_, Arena::round_up(capacity_ * sizeof(T)), Arena::kAlign);
+    data_ = nullptr, capacity_ = 0;
+  }
+  Allocator* alloc_ = &host_allocator();
+  T* data_ = nullptr;
   size_t capacity_ = 0;
 };
 

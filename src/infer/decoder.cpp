@@ -39,23 +39,43 @@ void Decoder::bind(A& a) {
 
 Decoder::Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context,
                  Ops ops)
-    : cfg_(dropless(cfg)), layout_(cfg_), params_(std::move(params)), bias_(std::move(bias)), context_(context),
-      d_(cfg_, 1), ops_(ops), arena_(ops_.b().allocator()) {
+    : cfg_(dropless(cfg)), layout_(cfg_), context_(context), d_(cfg_, 1), ops_(ops), arena_(ops_.b().allocator()) {
   SY_CHECK(context_ >= 1, "generation context must be at least 1 token, got {}", context_);
-  SY_CHECK(static_cast<int64_t>(params_.size()) == layout_.total(),
-           "generation: {} weights given, the model needs {}", params_.size(), layout_.total());
-  SY_CHECK(bias_.empty() || static_cast<int64_t>(bias_.size()) == cfg_.moe_layers() * cfg_.moe.experts,
-           "generation: expert bias has {} values, the model needs {} (moe layers x experts)", bias_.size(),
+  SY_CHECK(static_cast<int64_t>(params.size()) == layout_.total(),
+           "generation: {} weights given, the model needs {}", params.size(), layout_.total());
+  SY_CHECK(bias.empty() || static_cast<int64_t>(bias.size()) == cfg_.moe_layers() * cfg_.moe.experts,
+           "generation: expert bias has {} values, the model needs {} (moe layers x experts)", bias.size(),
            cfg_.moe_layers() * cfg_.moe.experts);
+  const Backend& be = ops_.b();
+  Allocator& mem = be.allocator();
+  be.copy(params_.ensure(params.size(), mem), params.data(), params.size() * sizeof(float), ops_.stream);
+  has_bias_ = !bias.empty();
+  if (has_bias_) be.copy(bias_.ensure(bias.size(), mem), bias.data(), bias.size() * sizeof(float), ops_.stream);
   d_.T = d_.N = context_;
   ArenaPlan plan;
   bind(plan);
   arena_.reserve(plan.bytes());
   bind(arena_);
-  ops_.b().rope_table(rope_cos_, rope_sin_, context_, d_.D, cfg_.rope_theta, ops_.stream);
+  be.rope_table(rope_cos_, rope_sin_, context_, d_.D, cfg_.rope_theta, ops_.stream);
   const size_t cache = static_cast<size_t>(cfg_.n_layers * context_ * d_.Hkv * d_.D);
-  k_cache_.assign(cache, 0.f);
-  v_cache_.assign(cache, 0.f);
+  be.zero(k_cache_.ensure(cache, mem), cache * sizeof(float), ops_.stream);
+  be.zero(v_cache_.ensure(cache, mem), cache * sizeof(float), ops_.stream);
+  tokens_.ensure(static_cast<size_t>(context_), mem);
+  moe_ctx_.dispatch = make_local_dispatcher(mem);
+  be.synchronize(ops_.stream);  // the host vectors go when this returns
+}
+
+void Decoder::set_weights(const std::vector<float>& params, const std::vector<float>& bias) {
+  SY_CHECK(static_cast<int64_t>(params.size()) == layout_.total(),
+           "generation: {} weights given, the model needs {}", params.size(), layout_.total());
+  SY_CHECK(bias.empty() || static_cast<int64_t>(bias.size()) == cfg_.moe_layers() * cfg_.moe.experts,
+           "generation: expert bias has {} values, the model needs {} (moe layers x experts)", bias.size(),
+           cfg_.moe_layers() * cfg_.moe.experts);
+  const Backend& be = ops_.b();
+  be.copy(params_.data(), params.data(), params.size() * sizeof(float), ops_.stream);
+  has_bias_ = !bias.empty();
+  if (has_bias_) be.copy(bias_.ensure(bias.size(), be.allocator()), bias.data(), bias.size() * sizeof(float), ops_.stream);
+  be.synchronize(ops_.stream);
 }
 
 const float* Decoder::extend(const int32_t* tokens, int64_t n) {
@@ -67,47 +87,51 @@ const float* Decoder::extend(const int32_t* tokens, int64_t n) {
   Dims d = d_;
   d.T = d.N = n;
   const float eps = static_cast<float>(cfg_.norm_eps);
+  const Backend& be = ops_.b();
   const float* P = params_.data();
   const int64_t half = d.D / 2, kv = d.Hkv * d.D;
-  ops_.b().embedding_forward(x_, tokens, P + layout_.embed(), n, d.C, ops_.stream);
+  be.copy(tokens_.data(), tokens, static_cast<size_t>(n) * sizeof(int32_t), ops_.stream);
+  be.embedding_forward(x_, tokens_.data(), P + layout_.embed(), n, d.C, ops_.stream);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     BlockActs& L = layers_[static_cast<size_t>(l)];
     const BlockOffsets& o = layout_.block(l);
-    ops_.b().rmsnorm_forward(L.attn.h1, L.attn.rstd1, x_, P + o.attn_norm, n, d.C, eps, ops_.stream);
-    ops_.b().linear_forward(L.attn.qkv, L.attn.h1, P + o.wqkv, n, d.C, d.R, ops_.stream);
+    be.rmsnorm_forward(L.attn.h1, L.attn.rstd1, x_, P + o.attn_norm, n, d.C, eps, ops_.stream);
+    be.linear_forward(L.attn.qkv, L.attn.h1, P + o.wqkv, n, d.C, d.R, ops_.stream);
     // Row i is position pos_ + i: tables from pos_, "sequence length" n.
-    ops_.b().rope_forward(L.attn.qkv, rope_cos_ + pos_ * half, rope_sin_ + pos_ * half, n, n, d.H + d.Hkv, d.D, d.R, ops_.stream);
+    be.rope_forward(L.attn.qkv, rope_cos_ + pos_ * half, rope_sin_ + pos_ * half, n, n, d.H + d.Hkv, d.D, d.R, ops_.stream);
     float* kc = k_cache_.data() + l * context_ * kv;
     float* vc = v_cache_.data() + l * context_ * kv;
     for (int64_t i = 0; i < n; ++i) {
       const float* row = L.attn.qkv + i * d.R;
-      ops_.b().copy(kc + (pos_ + i) * kv, row + d.H * d.D, static_cast<size_t>(kv) * sizeof(float), ops_.stream);
-      ops_.b().copy(vc + (pos_ + i) * kv, row + (d.H + d.Hkv) * d.D, static_cast<size_t>(kv) * sizeof(float),
-                    ops_.stream);
+      be.copy(kc + (pos_ + i) * kv, row + d.H * d.D, static_cast<size_t>(kv) * sizeof(float), ops_.stream);
+      be.copy(vc + (pos_ + i) * kv, row + (d.H + d.Hkv) * d.D, static_cast<size_t>(kv) * sizeof(float), ops_.stream);
     }
-    ops_.b().attention_cached(L.attn.att, L.attn.qkv, d.R, kc, vc, pos_, n, d.H, d.Hkv, d.D, ops_.stream);
-    ops_.b().linear_forward(scratch_.tmp, L.attn.att, P + o.wo, n, d.H * d.D, d.C, ops_.stream);
-    ops_.b().add(L.x_mid, x_, scratch_.tmp, n * d.C, ops_.stream);
+    be.attention_cached(L.attn.att, L.attn.qkv, d.R, kc, vc, pos_, n, d.H, d.Hkv, d.D, ops_.stream);
+    be.linear_forward(scratch_.tmp, L.attn.att, P + o.wo, n, d.H * d.D, d.C, ops_.stream);
+    be.add(L.x_mid, x_, scratch_.tmp, n * d.C, ops_.stream);
     flops_ += 2.0 * n * d.C * (d.R + d.H * d.D) + 4.0 * d.H * d.D * (n * pos_ + n * (n + 1) / 2.0);
-    ops_.b().rmsnorm_forward(L.h2, L.rstd2, L.x_mid, P + o.ffn_norm, n, d.C, eps, ops_.stream);
+    be.rmsnorm_forward(L.h2, L.rstd2, L.x_mid, P + o.ffn_norm, n, d.C, eps, ops_.stream);
     if (cfg_.is_moe_layer(l)) {
       const int64_t m = l - cfg_.dense_layers;
       Dims dl = d;  // this layer's experts (bias rows: (moe_layers, E max))
       dl.E = cfg_.experts_at(l);
-      moe_block_forward(ops_, L.moe, out_, L.h2, P, bias_.empty() ? nullptr : bias_.data() + m * d.E, o, dl, cfg_.moe,
-                        MoeContext{}, moe_scratch_);
+      moe_block_forward(ops_, L.moe, out_, L.h2, P, has_bias_ ? bias_.data() + m * d.E : nullptr, o, dl, cfg_.moe,
+                        moe_ctx_, moe_scratch_);
       flops_ += moe_block_flops(L.moe, dl);
     } else {
       dense_ffn_forward(ops_, L.dense, out_, L.h2, P, o, d);
       flops_ += 2.0 * n * d.C * 3.0 * d.Fd;
     }
-    ops_.b().add(x_, L.x_mid, out_, n * d.C, ops_.stream);
+    be.add(x_, L.x_mid, out_, n * d.C, ops_.stream);
   }
-  ops_.b().rmsnorm_forward(hf_, rstdf_, x_, P + layout_.final_norm(), n, d.C, eps, ops_.stream);
-  ops_.b().linear_forward(logits_, hf_, P + layout_.lm_head(), n, d.C, d.V, ops_.stream);
+  be.rmsnorm_forward(hf_, rstdf_, x_, P + layout_.final_norm(), n, d.C, eps, ops_.stream);
+  be.linear_forward(logits_, hf_, P + layout_.lm_head(), n, d.C, d.V, ops_.stream);
   flops_ += 2.0 * n * d.C * d.V;
   pos_ += n;
-  return logits_;
+  logits_host_.resize(static_cast<size_t>(n * d.V));
+  be.copy(logits_host_.data(), logits_, logits_host_.size() * sizeof(float), ops_.stream);
+  be.synchronize(ops_.stream);
+  return logits_host_.data();
 }
 
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, int64_t position) {

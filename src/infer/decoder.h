@@ -27,8 +27,10 @@ class Decoder {
  public:
   // params: the whole model (all experts) in ParamLayout(cfg) order; bias:
   // (moe_layers, E) or empty. context: positions the cache holds.
-  // ops: the backend it decodes on (weights and the KV cache are host
-  // vectors today; a device backend stages them).
+  // ops: the backend it decodes on. The weights, the bias, the KV cache and
+  // every activation live in that backend's memory (the host vectors given
+  // are copied there and released); extend() takes host tokens and returns
+  // host logits.
   Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<float> bias, int64_t context,
           Ops ops = {});
   Decoder(const Decoder&) = delete;
@@ -44,8 +46,9 @@ class Decoder {
 
   const ModelConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
-  float* params() { return params_.data(); }          // to refresh the weights in place
-  std::vector<float>& bias() { return bias_; }
+  const Backend& backend() const { return ops_.b(); }
+  // New weights and bias (as the constructor takes them) for the same model, copied to the backend's memory.
+  void set_weights(const std::vector<float>& params, const std::vector<float>& bias);
   int64_t cache_bytes_per_token() const { return 2 * cfg_.n_layers * cfg_.n_kv_heads * cfg_.head_size() * 4; }
   int64_t cache_bytes() const { return cache_bytes_per_token() * context_; }
   double flops() const { return flops_; }             // forward FLOPs of every extend() so far
@@ -56,15 +59,19 @@ class Decoder {
 
   ModelConfig cfg_;
   ParamLayout layout_;
-  std::vector<float> params_, bias_;
+  GrowBuffer<float> params_, bias_;  // in the backend's memory
+  bool has_bias_ = false;
   int64_t context_, pos_ = 0;
   Dims d_;  // sized for a chunk of `context_` tokens
   Ops ops_;
   Arena arena_;
   std::vector<BlockActs> layers_;
   float *x_, *out_, *hf_, *rstdf_, *logits_, *rope_cos_, *rope_sin_;
-  std::vector<float> k_cache_, v_cache_;  // (L, context, Hkv, D)
+  GrowBuffer<float> k_cache_, v_cache_;  // (L, context, Hkv, D), in the backend's memory
+  GrowBuffer<int32_t> tokens_;           // (context) the chunk's tokens, in the backend's memory
+  std::vector<float> logits_host_;       // (context, V) what extend() returns
   Scratch scratch_;
+  MoeContext moe_ctx_;                   // one rank; its rows in the backend's memory
   MoeScratch moe_scratch_;
   double flops_ = 0;
 };

@@ -16,10 +16,8 @@ std::string TextSampler::sample(const ModelConfig& m, std::vector<float> params,
   if (static_cast<int64_t>(ids.size()) >= context) ids.resize(static_cast<size_t>(context - 1));
   if (!decoder_ || decoder_->context() != context)
     decoder_ = std::make_unique<Decoder>(m, std::move(params), bias, context);
-  else {
-    std::copy(params.begin(), params.end(), decoder_->params());
-    decoder_->bias() = bias;
-  }
+  else
+    decoder_->set_weights(params, bias);
   decoder_->reset();
   const int64_t V = m.vocab_size;
   const float* last = decoder_->extend(ids.data(), static_cast<int64_t>(ids.size())) + (ids.size() - 1) * V;

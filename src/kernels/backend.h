@@ -168,5 +168,11 @@ class Backend {
 const Backend& backend(Device d);
 // Called once by a device backend's library at start-up.
 void register_backend(Device d, const Backend* b);
+// The backend a tool's --device (or run.device) asks for: the CPU's; for
+// cuda the registered CUDA backend, or, for tests, the CUDA device emulated
+// on the CPU when SY_EMULATE_CUDA=guarded (kernels/cpu/emulated_device.h).
+// Without either, a ConfigError (exit 2) naming the device and `why_not`
+// (why no CUDA backend registered: no device, or a build without CUDA).
+const Backend& open_backend(Device d, const std::string& why_not);
 
 }  // namespace sy

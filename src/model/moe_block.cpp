@@ -1,5 +1,6 @@
 #include "model/moe_block.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -65,10 +66,29 @@ void segment_operand(const Ops& ops, Fp8Role role, const Rows& r, int64_t b, int
 
 // Where the experts' SwiGLU output goes: kept per layer in FP32, or (FP8
 // storage) in a buffer shared by the layers, act_q keeping it for backward.
-float* expert_act(MoeActs& a, MoeScratch& scratch, int64_t n) {
-  if (!a.fp8) return a.act.ensure(static_cast<size_t>(n));
+float* expert_act(const Ops& ops, MoeActs& a, MoeScratch& scratch, int64_t n) {
+  if (!a.fp8) return a.act.ensure(static_cast<size_t>(n), ops.b().allocator());
   a.act_q.reset();
-  return scratch.act.ensure(static_cast<size_t>(n));
+  return scratch.act.ensure(static_cast<size_t>(n), ops.b().allocator());
+}
+
+// The plan's row indices where the permutation kernels read them: the
+// plan's own vectors on the CPU, their device copies (upload_plan) otherwise.
+void upload_plan(const Ops& ops, MoeActs& a) {
+  const auto& tok = a.plan.send_token();
+  const auto& pos = a.plan.send_pos();
+  Allocator& mem = ops.b().allocator();
+  ops.b().copy(a.send_token_dev.ensure(std::max<size_t>(tok.size(), 1), mem), tok.data(), tok.size() * sizeof(int32_t),
+               ops.stream);
+  ops.b().copy(a.send_pos_dev.ensure(std::max<size_t>(pos.size(), 1), mem), pos.data(), pos.size() * sizeof(int32_t),
+               ops.stream);
+  ops.b().synchronize(ops.stream);  // the plan's vectors may change before an asynchronous copy ran
+}
+const int32_t* send_token(const Ops& ops, const MoeActs& a) {
+  return ops.b().device() == Device::cpu ? a.plan.send_token().data() : a.send_token_dev.data();
+}
+const int32_t* send_pos(const Ops& ops, const MoeActs& a) {
+  return ops.b().device() == Device::cpu ? a.plan.send_pos().data() : a.send_pos_dev.data();
 }
 
 void shared_forward(const Ops& ops, MoeActs& a, float* out, const float* h, const float* params, const BlockOffsets& o,
@@ -108,6 +128,20 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   ops.b().router_scores(a.scores, a.probs, a.logits, N, E, cfg.score, ops.stream);
   ops.b().router_topk(a.idx, a.gates, a.scores, bias, N, E, K, cfg.renormalize, cfg.router_groups(), ops.stream);
   a.margin = ops.b().router_margin(a.idx, a.scores, bias, N, E, K, cfg.router_groups(), ops.stream);
+  // The capacity decision and the plan run on the host: on a device, on copies.
+  const bool on_device = ops.b().device() != Device::cpu;
+  const int32_t* idx = a.idx;
+  const float* scores = a.scores;
+  uint8_t* keep = a.keep;
+  if (on_device) {
+    a.idx_host.resize(static_cast<size_t>(N * K));
+    a.scores_host.resize(static_cast<size_t>(N * E));
+    a.keep_host.resize(static_cast<size_t>(N * K));
+    ops.b().copy(a.idx_host.data(), a.idx, a.idx_host.size() * sizeof(int32_t), ops.stream);
+    ops.b().copy(a.scores_host.data(), a.scores, a.scores_host.size() * sizeof(float), ops.stream);
+    ops.b().synchronize(ops.stream);
+    idx = a.idx_host.data(), scores = a.scores_host.data(), keep = a.keep_host.data();
+  }
   a.group_pairs = a.group_max = 0;
   if (cfg.expert_groups > 1) {
     const int64_t Eg = E / cfg.expert_groups;
@@ -115,7 +149,7 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
       int64_t distinct = 0;
       for (int64_t k = 0; k < K; ++k) {
         bool seen = false;
-        for (int64_t q = 0; q < k; ++q) seen |= a.idx[t * K + q] / Eg == a.idx[t * K + k] / Eg;
+        for (int64_t q = 0; q < k; ++q) seen |= idx[t * K + q] / Eg == idx[t * K + k] / Eg;
         distinct += seen ? 0 : 1;
       }
       a.group_pairs += distinct;
@@ -137,14 +171,15 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   a.sums.entropy_sum = buf[2 * E + 1];
   a.Ntot = N * ctx.dp.size();
 
-  decide_keep(a.keep, a.idx, a.scores, N, E, K, expert_capacity(cfg.capacity_factor, a.Ntot, E, K), a.sums.counts,
+  decide_keep(keep, idx, scores, N, E, K, expert_capacity(cfg.capacity_factor, a.Ntot, E, K), a.sums.counts,
               ctx.dp.comm(), ctx.token_offset);
   a.dropped = 0;
-  for (int64_t i = 0; i < N * K; ++i) a.dropped += a.keep[i] ? 0 : 1;
+  for (int64_t i = 0; i < N * K; ++i) a.dropped += keep[i] ? 0 : 1;
   const Dispatcher& D = *ctx.dispatch;
   timed.emplace(ctx.timers, &MoeTimers::plan);
-  D.plan(a.plan, a.idx, a.keep, N, K, E);
+  D.plan(a.plan, idx, keep, N, K, E);
   timed.reset();
+  if (on_device) upload_plan(ops, a);
 
   const EpDispatch& plan = a.plan;
   const int64_t Ms = plan.send_rows(), Mr = plan.recv_rows();
@@ -153,11 +188,11 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
   // With FP8 storage the inputs are saved in FP8 (x_q): one input buffer for all layers.
   const Rows r = D.forward_rows(plan, *a.rows, *scratch.rows, C, a.fp8);
   if (a.fp8) a.x_q.reset();
-  a.up.ensure(static_cast<size_t>(Mr * 2 * F));
-  float* act = expert_act(a, scratch, Mr * F);
+  a.up.ensure(static_cast<size_t>(Mr * 2 * F), ops.b().allocator());
+  float* act = expert_act(ops, a, scratch, Mr * F);
   {
     Timed t(ctx.timers, &MoeTimers::permute);
-    ops.b().moe_gather(r.send, h, plan.send_token().data(), Ms, C, ops.stream);
+    ops.b().moe_gather(r.send, h, send_token(ops, a), Ms, C, ops.stream);
   }
   ExpertSteps steps;
   steps.meanwhile = [&] { shared_forward(ops, a, out, h, params, o, d, ctx); };
@@ -184,7 +219,7 @@ void moe_block_forward(const Ops& ops, MoeActs& a, float* out, const float* h, c
     steps.encoded = [&](const QuantStats& st) { ops.fp8->scaler().note(Fp8Group::experts, Fp8Role::act, st, nullptr); };
   D.exchange(Pass::forward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   Timed t(ctx.timers, &MoeTimers::permute);
-  ops.b().moe_combine(out, r.back, nullptr, a.gates, plan.send_pos().data(), N, K, C, ops.stream);
+  ops.b().moe_combine(out, r.back, nullptr, a.gates, send_pos(ops, a), N, K, C, ops.stream);
 }
 
 void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, const float* dout, const float* h,
@@ -195,12 +230,12 @@ void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, con
   const EpDispatch& plan = a.plan;
   const int64_t Mr = plan.recv_rows();
   const Rows r = D.backward_rows(plan, *a.rows, *scratch.rows, C);
-  float* dact = scratch.dact.ensure(static_cast<size_t>(Mr * F));
-  float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F));
+  float* dact = scratch.dact.ensure(static_cast<size_t>(Mr * F), ops.b().allocator());
+  float* dup = scratch.dup.ensure(static_cast<size_t>(Mr * 2 * F), ops.b().allocator());
   {
     Timed t(ctx.timers, &MoeTimers::permute);
     ops.b().moe_combine_backward(r.send, s.dgates, dout, D.forward_outputs(plan, *a.rows), a.gates,
-                         plan.send_pos().data(), N, K, C, ops.stream);
+                                 send_pos(ops, a), N, K, C, ops.stream);
   }
   const float* x_saved = a.fp8 ? nullptr : D.forward_inputs(*a.rows);
   ExpertSteps steps;
@@ -231,7 +266,7 @@ void moe_block_backward(const Ops& ops, float* dh, float* grads, MoeActs& a, con
   D.exchange(Pass::backward, plan, r, *a.rows, *scratch.rows, C, steps, ctx.timers);
   {
     Timed t(ctx.timers, &MoeTimers::permute);
-    ops.b().moe_gather_backward(dh, r.back, plan.send_pos().data(), N, K, C, ops.stream);
+    ops.b().moe_gather_backward(dh, r.back, send_pos(ops, a), N, K, C, ops.stream);
   }
 
   // Router: gate gradients plus the balance terms over the whole micro-batch.

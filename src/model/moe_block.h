@@ -11,6 +11,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "core/arena.h"
 #include "kernels/types.h"
@@ -58,6 +59,15 @@ struct MoeActs {
   std::unique_ptr<DispatchLayer> rows;
   GrowBuffer<float> up;      // (M_recv, 2F)
   GrowBuffer<float> act;     // (M_recv, F) (unused with FP8 storage: MoeScratch::act)
+  // On a device backend: the router's choices copied to the host, where the
+  // capacity decision and the dispatch plan are made (keep lives there), and
+  // the plan's row indices copied to the device, where the permutation
+  // kernels read them. On the CPU the block uses idx, scores, keep and the
+  // plan's vectors in place.
+  std::vector<int32_t> idx_host;
+  std::vector<float> scores_host;
+  std::vector<uint8_t> keep_host;
+  GrowBuffer<int32_t> send_token_dev, send_pos_dev;
 
   template <class A>
   void bind(A& a, const Dims& d, const Fp8Staging& st = {}) {

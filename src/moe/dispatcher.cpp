@@ -57,6 +57,8 @@ std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm&
   return nullptr;
 }
 
-std::shared_ptr<const Dispatcher> make_local_dispatcher() { return std::make_shared<MpiDispatcher>(Comm{}); }
+std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem) {
+  return std::make_shared<MpiDispatcher>(Comm{}, PayloadCodec{}, mem);
+}
 
 }  // namespace sy

@@ -55,6 +55,7 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"   // Allocator: where a local dispatcher's rows live
 #include "kernels/types.h"  // RowMap: where a send buffer's rows live (contiguous or scattered over ranks)
 #include "moe/payload.h"
 #include "moe/timers.h"
@@ -172,7 +173,8 @@ struct NodeLayout {
 // shm and hierarchical keep fp32).
 std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm& ep, int chunks = 1,
                                                   const NodeLayout& nodes = {}, const PayloadCodec& payload = {});
-// One rank, no communicator (generation, tests): mpi over a group of one.
-std::shared_ptr<const Dispatcher> make_local_dispatcher();
+// One rank, no communicator (generation, tests): mpi over a group of one,
+// its rows in `mem` (a device backend's allocator for a device run).
+std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem = host_allocator());
 
 }  // namespace sy

@@ -141,6 +141,30 @@ def test_cache_equals_recompute():
     assert b["forward_flops"] > 20 * a["forward_flops"], (a["forward_flops"], b["forward_flops"])
 
 
+def test_device_emulated():
+    # --device cuda on the CUDA device emulated on the CPU (SY_EMULATE_CUDA=guarded,
+    # kernels/cpu/emulated_device.h): the weights, KV cache, activations and the
+    # MoE rows live in "device" memory the host cannot touch, so a missing copy
+    # to or from the device faults (exit 86) or is refused; the ops are the CPU
+    # backend's, so the tokens and logits equal --device cpu bit for bit.
+    emu = dict(ENV, SY_EMULATE_CUDA="guarded")
+    for args in (["--max-new", "30", "--temperature", "0", "--logits"],
+                 ["--max-new", "30", "--temperature", "1", "--top-k", "20", "--seed", "5"],
+                 ["--max-new", "12", "--temperature", "0", "--no-cache"]):
+        cpu = gen_json(CONSOLIDATED, "--prompt", "The ", *args)
+        p = run([BIN / "moe-generate", CONSOLIDATED, "--json", "--quiet", "--prompt", "The ", "--device", "cuda", *args],
+                env=emu)
+        dev = json.loads(p.stdout)
+        assert dev["device"] == "cuda (emulated on the CPU)" and cpu["device"] == "cpu", (dev["device"], cpu["device"])
+        assert dev["ids"] == cpu["ids"], (args, dev["ids"], cpu["ids"])
+        assert dev.get("prompt_logits") == cpu.get("prompt_logits"), args
+    # Without a GPU (and without the emulation) --device cuda is bad input naming the device.
+    p = generate(CONSOLIDATED, "--prompt", "x", "--device", "cuda", expect=2)
+    assert "device 'cuda' is not available" in p.stderr, p.stderr
+    p = generate(CONSOLIDATED, "--prompt", "x", "--device", "tpu", expect=2)
+    assert "--device" in p.stderr, p.stderr
+
+
 def test_gqa_cache_bytes():
     # tiny: 4 layers, 2 kv heads of 32 (4 query heads): 2 x 4 x 2 x 32 x 4 B.
     a = gen_json(CONSOLIDATED, "--prompt", "x", "--max-new", "1")

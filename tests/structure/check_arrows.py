@@ -56,8 +56,9 @@ ALLOWED = {
     "train": {"pipeline", "moe", "model", "ckpt", "ckpt_dir", "comm", "data", "infer", "estimate", "config", "fp8",
               "kernels", "core"},
     "launch": {"estimate", "ckpt_dir", "config", "pipeline", "data", "core"},
+    # apps: a tool that runs ops links the backends its --device offers and registers them (apps/device.h).
     "apps": {"train", "launch", "infer", "pipeline", "moe", "model", "ckpt", "ckpt_dir", "comm", "data", "estimate",
-             "config", "fp8", "kernels", "kernels_cpu", "core"},
+             "config", "fp8", "kernels", "kernels_cpu", "kernels_cuda", "core"},
 }
 
 # System headers owned by one module.

@@ -13,6 +13,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/emulated_device.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/fp8_gemm.h"
 #include "kernels/cpu/grouped_gemm.h"
@@ -226,5 +227,18 @@ const Backend& backend(Device d) {
 }
 
 void register_backend(Device d, const Backend* b) { registry()[static_cast<size_t>(d)] = b; }
+
+const Backend& open_backend(Device d, const std::string& why_not) {
+  if (d == Device::cuda) {
+    if (const char* e = std::getenv(kEmulateCudaEnv)) {
+      SY_CONFIG_CHECK(std::string_view(e) == "guarded", "{}='{}': the one emulation is 'guarded' (unset it to use a "
+                      "real GPU)", kEmulateCudaEnv, e);
+      register_backend(d, &emulated_cuda_backend());
+    }
+  }
+  const Backend* b = registry()[static_cast<size_t>(d)];
+  SY_CONFIG_CHECK(b, "device '{}' is not available: {}", device_name(d), why_not);
+  return *b;
+}
 
 }  // namespace sy

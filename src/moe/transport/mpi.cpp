@@ -7,6 +7,13 @@
 
 namespace sy {
 
+MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem)
+    : ep_(ep), codec_(payload), mem_(&mem) {
+  SY_CHECK(ep_.solo() || mem.device() == Device::cpu,
+           "the MPI MoE dispatch moves host memory; rows in {} memory across {} ranks need the NCCL transport",
+           device_name(mem.device()), ep_.size());
+}
+
 // The packed rows of a pass (a smaller payload; not with a group of one).
 void MpiDispatcher::packed_rows(Rows& r, Pass pass, MpiScratch& S, int64_t Ms, int64_t Mr, int64_t C) const {
   const Payload out = payload_out(), back = payload_back();

@@ -17,13 +17,19 @@
 namespace sy {
 
 // A layer's rows kept from forward to backward.
+// Their buffers come from the dispatcher's allocator (device memory for a
+// group of one on a device backend).
 struct MpiLayer final : DispatchLayer {
+  explicit MpiLayer(Allocator& mem) : x_recv(mem), y_send(mem) {}
   GrowBuffer<float> x_recv;  // (M_recv, C) expert inputs
   GrowBuffer<float> y_send;  // (M_send, C) expert outputs back at their tokens
   size_t bytes() const override { return (x_recv.capacity() + y_send.capacity()) * sizeof(float); }
 };
 
 struct MpiScratch final : DispatchScratch {
+  explicit MpiScratch(Allocator& mem)
+      : send(mem), recv(mem), send2(mem), recv2(mem), x_recv(mem), out_send(mem), out_recv(mem), back_send(mem),
+        back_recv(mem) {}
   GrowBuffer<float> send, recv;    // (M, C) rows in flight
   GrowBuffer<float> send2, recv2;  // (M, C) the second direction in backward
   GrowBuffer<float> x_recv;        // (M_recv, C) experts' inputs when shared by the layers (FP8 storage)
@@ -39,14 +45,16 @@ struct MpiScratch final : DispatchScratch {
 
 class MpiDispatcher : public Dispatcher {
  public:
-  explicit MpiDispatcher(const Comm& ep, const PayloadCodec& payload = {}) : ep_(ep), codec_(payload) {}
+  // mem: where the rows live. Device memory only for a group of one (MPI
+  // moves host memory; a device's rows between ranks are NCCL's).
+  explicit MpiDispatcher(const Comm& ep, const PayloadCodec& payload = {}, Allocator& mem = host_allocator());
   const char* name() const override { return "mpi"; }
   int ep_size() const override { return ep_.size(); }
   int ep_rank() const override { return ep_.rank(); }
   Payload payload_out() const override { return ep_.solo() ? Payload::fp32 : codec_.out; }
   Payload payload_back() const override { return ep_.solo() ? Payload::fp32 : codec_.back; }
-  std::unique_ptr<DispatchLayer> make_layer() const override { return std::make_unique<MpiLayer>(); }
-  std::unique_ptr<DispatchScratch> make_scratch() const override { return std::make_unique<MpiScratch>(); }
+  std::unique_ptr<DispatchLayer> make_layer() const override { return std::make_unique<MpiLayer>(*mem_); }
+  std::unique_ptr<DispatchScratch> make_scratch() const override { return std::make_unique<MpiScratch>(*mem_); }
   void plan(EpDispatch& plan, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K,
             int64_t E) const override;
   Rows forward_rows(const EpDispatch& plan, DispatchLayer& layer, DispatchScratch& scratch, int64_t C,
@@ -76,6 +84,7 @@ class MpiDispatcher : public Dispatcher {
   Fp8Format out_format(Pass p) const { return p == Pass::forward ? codec_.act.fmt : codec_.grad.fmt; }
   Comm ep_;
   PayloadCodec codec_;
+  Allocator* mem_;
 };
 
 }  // namespace sy
