@@ -16,7 +16,7 @@
 #     3. runs every gpu test program in gpu-bundle/bin;
 #     4. runs sy-bench-gemm-cuda and 5. bench/torch_gemm.py on the same shapes;
 #     6. prints one summary table (tests/gpu/summarize.py), also in DIR/summary.txt.
-# Every step runs under a timeout inside --budget (default 450 s, so the
+# Every step runs under a timeout inside --budget (default 420 s, so the
 # whole check ends within 8 minutes). DIR ($OUT, else ./device-check-out)
 # receives at most 8 files (what the device tool brings back): summary.txt,
 # build.log, tests.tsv, tests.log, gemm_cuda.jsonl, gemm_torch.jsonl, bench.log.
@@ -81,7 +81,7 @@ fi
 
 # ---------------------------------------------------------------- the check (there)
 out=${OUT:-$root/device-check-out}
-budget=450
+budget=420
 bdir=/tmp/sy-device-check-build
 small=0
 while [ $# -gt 0 ]; do
