@@ -75,6 +75,10 @@ print(" ".join(sorted(names)))' 2>/dev/null)
     echo "device_check: too large to travel with the working tree; leave programs out of gpu-bundle" >&2
     exit 1
   fi
+  # The newest C library symbol the programs need: the GPU machine's glibc must be at least this.
+  glibc=$(for f in "$root"/gpu-bundle/bin/* "$root"/gpu-bundle/lib/*; do objdump -T "$f" 2>/dev/null; done |
+          grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+  echo "device_check: the bundle needs ${glibc:-an unknown} or newer on the GPU machine (ldd --version there)"
   echo "device_check: on the GPU machine, from the repository root, with gpu-bundle carried: tests/gpu/device_check.sh"
   exit 0
 fi
@@ -207,7 +211,7 @@ if [ -f "$b/env.sh" ]; then
   while IFS=$'\t' read -r name _ _ _ _ res; do
     [ "$res" = ok ] || failures+=("$name: $res")
   done < "$out/tests.tsv"
-  steps+=("tests: $(wc -l < "$out/tests.tsv") programs from gpu-bundle")
+  steps+=("tests: $(wc -l < "$out/tests.tsv") programs from gpu-bundle (this machine: $(ldd --version 2>/dev/null | head -1))")
 else
   failures+=("no gpu-bundle carried: the gpu test programs did not run (tests/gpu/device_check.sh --bundle here, carry gpu-bundle)")
   steps+=("tests: none (no gpu-bundle)")
