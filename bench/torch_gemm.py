@@ -3,8 +3,9 @@
 
 The same shapes, input distributions, output dtype and timing method as the
 CUDA benchmark: C (M, N) = A (M, K) @ B (N, K)^T with
-  bf16        torch.mm (FP32 output through out_dtype where this torch has
-              it, else torch.matmul's BF16 output; the line says which);
+  bf16        torch.mm, FP32 accumulation (reduced-precision BF16 reductions
+              off), FP32 output through out_dtype where this torch has it,
+              else BF16 output (the line says which);
   fp8_tensor  torch._scaled_mm, E4M3, one scale per tensor;
   fp8_block   torch._scaled_mm with 1 x 128 (A) and 128 x 128 (B) scales,
               where this torch and cuBLAS offer it (else the line says why);
@@ -309,6 +310,11 @@ def main(argv=None):
         print(f"torch_gemm: no GPU: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device; "
               "--device cpu --small runs the CPU smoke test", file=sys.stderr)
         return NO_GPU
+    if args.device == "cuda":
+        # FP32 accumulation, as sy-bench-gemm-cuda and the BF16 recipe use: no BF16
+        # partial sums in cuBLAS's split-K reductions (torch allows them by default).
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     b = Bench(torch, args)
     print(f"torch {torch.__version__} on {b.device_name}", file=sys.stderr)
     for m, n, k in shapes:
