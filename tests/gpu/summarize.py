@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""The one summary table of tests/gpu/device_check.sh.
+
+Reads the gpu test programs' counts (a TSV the script writes), the JSON lines
+of sy-bench-gemm-cuda and of bench/torch_gemm.py, and prints: pass / fail /
+skip per test program; per GEMM case Switchyard's TFLOP/s (cuBLAS calls as
+Switchyard makes them), torch's and their ratio; FP8 / BF16 per shape
+against the issue's target (>= 1.5x on large shapes); grouped experts
+against one GEMM of the same FLOPs; the FP8 block-scale layout probe.
+Only checked results carry numbers; anything else shows its status.
+
+  tests/gpu/summarize.py --tests T.tsv --cuda C.jsonl --torch P.jsonl [--header LINE]...
+"""
+import argparse
+import json
+import sys
+
+FP8_TARGET = 1.5
+
+
+def load(path):
+    rows = []
+    if not path:
+        return rows
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+    except OSError:
+        pass
+    return rows
+
+
+def key(r):
+    return (r.get("op"), r.get("M"), r.get("N"), r.get("K"))
+
+
+def fmt_rate(r):
+    if r is None:
+        return "not run"
+    if r.get("status") == "ok":
+        return f"{r['tflops']:.1f}"
+    return "WRONG" if r.get("status") == "wrong" else r.get("status", "?")
+
+
+def summarize(tests, cuda, torch, headers):
+    out = list(headers)
+    out.append("")
+    out.append(f"{'gpu test program':<22} {'passed':>7} {'failed':>7} {'skipped':>8} {'seconds':>8}  result")
+    if not tests:
+        out.append("(no gpu test programs ran: no bundle carried; make one with tests/gpu/device_check.sh --bundle)")
+    for t in tests:
+        out.append(f"{t['program']:<22} {t['passed']:>7} {t['failed']:>7} {t['skipped']:>8} {t['seconds']:>8}  {t['result']}")
+
+    out.append("")
+    out.append("GEMM TFLOP/s (median; every number's result checked against a float64 reference)")
+    out.append(f"{'op':<12} {'M':>6} {'N':>6} {'K':>6} {'Switchyard':>11} {'torch':>9} {'ratio':>7}  notes")
+    tmap = {key(r): r for r in torch}
+    seen = set()
+    for r in cuda:
+        if r.get("op") == "fp8_block_layout_probe":
+            continue
+        k = key(r)
+        seen.add(k)
+        p = tmap.get(k)
+        ratio = f"{r['tflops'] / p['tflops']:.2f}x" if r.get("status") == "ok" and p and p.get("status") == "ok" else "-"
+        notes = []
+        if r.get("status") not in ("ok", None):
+            notes.append(f"Switchyard {r['status']}: {r.get('why', '')}")
+        if p and p.get("status") != "ok":
+            notes.append(f"torch {p['status']}: {p.get('why', '')}")
+        if p and p.get("status") == "ok" and p.get("out") and p.get("out") != "f32":
+            notes.append(f"torch writes {p['out']}")
+        out.append(f"{r['op']:<12} {r['M']:>6} {r['N']:>6} {r['K']:>6} {fmt_rate(r):>11} {fmt_rate(p):>9} {ratio:>7}  "
+                   + "; ".join(notes)[:160])
+    for p in torch:
+        if key(p) not in seen:
+            out.append(f"{p['op']:<12} {p['M']:>6} {p['N']:>6} {p['K']:>6} {'not run':>11} {fmt_rate(p):>9} {'-':>7}")
+
+    out.append("")
+    out.append(f"FP8 / BF16 (the issue's target: >= {FP8_TARGET}x on large shapes)")
+    cmap = {key(r): r for r in cuda}
+    shapes = []
+    for r in cuda:
+        if r.get("op") == "bf16" and (r["M"], r["N"], r["K"]) not in shapes:
+            shapes.append((r["M"], r["N"], r["K"]))
+    for m, n, k in shapes:
+        cells = []
+        for side, mp in (("Switchyard", cmap), ("torch", tmap)):
+            b = mp.get(("bf16", m, n, k))
+            for op in ("fp8_tensor", "fp8_block"):
+                f = mp.get((op, m, n, k))
+                if b and f and b.get("status") == "ok" and f.get("status") == "ok":
+                    x = f["tflops"] / b["tflops"]
+                    mark = "meets" if x >= FP8_TARGET else "BELOW"
+                    cells.append(f"{side} {op}: {x:.2f}x ({mark})")
+                else:
+                    cells.append(f"{side} {op}: -")
+        out.append(f"  {m}x{n}x{k}: " + ", ".join(cells))
+
+    out.append("")
+    g = {r["op"]: r for r in cuda if r.get("op") in ("grouped_bf16", "loop_bf16", "single_bf16")}
+    gt = {r["op"]: r for r in torch if r.get("op") in ("grouped_bf16", "loop_bf16", "single_bf16")}
+    if g:
+        any_r = next(iter(g.values()))
+        out.append(f"Grouped expert GEMM ({any_r.get('experts', '?')} experts, rows {any_r.get('rows', '?')}, "
+                   f"N {any_r['N']}, K {any_r['K']}) against one GEMM of the same FLOPs")
+        for side, mp in (("Switchyard", g), ("torch", gt)):
+            s = mp.get("single_bf16")
+            parts = []
+            for op, label in (("grouped_bf16", "one grouped call"), ("loop_bf16", "a call per expert")):
+                r = mp.get(op)
+                if r and s and r.get("status") == "ok" and s.get("status") == "ok":
+                    parts.append(f"{label} {r['tflops']:.1f} TFLOP/s = {r['tflops'] / s['tflops']:.2f}x")
+                else:
+                    parts.append(f"{label} {fmt_rate(r)}")
+            out.append(f"  {side}: " + "; ".join(parts) + f"; one GEMM {fmt_rate(s)}")
+    probes = [r for r in cuda if r.get("op") in ("fp8_block", "fp8_block_layout_probe") and r.get("scale_layout")]
+    if probes:
+        first = probes[0]
+        probes = [r for r in probes if key(r)[1:] == key(first)[1:]]
+        out.append("")
+        out.append(f"FP8 block-scale layouts at {first['M']}x{first['N']}x{first['K']} (Switchyard's fp8_cuda uses A:outer,B:outer)")
+        for r in probes:
+            out.append(f"  {r['scale_layout']:<16} {r['status']}" + (f": {r.get('why', '')[:120]}" if r["status"] != "ok" else ""))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tests", default=None, help="TSV: program passed failed skipped seconds result")
+    ap.add_argument("--cuda", default=None)
+    ap.add_argument("--torch", default=None)
+    ap.add_argument("--header", action="append", default=[])
+    a = ap.parse_args(argv)
+    tests = []
+    if a.tests:
+        try:
+            with open(a.tests) as f:
+                for line in f:
+                    c = line.rstrip("\n").split("\t")
+                    if len(c) == 6:
+                        tests.append(dict(zip(("program", "passed", "failed", "skipped", "seconds", "result"), c)))
+        except OSError:
+            pass
+    print("\n".join(summarize(tests, load(a.cuda), load(a.torch), a.header)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
