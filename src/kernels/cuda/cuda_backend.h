@@ -1,5 +1,7 @@
 // The CUDA backend: the op interface (kernels/backend.h) on an NVIDIA GPU.
-// GEMMs through cuBLAS (FP32) and cuBLASLt (FP8, kernels/cuda/fp8_cuda.h);
+// GEMMs through cuBLAS (FP32, never TF32; BF16 inputs with FP32 accumulation;
+// the grouped expert GEMMs in one cublasGemmGroupedBatchedEx:
+// kernels/cuda/gemm_cuda.h) and cuBLASLt (FP8, kernels/cuda/fp8_cuda.h);
 // every other op a kernel of its own in cuda_backend.cu whose per-element math is
 // kernels/math.h (shared with the CPU test). Memory from cudaMalloc through
 // the backend's allocator (arenas take it once: no allocation inside a
