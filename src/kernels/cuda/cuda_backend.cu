@@ -15,6 +15,7 @@
 
 #include "core/check.h"
 #include "kernels/cpu/router.h"
+#include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/fp8_cuda.h"
 #include "kernels/cuda/gemm_cuda.h"
 #include "kernels/math.h"
@@ -167,6 +168,8 @@ __global__ void cross_entropy_kernel(float* losses, float* dlogits, const float*
 }
 
 // ---- attention: one thread per (batch, head, query), online softmax --------
+// (the forward runs tiled, kernels/cuda/attention_cuda.h; this simple one is
+// kept as its reference: attention_forward_simple)
 constexpr int64_t kMaxHead = 256;  // head size the per-thread accumulators hold
 
 __global__ void attention_fwd_kernel(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H,
@@ -507,9 +510,7 @@ class CudaBackend final : public Backend {
 
   void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                          int64_t D, Stream s) const override {
-    SY_CHECK(D <= kMaxHead, "attention on the CUDA backend: head size {} above {}", D, kMaxHead);
-    attention_fwd_kernel<<<blocks_for(B * H * T), kThreads, 0, cs(s)>>>(out, lse, qkv, B, T, H, Hkv, D);
-    launched("attention_forward");
+    attention_forward_tiled(out, lse, qkv, B, T, H, Hkv, D, s);  // kernels/cuda/attention_cuda.h
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
                           int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, Stream s) const override {
@@ -719,6 +720,13 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+void attention_forward_simple(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                              int64_t D, Stream s) {
+  SY_CHECK(D <= kMaxHead, "attention on the CUDA backend: head size {} above {}", D, kMaxHead);
+  attention_fwd_kernel<<<blocks_for(B * H * T), kThreads, 0, cs(s)>>>(out, lse, qkv, B, T, H, Hkv, D);
+  launched("attention_forward_simple");
+}
 
 const Backend* backend_or_null(std::string* why) {
   static std::once_flag once;

@@ -12,6 +12,7 @@
 // backend and skip without a GPU. Not yet run on a GPU.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "kernels/backend.h"
@@ -22,5 +23,11 @@ namespace sy::cuda {
 const Backend* backend_or_null(std::string* why = nullptr);
 // Registers it as backend(Device::cuda); false (and why) without a device.
 bool register_backend(std::string* why = nullptr);
+
+// The first, simple attention forward (a thread per query, keys read from
+// global memory), kept as the reference of the tiled kernel the backend
+// runs (kernels/cuda/attention_cuda.h); the gpu tests compare the two.
+void attention_forward_simple(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                              int64_t D, Stream s = {});
 
 }  // namespace sy::cuda

@@ -179,12 +179,15 @@ TEST(CudaBackend, GroupedLinearsMatchTheCpuWithEmptyGroups) {
       const auto hy = gy.host(), hdx = gdx.host();
       EXPECT_LT(rel_to_max(hy, y), kReduceTol) << what;
       EXPECT_LT(rel_to_max(hdx, dx), kReduceTol) << what;
-      if (off[0] > 0) EXPECT_EQ(hy[0], 5.f) << what << ": a row before offsets[0] was written";
+      if (off[0] > 0) {
+        EXPECT_EQ(hy[0], 5.f) << what << ": a row before offsets[0] was written";
+      }
       for (int64_t g = 0; g < G2; ++g) {
-        if (off[g + 1] == off[g])
+        if (off[g + 1] == off[g]) {
           EXPECT_EQ(gdw[g]->host(), dw0[g]) << what << ": empty group " << g << "'s dW changed";
-        else
+        } else {
           EXPECT_LT(rel_to_max(gdw[g]->host(), dw[g]), kReduceTol) << what << " group " << g;
+        }
       }
     }
   }
@@ -271,6 +274,33 @@ TEST(CudaBackend, AttentionForwardBackwardAndCached) {
   EXPECT_LT(rel_to_max(go.host(), out), kReduceTol);
   EXPECT_LT(rel_to_max(gl.host(), lse), kReduceTol);
   EXPECT_LT(rel_to_max(gdq.host(), dqkv), kReduceTol);
+}
+
+// The tiled forward the backend runs against the simple kernel and the CPU:
+// T not a multiple of the 16-query / 16-key tiles, head sizes below, between
+// and at the 32-lane slices (24, 80, 256), grouped-query and plain heads, one
+// token. Only the dot products' summation order differs: kReduceTol.
+TEST(CudaBackend, TiledAttentionForwardMatchesTheSimpleKernel) {
+  SY_NEED_GPU();
+  struct Shape {
+    int64_t B, T, H, Hkv, D;
+  };
+  for (const Shape& sh : {Shape{2, 37, 4, 2, 24}, Shape{1, 70, 3, 1, 80}, Shape{1, 33, 2, 2, 256}, Shape{3, 1, 2, 1, 16}}) {
+    const int64_t B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D, R = (H + 2 * Hkv) * D;
+    auto qkv = test::randn(B * T * R, 80, 1.5f);
+    std::vector<float> out(B * T * H * D), lse(B * H * T);
+    C.attention_forward(out.data(), lse.data(), qkv.data(), B, T, H, Hkv, D, {});
+    Dev<float> g(*G, qkv), tiled(*G, std::vector<float>(out.size(), 9.f)), tl(*G, std::vector<float>(lse.size(), 9.f)),
+        simple(*G, out), sl(*G, lse);
+    G->attention_forward(tiled.p, tl.p, g.p, B, T, H, Hkv, D, {});
+    cuda::attention_forward_simple(simple.p, sl.p, g.p, B, T, H, Hkv, D, {});
+    const auto ht = tiled.host(), hl = tl.host();
+    const std::string what = "T " + std::to_string(T) + " D " + std::to_string(D);
+    EXPECT_LT(rel_to_max(ht, simple.host()), kReduceTol) << what;
+    EXPECT_LT(rel_to_max(hl, sl.host()), kReduceTol) << what;
+    EXPECT_LT(rel_to_max(ht, out), kReduceTol) << what;
+    EXPECT_LT(rel_to_max(hl, lse), kReduceTol) << what;
+  }
 }
 
 TEST(CudaBackend, RouterAndPermutation) {
