@@ -407,7 +407,6 @@ std::vector<T> to_host(const T* dev, int64_t n, Stream s) {
 
 class CudaBackend final : public Backend {
  public:
-
   Device device() const override { return Device::cuda; }
   const char* name() const override { return "cuda"; }
   BackendInfo info() const override { return {"cuBLAS", "cuda", 0}; }
