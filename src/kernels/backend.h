@@ -82,12 +82,36 @@ class Backend {
                             Stream s) const = 0;
   // All groups' linears in one call: rows [offsets[g], offsets[g+1]) use w[g].
   // dinp is overwritten; dw[g] accumulates. Empty groups are skipped.
+  // offsets and the pointer arrays w / dw are host memory (the dispatch plan
+  // is host data); the pointers in them and inp/out/dout are device memory.
   virtual void grouped_linear_forward(float* out, const float* inp, const float* const* w, const int64_t* offsets,
                                       int64_t groups, int64_t I, int64_t O, Stream s) const = 0;
   virtual void grouped_linear_dgrad(float* dinp, const float* dout, const float* const* w, const int64_t* offsets,
                                     int64_t groups, int64_t I, int64_t O, Stream s) const = 0;
   virtual void grouped_linear_wgrad(float* const* dw, const float* dout, const float* inp, const int64_t* offsets,
                                     int64_t groups, int64_t I, int64_t O, Stream s) const = 0;
+
+  // BF16 linears (the bf16 recipe): the shapes and the overwrite/accumulate
+  // rules of the FP32 linears above, on FP32 arrays; the result is the
+  // products of the operands rounded to BF16 (nearest even, round_bf16)
+  // accumulated in FP32, as a BF16 tensor-core GEMM with FP32 accumulation
+  // computes it. The backend does the rounding (the CPU: round, then the FP32
+  // GEMM, bit for bit; CUDA: BF16 copies in its workspace and a BF16 GEMM).
+  virtual void linear_forward_bf16(float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                                   Stream s) const = 0;
+  virtual void linear_dgrad_bf16(float* dinp, const float* dout, const float* w, int64_t N, int64_t I, int64_t O,
+                                 bool accumulate_dinp, Stream s) const = 0;
+  virtual void linear_wgrad_bf16(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O,
+                                 Stream s) const = 0;
+  virtual void grouped_linear_forward_bf16(float* out, const float* inp, const float* const* w,
+                                           const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
+                                           Stream s) const = 0;
+  virtual void grouped_linear_dgrad_bf16(float* dinp, const float* dout, const float* const* w,
+                                         const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
+                                         Stream s) const = 0;
+  virtual void grouped_linear_wgrad_bf16(float* const* dw, const float* dout, const float* inp,
+                                         const int64_t* offsets, int64_t groups, int64_t I, int64_t O,
+                                         Stream s) const = 0;
 
   // FP8: quantize x (rows, cols) (or x^T with transpose) into out; C (+)= A . B^T.
   virtual QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols,

@@ -4,9 +4,10 @@
 // gradient GEMMs. No layer finds any of these through a global.
 //
 // mm_forward / mm_backward are the one place the linear layers' precision
-// is decided: FP8 through the Fp8Linear; BF16 (Ops::bf16: both operands of
-// each GEMM rounded to BF16, FP32 accumulation, as a BF16 tensor-core GEMM
-// computes it); else FP32, through the backend. The grouped (expert)
+// is decided: FP8 through the Fp8Linear; BF16 (Ops::bf16: the backend's
+// *_bf16 linears, both operands of each GEMM rounded to BF16, FP32
+// accumulation, as a BF16 tensor-core GEMM computes it); else FP32, through
+// the backend. The grouped (expert)
 // versions the same per expert segment.
 #pragma once
 
@@ -27,9 +28,9 @@ namespace sy {
 // (chunk, micro-batch slot).
 class WgradQueue {
  public:
-  // round_inp: the bf16 recipe's GEMM, whose input operand is rounded to
-  // BF16 when the queue runs (dout is copied as given).
-  void add(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O, bool round_inp = false);
+  // bf16: the bf16 recipe's GEMM (Backend::linear_wgrad_bf16, which rounds
+  // both operands when the queue runs; dout is copied as given).
+  void add(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O, bool bf16 = false);
   void run(const Backend& be, Stream s = {});
   bool empty() const { return tasks_.empty(); }
   size_t capacity_bytes() const { return store_.capacity() * sizeof(float); }
@@ -40,7 +41,7 @@ class WgradQueue {
     size_t dout;  // offset into store_
     const float* inp;
     int64_t N, I, O;
-    bool round_inp;
+    bool bf16;
   };
   std::vector<Task> tasks_;
   std::vector<float> store_;  // host copies of dout (the CPU backend's memory)

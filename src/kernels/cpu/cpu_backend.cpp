@@ -18,6 +18,7 @@
 #include "kernels/cpu/fp8_gemm.h"
 #include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/linear_bf16.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -88,6 +89,31 @@ class CpuBackend final : public Backend {
   void grouped_linear_wgrad(float* const* dw, const float* dout, const float* inp, const int64_t* offsets,
                             int64_t groups, int64_t I, int64_t O, Stream) const override {
     sy::grouped_linear_wgrad(dw, dout, inp, offsets, groups, I, O);
+  }
+
+  void linear_forward_bf16(float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O,
+                           Stream) const override {
+    sy::linear_forward_bf16(out, inp, w, N, I, O);
+  }
+  void linear_dgrad_bf16(float* dinp, const float* dout, const float* w, int64_t N, int64_t I, int64_t O, bool acc,
+                         Stream) const override {
+    if (dinp) sy::linear_dgrad_bf16(dinp, dout, w, N, I, O, acc);
+  }
+  void linear_wgrad_bf16(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O,
+                         Stream) const override {
+    sy::linear_wgrad_bf16(dw, dout, inp, N, I, O);
+  }
+  void grouped_linear_forward_bf16(float* out, const float* inp, const float* const* w, const int64_t* offsets,
+                                   int64_t groups, int64_t I, int64_t O, Stream) const override {
+    sy::grouped_linear_forward_bf16(out, inp, w, offsets, groups, I, O);
+  }
+  void grouped_linear_dgrad_bf16(float* dinp, const float* dout, const float* const* w, const int64_t* offsets,
+                                 int64_t groups, int64_t I, int64_t O, Stream) const override {
+    sy::grouped_linear_dgrad_bf16(dinp, dout, w, offsets, groups, I, O);
+  }
+  void grouped_linear_wgrad_bf16(float* const* dw, const float* dout, const float* inp, const int64_t* offsets,
+                                 int64_t groups, int64_t I, int64_t O, Stream) const override {
+    sy::grouped_linear_wgrad_bf16(dw, dout, inp, offsets, groups, I, O);
   }
 
   QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,

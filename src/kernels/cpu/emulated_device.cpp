@@ -223,6 +223,48 @@ class EmulatedCuda final : public Backend {
     Open open(*this);
     cpu_.grouped_linear_wgrad(dw, dout, inp, offsets, groups, I, O, s);
   }
+  void linear_forward_bf16(float* out, const float* inp, const float* w, int64_t N, int64_t I, int64_t O, Stream s) const override {
+    on_device(out, "linear_forward_bf16", "out");
+    on_device(inp, "linear_forward_bf16", "inp");
+    on_device(w, "linear_forward_bf16", "w");
+    Open open(*this);
+    cpu_.linear_forward_bf16(out, inp, w, N, I, O, s);
+  }
+  void linear_dgrad_bf16(float* dinp, const float* dout, const float* w, int64_t N, int64_t I, int64_t O, bool accumulate_dinp, Stream s) const override {
+    on_device(dinp, "linear_dgrad_bf16", "dinp");
+    on_device(dout, "linear_dgrad_bf16", "dout");
+    on_device(w, "linear_dgrad_bf16", "w");
+    Open open(*this);
+    cpu_.linear_dgrad_bf16(dinp, dout, w, N, I, O, accumulate_dinp, s);
+  }
+  void linear_wgrad_bf16(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O, Stream s) const override {
+    on_device(dw, "linear_wgrad_bf16", "dw");
+    on_device(dout, "linear_wgrad_bf16", "dout");
+    on_device(inp, "linear_wgrad_bf16", "inp");
+    Open open(*this);
+    cpu_.linear_wgrad_bf16(dw, dout, inp, N, I, O, s);
+  }
+  void grouped_linear_forward_bf16(float* out, const float* inp, const float* const* w, const int64_t* offsets, int64_t groups, int64_t I, int64_t O, Stream s) const override {
+    on_device(out, "grouped_linear_forward_bf16", "out");
+    on_device(inp, "grouped_linear_forward_bf16", "inp");
+    on_device(w, groups, "grouped_linear_forward_bf16", "w");
+    Open open(*this);
+    cpu_.grouped_linear_forward_bf16(out, inp, w, offsets, groups, I, O, s);
+  }
+  void grouped_linear_dgrad_bf16(float* dinp, const float* dout, const float* const* w, const int64_t* offsets, int64_t groups, int64_t I, int64_t O, Stream s) const override {
+    on_device(dinp, "grouped_linear_dgrad_bf16", "dinp");
+    on_device(dout, "grouped_linear_dgrad_bf16", "dout");
+    on_device(w, groups, "grouped_linear_dgrad_bf16", "w");
+    Open open(*this);
+    cpu_.grouped_linear_dgrad_bf16(dinp, dout, w, offsets, groups, I, O, s);
+  }
+  void grouped_linear_wgrad_bf16(float* const* dw, const float* dout, const float* inp, const int64_t* offsets, int64_t groups, int64_t I, int64_t O, Stream s) const override {
+    on_device(dw, groups, "grouped_linear_wgrad_bf16", "dw");
+    on_device(dout, "grouped_linear_wgrad_bf16", "dout");
+    on_device(inp, "grouped_linear_wgrad_bf16", "inp");
+    Open open(*this);
+    cpu_.grouped_linear_wgrad_bf16(dw, dout, inp, offsets, groups, I, O, s);
+  }
   QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o, bool transpose, Stream s) const override {
     on_device(x, "fp8_quantize", "x");
     Open open(*this);

@@ -1,5 +1,7 @@
 // The CUDA backend: the op interface (kernels/backend.h) on an NVIDIA GPU.
-// GEMMs through cuBLAS (FP32) and cuBLASLt (FP8, kernels/cuda/fp8_cuda.h);
+// GEMMs through cuBLAS (FP32, never TF32; BF16 inputs with FP32 accumulation;
+// the grouped expert GEMMs in one cublasGemmGroupedBatchedEx:
+// kernels/cuda/gemm_cuda.h) and cuBLASLt (FP8, kernels/cuda/fp8_cuda.h);
 // every other op a kernel of its own in cuda_backend.cu whose per-element math is
 // kernels/math.h (shared with the CPU test). Memory from cudaMalloc through
 // the backend's allocator (arenas take it once: no allocation inside a
@@ -10,6 +12,7 @@
 // backend and skip without a GPU. Not yet run on a GPU.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "kernels/backend.h"
@@ -20,5 +23,11 @@ namespace sy::cuda {
 const Backend* backend_or_null(std::string* why = nullptr);
 // Registers it as backend(Device::cuda); false (and why) without a device.
 bool register_backend(std::string* why = nullptr);
+
+// The first, simple attention forward (a thread per query, keys read from
+// global memory), kept as the reference of the tiled kernel the backend
+// runs (kernels/cuda/attention_cuda.h); the gpu tests compare the two.
+void attention_forward_simple(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                              int64_t D, Stream s = {});
 
 }  // namespace sy::cuda

@@ -5,10 +5,17 @@
 // another order (cuBLAS GEMMs, row reductions, atomics) agree to a relative
 // 1e-4 of the largest value (FP32 GEMMs over K <= 512 with TF32 off);
 // elementwise ops whose math is kernels/math.h on both sides agree to 1e-6
-// (expf on the device is within 2 ulps of the host's).
+// (expf on the device is within 2 ulps of the host's). BF16 GEMMs (the bf16
+// recipe) against the CPU's exact emulation: kReduceTol too, since products
+// of BF16 values are exact in FP32 and in TF32, so only the FP32 summation
+// differs; with tensor cores that may truncate in the accumulator the error
+// is at most about K 2^-23 sum|a b|, for K <= 96 and unit normal entries
+// (sum|a b| ~ 0.64 K, max|C| ~ 3 sqrt(K)) about 2.5e-5 of the largest value.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -69,6 +76,121 @@ TEST(CudaBackend, GemmAllTransposes) {
       G->gemm(ta, tb, M, N, K, 0.7f, a.p, ta ? M : K, b.p, tb ? K : N, 0.3f, c.p, N, {});
       EXPECT_LT(rel_to_max(c.host(), want), kReduceTol) << ta << tb;
     }
+}
+
+// FP32 GEMMs must not round their inputs to TF32 (10 significand bits): with
+// A = 1 + 2^-12 (a TF32 rounds it to 1) the product of TF32 inputs is off by
+// 2^-12 = 2.4e-4 relative, FP32's by about K 2^-24 = 1.5e-5.
+TEST(CudaBackend, Fp32GemmIsNotTf32) {
+  SY_NEED_GPU();
+  const int64_t M = 128, N = 128, K = 256;
+  std::vector<float> A(M * K, 1.f + 1.f / 4096.f), B(K * N, 1.f), Cm(M * N, 0.f), want = Cm;
+  C.gemm(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, want.data(), N, {});
+  Dev<float> a(*G, A), b(*G, B), c(*G, Cm);
+  G->gemm(false, false, M, N, K, 1.f, a.p, K, b.p, N, 0.f, c.p, N, {});
+  EXPECT_LT(rel_to_max(c.host(), want), 2e-5);  // K 2^-24 = 1.5e-5; TF32 would give 2.4e-4
+  G->linear_forward(c.p, a.p, b.p, M, K, N, {});  // B read as W (N, K): all ones either way
+  EXPECT_LT(rel_to_max(c.host(), want), 2e-5);
+}
+
+// The bf16 recipe's linears against the CPU's emulation (round + FP32 GEMM);
+// the CPU's BF16 and FP32 results differ by far more than the tolerance, so
+// a GPU that skipped the rounding would fail.
+TEST(CudaBackend, Bf16LinearsMatchTheCpuEmulation) {
+  SY_NEED_GPU();
+  for (auto [N, I, O] : {std::array<int64_t, 3>{37, 53, 29}, std::array<int64_t, 3>{64, 96, 48}}) {
+    auto x = test::randn(N * I, 60), w = test::randn(O * I, 61), dy = test::randn(N * O, 62);
+    auto dx0 = test::randn(N * I, 63), dw0 = test::randn(O * I, 64);
+    std::vector<float> y(N * O), y32(N * O), dx = dx0, dxa = dx0, dw = dw0;
+    C.linear_forward_bf16(y.data(), x.data(), w.data(), N, I, O, {});
+    C.linear_forward(y32.data(), x.data(), w.data(), N, I, O, {});
+    ASSERT_GT(rel_to_max(y32, y), 10 * kReduceTol) << "BF16 and FP32 too close for the test to tell them apart";
+    C.linear_dgrad_bf16(dx.data(), dy.data(), w.data(), N, I, O, false, {});
+    C.linear_dgrad_bf16(dxa.data(), dy.data(), w.data(), N, I, O, true, {});
+    C.linear_wgrad_bf16(dw.data(), dy.data(), x.data(), N, I, O, {});
+    Dev<float> gx(*G, x), gw(*G, w), gdy(*G, dy), gy(*G, std::vector<float>(N * O)), gdx(*G, dx0), gdxa(*G, dx0),
+        gdw(*G, dw0);
+    G->linear_forward_bf16(gy.p, gx.p, gw.p, N, I, O, {});
+    G->linear_dgrad_bf16(gdx.p, gdy.p, gw.p, N, I, O, false, {});
+    G->linear_dgrad_bf16(gdxa.p, gdy.p, gw.p, N, I, O, true, {});
+    G->linear_wgrad_bf16(gdw.p, gdy.p, gx.p, N, I, O, {});
+    EXPECT_LT(rel_to_max(gy.host(), y), kReduceTol) << N << "x" << I << "x" << O;
+    EXPECT_LT(rel_to_max(gdx.host(), dx), kReduceTol) << N << "x" << I << "x" << O;
+    EXPECT_LT(rel_to_max(gdxa.host(), dxa), kReduceTol) << N << "x" << I << "x" << O;
+    EXPECT_LT(rel_to_max(gdw.host(), dw), kReduceTol) << N << "x" << I << "x" << O;
+  }
+}
+
+// Grouped linears (one cuBLAS grouped GEMM) against the CPU's, FP32 and BF16:
+// odd widths (unaligned rows: the BF16 path's plain FP32 compute), widths of
+// multiples of 4 (aligned: its TF32 tensor-core compute), empty groups first,
+// inside and last, rows before offsets[0] untouched, and more groups than
+// one launch's pointer chunk (128).
+TEST(CudaBackend, GroupedLinearsMatchTheCpuWithEmptyGroups) {
+  SY_NEED_GPU();
+  struct Case {
+    int64_t I, O;
+    std::vector<int64_t> offsets;
+  };
+  std::vector<Case> cases = {{22, 31, {3, 3, 17, 17, 40, 61, 61}}, {64, 48, {4, 4, 36, 37, 37, 90, 90}}};
+  Case many{12, 9, {0}};
+  for (int g = 0; g < 131; ++g) many.offsets.push_back(many.offsets.back() + (g % 3 == 1 ? 0 : 1 + g % 4));
+  cases.push_back(many);
+  for (const Case& cs : cases) {
+    const int64_t I = cs.I, O = cs.O, G2 = static_cast<int64_t>(cs.offsets.size()) - 1, N = cs.offsets.back();
+    const int64_t* off = cs.offsets.data();
+    auto x = test::randn(N * I, 70), dy = test::randn(N * O, 71);
+    std::vector<std::vector<float>> w, dw0;
+    std::vector<std::unique_ptr<Dev<float>>> gw, gdw;
+    std::vector<const float*> wp, gwp;
+    for (int64_t g = 0; g < G2; ++g) {
+      w.push_back(test::randn(O * I, 100 + static_cast<uint64_t>(g), 0.3f));
+      dw0.push_back(test::randn(O * I, 400 + static_cast<uint64_t>(g)));
+      gw.push_back(std::make_unique<Dev<float>>(*G, w.back()));
+      wp.push_back(w.back().data()), gwp.push_back(gw.back()->p);
+    }
+    for (bool bf16 : {false, true}) {
+      std::vector<float> y(N * O, 5.f), dx(N * I, 5.f);
+      std::vector<std::vector<float>> dw = dw0;
+      std::vector<float*> dwp, gdwp;
+      gdw.clear();
+      for (int64_t g = 0; g < G2; ++g) {
+        dwp.push_back(dw[g].data());
+        gdw.push_back(std::make_unique<Dev<float>>(*G, dw0[g]));
+        gdwp.push_back(gdw.back()->p);
+      }
+      Dev<float> gx(*G, x), gdy(*G, dy), gy(*G, y), gdx(*G, dx);
+      if (bf16) {
+        C.grouped_linear_forward_bf16(y.data(), x.data(), wp.data(), off, G2, I, O, {});
+        C.grouped_linear_dgrad_bf16(dx.data(), dy.data(), wp.data(), off, G2, I, O, {});
+        C.grouped_linear_wgrad_bf16(dwp.data(), dy.data(), x.data(), off, G2, I, O, {});
+        G->grouped_linear_forward_bf16(gy.p, gx.p, gwp.data(), off, G2, I, O, {});
+        G->grouped_linear_dgrad_bf16(gdx.p, gdy.p, gwp.data(), off, G2, I, O, {});
+        G->grouped_linear_wgrad_bf16(gdwp.data(), gdy.p, gx.p, off, G2, I, O, {});
+      } else {
+        C.grouped_linear_forward(y.data(), x.data(), wp.data(), off, G2, I, O, {});
+        C.grouped_linear_dgrad(dx.data(), dy.data(), wp.data(), off, G2, I, O, {});
+        C.grouped_linear_wgrad(dwp.data(), dy.data(), x.data(), off, G2, I, O, {});
+        G->grouped_linear_forward(gy.p, gx.p, gwp.data(), off, G2, I, O, {});
+        G->grouped_linear_dgrad(gdx.p, gdy.p, gwp.data(), off, G2, I, O, {});
+        G->grouped_linear_wgrad(gdwp.data(), gdy.p, gx.p, off, G2, I, O, {});
+      }
+      const std::string what = (bf16 ? "bf16 " : "fp32 ") + std::to_string(I) + "x" + std::to_string(O);
+      const auto hy = gy.host(), hdx = gdx.host();
+      EXPECT_LT(rel_to_max(hy, y), kReduceTol) << what;
+      EXPECT_LT(rel_to_max(hdx, dx), kReduceTol) << what;
+      if (off[0] > 0) {
+        EXPECT_EQ(hy[0], 5.f) << what << ": a row before offsets[0] was written";
+      }
+      for (int64_t g = 0; g < G2; ++g) {
+        if (off[g + 1] == off[g]) {
+          EXPECT_EQ(gdw[g]->host(), dw0[g]) << what << ": empty group " << g << "'s dW changed";
+        } else {
+          EXPECT_LT(rel_to_max(gdw[g]->host(), dw[g]), kReduceTol) << what << " group " << g;
+        }
+      }
+    }
+  }
 }
 
 TEST(CudaBackend, ElementwiseOps) {
@@ -152,6 +274,33 @@ TEST(CudaBackend, AttentionForwardBackwardAndCached) {
   EXPECT_LT(rel_to_max(go.host(), out), kReduceTol);
   EXPECT_LT(rel_to_max(gl.host(), lse), kReduceTol);
   EXPECT_LT(rel_to_max(gdq.host(), dqkv), kReduceTol);
+}
+
+// The tiled forward the backend runs against the simple kernel and the CPU:
+// T not a multiple of the 16-query / 16-key tiles, head sizes below, between
+// and at the 32-lane slices (24, 80, 256), grouped-query and plain heads, one
+// token. Only the dot products' summation order differs: kReduceTol.
+TEST(CudaBackend, TiledAttentionForwardMatchesTheSimpleKernel) {
+  SY_NEED_GPU();
+  struct Shape {
+    int64_t B, T, H, Hkv, D;
+  };
+  for (const Shape& sh : {Shape{2, 37, 4, 2, 24}, Shape{1, 70, 3, 1, 80}, Shape{1, 33, 2, 2, 256}, Shape{3, 1, 2, 1, 16}}) {
+    const int64_t B = sh.B, T = sh.T, H = sh.H, Hkv = sh.Hkv, D = sh.D, R = (H + 2 * Hkv) * D;
+    auto qkv = test::randn(B * T * R, 80, 1.5f);
+    std::vector<float> out(B * T * H * D), lse(B * H * T);
+    C.attention_forward(out.data(), lse.data(), qkv.data(), B, T, H, Hkv, D, {});
+    Dev<float> g(*G, qkv), tiled(*G, std::vector<float>(out.size(), 9.f)), tl(*G, std::vector<float>(lse.size(), 9.f)),
+        simple(*G, out), sl(*G, lse);
+    G->attention_forward(tiled.p, tl.p, g.p, B, T, H, Hkv, D, {});
+    cuda::attention_forward_simple(simple.p, sl.p, g.p, B, T, H, Hkv, D, {});
+    const auto ht = tiled.host(), hl = tl.host();
+    const std::string what = "T " + std::to_string(T) + " D " + std::to_string(D);
+    EXPECT_LT(rel_to_max(ht, simple.host()), kReduceTol) << what;
+    EXPECT_LT(rel_to_max(hl, sl.host()), kReduceTol) << what;
+    EXPECT_LT(rel_to_max(ht, out), kReduceTol) << what;
+    EXPECT_LT(rel_to_max(hl, lse), kReduceTol) << what;
+  }
 }
 
 TEST(CudaBackend, RouterAndPermutation) {

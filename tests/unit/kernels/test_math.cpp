@@ -2,6 +2,7 @@
 // host, against the CPU backend's naive references: the GPU's math is
 // checked in every CI run, without a GPU.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/adamw.h"
@@ -74,6 +75,43 @@ TEST(DeviceMath, AdamwElementIsTheCpuKernel) {
   EXPECT_EQ(v, v2);
   for (float f : {1.f, -3.5f, 1.f + 0x1p-8f, 1e-40f, INFINITY}) EXPECT_EQ(math::bf16_round(f), f32_to_bf16(f));
   EXPECT_TRUE(std::isnan(math::bf16_value(math::bf16_round(NAN))));
+}
+
+// The conversion the CUDA BF16 GEMMs apply to both operands (bf16_round, in
+// the workspace) against nearest-even rounding computed apart: the two BF16
+// neighbours of |x| by truncation, the nearer by exact distances in double, ties
+// to the even one. Every exponent and sign; mantissa tails at, just below and
+// just above the tie, and pseudo-random ones.
+TEST(DeviceMath, Bf16RoundIsNearestEvenOverEveryExponent) {
+  auto nearest_even = [](uint32_t u) -> uint16_t {
+    // |value| of FP32 bits, exactly, in double (no FP32 subnormal ever
+    // touches the FPU, which may flush them); the pattern of infinity reads
+    // as 2^128, the value above the largest BF16 if the exponent went on.
+    auto value = [](uint32_t b) {
+      const uint32_t e = b >> 23, m = b & 0x7fffffu;
+      return e == 0 ? std::ldexp(double(m), -149) : std::ldexp(double(m | 0x800000u), int(e) - 150);
+    };
+    const uint32_t sign = u & 0x80000000u, a = u & 0x7fffffffu;
+    const uint32_t lo = a & 0xffff0000u, hi = lo + 0x10000u;
+    const double dl = value(a) - value(lo), dh = value(hi) - value(a);
+    const uint32_t r = dl < dh ? lo : dh < dl ? hi : ((lo >> 16) & 1u) ? hi : lo;
+    return static_cast<uint16_t>((sign | r) >> 16);
+  };
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+  int checked = 0;
+  for (uint32_t sign : {0u, 1u})
+    for (uint32_t e = 0; e < 255; ++e)
+      for (uint32_t top : {0x00u, 0x01u, 0x7eu, 0x7fu})  // the 7 kept mantissa bits: even and odd, both ends
+        for (uint32_t tail : {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu, 0x1234u}) {
+          state = state * 6364136223846793005ull + 1442695040888963407ull;
+          const uint32_t t = tail == 0x1234u ? static_cast<uint32_t>(state >> 48) : tail;
+          const uint32_t u = sign << 31 | e << 23 | top << 16 | t;
+          float f;
+          std::memcpy(&f, &u, 4);
+          ASSERT_EQ(math::bf16_round(f), nearest_even(u)) << std::hex << "bits 0x" << u;
+          ++checked;
+        }
+  EXPECT_EQ(checked, 2 * 255 * 4 * 7);
 }
 
 // Attention by the online softmax (one query at a time, no T x T matrix)
