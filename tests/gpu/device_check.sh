@@ -14,12 +14,13 @@
 #     2. finds the GPU (sy-bench-gemm-cuda --probe); without one it says so
 #        and exits 3, having built what it could;
 #     3. runs every gpu test program in gpu-bundle/bin;
-#     4. runs sy-bench-gemm-cuda and 5. bench/torch_gemm.py on the same shapes;
+#     4. runs sy-bench-gemm-cuda and 5. bench/torch_gemm.py on the same shapes,
+#        and bench/torch_moe_step.py (the PyTorch MoE training step, configs/moe_1b.toml);
 #     6. prints one summary table (tests/gpu/summarize.py), also in DIR/summary.txt.
 # Every step runs under a timeout inside --budget (default 420 s, so the
 # whole check ends within 8 minutes). DIR ($OUT, else ./device-check-out)
 # receives at most 8 files (what the device tool brings back): summary.txt,
-# build.log, tests.tsv, tests.log, gemm_cuda.jsonl, gemm_torch.jsonl, bench.log.
+# build.log, tests.tsv, tests.log, gemm_cuda.jsonl, gemm_torch.jsonl, bench.log, moe_step.json.
 # Exit: 0 every test passed and every GEMM was checked; 1 something failed
 # (build, a test, a wrong GEMM, a timeout, a missing bundle); 2 bad
 # arguments; 3 no GPU.
@@ -241,6 +242,19 @@ else
   failures+=("no python3: no PyTorch baseline")
 fi
 
+# 5b. The PyTorch MoE training step (issue 17's 1B model, configs/moe_1b.toml): tokens/s and MFU in BF16.
+# Switchyard's side needs moe-train with run.device = "cuda" here, which the bundle does not carry yet.
+if [ -n "$py" ]; then
+  t4=$SECONDS
+  moe_args=(--steps 10 --warmup 3)
+  [ "$small" = 1 ] && moe_args=(--steps 3 --warmup 1 --micro-batch 1)
+  echo "===== bench/torch_moe_step.py" >> "$out/bench.log"
+  timeout -k 5 "$(allow 150 10)" "$py" "$root/bench/torch_moe_step.py" "$root/configs/moe_1b.toml" "${moe_args[@]}" \
+    --json > "$out/moe_step.json" 2>> "$out/bench.log"; rc=$?
+  steps+=("bench/torch_moe_step.py: rc $rc in $((SECONDS - t4)) s")
+  [ $rc -eq 0 ] || failures+=("bench/torch_moe_step.py: rc $rc$([ $rc -eq 124 ] && echo ' (timeout)') (bench.log)")
+fi
+
 # 6. The summary.
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "?")
 verdict="PASSED"
@@ -250,7 +264,7 @@ hdr=(--header "Switchyard device check ($rev), $(date -u '+%Y-%m-%d %H:%M UTC'),
 for s in "${steps[@]}"; do hdr+=(--header "  $s"); done
 {
   "${py:-python3}" "$root/tests/gpu/summarize.py" --tests "$out/tests.tsv" --cuda "$out/gemm_cuda.jsonl" \
-    --torch "$out/gemm_torch.jsonl" "${hdr[@]}" 2>&1 || cat "$out/tests.tsv"
+    --torch "$out/gemm_torch.jsonl" --moe-step "$out/moe_step.json" "${hdr[@]}" 2>&1 || cat "$out/tests.tsv"
   echo
   echo "device_check: $verdict"
 } | tee "$out/summary.txt"

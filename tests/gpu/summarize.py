@@ -131,12 +131,26 @@ def summarize(tests, cuda, torch, headers):
     return out
 
 
+def moe_step_line(path):
+    """One line for bench/torch_moe_step.py's JSON result (the PyTorch MoE training step)."""
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return "MoE training step (configs/moe_1b.toml): no PyTorch result (bench.log)"
+    mfu = f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:g} TFLOP/s" if r.get("mfu") else "? (peak unknown)"
+    return (f"MoE training step (configs/moe_1b.toml, {r['parameters'] / 1e9:.2f}B parameters, batch {r['batch']} x "
+            f"{r['seq_len']}): PyTorch {r['dtype']} {r['tokens_per_s']:.0f} tok/s, MFU {mfu}; Switchyard: not "
+            "measured (moe-train on a GPU is not bundled yet)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--tests", default=None, help="TSV: program passed failed skipped seconds result")
     ap.add_argument("--cuda", default=None)
     ap.add_argument("--torch", default=None)
     ap.add_argument("--header", action="append", default=[])
+    ap.add_argument("--moe-step", default=None, help="bench/torch_moe_step.py --json output")
     a = ap.parse_args(argv)
     tests = []
     if a.tests:
@@ -148,7 +162,10 @@ def main(argv=None):
                         tests.append(dict(zip(("program", "passed", "failed", "skipped", "seconds", "result"), c)))
         except OSError:
             pass
-    print("\n".join(summarize(tests, load(a.cuda), load(a.torch), a.header)))
+    lines = summarize(tests, load(a.cuda), load(a.torch), a.header)
+    if a.moe_step:
+        lines += ["", moe_step_line(a.moe_step)]
+    print("\n".join(lines))
     return 0
 
 

@@ -9,6 +9,11 @@
         JSON lines that parse, checked BF16 results; no CUDA -> exit 3; a wrong
         product is caught and carries no TFLOP/s.
   test_gpu_check.py summarize                tests/gpu/summarize.py's ratios and verdicts.
+  test_gpu_check.py torch_moe_step BIN_DIR   bench/torch_moe_step.py (the PyTorch side of
+        the MoE training-step benchmark): its model has configs/moe_1b.toml's parameter
+        count and FLOPs per token as moe-launch --dry-run reports them (so the MFU of
+        both sides compare), its dropless MoE layer equals a per-token loop, the CPU
+        smoke run trains, and without CUDA it exits 3.
 """
 import json
 import os
@@ -165,7 +170,82 @@ def summarize():
             fail(f"summary lacks {w!r}")
     if "fp8_block_layout_probe" in text.split("FP8 / BF16")[0]:
         fail("the layout probe is listed among the GEMM rates")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "moe_step.json")
+        with open(path, "w") as f:
+            json.dump({"parameters": 1223312384, "batch": 8, "seq_len": 2048, "dtype": "bf16", "tokens_per_s": 50000.0,
+                       "mfu": 0.0955, "peak_tflops": 989.4}, f)
+        line = sm.moe_step_line(path)
+        for w in ("1.22B parameters", "batch 8 x 2048", "PyTorch bf16 50000 tok/s", "MFU 9.6% of 989.4 TFLOP/s"):
+            if w not in line:
+                fail(f"MoE step line lacks {w!r}: {line}")
+        if "no PyTorch result" not in sm.moe_step_line(os.path.join(d, "missing.json")):
+            fail("a missing MoE step result is not said")
     print("summarize.py: ratios and verdicts as expected")
+
+
+def torch_moe_step(bin_dir):
+    script = os.path.join(ROOT, "bench", "torch_moe_step.py")
+    cfg = os.path.join(ROOT, "configs", "moe_1b.toml")
+    r = subprocess.run([PY, script, cfg, "--print-model"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        fail(f"--print-model: exit {r.returncode}: {r.stderr[-2000:]}")
+    mine = json.loads(r.stdout)
+    env = dict(os.environ, SY_SKIP_MEMORY_CHECK="1")  # a plan for a GPU, made on this small machine
+    r = subprocess.run([os.path.join(bin_dir, "moe-launch"), cfg, "--np", "1", "--dry-run", "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    if r.returncode != 0:
+        fail(f"moe-launch --dry-run: exit {r.returncode}: {r.stderr[-2000:]}")
+    plan = json.loads(r.stdout)
+    if mine["parameters"] != plan["model"]["parameters"]:
+        fail(f"parameters: torch model {mine['parameters']}, Switchyard {plan['model']['parameters']}")
+    if mine["forward_flops_per_token"] != plan["compute"]["forward_flops_per_token"]:
+        fail(f"FLOPs per token: torch side {mine['forward_flops_per_token']}, "
+             f"Switchyard {plan['compute']['forward_flops_per_token']}")
+    print(f"moe_1b: {mine['parameters']} parameters, {mine['forward_flops_per_token']:.0f} forward FLOPs per token "
+          "on both sides")
+
+    # The dropless MoE layer (tokens sorted by expert) against a loop over tokens and their top-k picks.
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import torch
+    import torch_moe_step as tm  # noqa: E402
+    torch.manual_seed(3)
+    m, e, _ = tm.load_config(cfg, True)
+    e["shared_experts"] = 1
+    model = tm.build(torch, m, e, "cpu")
+    moe = model.layers[m["dense_layers"]].ffn
+    x = torch.randn(2, 7, m["d_model"])
+    with torch.no_grad():
+        y, _ = moe(x)
+        flat = x.reshape(-1, m["d_model"])
+        want = torch.zeros_like(flat)
+        for i, row in enumerate(flat):
+            scores = moe.router(row).softmax(-1)
+            g, idx = scores.topk(e["top_k"])
+            g = g / g.sum()
+            for gate, ex in zip(g, idx):
+                want[i] += gate * moe.experts[int(ex)](row)
+            want[i] += moe.shared(row)
+    err = (y.reshape(-1, m["d_model"]) - want).abs().max().item()
+    scale = want.abs().max().item()
+    # FP32, the same products in another summation order: a few ulps of the largest output.
+    if not err <= 1e-5 * scale:
+        fail(f"the MoE layer differs from a per-token loop by {err} (outputs up to {scale})")
+    print(f"MoE layer = per-token loop within {err:.2e} (outputs up to {scale:.2f})")
+
+    r = subprocess.run([PY, script, "--device", "cpu", "--small", "--steps", "3", "--warmup", "1", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        fail(f"--device cpu --small: exit {r.returncode}: {r.stderr[-2000:]}")
+    res = json.loads(r.stdout)
+    if not (res["tokens_per_s"] > 0 and res["step_seconds"] > 0 and res["mfu"] is None):
+        fail(f"smoke result: {res}")
+    r = subprocess.run([PY, script, "--steps", "1"], capture_output=True, text=True, timeout=300)
+    if gpu_present():
+        print("a GPU is present: the no-CUDA exit is not checked here")
+    elif r.returncode != 3 or "no GPU" not in r.stderr:
+        fail(f"without CUDA: exit {r.returncode} (want 3): {r.stderr[-500:]}")
+    print("torch_moe_step.py: model, MoE layer, smoke run and no-GPU exit as expected")
 
 
 if __name__ == "__main__":
@@ -176,6 +256,8 @@ if __name__ == "__main__":
         torch_gemm()
     elif what == "summarize":
         summarize()
+    elif what == "torch_moe_step" and len(sys.argv) == 3:
+        torch_moe_step(os.path.abspath(sys.argv[2]))
     else:
         print(__doc__)
         sys.exit(2)
