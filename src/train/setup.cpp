@@ -374,6 +374,7 @@ std::string Trainer::describe() const {
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
   if (!group_nodes_.empty()) pipe += "\n" + group_nodes_;
+  if (on_device()) pipe += fmt::format("\ndevice : {} (run.device): parameters, gradients, moments, activations", ops_.b().name());
   for (size_t g = 0; g < lr_use_.size(); ++g)
     pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensor{}, {} params", cfg_.train.lr_groups[g].match,
                         cfg_.train.lr_groups[g].scale, lr_use_[g].tensors, lr_use_[g].tensors == 1 ? "" : "s",
