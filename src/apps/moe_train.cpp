@@ -12,6 +12,7 @@
 #include "core/cpu.h"
 #include "kernels/cpu/blas.h"
 #include "config/run.h"
+#include "apps/device.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
@@ -48,6 +49,13 @@ int main(int argc, char** argv) {
     if (print_config) {
       if (world.rank() == 0) std::cout << sy::to_toml(cfg);
       return 0;
+    }
+    if (cfg.run.device != "cpu") {  // registers the CUDA backend (or names why there is none), as moe-generate does
+      try {
+        sy::cli::open_device(cfg.run.device);
+      } catch (const sy::ConfigError& e) {
+        throw sy::ConfigError(fmt::format("{}: run.device = \"{}\": {}", cfg.source, cfg.run.device, e.what()), e.where());
+      }
     }
     sy::Trainer trainer(std::move(cfg), world);
     return trainer.train();

@@ -11,6 +11,7 @@
 
 #include "config/name_glob.h"
 #include "core/check.h"
+#include "core/device.h"
 #include "pipeline/schedule.h"
 #include "core/mapped_file.h"
 
@@ -332,6 +333,12 @@ const std::vector<Key>& schema() {
       check_run_name(c.run.name, w);
     };
     k.push_back(string("run", "dir", SY_REF(std::string, run.dir), {}, "run directory; \"\" = runs/<name>"));
+    k.push_back(string("run", "device", SY_REF(std::string, run.device), {}, "what trains: \"cpu\" (the reference) or \"cuda\" (one GPU, one rank: parameters, gradients, optimizer state and activations in device memory; not yet with more than one rank, FP8 recipes or parallel.zero1)"));
+    k.back().set = [base = k.back().set](RunConfig& c, const toml::node& v, const Where& w) {
+      base(c, v, w);
+      SY_CONFIG_CHECK(parse_device(c.run.device).has_value(), "{}: run.device = {}: one of \"cpu\", \"cuda\"", w.str(),
+                      quote(c.run.device));
+    };
     // model
     k.push_back(integer("model", "vocab_size", SY_REF(int64_t, model.vocab_size), 2, 1 << 24, "vocabulary size V"));
     k.push_back(integer("model", "seq_len", SY_REF(int64_t, model.seq_len), 1, 1 << 20, "sequence length T"));

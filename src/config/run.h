@@ -16,6 +16,9 @@ namespace sy {
 struct RunSection {
   std::string name = "tiny";
   std::string dir;  // "" = runs/<name>
+  // What runs the ops and holds the training state: "cpu" (the reference) or
+  // "cuda" (one rank for now; train/setup.cpp refuses what it does not do).
+  std::string device = "cpu";
 };
 
 struct DataSection {

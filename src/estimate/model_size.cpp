@@ -111,7 +111,7 @@ double bound_bytes(const ModelConfig& m, int64_t B, bool fp8, const StageChunk& 
         if (!fp8) f32(d.N * d.Fd);
       }
     }
-    if (run.head) f32(d.N * d.C), f32(d.N), f32(d.N * d.V), f32(d.N);  // hf, rstdf, logits, losses
+    if (run.head) f32(d.N * d.C), f32(d.N), f32(d.N * d.V), f32(d.N), i32(d.N);  // hf, rstdf, logits, losses, targets
     f32(d.N * d.C);                                                    // dres
     if (run.embed) i32(d.N);                                           // tokens
   }

@@ -23,6 +23,7 @@ void Transformer::bind(A& a) {
       S.rstdf = a.template alloc<float>(d.N);
       S.logits = a.template alloc<float>(d.N * d.V);
       S.losses = a.template alloc<float>(d.N);
+      S.targets = a.template alloc<int32_t>(d.N);
     }
     S.dres = a.template alloc<float>(d.N * d.C);
     if (run_.embed) S.tokens = a.template alloc<int32_t>(d.N);
@@ -153,7 +154,7 @@ MicroBatchStats Transformer::forward_with(int64_t slot, const float* params, con
 
   if (run_.embed) {
     ops_.b().copy(S.tokens, inputs, static_cast<size_t>(d.N) * sizeof(int32_t), ops_.stream);
-    ops_.b().embedding_forward(S.x[static_cast<size_t>(run_.begin)], inputs, params + layout.embed(), d.N, d.C, ops_.stream);
+    ops_.b().embedding_forward(S.x[static_cast<size_t>(run_.begin)], S.tokens, params + layout.embed(), d.N, d.C, ops_.stream);
   }
   double attn_flops = 4.0 * d.B * d.H * d.D * (d.T * (d.T + 1) / 2);  // QK^T and PV, causal
   for (int64_t l = run_.begin; l < run_.end; ++l) {
@@ -195,7 +196,9 @@ MicroBatchStats Transformer::forward_with(int64_t slot, const float* params, con
   st.flops += 2.0 * d.N * d.C * d.V;
   // Mean over the tokens of the whole data-parallel micro-batch.
   float dscale = static_cast<float>(loss_scale / static_cast<double>(d.N * ctx_.dp.size()));
-  ops_.b().cross_entropy(S.losses, train ? S.logits : nullptr, S.logits, targets, d.N, d.V, dscale, ops_.stream);
+  // The host's targets into the backend's memory (the ops read only that).
+  ops_.b().copy(S.targets, targets, static_cast<size_t>(d.N) * sizeof(int32_t), ops_.stream);
+  ops_.b().cross_entropy(S.losses, train ? S.logits : nullptr, S.logits, S.targets, d.N, d.V, dscale, ops_.stream);
   host_losses_.resize(static_cast<size_t>(d.N));  // the per-token losses, read on the host
   ops_.b().copy(host_losses_.data(), S.losses, static_cast<size_t>(d.N) * sizeof(float), ops_.stream);
   ops_.b().synchronize(ops_.stream);

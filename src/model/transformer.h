@@ -149,6 +149,7 @@ class Transformer {
     float* losses = nullptr;         // (N)
     float* dres = nullptr;           // (N, C) gradient of the residual stream
     int32_t* tokens = nullptr;       // (N) inputs of the last forward        (embedding)
+    int32_t* targets = nullptr;      // (N) targets of the last forward, in the backend's memory (head)
     double loss_scale = 1.0;
     bool have_train_forward = false;
   };

@@ -108,6 +108,10 @@ TrainState Trainer::train_state(int64_t steps_done, const StepStats& s) const {
 
 void Trainer::save_checkpoint(int64_t steps_done, const StepStats& s) {
   watchdog::set_phase("checkpoint");
+  if (on_device()) {  // the device state into the host copies the writer reads: one copy per array
+    params_to_host();
+    opt_->to_host();
+  }
   std::string where = ckpt_->save(train_state(steps_done, s), params_.data(), *opt_);
   if (rank0_)
     std::cout << fmt::format("checkpoint step {} -> {} ({}; training paused {:.2f} s)\n", steps_done, where,

@@ -50,6 +50,38 @@ AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSectio
     m16_.assign(n, 0), v16_.assign(n, 0);
   else
     m_.resize(n), v_.resize(n);
+  if (on_device()) {  // the moments the update runs on, zero as on the host
+    Allocator& mem = be_->allocator();
+    const size_t bytes = n * (bf16_ ? sizeof(uint16_t) : sizeof(float));
+    void* m = bf16_ ? static_cast<void*>(dm16_.ensure(n, mem)) : static_cast<void*>(dm_.ensure(n, mem));
+    void* v = bf16_ ? static_cast<void*>(dv16_.ensure(n, mem)) : static_cast<void*>(dv_.ensure(n, mem));
+    be_->zero(m, bytes, stream_);
+    be_->zero(v, bytes, stream_);
+  }
+}
+
+void AdamW::to_host() {
+  if (!on_device()) return;
+  if (bf16_) {
+    be_->copy(m16_.data(), dm16_.data(), m16_.size() * sizeof(uint16_t), stream_);
+    be_->copy(v16_.data(), dv16_.data(), v16_.size() * sizeof(uint16_t), stream_);
+  } else {
+    be_->copy(m_.data(), dm_.data(), m_.size() * sizeof(float), stream_);
+    be_->copy(v_.data(), dv_.data(), v_.size() * sizeof(float), stream_);
+  }
+  be_->synchronize(stream_);
+}
+
+void AdamW::to_device() {
+  if (!on_device()) return;
+  if (bf16_) {
+    be_->copy(dm16_.data(), m16_.data(), m16_.size() * sizeof(uint16_t), stream_);
+    be_->copy(dv16_.data(), v16_.data(), v16_.size() * sizeof(uint16_t), stream_);
+  } else {
+    be_->copy(dm_.data(), m_.data(), m_.size() * sizeof(float), stream_);
+    be_->copy(dv_.data(), v_.data(), v_.size() * sizeof(float), stream_);
+  }
+  be_->synchronize(stream_);
 }
 
 void AdamW::get_moments(char which, int64_t state, int64_t n, float* out) const {
@@ -78,12 +110,13 @@ void AdamW::update(float* params, const float* grads, int64_t step, double lr, d
     AdamWParams a{static_cast<float>(lr_r), static_cast<float>(t_.beta1), static_cast<float>(t_.beta2),
                   static_cast<float>(t_.eps), r.decay ? static_cast<float>(t_.weight_decay) : 0.f, step + 1,
                   static_cast<float>(grad_scale)};
+    const bool dev = on_device();
     if (bf16_)
-      be_->adamw_update_bf16(params + r.begin, grads + r.state, m16_.data() + r.state, v16_.data() + r.state,
-                             r.end - r.begin, a, stream_);
+      be_->adamw_update_bf16(params + r.begin, grads + r.state, (dev ? dm16_.data() : m16_.data()) + r.state,
+                             (dev ? dv16_.data() : v16_.data()) + r.state, r.end - r.begin, a, stream_);
     else
-      be_->adamw_update(params + r.begin, grads + r.state, m_.data() + r.state, v_.data() + r.state, r.end - r.begin,
-                        a, stream_);
+      be_->adamw_update(params + r.begin, grads + r.state, (dev ? dm_.data() : m_.data()) + r.state,
+                        (dev ? dv_.data() : v_.data()) + r.state, r.end - r.begin, a, stream_);
   }
 }
 

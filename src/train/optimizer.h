@@ -52,6 +52,14 @@ class AdamW {
   // The live FP32 moments (FP32 storage only).
   const float* fp32_moments(char which) const { return (which == 'm' ? m_ : v_).data(); }
   const std::vector<OptRange>& ranges() const { return ranges_; }
+  // A device backend (run.device = "cuda"): update() reads and writes the
+  // moments in the backend's memory, and the accessors above read the host
+  // copies; to_host() copies the device moments there (before a checkpoint
+  // save), to_device() copies the host ones back (after a load). One copy
+  // per moment array. On the CPU both do nothing: the host arrays are live.
+  void to_host();
+  void to_device();
+  bool on_device() const { return be_->device() != Device::cpu; }
 
  private:
   std::vector<OptRange> ranges_;
@@ -62,6 +70,8 @@ class AdamW {
   Stream stream_;
   FloatBuffer m_, v_;                  // FP32 moments
   std::vector<uint16_t> m16_, v16_;    // BF16 moments
+  GrowBuffer<float> dm_, dv_;          // a device backend's FP32 moments
+  GrowBuffer<uint16_t> dm16_, dv16_;   // a device backend's BF16 moments
 };
 
 }  // namespace sy

@@ -120,6 +120,12 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
       grid_(world, shape_of(cfg_.parallel), cfg_.model.experts_gcd(), cfg_.source,
             cfg_.model.uniform_experts() ? "" : cfg_.model.experts_text()) {
   rank0_ = world.rank() == 0;
+  // run.device: the backend every op runs on. A CUDA backend is registered by
+  // the tool before this (moe-train: cli::open_device); SY_EMULATE_CUDA=guarded
+  // gives the emulated device (tests).
+  ops_.be = &open_backend(*parse_device(cfg_.run.device),
+                          "no CUDA backend was registered by this program (moe-train registers it)");
+  check_device_run(world);
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
   cfg_.resolve_batch(grid_.dp_size());
@@ -204,8 +210,12 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
       rows.out, rows.back, *ops_.be,
       fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
+  // On a device (one rank): the one-rank dispatcher whose rows live in the
+  // device's memory; an MPI dispatcher's rows are host memory.
   MoeContext ctx{DpGroup(grid_.dp()),
-                 make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks), nodes, codec),
+                 on_device() ? make_local_dispatcher(ops_.b().allocator())
+                             : make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks),
+                                               nodes, codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
   ctx.timers = &moe_timers_;
   // The FP8 recipe state, made before the model: the model's Ops carry it.
@@ -262,6 +272,49 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const int64_t N = cfg_.train.micro_batch * cfg_.model.seq_len;
   inputs_.resize(static_cast<size_t>(N));
   targets_.resize(static_cast<size_t>(N));
+  state_to_device();  // the initial parameters, zero moments and bias (train() does it again after a resume)
+}
+
+void Trainer::check_device_run(const Comm& world) const {
+  if (!on_device()) return;
+  const std::string dev = fmt::format("run.device = \"{}\"", cfg_.run.device);
+  SY_CONFIG_CHECK(world.size() == 1,
+                  "{}: {} trains on one rank for now, and this run has {} ranks (parallel.pp = {}, dp = {}, ep = {}): "
+                  "training on several devices needs the NCCL communicator, which the trainer does not use yet; "
+                  "run one rank, or set run.device = \"cpu\"",
+                  cfg_.source, dev, world.size(), cfg_.parallel.pp, cfg_.parallel.dp, cfg_.parallel.ep);
+  SY_CONFIG_CHECK(!is_fp8(cfg_.precision.recipe),
+                  "{}: {} with precision.recipe = \"{}\": the FP8 recipes keep their FP8 matrices (Fp8Matrix) and "
+                  "scales in host memory, so they do not run on a device yet; use \"fp32\" or \"bf16\", or set "
+                  "run.device = \"cpu\"", cfg_.source, dev, option_name(cfg_.precision.recipe));
+  SY_CONFIG_CHECK(!cfg_.parallel.zero1,
+                  "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard is host memory (and one rank has "
+                  "nothing to shard); set parallel.zero1 = false", cfg_.source, dev);
+}
+
+void Trainer::params_to_host() {
+  if (!on_device()) return;
+  ckpt_->wait_staged();  // a background save may still be reading the host copy
+  ops_.b().copy(params_.data(), dparams_.data(), params_.size() * sizeof(float), ops_.stream);
+  ops_.b().synchronize(ops_.stream);
+}
+
+void Trainer::bias_to_device() {
+  if (!on_device() || expert_bias_.empty()) return;
+  ops_.b().copy(dbias_.ensure(expert_bias_.size(), ops_.b().allocator()), expert_bias_.data(),
+                expert_bias_.size() * sizeof(float), ops_.stream);
+  ops_.b().synchronize(ops_.stream);
+}
+
+void Trainer::state_to_device() {
+  if (!on_device()) return;
+  Allocator& mem = ops_.b().allocator();
+  ops_.b().copy(dparams_.ensure(params_.size(), mem), params_.data(), params_.size() * sizeof(float), ops_.stream);
+  dgrads_.ensure(grads_.size(), mem);
+  ops_.b().zero(dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
+  opt_->to_device();
+  bias_to_device();
+  ops_.b().synchronize(ops_.stream);
 }
 
 
@@ -321,6 +374,7 @@ std::string Trainer::describe() const {
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
   if (!group_nodes_.empty()) pipe += "\n" + group_nodes_;
+  if (on_device()) pipe += fmt::format("\ndevice : {} (run.device): parameters, gradients, moments, activations", ops_.b().name());
   for (size_t g = 0; g < lr_use_.size(); ++g)
     pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensor{}, {} params", cfg_.train.lr_groups[g].match,
                         cfg_.train.lr_groups[g].scale, lr_use_[g].tensors, lr_use_[g].tensors == 1 ? "" : "s",

@@ -30,7 +30,10 @@ StepStats Trainer::step(int64_t step) {
   watchdog::set_step(step);
   const int64_t A = cfg_.train.grad_accum;
   const ParamLayout& layout = model_->layout();
-  grads_.zero();
+  if (on_device())
+    ops_.b().zero(dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
+  else
+    grads_.zero();
 
   StepStats s;
   s.step = step;
@@ -44,7 +47,7 @@ StepStats Trainer::step(int64_t step) {
     batcher_->train_batch(step, a, grid_.dp_rank(), inputs_.data(), targets_.data());
     watchdog::set_phase("forward");
     const double tf = now_seconds();
-    MicroBatchStats mb = model_->forward(params_.data(), expert_bias_.data(), inputs_.data(), targets_.data(), true,
+    MicroBatchStats mb = model_->forward(live_params(), live_bias(), inputs_.data(), targets_.data(), true,
                                          1.0 / static_cast<double>(A));
     SY_CHECK(std::isfinite(mb.loss_sum), "the loss is {} at step {} (micro-batch {}, rank {}): training diverged; "
              "lower train.lr or check the data", mb.loss_sum, step, a, grid_.world().rank());
@@ -52,8 +55,8 @@ StepStats Trainer::step(int64_t step) {
     bool last = a + 1 == A;
     const double tb = now_seconds();
     t_fwd += tb - tf;
-    model_->backward(params_.data(), grads_.data(), [&](int64_t key) {
-      if (last) sync_->ready(key, grads_.data());
+    model_->backward(live_params(), live_grads(), [&](int64_t key) {
+      if (last) sync_->ready(key, live_grads());
     });
     t_bwd += now_seconds() - tb;
     sums[0] += mb.loss_sum;
@@ -85,7 +88,12 @@ StepStats Trainer::step(int64_t step) {
   sync_->finish();
   const double to = now_seconds();
 
-  // Global gradient norm: every rank's owned share, summed.
+  // Global gradient norm: every rank's owned share, summed. On a device the
+  // gradients come to the host first (one copy), so the sum is the CPU's.
+  if (on_device()) {
+    ops_.b().copy(grads_.data(), dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
+    ops_.b().synchronize(ops_.stream);
+  }
   GradNormPart gn = grad_norm_part(sync_->reduced(grads_.data()), sync_->owned(), layout);
   double norm_in[2] = {gn.sumsq, 0}, bad = gn.nonfinite < 0 ? 1e300 : static_cast<double>(gn.nonfinite);
   grid_.world().allreduce_sum(norm_in, 1);
@@ -95,8 +103,8 @@ StepStats Trainer::step(int64_t step) {
   s.grad_norm = std::sqrt(norm_in[0]);
   s.lr = lr_at(cfg_.train, step);
   ckpt_->wait_staged();  // a background save may still be copying the weights and moments
-  opt_->update(params_.data(), sync_->reduced(grads_.data()), step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
-  sync_->gather_params(params_.data());
+  opt_->update(live_params(), sync_->reduced(live_grads()), step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
+  sync_->gather_params(live_params());
   const double t_opt = now_seconds() - to;
   update_bias(s.load);
 
@@ -156,6 +164,7 @@ StepStats Trainer::step(int64_t step) {
 
 void Trainer::update_bias(const std::vector<std::vector<int64_t>>& load) {
   update_expert_bias(expert_bias_, load, cfg_.model.moe.experts, cfg_.model.moe.bias_update_rate);
+  bias_to_device();  // updated on the host, bit for bit the CPU's
 }
 
 double Trainer::validate() {
@@ -164,7 +173,7 @@ double Trainer::validate() {
   double sums[2] = {0, 0};
   for (int64_t a = 0; a < cfg_.train.val_batches; ++a) {
     batcher_->val_batch(a, grid_.dp_rank(), inputs_.data(), targets_.data());
-    MicroBatchStats mb = model_->evaluate(0, params_.data(), expert_bias_.data(), inputs_.data(), targets_.data());
+    MicroBatchStats mb = model_->evaluate(0, live_params(), live_bias(), inputs_.data(), targets_.data());
     sums[0] += mb.loss_sum;
     sums[1] += static_cast<double>(mb.tokens);
   }
@@ -180,6 +189,7 @@ std::string Trainer::sample(int64_t steps_done) {
   const ModelConfig& m = cfg_.model;
   const ParamLayout& local = model_->layout();
   const ParamLayout& full = *full_layout_;
+  params_to_host();  // a device run's weights, for the host sampler
   std::vector<float> whole;
   if (rank0_) whole.resize(static_cast<size_t>(full.total()));
   // Dense tensors are on every rank; each layer's routed experts are one
@@ -243,6 +253,7 @@ int Trainer::train() {
   SignalScope signals;
   const int64_t steps = cfg_.train.steps;
   const int64_t start = resume();
+  state_to_device();  // what the checkpoint (or initialisation) put in the host copies
   if (rank0_) {
     // Recorded metrics are never dropped: append, after a line that marks
     // this start (a resume repeats the steps after its checkpoint; readers

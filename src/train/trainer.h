@@ -117,8 +117,11 @@ class Trainer {
   bool pipelined() const { return grid_.pp_size() > 1; }
   const PipelinePlan* pipeline() const;
   const std::vector<float>& expert_bias() const { return expert_bias_; }
-  float* params() { return params_.data(); }
-  const float* grads() const { return grads_.data(); }
+  // The live parameters and gradients: in the backend's memory with
+  // run.device = "cuda" (host code must copy them out to read them).
+  float* params() { return live_params(); }
+  const float* grads() const { return on_device() ? dgrads_.data() : grads_.data(); }
+  bool on_device() const { return ops_.b().device() != Device::cpu; }
   Batcher& batcher() { return *batcher_; }
   const GradSync& sync() const { return *sync_; }
   Checkpointer& checkpointer() { return *ckpt_; }
@@ -130,6 +133,15 @@ class Trainer {
 
  private:
   void update_bias(const std::vector<std::vector<int64_t>>& load);
+  // run.device = "cuda" (setup.cpp): what the device path refuses (exit 2),
+  // and the copies between the live device state and its host copies.
+  void check_device_run(const Comm& world) const;
+  float* live_params() { return on_device() ? dparams_.data() : params_.data(); }
+  float* live_grads() { return on_device() ? dgrads_.data() : grads_.data(); }
+  const float* live_bias() const { return on_device() ? dbias_.data() : expert_bias_.data(); }
+  void params_to_host();   // device parameters -> params_ (after any background save has staged)
+  void bias_to_device();   // expert_bias_ -> the device's copy
+  void state_to_device();  // params_, the moments and expert_bias_ -> the device (start, resume)
   // train.threads, else OMP_NUM_THREADS, else the affinity share; refuses
   // more than the machine and OpenBLAS can use.
   void set_threads(const Comm& world);
@@ -156,6 +168,11 @@ class Trainer {
   std::unique_ptr<DataFiles> data_;
   std::unique_ptr<Batcher> batcher_;
   FloatBuffer params_, grads_;
+  // run.device = "cuda": the live parameters, gradients and balancing bias in
+  // the backend's memory; params_, grads_ and expert_bias_ are then host
+  // copies (initialisation and loads, checkpoint saves, the gradient norm
+  // and its finiteness check, samples).
+  GrowBuffer<float> dparams_, dgrads_, dbias_;
   std::unique_ptr<GradSync> sync_;
   MoeTimers moe_timers_;               // the MoE layers time into it (StepStats::times)
   std::unique_ptr<AdamW> opt_;
