@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "apps/cli.h"
+#include "apps/device.h"
 #include "core/check.h"
 #include "core/cpu.h"
 #include "data/batcher.h"
@@ -66,6 +67,9 @@ int main(int argc, char** argv) {
       ->check(sy::cli::finite_range(0.0, 1e6));
   app.add_option("--threads", threads, "CPU threads; 0 = OMP_NUM_THREADS, else OpenMP's default")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+  std::string device = "cpu";
+  app.add_option("--device", device, "where the model runs: cpu, or cuda (a GPU; this tool must be built with "
+                 "CUDA)")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_flag("--json", as_json, "print one JSON document instead of the table");
   if (auto rc = sy::cli::parse(app, argc, argv)) return *rc;
   return sy::cli::guarded("moe-eval", [&]() -> int {
@@ -77,6 +81,7 @@ int main(int argc, char** argv) {
     if (capacity < 0) capacity = mc.moe.eval_capacity_factor;
 
     sy::Ops ops;
+    ops.be = &sy::cli::open_device(device);
     ops.bf16 = rc.precision.recipe == sy::Recipe::bf16;  // as validation computes it; FP8 recipes run in FP32 here
     if (threads > 0) {
       const int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
@@ -176,6 +181,7 @@ int main(int argc, char** argv) {
                           {"windows", windows},
                           {"capacity_factor", capacity},
                           {"precision", ops.bf16 ? "bf16" : "fp32"},
+                          {"device", ops.b().name()},
                           {"loss", s.loss()},
                           {"perplexity", s.perplexity()},
                           {"tokens", s.tokens},

@@ -33,13 +33,23 @@ Evaluator::Evaluator(ModelConfig cfg, std::vector<float> params, std::vector<flo
   std::copy(params.begin(), params.end(), params_.data());
   params = {};
   SY_CONFIG_CHECK(batch >= 1, "the evaluation batch must hold at least 1 sequence, got {}", batch);
-  model_ = std::make_unique<Transformer>(cfg_, batch, MoeContext{}, false, StageRun{}, ops);
+  on_device_ = ops.b().device() != Device::cpu;
+  MoeContext ctx;
+  if (on_device_) ctx.dispatch = make_local_dispatcher(ops.b().allocator());  // the rows in the device's memory
+  model_ = std::make_unique<Transformer>(cfg_, batch, ctx, false, StageRun{}, ops);
   SY_CHECK(static_cast<int64_t>(params_.size()) == model_->layout().total(),
            "evaluation: {} weights given, the model needs {}", params_.size(), model_->layout().total());
   const int64_t L = cfg_.moe_layers(), E = cfg_.moe.experts;
   if (bias_.empty()) bias_.assign(static_cast<size_t>(L * E), 0.f);
   SY_CHECK(static_cast<int64_t>(bias_.size()) == L * E, "evaluation: expert bias has {} values, the model needs {} "
            "(moe layers x experts)", bias_.size(), L * E);
+  if (on_device_) {
+    const Backend& be = ops.b();
+    be.copy(dparams_.ensure(params_.size(), be.allocator()), params_.data(), params_.size() * sizeof(float), ops.stream);
+    be.copy(dbias_.ensure(bias_.size(), be.allocator()), bias_.data(), bias_.size() * sizeof(float), ops.stream);
+    be.synchronize(ops.stream);
+    params_ = FloatBuffer();  // the host copy goes
+  }
   for (int64_t m = 0; m < L; ++m) {
     stats_.moe_layer.push_back(cfg_.dense_layers + m);
     // Each layer's own count (moe.experts may be per layer); the bias rows are padded to the largest.
@@ -51,7 +61,8 @@ Evaluator::Evaluator(ModelConfig cfg, std::vector<float> params, std::vector<flo
 
 void Evaluator::add(const int32_t* inputs, const int32_t* targets) {
   const auto t0 = std::chrono::steady_clock::now();
-  MicroBatchStats mb = model_->evaluate(0, params_.data(), bias_.data(), inputs, targets);
+  MicroBatchStats mb = on_device_ ? model_->evaluate(0, dparams_.data(), dbias_.data(), inputs, targets)
+                                  : model_->evaluate(0, params_.data(), bias_.data(), inputs, targets);
   stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   stats_.loss_sum += mb.loss_sum;
   stats_.tokens += mb.tokens;

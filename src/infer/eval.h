@@ -52,6 +52,9 @@ class Evaluator {
   // whose loops split at alignment boundaries then sum in the same order.
   FloatBuffer params_;
   std::vector<float> bias_;
+  // A device backend: the weights and the bias in its memory (params_ is then empty).
+  GrowBuffer<float> dparams_, dbias_;
+  bool on_device_ = false;
   std::unique_ptr<Transformer> model_;
   EvalStats stats_;
 };

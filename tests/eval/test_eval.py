@@ -158,6 +158,23 @@ def test_loads_and_drops():
     assert len(rows) == 3 and all(len(row) == 2 + 8 for row in rows), text
 
 
+def test_device_emulated():
+    # --device cuda on the CUDA device emulated on the CPU (SY_EMULATE_CUDA=guarded: host code cannot touch
+    # its memory, its ops refuse host buffers): the weights, bias, activations and MoE rows on the device give
+    # the CPU's loss and loads bit for bit, dropless and with capacity dropping.
+    for args in ([], ["--capacity-factor", "1"]):
+        cpu = evaluate(checkpoint("cap0", 20), *args)
+        p = run([BIN / "moe-eval", checkpoint("cap0", 20), "--json", "--device", "cuda", *args],
+                env=dict(ENV, SY_EMULATE_CUDA="guarded"))
+        dev = json.loads(p.stdout)
+        assert dev["device"] == "cuda (emulated on the CPU)" and cpu["device"] == "cpu", (dev["device"], cpu["device"])
+        for k in ("loss", "perplexity", "moe_layers", "windows"):
+            assert dev[k] == cpu[k], (args, k, dev[k], cpu[k])
+    # Without a GPU and without the emulation: bad input naming the device.
+    p = run([BIN / "moe-eval", checkpoint("cap0", 20), "--device", "cuda"], expect=2)
+    assert "device 'cuda' is not available" in p.stderr, p.stderr
+
+
 def test_data_files():
     # --data: a text file evaluated whole, windows spread evenly over it; the same bytes as an llm.c shard
     # (format bin) give the same loss.
