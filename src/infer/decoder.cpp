@@ -41,16 +41,10 @@ Decoder::Decoder(const ModelConfig& cfg, std::vector<float> params, std::vector<
                  Ops ops)
     : cfg_(dropless(cfg)), layout_(cfg_), context_(context), d_(cfg_, 1), ops_(ops), arena_(ops_.b().allocator()) {
   SY_CHECK(context_ >= 1, "generation context must be at least 1 token, got {}", context_);
-  SY_CHECK(static_cast<int64_t>(params.size()) == layout_.total(),
-           "generation: {} weights given, the model needs {}", params.size(), layout_.total());
-  SY_CHECK(bias.empty() || static_cast<int64_t>(bias.size()) == cfg_.moe_layers() * cfg_.moe.experts,
-           "generation: expert bias has {} values, the model needs {} (moe layers x experts)", bias.size(),
-           cfg_.moe_layers() * cfg_.moe.experts);
   const Backend& be = ops_.b();
   Allocator& mem = be.allocator();
-  be.copy(params_.ensure(params.size(), mem), params.data(), params.size() * sizeof(float), ops_.stream);
-  has_bias_ = !bias.empty();
-  if (has_bias_) be.copy(bias_.ensure(bias.size(), mem), bias.data(), bias.size() * sizeof(float), ops_.stream);
+  params_.ensure(static_cast<size_t>(layout_.total()), mem);
+  set_weights(params, bias);
   d_.T = d_.N = context_;
   ArenaPlan plan;
   bind(plan);
