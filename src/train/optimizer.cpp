@@ -60,26 +60,20 @@ AdamW::AdamW(std::vector<OptRange> ranges, int64_t state_size, const TrainSectio
   }
 }
 
-void AdamW::to_host() {
-  if (!on_device()) return;
-  if (bf16_) {
-    be_->copy(m16_.data(), dm16_.data(), m16_.size() * sizeof(uint16_t), stream_);
-    be_->copy(v16_.data(), dv16_.data(), v16_.size() * sizeof(uint16_t), stream_);
-  } else {
-    be_->copy(m_.data(), dm_.data(), m_.size() * sizeof(float), stream_);
-    be_->copy(v_.data(), dv_.data(), v_.size() * sizeof(float), stream_);
-  }
-  be_->synchronize(stream_);
-}
+void AdamW::to_host() { transfer(false); }
+void AdamW::to_device() { transfer(true); }
 
-void AdamW::to_device() {
+void AdamW::transfer(bool to_device) {
   if (!on_device()) return;
+  auto move = [&](void* host, void* dev, size_t bytes) {
+    be_->copy(to_device ? dev : host, to_device ? host : dev, bytes, stream_);
+  };
   if (bf16_) {
-    be_->copy(dm16_.data(), m16_.data(), m16_.size() * sizeof(uint16_t), stream_);
-    be_->copy(dv16_.data(), v16_.data(), v16_.size() * sizeof(uint16_t), stream_);
+    move(m16_.data(), dm16_.data(), m16_.size() * sizeof(uint16_t));
+    move(v16_.data(), dv16_.data(), v16_.size() * sizeof(uint16_t));
   } else {
-    be_->copy(dm_.data(), m_.data(), m_.size() * sizeof(float), stream_);
-    be_->copy(dv_.data(), v_.data(), v_.size() * sizeof(float), stream_);
+    move(m_.data(), dm_.data(), m_.size() * sizeof(float));
+    move(v_.data(), dv_.data(), v_.size() * sizeof(float));
   }
   be_->synchronize(stream_);
 }

@@ -62,6 +62,7 @@ class AdamW {
   bool on_device() const { return be_->device() != Device::cpu; }
 
  private:
+  void transfer(bool to_device);  // the moments between host and device (to_host / to_device)
   std::vector<OptRange> ranges_;
   std::vector<double> lr_scale_;       // by OptRange::param; empty = 1
   TrainSection t_;

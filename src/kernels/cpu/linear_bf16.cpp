@@ -1,10 +1,9 @@
 #include "kernels/cpu/linear_bf16.h"
 
-#include <algorithm>
 #include <array>
 #include <vector>
 
-#include "core/device.h"
+#include "core/arena.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/linear.h"
@@ -14,43 +13,19 @@ namespace sy {
 namespace {
 
 // Grow-only host buffers for the rounded operands, one set per thread.
-class Scratch {
- public:
-  ~Scratch() {
-    for (Slot& s : slots_)
-      if (s.p) host_allocator().deallocate(s.p, s.n * sizeof(float), kAlign);
-  }
-  float* get(int slot, size_t n) {
-    Slot& s = slots_[static_cast<size_t>(slot)];
-    if (s.n < n) {
-      if (s.p) host_allocator().deallocate(s.p, s.n * sizeof(float), kAlign);
-      s.n = std::max(n, s.n + s.n / 2);
-      s.p = static_cast<float*>(host_allocator().allocate(s.n * sizeof(float), kAlign));
-    }
-    return s.p;
-  }
-
- private:
-  static constexpr size_t kAlign = 256;
-  struct Slot {
-    float* p = nullptr;
-    size_t n = 0;
-  };
-  std::array<Slot, 3> slots_;
-};
-thread_local Scratch t_scratch;
+thread_local std::array<GrowBuffer<float>, 3> t_scratch;
 thread_local std::vector<const float*> t_weights;
 enum : int { kA = 0, kB = 1, kW = 2 };
 
 // src rows [r0, r1) of `cols` rounded, at the same rows of a scratch slot.
 const float* rounded(int slot, const float* src, int64_t r0, int64_t r1, int64_t cols) {
-  float* dst = t_scratch.get(slot, static_cast<size_t>(r1 * cols));
+  float* dst = t_scratch[static_cast<size_t>(slot)].ensure(static_cast<size_t>(r1 * cols));
   round_to_bf16(dst + r0 * cols, src + r0 * cols, (r1 - r0) * cols);
   return dst;
 }
 // Each group's weight (O, I) rounded, one after another in the weight slot.
 const float* const* rounded_weights(const float* const* w, int64_t groups, int64_t I, int64_t O) {
-  float* dst = t_scratch.get(kW, static_cast<size_t>(groups * O * I));
+  float* dst = t_scratch[kW].ensure(static_cast<size_t>(groups * O * I));
   t_weights.resize(static_cast<size_t>(groups));
   for (int64_t e = 0; e < groups; ++e) {
     round_to_bf16(dst + e * O * I, w[e], O * I);
