@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
       if (world.rank() == 0) std::cout << sy::to_toml(cfg);
       return 0;
     }
-    if (cfg.run.device != "cpu") {  // registers the CUDA backend (or names why there is none), as moe-generate does
+    if (cfg.run.device != "cpu") {  // opens the CUDA backend (or names why there is none), as moe-generate does
       try {
         sy::cli::open_device(cfg.run.device);
       } catch (const sy::ConfigError& e) {

@@ -193,10 +193,11 @@ const Backend& backend(Device d);
 // Called once by a device backend's library at start-up.
 void register_backend(Device d, const Backend* b);
 // The backend a tool's --device (or run.device) asks for: the CPU's; for
-// cuda the registered CUDA backend, or, for tests, the CUDA device emulated
-// on the CPU when SY_EMULATE_CUDA=guarded (kernels/cpu/emulated_device.h).
-// Without either, a ConfigError (exit 2) naming the device and `why_not`
-// (why no CUDA backend registered: no device, or a build without CUDA).
-const Backend& open_backend(Device d, const std::string& why_not);
+// cuda the registered CUDA backend, else, for tests, the CUDA device emulated
+// on the CPU when SY_EMULATE_CUDA=guarded (kernels/cpu/emulated_device.h),
+// else the CUDA module loaded at run time (kernels/cpu/cuda_module.h). Without
+// one, a ConfigError (exit 2) naming the device and why (no module in this
+// build, a CUDA library missing, no GPU).
+const Backend& open_backend(Device d);
 
 }  // namespace sy

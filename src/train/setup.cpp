@@ -120,11 +120,9 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
       grid_(world, shape_of(cfg_.parallel), cfg_.model.experts_gcd(), cfg_.source,
             cfg_.model.uniform_experts() ? "" : cfg_.model.experts_text()) {
   rank0_ = world.rank() == 0;
-  // run.device: the backend every op runs on. A CUDA backend is registered by
-  // the tool before this (moe-train: cli::open_device); SY_EMULATE_CUDA=guarded
-  // gives the emulated device (tests).
-  ops_.be = &open_backend(*parse_device(cfg_.run.device),
-                          "no CUDA backend was registered by this program (moe-train registers it)");
+  // run.device: the backend every op runs on (the CUDA module loaded at run
+  // time, or the emulated device under SY_EMULATE_CUDA=guarded in tests).
+  ops_.be = &open_backend(*parse_device(cfg_.run.device));
   check_device_run(world);
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();

@@ -13,6 +13,7 @@
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/cuda_module.h"
 #include "kernels/cpu/emulated_device.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/fp8_gemm.h"
@@ -247,23 +248,26 @@ const Backend& cpu_backend() {
 // The registry lives with the CPU backend, the one backend every build links.
 const Backend& backend(Device d) {
   const Backend* b = registry()[static_cast<size_t>(d)];
-  SY_CHECK(b, "no {} backend in this build: configure with nvcc on the PATH (CMake builds the CUDA targets "
-           "whenever it finds it) and link switchyard::kernels_cuda", device_name(d));
+  SY_CHECK(b, "no {} backend registered: open_backend({}) loads or emulates it (kernels/backend.h)", device_name(d),
+           device_name(d));
   return *b;
 }
 
 void register_backend(Device d, const Backend* b) { registry()[static_cast<size_t>(d)] = b; }
 
-const Backend& open_backend(Device d, const std::string& why_not) {
-  if (d == Device::cuda) {
+const Backend& open_backend(Device d) {
+  std::string why = "no backend registered";
+  if (d == Device::cuda && !registry()[static_cast<size_t>(d)]) {
     if (const char* e = std::getenv(kEmulateCudaEnv)) {
       SY_CONFIG_CHECK(std::string_view(e) == "guarded", "{}='{}': the one emulation is 'guarded' (unset it to use a "
                       "real GPU)", kEmulateCudaEnv, e);
       register_backend(d, &emulated_cuda_backend());
+    } else if (const Backend* b = load_cuda_module(&why)) {
+      register_backend(d, b);
     }
   }
   const Backend* b = registry()[static_cast<size_t>(d)];
-  SY_CONFIG_CHECK(b, "device '{}' is not available: {}", device_name(d), why_not);
+  SY_CONFIG_CHECK(b, "device '{}' is not available: {}", device_name(d), why);
   return *b;
 }
 

@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -727,16 +729,33 @@ void attention_forward_simple(float* out, float* lse, const float* qkv, int64_t 
   launched("attention_forward_simple");
 }
 
+int local_rank_from_env() {
+  // Set by mpirun (Open MPI), srun (Slurm), torchrun and MPICH/Hydra; 0 for a single process.
+  for (const char* k : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK", "MPI_LOCALRANKID"})
+    if (const char* v = std::getenv(k); v && *v) {
+      char* end = nullptr;
+      const long r = std::strtol(v, &end, 10);
+      if (*end == '\0' && r >= 0) return static_cast<int>(r);
+    }
+  return 0;
+}
+
 const Backend* backend_or_null(std::string* why) {
   static std::once_flag once;
   static const CudaBackend* instance = nullptr;
   static std::string reason;
   std::call_once(once, [] {
     int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
+    cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
       reason = e != cudaSuccess ? std::string("no usable CUDA driver/device: ") + cudaGetErrorString(e)
                                 : std::string("no CUDA device");
+      return;
+    }
+    // One GPU per rank: the node-local rank picks among the visible devices.
+    const int dev = local_rank_from_env() % n;
+    if ((e = cudaSetDevice(dev)) != cudaSuccess) {
+      reason = "cudaSetDevice(" + std::to_string(dev) + ") failed: " + cudaGetErrorString(e);
       return;
     }
     instance = new CudaBackend();  // lives for the process (handles outlive every user)

@@ -7,6 +7,9 @@
 // the backend's allocator (arenas take it once: no allocation inside a
 // step); every op is ordered on the Stream it is given.
 //
+// The tools load it at run time as lib/libswitchyard_cuda.so
+// (kernels/cuda/module.cpp, kernels/cpu/cuda_module.h).
+//
 // Status: compiled and linked in every CI run; the gpu-labelled tests
 // (tests/unit/kernels/test_cuda_backend.cpp) compare each op with the CPU
 // backend and skip without a GPU. Not yet run on a GPU.
@@ -20,7 +23,10 @@
 namespace sy::cuda {
 
 // The CUDA backend if a device is usable (else null, the reason in *why).
+// Its device is the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
+// LOCAL_RANK or MPI_LOCALRANKID; 0 without) modulo the visible devices.
 const Backend* backend_or_null(std::string* why = nullptr);
+int local_rank_from_env();
 // Registers it as backend(Device::cuda); false (and why) without a device.
 bool register_backend(std::string* why = nullptr);
 

@@ -6,11 +6,22 @@
 // tests/generate (generate.test_device_emulated).
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
+#include "core/version.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cuda_module.h"
 #include "kernels/cpu/emulated_device.h"
 #include "testing.h"
 
@@ -109,23 +120,93 @@ TEST(EmulatedDevice, HostBufferHandedToAnOpIsRefused) {
   EXPECT_EQ(out.host()[63], 1.f);
 }
 
-TEST(EmulatedDevice, OpenBackendNeedsTheEmulationOrADevice) {
-  // Without SY_EMULATE_CUDA and without a registered CUDA backend (this
-  // program links none), the error names the device and the reason.
-  ::unsetenv(kEmulateCudaEnv);
-  try {
-    open_backend(Device::cuda, "no GPU in this test");
-    FAIL() << "open_backend(cuda) succeeded with no CUDA backend";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("device 'cuda' is not available: no GPU in this test"), std::string::npos)
-        << e.what();
+// Sets an environment variable for one scope (the tests below change
+// SY_CUDA_MODULE and SY_EMULATE_CUDA, which open_backend reads).
+struct ScopedEnv {
+  std::string name;
+  std::optional<std::string> old;
+  ScopedEnv(const char* n, const char* value) : name(n) {
+    if (const char* o = std::getenv(n)) old = o;
+    if (value) ::setenv(n, value, 1); else ::unsetenv(n);
   }
-  ::setenv(kEmulateCudaEnv, "guarded", 1);
-  EXPECT_EQ(&open_backend(Device::cuda, "unused"), &emulated_cuda_backend());
-  ::setenv(kEmulateCudaEnv, "yes", 1);
-  EXPECT_THROW(open_backend(Device::cuda, "unused"), ConfigError);
-  ::unsetenv(kEmulateCudaEnv);
-  EXPECT_EQ(&open_backend(Device::cpu, "unused"), &backend(Device::cpu));
+  ~ScopedEnv() {
+    if (old) ::setenv(name.c_str(), old->c_str(), 1); else ::unsetenv(name.c_str());
+  }
+};
+
+std::string open_error(Device d) {
+  try {
+    open_backend(d);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool has(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
+
+TEST(EmulatedDevice, OpenBackendNamesWhyNoCudaBackendLoads) {
+  // Without the emulation, open_backend(cuda) loads the CUDA module; each way
+  // that fails is bad input naming the device, the file and the reason.
+  ScopedEnv emu(kEmulateCudaEnv, nullptr);
+  {
+    ScopedEnv m(kCudaModuleEnv, "/nonexistent/libswitchyard_cuda.so");
+    const auto e = open_error(Device::cuda);
+    EXPECT_TRUE(has(e, "device 'cuda' is not available: no CUDA module at /nonexistent/libswitchyard_cuda.so")) << e;
+  }
+  {
+    test::TempDir dir;
+    const std::string text = dir.file("libnot_elf.so", "not a shared object\n");
+    ScopedEnv m(kCudaModuleEnv, text.c_str());
+    const auto e = open_error(Device::cuda);
+    EXPECT_TRUE(has(e, text + " does not load: ")) << e;
+  }
+  {
+    // A shared object that loads but is not ours: libm, found through a symbol it defines.
+    Dl_info info{};
+    ASSERT_NE(::dladdr(reinterpret_cast<void*>(static_cast<double (*)(double)>(&::cos)), &info), 0);
+    ScopedEnv m(kCudaModuleEnv, info.dli_fname);
+    const auto e = open_error(Device::cuda);
+    EXPECT_TRUE(has(e, "is not a Switchyard CUDA module (no symbol sy_cuda_module_open)")) << e;
+  }
+  ScopedEnv yes(kEmulateCudaEnv, "yes");
+  EXPECT_THROW(open_backend(Device::cuda), ConfigError);
+  EXPECT_EQ(&open_backend(Device::cpu), &backend(Device::cpu));
+}
+
+TEST(EmulatedDevice, TheBuiltCudaModuleLoadsAndOpensOrNamesTheMissingGpu) {
+  // This build's module, beside the tests in build/lib. Loaded here without
+  // a GPU it must still load (every CUDA library found) and say there is no
+  // device; with one it is the CUDA backend.
+  ScopedEnv emu(kEmulateCudaEnv, nullptr);
+  const auto path = cuda_module_path();
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no CUDA module in this build (" << path << "): nvcc not found";
+  void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(h, nullptr) << ::dlerror();
+  auto* entry = reinterpret_cast<CudaModuleEntry>(::dlsym(h, kCudaModuleEntry));
+  ASSERT_NE(entry, nullptr);
+  // A module of another build refuses, naming both versions.
+  char why[512] = {};
+  EXPECT_EQ(entry("0.0.0 (git 0000000)", why, sizeof why), nullptr);
+  EXPECT_TRUE(has(why, "the program is 0.0.0 (git 0000000)")) << why;
+  EXPECT_TRUE(has(why, version())) << why;
+  // Only the entry is exported: the module's copies of core and kernels_cpu stay its own.
+  EXPECT_EQ(::dlsym(h, "_ZN2sy7versionEv"), nullptr) << "sy::version() is exported by the module";
+
+  std::string e = open_error(Device::cuda);
+  if (e.empty()) {
+    EXPECT_EQ(open_backend(Device::cuda).device(), Device::cuda);
+    EXPECT_EQ(&open_backend(Device::cuda), &backend(Device::cuda));
+  } else {
+    EXPECT_TRUE(has(e, "device 'cuda' is not available: " + path.string() + ": ")) << e;
+    EXPECT_TRUE(has(e, "CUDA")) << e;  // the module's reason: no driver / no device
+    std::cout << "no GPU: " << e << "\n";
+  }
+}
+
+TEST(EmulatedDevice, OpenBackendGivesTheEmulationWhenAsked) {
+  ScopedEnv emu(kEmulateCudaEnv, "guarded");
+  EXPECT_EQ(&open_backend(Device::cuda), &emulated_cuda_backend());
 }
 
 }  // namespace
