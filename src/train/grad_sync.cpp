@@ -59,6 +59,14 @@ void GradSync::ready(int64_t key, float* grads) {
 
 void GradSync::finish() { wait_all(pending_); }
 
+void GradSync::reduce_all(float* grads) {
+  std::vector<int64_t> keys;  // each readiness key once, in bucket order
+  for (const Part& p : parts_)
+    if (std::find(keys.begin(), keys.end(), p.bucket->ready) == keys.end()) keys.push_back(p.bucket->ready);
+  for (int64_t k : keys) ready(k, grads);
+  finish();
+}
+
 void GradSync::gather_params(float* params) {
   if (!zero1_) return;
   std::vector<Request> reqs;

@@ -49,6 +49,9 @@ class GradSync {
   void ready(int64_t key, float* grads);
   // Waits until every bucket is reduced.
   void finish();
+  // Starts every bucket and waits: the reduction of gradients a device
+  // produced, staged through host memory after backward (no overlap).
+  void reduce_all(float* grads);
   // ZeRO-1: all-gathers the updated parts into params (no-op otherwise).
   void gather_params(float* params);
 

@@ -276,18 +276,21 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
 void Trainer::check_device_run(const Comm& world) const {
   if (!on_device()) return;
   const std::string dev = fmt::format("run.device = \"{}\"", cfg_.run.device);
-  SY_CONFIG_CHECK(world.size() == 1,
-                  "{}: {} trains on one rank for now, and this run has {} ranks (parallel.pp = {}, dp = {}, ep = {}): "
-                  "training on several devices needs the NCCL communicator, which the trainer does not use yet; "
-                  "run one rank, or set run.device = \"cpu\"",
-                  cfg_.source, dev, world.size(), cfg_.parallel.pp, cfg_.parallel.dp, cfg_.parallel.ep);
+  // Data parallelism is staged through host memory (Trainer::step); expert
+  // and pipeline parallelism move activations, which need the NCCL
+  // communicator in device memory.
+  SY_CONFIG_CHECK(grid_.ep_size() == 1 && grid_.pp_size() == 1,
+                  "{}: {} trains with data parallelism only for now, and this run has parallel.pp = {}, ep = {} "
+                  "({} ranks): expert and pipeline parallelism on devices need the NCCL communicator, which the "
+                  "trainer does not use yet; set parallel.ep = 1 and parallel.pp = 1, or run.device = \"cpu\"",
+                  cfg_.source, dev, grid_.pp_size(), grid_.ep_size(), world.size());
   SY_CONFIG_CHECK(!is_fp8(cfg_.precision.recipe),
                   "{}: {} with precision.recipe = \"{}\": the FP8 recipes keep their FP8 matrices (Fp8Matrix) and "
                   "scales in host memory, so they do not run on a device yet; use \"fp32\" or \"bf16\", or set "
                   "run.device = \"cpu\"", cfg_.source, dev, option_name(cfg_.precision.recipe));
   SY_CONFIG_CHECK(!cfg_.parallel.zero1,
-                  "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard is host memory (and one rank has "
-                  "nothing to shard); set parallel.zero1 = false", cfg_.source, dev);
+                  "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard and its optimizer state are host "
+                  "memory; set parallel.zero1 = false", cfg_.source, dev);
 }
 
 void Trainer::params_to_host() {

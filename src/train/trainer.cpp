@@ -56,7 +56,7 @@ StepStats Trainer::step(int64_t step) {
     const double tb = now_seconds();
     t_fwd += tb - tf;
     model_->backward(live_params(), live_grads(), [&](int64_t key) {
-      if (last) sync_->ready(key, live_grads());
+      if (last && !staged_sync()) sync_->ready(key, live_grads());
     });
     t_bwd += now_seconds() - tb;
     sums[0] += mb.loss_sum;
@@ -90,9 +90,16 @@ StepStats Trainer::step(int64_t step) {
 
   // Global gradient norm: every rank's owned share, summed. On a device the
   // gradients come to the host first (one copy), so the sum is the CPU's.
+  // Several ranks on devices reduce them there, through MPI, and send the
+  // sums back for the update (staged: the NCCL communicator is to reduce
+  // them in device memory, overlapped with backward, as the CPU does).
   if (on_device()) {
     ops_.b().copy(grads_.data(), dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
     ops_.b().synchronize(ops_.stream);
+    if (staged_sync()) {
+      sync_->reduce_all(grads_.data());
+      ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
+    }
   }
   GradNormPart gn = grad_norm_part(sync_->reduced(grads_.data()), sync_->owned(), layout);
   double norm_in[2] = {gn.sumsq, 0}, bad = gn.nonfinite < 0 ? 1e300 : static_cast<double>(gn.nonfinite);

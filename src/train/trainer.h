@@ -138,6 +138,8 @@ class Trainer {
   void check_device_run(const Comm& world) const;
   float* live_params() { return on_device() ? dparams_.data() : params_.data(); }
   float* live_grads() { return on_device() ? dgrads_.data() : grads_.data(); }
+  // Data parallelism on devices: gradients reduced on the host after backward.
+  bool staged_sync() const { return on_device() && grid_.dp_size() > 1; }
   const float* live_bias() const { return on_device() ? dbias_.data() : expert_bias_.data(); }
   void params_to_host();   // device parameters -> params_ (after any background save has staged)
   void bias_to_device();   // expert_bias_ -> the device's copy

@@ -27,6 +27,7 @@ BIN, WORK, CASE = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 ENV = mpi_env(OMP_NUM_THREADS="1")
 EMU = dict(ENV, SY_EMULATE_CUDA="guarded")
 STEPS = 6
+MPI2 = ["mpiexec", "-n", "2", "--bind-to", "none"]
 # Tiny and short (the emulation changes page protections around every op):
 # 6 steps of 2 sequences of 32 bytes, one thread. The balancing bias, an lr
 # group, validation and samples are on so that each of the device path's
@@ -148,9 +149,29 @@ def test_refusals():
     refused([], ["run.device", "tpu", '"cpu", "cuda"'], device="tpu", env=ENV)
     # No GPU here and no emulation: the missing device is named (exit 2), not a crash.
     refused([], ['run.device = "cuda"', "not available"], env=ENV)
-    # Several ranks need the NCCL communicator.
-    refused(["parallel.ep=1"], ['run.device = "cuda"', "one rank", "2 ranks", "NCCL"],
-            extra=["mpiexec", "-n", "2", "--bind-to", "none"])
+    # Expert and pipeline parallelism move activations between devices: they need the NCCL communicator.
+    refused(["parallel.ep=2"], ['run.device = "cuda"', "data parallelism only", "parallel.pp = 1, ep = 2",
+                                "(2 ranks)", "NCCL"], extra=MPI2)
+    refused(["parallel.pp=2", "parallel.ep=1"], ['run.device = "cuda"', "parallel.pp = 2, ep = 1", "NCCL"],
+            extra=MPI2)
+
+
+def test_data_parallel():
+    # Two ranks, data parallel (ep = 1): the device gradients are reduced
+    # through host memory after backward; every number and every checkpoint
+    # dataset equals the same two-rank run on the CPU bit for bit (the sums
+    # are MPI's in both runs, over the same buckets in the same order).
+    d = fresh("dp2")
+    sets = ["parallel.ep=1", "parallel.dp=2"]
+    moe_train(d / "cpu", sets, "cpu", extra=MPI2)
+    moe_train(d / "dev", sets, "cuda", extra=MPI2)
+    a, b = steps(d / "cpu"), steps(d / "dev")
+    same_steps(a, b, list(range(1, STEPS + 1)))
+    assert (d / "cpu" / "samples.txt").read_bytes() == (d / "dev" / "samples.txt").read_bytes()
+    for s in (3, STEPS):
+        same_checkpoint(ckpt(d / "cpu", s), ckpt(d / "dev", s))
+    # A rank that updated with its own gradients alone (no reduction, or the
+    # sums not sent back to the device) would diverge from the CPU run at step 2.
 
 
 CASES = {
@@ -158,6 +179,7 @@ CASES = {
     "equal_bf16": lambda: test_equal(["precision.recipe=bf16", "precision.moments=bf16"]),
     "resume": test_resume_across_devices,
     "refusals": test_refusals,
+    "dp2": test_data_parallel,
 }
 
 if __name__ == "__main__":
