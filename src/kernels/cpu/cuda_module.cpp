@@ -70,4 +70,14 @@ const Backend* load_cuda_module(std::string* why) {
   return loaded;
 }
 
+int node_local_rank() {
+  for (const char* k : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK", "MPI_LOCALRANKID"})
+    if (const char* v = std::getenv(k); v && *v) {
+      char* end = nullptr;
+      const long r = std::strtol(v, &end, 10);
+      if (*end == '\0' && r >= 0) return static_cast<int>(r);
+    }
+  return 0;
+}
+
 }  // namespace sy

@@ -32,4 +32,10 @@ std::filesystem::path cuda_module_path();
 // a Switchyard module, is of another build, or finds no usable device.
 const Backend* load_cuda_module(std::string* why);
 
+// This process's rank among those on its node, as the launcher set it
+// (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, LOCAL_RANK, MPI_LOCALRANKID, the
+// first that is a number); 0 without one. A device backend opens device
+// node_local_rank() modulo the devices visible: one GPU per rank.
+int node_local_rank();
+
 }  // namespace sy

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/cpu/cuda_module.h"
 #include "kernels/cpu/router.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/fp8_cuda.h"
@@ -729,17 +730,6 @@ void attention_forward_simple(float* out, float* lse, const float* qkv, int64_t 
   launched("attention_forward_simple");
 }
 
-int local_rank_from_env() {
-  // Set by mpirun (Open MPI), srun (Slurm), torchrun and MPICH/Hydra; 0 for a single process.
-  for (const char* k : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK", "MPI_LOCALRANKID"})
-    if (const char* v = std::getenv(k); v && *v) {
-      char* end = nullptr;
-      const long r = std::strtol(v, &end, 10);
-      if (*end == '\0' && r >= 0) return static_cast<int>(r);
-    }
-  return 0;
-}
-
 const Backend* backend_or_null(std::string* why) {
   static std::once_flag once;
   static const CudaBackend* instance = nullptr;
@@ -753,7 +743,7 @@ const Backend* backend_or_null(std::string* why) {
       return;
     }
     // One GPU per rank: the node-local rank picks among the visible devices.
-    const int dev = local_rank_from_env() % n;
+    const int dev = node_local_rank() % n;
     if ((e = cudaSetDevice(dev)) != cudaSuccess) {
       reason = "cudaSetDevice(" + std::to_string(dev) + ") failed: " + cudaGetErrorString(e);
       return;

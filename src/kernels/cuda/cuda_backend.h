@@ -23,10 +23,9 @@
 namespace sy::cuda {
 
 // The CUDA backend if a device is usable (else null, the reason in *why).
-// Its device is the node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
-// LOCAL_RANK or MPI_LOCALRANKID; 0 without) modulo the visible devices.
+// Its device is the node-local rank (node_local_rank(), kernels/cpu/cuda_module.h)
+// modulo the visible devices.
 const Backend* backend_or_null(std::string* why = nullptr);
-int local_rank_from_env();
 // Registers it as backend(Device::cuda); false (and why) without a device.
 bool register_backend(std::string* why = nullptr);
 

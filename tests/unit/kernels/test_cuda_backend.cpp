@@ -15,11 +15,9 @@
 
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <memory>
 #include <numeric>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -64,26 +62,6 @@ double rel_to_max(const std::vector<float>& got, const std::vector<float>& want)
   for (size_t i = 0; i < want.size(); ++i) m = std::max(m, std::fabs(double(want[i])));
   for (size_t i = 0; i < want.size(); ++i) e = std::max(e, std::fabs(double(got[i]) - want[i]));
   return e / m;
-}
-
-// Which GPU a rank opens: its node-local rank as the launcher sets it (runs without a GPU).
-TEST(CudaBackend, TheLaunchersLocalRankPicksTheDevice) {
-  const char* keys[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK", "MPI_LOCALRANKID"};
-  std::vector<std::pair<std::string, std::string>> saved;
-  for (const char* k : keys)
-    if (const char* v = std::getenv(k)) saved.emplace_back(k, v);
-  for (const char* k : keys) ::unsetenv(k);
-  EXPECT_EQ(cuda::local_rank_from_env(), 0);
-  ::setenv("LOCAL_RANK", "5", 1);
-  EXPECT_EQ(cuda::local_rank_from_env(), 5);
-  ::setenv("SLURM_LOCALID", "3", 1);  // srun's, ahead of LOCAL_RANK
-  EXPECT_EQ(cuda::local_rank_from_env(), 3);
-  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x1", 1);  // not a number: the next one counts
-  EXPECT_EQ(cuda::local_rank_from_env(), 3);
-  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2", 1);
-  EXPECT_EQ(cuda::local_rank_from_env(), 2);
-  for (const char* k : keys) ::unsetenv(k);
-  for (const auto& [k, v] : saved) ::setenv(k.c_str(), v.c_str(), 1);
 }
 
 TEST(CudaBackend, GemmAllTransposes) {

@@ -16,6 +16,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -202,6 +203,26 @@ TEST(EmulatedDevice, TheBuiltCudaModuleLoadsAndOpensOrNamesTheMissingGpu) {
     EXPECT_TRUE(has(e, "CUDA")) << e;  // the module's reason: no driver / no device
     std::cout << "no GPU: " << e << "\n";
   }
+}
+
+// Which GPU a rank opens: its node-local rank as the launcher sets it (runs without a GPU).
+TEST(EmulatedDevice, TheLaunchersLocalRankPicksTheDevice) {
+  const char* keys[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK", "MPI_LOCALRANKID"};
+  std::vector<std::pair<std::string, std::string>> saved;
+  for (const char* k : keys)
+    if (const char* v = std::getenv(k)) saved.emplace_back(k, v);
+  for (const char* k : keys) ::unsetenv(k);
+  EXPECT_EQ(node_local_rank(), 0);
+  ::setenv("LOCAL_RANK", "5", 1);
+  EXPECT_EQ(node_local_rank(), 5);
+  ::setenv("SLURM_LOCALID", "3", 1);  // srun's, ahead of LOCAL_RANK
+  EXPECT_EQ(node_local_rank(), 3);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x1", 1);  // not a number: the next one counts
+  EXPECT_EQ(node_local_rank(), 3);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2", 1);
+  EXPECT_EQ(node_local_rank(), 2);
+  for (const char* k : keys) ::unsetenv(k);
+  for (const auto& [k, v] : saved) ::setenv(k.c_str(), v.c_str(), 1);
 }
 
 TEST(EmulatedDevice, OpenBackendGivesTheEmulationWhenAsked) {
