@@ -3,24 +3,30 @@
 #
 # Here, on a CPU machine with the CUDA toolkit and the full build (build/):
 #   tests/gpu/device_check.sh --bundle [--build DIR]
-#       builds every gpu test program and sy-bench-gemm-cuda and bundles them
-#       with their non-CUDA libraries into gpu-bundle/ (cluster/bundle.sh),
-#       checking that the bundle and the working tree fit the device tool's 64 MiB.
+#       builds every gpu test program, sy-bench-gemm-cuda, moe-train and the
+#       CUDA module, bundles them with their non-CUDA libraries and Open MPI's
+#       run-time (cluster/bundle.sh --mpi) into gpu-bundle/ and compresses
+#       that to gpu-bundle.tar.xz, checking that it and the working tree fit
+#       the device tool's 64 MiB. Carry gpu-bundle.tar.xz.
 # On a GPU machine with only the CUDA toolkit, CMake and Python with PyTorch
 # (no MPI, HDF5, OpenBLAS or package registry), from the repository root,
-# gpu-bundle/ carried along:
+# gpu-bundle.tar.xz (or gpu-bundle/) carried along:
 #   tests/gpu/device_check.sh [--out DIR] [--budget SECONDS] [--build-dir DIR] [--small]
 #     1. builds bench/gpu (sy-bench-gemm-cuda) alone with CMake and nvcc;
 #     2. finds the GPU (sy-bench-gemm-cuda --probe); without one it says so
 #        and exits 3, having built what it could;
-#     3. runs every gpu test program in gpu-bundle/bin;
-#     4. runs sy-bench-gemm-cuda and 5. bench/torch_gemm.py on the same shapes,
+#     3. runs every gpu test program in the bundle's bin/;
+#     4. trains with moe-train from the bundle on the GPU (tests/gpu/train_check.py):
+#        losses against the CPU, a GPU checkpoint resumed on the CPU, and
+#        configs/moe_1b.toml's tokens/s and MFU in BF16;
+#     5. runs sy-bench-gemm-cuda and bench/torch_gemm.py on the same shapes,
 #        and bench/torch_moe_step.py (the PyTorch MoE training step, configs/moe_1b.toml);
 #     6. prints one summary table (tests/gpu/summarize.py), also in DIR/summary.txt.
-# Every step runs under a timeout inside --budget (default 420 s, so the
+# Every step runs under a timeout inside --budget (default 480 s, so the
 # whole check ends within 8 minutes). DIR ($OUT, else ./device-check-out)
 # receives at most 8 files (what the device tool brings back): summary.txt,
-# build.log, tests.tsv, tests.log, gemm_cuda.jsonl, gemm_torch.jsonl, bench.log, moe_step.json.
+# tests.tsv, tests.log, gemm_cuda.jsonl, gemm_torch.jsonl, moe_step.json,
+# train.json and bench.log (the build's, the benchmarks' and the training's logs).
 # Exit: 0 every test passed and every GEMM was checked; 1 something failed
 # (build, a test, a wrong GEMM, a timeout, a missing bundle); 2 bad
 # arguments; 3 no GPU.
@@ -29,7 +35,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 NO_GPU=3
 limit_mib=64
 
-die_usage() { echo "device_check: $1" >&2; sed -n '2,28p' "${BASH_SOURCE[0]}" >&2; exit 2; }
+die_usage() { echo "device_check: $1" >&2; sed -n '2,34p' "${BASH_SOURCE[0]}" >&2; exit 2; }
 
 # ---------------------------------------------------------------- --bundle (here)
 if [ "${1:-}" = "--bundle" ]; then
@@ -43,7 +49,7 @@ if [ "${1:-}" = "--bundle" ]; then
   done
   [ -f "$build/CMakeCache.txt" ] || { echo "device_check: $build is not a configured build (cmake -S . -B build first)" >&2; exit 1; }
   # The gpu test programs known today, plus any other program behind a ctest labelled gpu.
-  want="test_cuda_backend test_fp8_cuda test_nccl sy-bench-gemm-cuda"
+  want="test_cuda_backend test_fp8_cuda test_nccl sy-bench-gemm-cuda moe-train switchyard_cuda_module"
   more=$(ctest --test-dir "$build" -L gpu --show-only=json-v1 2>/dev/null | python3 -c '
 import json, os, sys
 try:
@@ -64,29 +70,33 @@ print(" ".join(sorted(names)))' 2>/dev/null)
   [ ${#targets[@]} -gt 0 ] || { echo "device_check: no gpu programs in $build (is nvcc found? the CUDA targets build only then)" >&2; exit 1; }
   cmake --build "$build" -j2 --target "${targets[@]}" || { echo "device_check: building ${targets[*]} failed" >&2; exit 1; }
   bins=()
-  for t in "${targets[@]}"; do bins+=("$build/bin/$t"); done
-  rm -rf "$root/gpu-bundle"
-  "$root/cluster/bundle.sh" "$root/gpu-bundle" "${bins[@]}" || exit 1
-  bundle=$(du -sb "$root/gpu-bundle" | cut -f1)
+  for t in "${targets[@]}"; do
+    if [ "$t" = switchyard_cuda_module ]; then bins+=("$build/lib/libswitchyard_cuda.so"); else bins+=("$build/bin/$t"); fi
+  done
+  rm -rf "$root/gpu-bundle" "$root/gpu-bundle.tar.xz"
+  "$root/cluster/bundle.sh" --mpi "$root/gpu-bundle" "${bins[@]}" || exit 1
+  # Compressed, as it travels (a third of its size: OpenBLAS and the test programs compress well).
+  (cd "$root" && tar -cf - gpu-bundle | xz -T0 -6 > gpu-bundle.tar.xz) || { echo "device_check: compressing failed" >&2; exit 1; }
+  bundle=$(stat -c %s "$root/gpu-bundle.tar.xz")
   tree=$(cd "$root" && git ls-files -co --exclude-standard -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
   total=$((bundle + tree))
-  printf 'device_check: gpu-bundle %.1f MiB + working tree %.1f MiB = %.1f MiB of the %d MiB that travel\n' \
-    "$(echo "$bundle / 1048576" | bc -l)" "$(echo "$tree / 1048576" | bc -l)" "$(echo "$total / 1048576" | bc -l)" $limit_mib
+  printf 'device_check: gpu-bundle.tar.xz %.1f MiB (%s unpacked) + working tree %.1f MiB = %.1f MiB of the %d MiB that travel\n' \
+    "$(echo "$bundle / 1048576" | bc -l)" "$(du -sh "$root/gpu-bundle" | cut -f1)" "$(echo "$tree / 1048576" | bc -l)" "$(echo "$total / 1048576" | bc -l)" $limit_mib
   if [ "$total" -gt $((limit_mib * 1048576)) ]; then
-    echo "device_check: too large to travel with the working tree; leave programs out of gpu-bundle" >&2
+    echo "device_check: too large to travel with the working tree; leave programs out of the bundle" >&2
     exit 1
   fi
   # The newest C library symbol the programs need: the GPU machine's glibc must be at least this.
   glibc=$(for f in "$root"/gpu-bundle/bin/* "$root"/gpu-bundle/lib/*; do objdump -T "$f" 2>/dev/null; done |
           grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
   echo "device_check: the bundle needs ${glibc:-an unknown} or newer on the GPU machine (ldd --version there)"
-  echo "device_check: on the GPU machine, from the repository root, with gpu-bundle carried: tests/gpu/device_check.sh"
+  echo "device_check: on the GPU machine, from the repository root, with gpu-bundle.tar.xz carried: tests/gpu/device_check.sh"
   exit 0
 fi
 
 # ---------------------------------------------------------------- the check (there)
 out=${OUT:-$root/device-check-out}
-budget=420
+budget=480
 bdir=/tmp/sy-device-check-build
 small=0
 while [ $# -gt 0 ]; do
@@ -95,13 +105,13 @@ while [ $# -gt 0 ]; do
     --budget) budget=${2:?--budget needs seconds}; shift 2 ;;
     --build-dir) bdir=${2:?--build-dir needs a directory}; shift 2 ;;
     --small) small=1; shift ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die_usage "unknown argument '$1'" ;;
   esac
 done
 [[ "$budget" =~ ^[0-9]+$ ]] && [ "$budget" -ge 60 ] || die_usage "--budget must be at least 60 seconds (got '$budget')"
 mkdir -p "$out" || { echo "device_check: cannot create $out" >&2; exit 2; }
-rm -f "$out"/{summary.txt,build.log,tests.tsv,tests.log,gemm_cuda.jsonl,gemm_torch.jsonl,bench.log}
+rm -f "$out"/{summary.txt,tests.tsv,tests.log,gemm_cuda.jsonl,gemm_torch.jsonl,bench.log,moe_step.json,train.json}
 touch "$out/tests.tsv"
 
 if [ $small = 1 ]; then
@@ -112,6 +122,7 @@ else
 fi
 
 start=$SECONDS
+py=$(command -v python3 || true)
 failures=()
 steps=()
 left() { echo $((budget - (SECONDS - start))); }
@@ -129,23 +140,23 @@ bench=""
 nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 t0=$SECONDS
 if [ ! -x "$nvcc" ]; then
-  echo "no nvcc (looked in PATH and /usr/local/cuda/bin)" > "$out/build.log"
+  echo "no nvcc (looked in PATH and /usr/local/cuda/bin)" >> "$out/bench.log"
   failures+=("build: no nvcc")
   steps+=("build: no nvcc")
 else
   gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
   launch=(); command -v ccache >/dev/null && launch=(-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-  t=$(allow 240 150)
+  t=$(allow 240 320)
   if timeout -k 5 "$t" cmake -S "$root/bench/gpu" -B "$bdir" "${gen[@]}" -DCMAKE_CUDA_COMPILER="$nvcc" "${launch[@]}" \
-       > "$out/build.log" 2>&1 &&
-     timeout -k 5 "$(allow 240 150)" cmake --build "$bdir" -j "$(nproc)" >> "$out/build.log" 2>&1 &&
+       >> "$out/bench.log" 2>&1 &&
+     timeout -k 5 "$(allow 240 320)" cmake --build "$bdir" -j "$(nproc)" >> "$out/bench.log" 2>&1 &&
      [ -x "$bdir/bin/sy-bench-gemm-cuda" ]; then
     bench="$bdir/bin/sy-bench-gemm-cuda"
     steps+=("build: bench/gpu built in $((SECONDS - t0)) s")
   else
-    failures+=("build of bench/gpu failed (build.log)")
-    steps+=("build: FAILED after $((SECONDS - t0)) s (build.log)")
-    tail -5 "$out/build.log" >&2
+    failures+=("build of bench/gpu failed (bench.log)")
+    steps+=("build: FAILED after $((SECONDS - t0)) s (bench.log)")
+    tail -5 "$out/bench.log" >&2
     if [ -x "$root/gpu-bundle/bin/sy-bench-gemm-cuda" ]; then
       bench="$root/gpu-bundle/bin/sy-bench-gemm-cuda"
       steps+=("build: using the bundle's sy-bench-gemm-cuda, built on the CPU machine")
@@ -184,8 +195,20 @@ if [ -z "$gpu" ]; then
 fi
 note "$gpu"
 
-# 3. The gpu test programs from the bundle.
+# 3. The gpu test programs from the bundle (gpu-bundle/, else gpu-bundle.tar.xz unpacked under /tmp).
 b="$root/gpu-bundle"
+if [ ! -f "$b/env.sh" ] && [ -f "$root/gpu-bundle.tar.xz" ]; then
+  rm -rf /tmp/sy-gpu-bundle && mkdir -p /tmp/sy-gpu-bundle
+  t5=$SECONDS
+  if tar -xJf "$root/gpu-bundle.tar.xz" -C /tmp/sy-gpu-bundle 2>> "$out/bench.log" ||
+     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+       "$root/gpu-bundle.tar.xz" /tmp/sy-gpu-bundle 2>> "$out/bench.log"; then
+    b=/tmp/sy-gpu-bundle/gpu-bundle
+    steps+=("bundle: gpu-bundle.tar.xz unpacked in $((SECONDS - t5)) s")
+  else
+    failures+=("gpu-bundle.tar.xz does not unpack (bench.log)")
+  fi
+fi
 if [ -f "$b/env.sh" ]; then
   (
     source "$b/env.sh"
@@ -195,7 +218,7 @@ if [ -f "$b/env.sh" ]; then
       name=$(basename "$p")
       t1=$SECONDS
       echo "===== $name" >> "$out/tests.log"
-      timeout -k 5 "$(allow 150 150)" "$p" >> "$out/tests.log.part" 2>&1; rc=$?
+      timeout -k 5 "$(allow 150 300)" "$p" >> "$out/tests.log.part" 2>&1; rc=$?
       cat "$out/tests.log.part" >> "$out/tests.log"
       pass=$(grep -c '^\[       OK \]' "$out/tests.log.part")
       fail=$(grep -c '^\[  FAILED  \] .* ms)$' "$out/tests.log.part")
@@ -214,27 +237,43 @@ if [ -f "$b/env.sh" ]; then
   done < "$out/tests.tsv"
   steps+=("tests: $(wc -l < "$out/tests.tsv") programs from gpu-bundle (this machine: $(ldd --version 2>/dev/null | head -1))")
 else
-  failures+=("no gpu-bundle carried: the gpu test programs did not run (tests/gpu/device_check.sh --bundle here, carry gpu-bundle)")
+  failures+=("no gpu-bundle carried: the gpu test programs did not run (tests/gpu/device_check.sh --bundle here, carry gpu-bundle.tar.xz)")
   steps+=("tests: none (no gpu-bundle)")
 fi
 
-# 4. The GEMM benchmark.
+# 4. Switchyard's training on the GPU: moe-train from the bundle (losses against the CPU, a GPU
+#    checkpoint resumed on the CPU, configs/moe_1b.toml's tokens/s and MFU in BF16).
+if [ -x "$b/bin/moe-train" ]; then
+  t6=$SECONDS
+  tb=$(allow 200 150)
+  echo "===== tests/gpu/train_check.py (budget $tb s)" >> "$out/bench.log"
+  targs=(--budget "$tb"); [ "$small" = 1 ] && targs+=(--bench-steps 3)
+  timeout -k 5 $((tb + 10)) "${py:-python3}" "$root/tests/gpu/train_check.py" --bundle "$b" --work /tmp/sy-train-check \
+    --json "$out/train.json" "${targs[@]}" >> "$out/bench.log" 2>&1; rc=$?
+  cat /tmp/sy-train-check/train_check.log >> "$out/bench.log" 2>/dev/null
+  steps+=("tests/gpu/train_check.py: rc $rc in $((SECONDS - t6)) s")
+  [ $rc -eq 0 ] || failures+=("tests/gpu/train_check.py: rc $rc$([ $rc -eq 124 ] && echo ' (timeout)') (train.json, bench.log)")
+else
+  failures+=("no moe-train in the bundle: Switchyard's training on the GPU did not run")
+  steps+=("train: none (no moe-train in the bundle)")
+fi
+
+# 5. The GEMM benchmark.
 if [ -n "$bench" ]; then
   t2=$SECONDS
   timeout -k 5 "$(allow 150 100)" "$bench" --shapes "$shapes" --group-rows "$group_rows" --group-n "$group_n" \
-    --group-k "$group_k" --iters "$iters" --json "$out/gemm_cuda.jsonl" > "$out/bench.log" 2>&1; rc=$?
+    --group-k "$group_k" --iters "$iters" --json "$out/gemm_cuda.jsonl" >> "$out/bench.log" 2>&1; rc=$?
   steps+=("sy-bench-gemm-cuda: rc $rc in $((SECONDS - t2)) s")
   [ $rc -eq 0 ] || failures+=("sy-bench-gemm-cuda: rc $rc$([ $rc -eq 124 ] && echo ' (timeout)') (bench.log)")
 else
   failures+=("sy-bench-gemm-cuda: not built")
 fi
 
-# 5. The PyTorch baseline.
+# 5b. The PyTorch baseline.
 t3=$SECONDS
-py=$(command -v python3 || true)
 if [ -n "$py" ]; then
   echo "===== bench/torch_gemm.py" >> "$out/bench.log"
-  timeout -k 5 "$(allow 150 15)" "$py" "$root/bench/torch_gemm.py" --shapes "$shapes" --group-rows "$group_rows" \
+  timeout -k 5 "$(allow 150 60)" "$py" "$root/bench/torch_gemm.py" --shapes "$shapes" --group-rows "$group_rows" \
     --group-n "$group_n" --group-k "$group_k" --iters "$iters" --json "$out/gemm_torch.jsonl" >> "$out/bench.log" 2>&1; rc=$?
   steps+=("bench/torch_gemm.py: rc $rc in $((SECONDS - t3)) s")
   [ $rc -eq 0 ] || failures+=("bench/torch_gemm.py: rc $rc$([ $rc -eq 124 ] && echo ' (timeout)') (bench.log)")
@@ -242,8 +281,8 @@ else
   failures+=("no python3: no PyTorch baseline")
 fi
 
-# 5b. The PyTorch MoE training step (issue 17's 1B model, configs/moe_1b.toml): tokens/s and MFU in BF16.
-# Switchyard's side needs moe-train with run.device = "cuda" here, which the bundle does not carry yet.
+# 5c. The PyTorch MoE training step (issue 17's 1B model, configs/moe_1b.toml): tokens/s and MFU in BF16,
+# beside moe-train's (step 4) in the summary.
 if [ -n "$py" ]; then
   t4=$SECONDS
   moe_args=(--steps 10 --warmup 3)
@@ -264,7 +303,8 @@ hdr=(--header "Switchyard device check ($rev), $(date -u '+%Y-%m-%d %H:%M UTC'),
 for s in "${steps[@]}"; do hdr+=(--header "  $s"); done
 {
   "${py:-python3}" "$root/tests/gpu/summarize.py" --tests "$out/tests.tsv" --cuda "$out/gemm_cuda.jsonl" \
-    --torch "$out/gemm_torch.jsonl" --moe-step "$out/moe_step.json" "${hdr[@]}" 2>&1 || cat "$out/tests.tsv"
+    --torch "$out/gemm_torch.jsonl" --moe-step "$out/moe_step.json" --train "$out/train.json" "${hdr[@]}" 2>&1 ||
+    cat "$out/tests.tsv"
   echo
   echo "device_check: $verdict"
 } | tee "$out/summary.txt"

@@ -131,17 +131,63 @@ def summarize(tests, cuda, torch, headers):
     return out
 
 
-def moe_step_line(path):
-    """One line for bench/torch_moe_step.py's JSON result (the PyTorch MoE training step)."""
+def load_train(path):
+    """tests/gpu/train_check.py's JSON (Switchyard's training on the GPU), by check name; {} if absent."""
+    try:
+        with open(path) as f:
+            return {r["check"]: r for r in json.load(f)["results"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def moe_step_line(path, train=None):
+    """bench/torch_moe_step.py's JSON result (the PyTorch MoE training step) next to moe-train's (train_check.py)."""
+    sw = (train or {}).get("bench_bf16", {})
+    if sw.get("tokens_per_s"):
+        smfu = f"MFU {100 * sw['mfu']:.1f}%" if sw.get("mfu") else "MFU ? (peak unknown)"
+        ours = f"Switchyard bf16 {sw['tokens_per_s']:.0f} tok/s, {smfu}"
+    else:
+        ours = f"Switchyard: not measured ({sw.get('why', 'no train_check result')})"
     try:
         with open(path) as f:
             r = json.load(f)
     except (OSError, ValueError):
-        return "MoE training step (configs/moe_1b.toml): no PyTorch result (bench.log)"
+        return f"MoE training step (configs/moe_1b.toml): no PyTorch result (bench.log); {ours}"
     mfu = f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:g} TFLOP/s" if r.get("mfu") else "? (peak unknown)"
+    ratio = f"; Switchyard / PyTorch = {sw['tokens_per_s'] / r['tokens_per_s']:.2f}x" \
+        if sw.get("tokens_per_s") and r.get("tokens_per_s") else ""
     return (f"MoE training step (configs/moe_1b.toml, {r['parameters'] / 1e9:.2f}B parameters, batch {r['batch']} x "
-            f"{r['seq_len']}): PyTorch {r['dtype']} {r['tokens_per_s']:.0f} tok/s, MFU {mfu}; Switchyard: not "
-            "measured (moe-train on a GPU is not bundled yet)")
+            f"{r['seq_len']}): PyTorch {r['dtype']} {r['tokens_per_s']:.0f} tok/s, MFU {mfu}; {ours}{ratio}")
+
+
+def train_lines(train):
+    """Switchyard's own training on the GPU: losses against the CPU, a GPU checkpoint resumed on the CPU, FP8."""
+    if not train:
+        return ["Switchyard training on the GPU: no result (train_check.py did not run; bench.log)"]
+
+    def verdict(r):
+        return "ok" if r.get("ok") else f"FAILED ({r.get('why', '?')})"
+    out = ["Switchyard training on the GPU (tests/gpu/train_check.py, moe-train from the bundle):"]
+    e = train.get("equal")
+    if e:
+        d = f"max relative loss difference {e['max_rel_diff']:.2e} (step 1: {e['first_rel_diff']:.2e}), tol {e['tol']:g}" \
+            if "max_rel_diff" in e else "not compared"
+        out.append(f"  tiny, {e.get('steps', 10)} steps, run.device cuda vs cpu: {d}: {verdict(e)}")
+    r = train.get("resume")
+    if r:
+        d = f"steps 6-10 within {r['max_rel_diff']:.2e} of the GPU run" if "max_rel_diff" in r else "not compared"
+        out.append(f"  the GPU's step-5 checkpoint resumed on the CPU: {d}: {verdict(r)}")
+    for name in sorted(k for k in train if k.startswith("bench_")):
+        b = train[name]
+        if b.get("refused"):
+            out.append(f"  {b['recipe']}: refused on a device today ({b['why']}): not measured")
+        elif b.get("tokens_per_s"):
+            mfu = f"MFU {100 * b['mfu']:.1f}% of {b['peak_tflops']:g}" if b.get("mfu") else "MFU ? (peak unknown)"
+            out.append(f"  {b['config']} {b['recipe']}: {b['tokens_per_s']:.0f} tok/s, "
+                       f"{b['achieved_tflops']:.1f} TFLOP/s, {mfu}, step {b['step_seconds']:.3f} s: {verdict(b)}")
+        else:
+            out.append(f"  {b.get('config', 'configs/moe_1b.toml')} {b.get('recipe', name[6:])}: {verdict(b)}")
+    return out
 
 
 def main(argv=None):
@@ -151,6 +197,7 @@ def main(argv=None):
     ap.add_argument("--torch", default=None)
     ap.add_argument("--header", action="append", default=[])
     ap.add_argument("--moe-step", default=None, help="bench/torch_moe_step.py --json output")
+    ap.add_argument("--train", default=None, help="tests/gpu/train_check.py --json output")
     a = ap.parse_args(argv)
     tests = []
     if a.tests:
@@ -163,8 +210,11 @@ def main(argv=None):
         except OSError:
             pass
     lines = summarize(tests, load(a.cuda), load(a.torch), a.header)
+    train = load_train(a.train) if a.train else {}
+    if a.train:
+        lines += [""] + train_lines(train)
     if a.moe_step:
-        lines += ["", moe_step_line(a.moe_step)]
+        lines += ["", moe_step_line(a.moe_step, train)]
     print("\n".join(lines))
     return 0
 

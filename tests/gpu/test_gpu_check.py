@@ -9,6 +9,9 @@
         JSON lines that parse, checked BF16 results; no CUDA -> exit 3; a wrong
         product is caught and carries no TFLOP/s.
   test_gpu_check.py summarize                tests/gpu/summarize.py's ratios and verdicts.
+  test_gpu_check.py train_check BIN_DIR      tests/gpu/train_check.py (Switchyard's training on the GPU)
+        on the emulated device: losses equal the CPU's bit for bit, a checkpoint resumes across
+        devices, the benchmark reports a rate, FP8 is reported refused; without a GPU it fails.
   test_gpu_check.py torch_moe_step BIN_DIR   bench/torch_moe_step.py (the PyTorch side of
         the MoE training-step benchmark): its model has configs/moe_1b.toml's parameter
         count and FLOPs per token as moe-launch --dry-run reports them (so the MFU of
@@ -181,7 +184,65 @@ def summarize():
                 fail(f"MoE step line lacks {w!r}: {line}")
         if "no PyTorch result" not in sm.moe_step_line(os.path.join(d, "missing.json")):
             fail("a missing MoE step result is not said")
+        # Switchyard's side (tests/gpu/train_check.py's JSON) beside it, and its own lines.
+        tj = os.path.join(d, "train.json")
+        with open(tj, "w") as f:
+            json.dump({"results": [
+                {"check": "equal", "steps": 10, "tol": 1e-4, "max_rel_diff": 3e-6, "first_rel_diff": 1e-7, "ok": True},
+                {"check": "resume", "tol": 1e-4, "max_rel_diff": 2e-4, "ok": False, "why": "steps 6-10 differ"},
+                {"check": "bench_bf16", "config": "configs/moe_1b.toml", "recipe": "bf16", "tokens_per_s": 25000.0,
+                 "achieved_tflops": 47.4, "mfu": 0.048, "peak_tflops": 989.0, "step_seconds": 0.655, "ok": True},
+                {"check": "bench_fp8-block", "recipe": "fp8-block", "refused": True, "ok": True,
+                 "why": "FP8 recipes on a device are refused"}]}, f)
+        train = sm.load_train(tj)
+        line = sm.moe_step_line(path, train)
+        for w in ("PyTorch bf16 50000 tok/s", "Switchyard bf16 25000 tok/s, MFU 4.8%", "Switchyard / PyTorch = 0.50x"):
+            if w not in line:
+                fail(f"MoE step line lacks {w!r}: {line}")
+        text = "\n".join(sm.train_lines(train))
+        for w in ("max relative loss difference 3.00e-06 (step 1: 1.00e-07), tol 0.0001: ok",
+                  "resumed on the CPU: steps 6-10 within 2.00e-04 of the GPU run: FAILED (steps 6-10 differ)",
+                  "configs/moe_1b.toml bf16: 25000 tok/s, 47.4 TFLOP/s, MFU 4.8% of 989",
+                  "fp8-block: refused on a device today"):
+            if w not in text:
+                fail(f"train lines lack {w!r}:\n{text}")
+        if "no result" not in sm.train_lines({})[0] or "not measured" not in sm.moe_step_line(path, {}):
+            fail("a missing train_check result is not said")
     print("summarize.py: ratios and verdicts as expected")
+
+
+def train_check(bin_dir):
+    """tests/gpu/train_check.py on the emulated device: every check passes with losses equal bit for bit
+    (tolerance 0), the benchmark reports a rate, FP8 is reported as refused; with no GPU and no emulation
+    it fails, and says the GPU run did not run."""
+    script = os.path.join(HERE, "train_check.py")
+    with tempfile.TemporaryDirectory() as d:
+        js = os.path.join(d, "train.json")
+        r = subprocess.run([PY, script, "--bin", bin_dir, "--work", os.path.join(d, "w"), "--json", js, "--emulate",
+                            "--bench-steps", "4", "--budget", "300"], capture_output=True, text=True, timeout=400)
+        if r.returncode != 0:
+            fail(f"train_check.py --emulate: rc {r.returncode}\n{r.stdout}\n{r.stderr}\n{open(js).read() if os.path.exists(js) else ''}")
+        res = {x["check"]: x for x in json.load(open(js))["results"]}
+        e, rs, b, f8 = res["equal"], res["resume"], res["bench_bf16"], res["bench_fp8-block"]
+        if not (e["ok"] and e["tol"] == 0 and e["max_rel_diff"] == 0 and len(e["gpu_losses"]) == 10):
+            fail(f"equal: {e}")
+        if not (rs["ok"] and rs["resumed"] and rs["max_rel_diff"] == 0):
+            fail(f"resume: {rs}")
+        if not (b["ok"] and b["tokens_per_s"] > 0 and b["achieved_tflops"] > 0 and b["steps_done"] == 4):
+            fail(f"bench_bf16: {b}")
+        if not (f8.get("refused") and f8["rc"] == 2):
+            fail(f"fp8: {f8}")
+        if gpu_present():
+            print("train_check.py: emulated run as expected (a GPU is here: the no-GPU failure is not checked)")
+            return
+        js2 = os.path.join(d, "nogpu.json")
+        r = subprocess.run([PY, script, "--bin", bin_dir, "--work", os.path.join(d, "w2"), "--json", js2,
+                            "--bench-steps", "4", "--budget", "200"], capture_output=True, text=True, timeout=300)
+        res = {x["check"]: x for x in json.load(open(js2))["results"]}
+        if r.returncode != 1 or res["equal"]["ok"] or res["equal"]["rc_gpu"] != 2 or res["bench_bf16"]["ok"] or \
+                res["bench_fp8-block"].get("refused"):  # no device at all is not the FP8 refusal
+            fail(f"without a GPU: rc {r.returncode}, {res}")
+    print("train_check.py: emulated device checks pass bit for bit; without a GPU it fails, naming the runs")
 
 
 def torch_moe_step(bin_dir):
@@ -256,6 +317,8 @@ if __name__ == "__main__":
         torch_gemm()
     elif what == "summarize":
         summarize()
+    elif what == "train_check" and len(sys.argv) == 3:
+        train_check(os.path.abspath(sys.argv[2]))
     elif what == "torch_moe_step" and len(sys.argv) == 3:
         torch_moe_step(os.path.abspath(sys.argv[2]))
     else:
