@@ -61,7 +61,17 @@ void segment_operand(const Ops& ops, Fp8Role role, const Rows& r, int64_t b, int
     return;  // r.recv holds their values already (decoded as they landed)
   }
   ops.fp8->quantize_operand(Fp8Group::experts, role, t_rows, r.recv + b * K, n, K, w);
-  fp8_dequantize_rows(r.recv + b * K, t_rows);
+  if (ops.b().device() == Device::cpu) {
+    fp8_dequantize_rows(r.recv + b * K, t_rows);
+    return;
+  }
+  // On a device the codes are host memory (Fp8Matrix), so the values are
+  // decoded here and copied to the device rows (staged, as the FP8 GEMM's
+  // operands are on a device today: kernels/cuda/cuda_backend.cu).
+  thread_local std::vector<float> host;
+  host.resize(static_cast<size_t>(n * K));
+  fp8_dequantize_rows(host.data(), t_rows);
+  ops.b().copy(r.recv + b * K, host.data(), host.size() * sizeof(float), ops.stream);
 }
 
 // Where the experts' SwiGLU output goes: kept per layer in FP32, or (FP8

@@ -261,8 +261,11 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   expert_bias_.assign(static_cast<size_t>(cfg_.model.moe_layers() * cfg_.model.moe.experts), 0.f);
   if (fp8_) {
     if (fp8_->recipe().scaling == Fp8Scaling::tensor_delayed) {  // histories by global tensor index: reduced, checkpointed
+      // Named by the weights' addresses where the ops read them: on a device, its copy (allocated here,
+      // filled by state_to_device), else the histories would be kept by pointer and not checkpointed.
+      const float* base = on_device() ? dparams_.ensure(params_.size(), ops_.b().allocator()) : params_.data();
       std::vector<std::pair<const float*, int64_t>> ids;
-      for (const ParamInfo& p : layout.params()) ids.emplace_back(params_.data() + p.offset, p.index);
+      for (const ParamInfo& p : layout.params()) ids.emplace_back(base + p.offset, p.index);
       fp8_->name_weights(ids, static_cast<int64_t>(full_layout_->params().size()));
     }
   }
@@ -284,10 +287,6 @@ void Trainer::check_device_run(const Comm& world) const {
                   "({} ranks): expert and pipeline parallelism on devices need the NCCL communicator, which the "
                   "trainer does not use yet; set parallel.ep = 1 and parallel.pp = 1, or run.device = \"cpu\"",
                   cfg_.source, dev, grid_.pp_size(), grid_.ep_size(), world.size());
-  SY_CONFIG_CHECK(!is_fp8(cfg_.precision.recipe),
-                  "{}: {} with precision.recipe = \"{}\": the FP8 recipes keep their FP8 matrices (Fp8Matrix) and "
-                  "scales in host memory, so they do not run on a device yet; use \"fp32\" or \"bf16\", or set "
-                  "run.device = \"cpu\"", cfg_.source, dev, option_name(cfg_.precision.recipe));
   SY_CONFIG_CHECK(!cfg_.parallel.zero1,
                   "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard and its optimizer state are host "
                   "memory; set parallel.zero1 = false", cfg_.source, dev);

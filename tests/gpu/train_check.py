@@ -8,11 +8,13 @@ the GPU machine) with run.device = "cuda".
   2. resume: the GPU run stopped after step 5 resumes on the CPU; steps 6-10
      agree with the uninterrupted GPU run within TOL, so a GPU checkpoint is
      the same files a CPU run reads.
-  3. bench: configs/moe_1b.toml (1.22B parameters) in BF16 on the GPU for a
-     few steps: tokens/s and MFU (3 x Switchyard's forward FLOPs per token x
-     tokens/s / the GPU's dense BF16 peak, as bench/torch_moe_step.py counts
-     them), median over the steps after the first two. FP8 recipes on a
-     device are refused today (exit 2): recorded as such, not measured.
+  3. bench: configs/moe_1b.toml (1.22B parameters) on the GPU for a few
+     steps in BF16 and in fp8-block: tokens/s and MFU (moe-train's own
+     gflops, 3 x the forward FLOPs it counted for the step / the step's time,
+     over the GPU's dense BF16 peak; bench/torch_moe_step.py counts the same
+     FLOPs), median over the steps after the first two. The FP8 codes and
+     scales are staged through host memory per GEMM today, so the fp8-block
+     figure measures that path, not cuBLASLt's FP8 rate.
 
 TOL: relative 1e-4, the CUDA backend's per-op table's tolerance for
 reductions in another order (tests/unit/kernels/test_cuda_backend.cpp). On
@@ -184,7 +186,7 @@ def gpu_name():
         return ""
 
 
-def bench(r, work, data, n_steps, recipe):
+def bench(r, work, data, n_steps, recipe, timeout):
     config = ROOT / "configs" / "moe_1b.toml"
     small = ["model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.n_kv_heads=2", "model.seq_len=128",
              "model.dense_hidden=256", "moe.expert_hidden=64", "model.vocab_size=512", "train.global_batch=2"] \
@@ -196,12 +198,12 @@ def bench(r, work, data, n_steps, recipe):
     sets = small + [f"train.steps={n_steps}", f'data.train=["{data}"]', "data.format=text", "train.log_every=1",
                     "train.val_every=0", "checkpoint.interval=0", "checkpoint.at_end=false", "train.sample_every=0",
                     f"precision.recipe={recipe}"]
-    rc = r.train(d, sets, "cuda", 200, config=config)
+    rc = r.train(d, sets, "cuda", timeout, config=config)
     res["rc"] = rc
     got = steps(d)
     res["steps_done"] = len(got)
     if rc == 2 and recipe.startswith("fp8") and f'precision.recipe = "{recipe}"' in r.output:
-        res.update(ok=True, refused=True, why="FP8 recipes on a device are refused (Fp8Matrix is host memory)")
+        res.update(ok=False, refused=True, why="FP8 recipes refused on a device (an older build?)")
         return res
     timed = [got[s] for s in sorted(got) if s > 2]
     if not timed:
@@ -247,8 +249,8 @@ def main():
     data = corpus(work)
     threads = min(os.cpu_count() or 1, 16)
     results = [check_equal(r, work, data, threads), check_resume(r, work, data, threads)]
-    for recipe in ("bf16", "fp8-block"):
-        results.append(bench(r, work, data, a.bench_steps, recipe) if r.left() > 20 else
+    for recipe, share in (("bf16", 0.55), ("fp8-block", 1.0)):  # BF16 first, with a bit over half what is left
+        results.append(bench(r, work, data, a.bench_steps, recipe, share * r.left()) if r.left() > 20 else
                        {"check": f"bench_{recipe}", "ok": False, "why": "no time left in the budget"})
     doc = {"emulated": a.emulate, "results": results, "ok": all(x["ok"] for x in results)}
     Path(a.json).write_text(json.dumps(doc, indent=1))
