@@ -62,6 +62,7 @@
 
 namespace sy {
 
+class Backend;
 class Comm;
 class EpDispatch;
 
@@ -176,5 +177,12 @@ std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm&
 // One rank, no communicator (generation, tests): mpi over a group of one,
 // its rows in `mem` (a device backend's allocator for a device run).
 std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem = host_allocator());
+// A device run's dispatcher: rows in `be`'s memory. For a group of one, as
+// make_local_dispatcher; across ranks, the mpi transport staged through host
+// memory (each chunk copied to the host, moved by MPI, copied back; its
+// payload packed on the host, so payload.be is the CPU backend): correct on
+// any device, and slower than the NCCL transport that is to replace it.
+std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Backend& be,
+                                                         const PayloadCodec& payload = {});
 
 }  // namespace sy

@@ -191,7 +191,18 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
              (transport == Transport::automatic && nodes.hierarchical_pays()))
       dispatch = DispatchKind::hierarchical;
   }
+  if (on_device() && grid_.ep_size() > 1) {
+    SY_CONFIG_CHECK(transport == Transport::automatic || transport == Transport::mpi,
+                    "{}: run.device = \"{}\" with parallel.transport = \"{}\": on a device the MoE rows cross ranks "
+                    "through host memory by MPI (staged) for now; set parallel.transport = \"auto\" or \"mpi\"",
+                    cfg_.source, cfg_.run.device, option_name(transport));
+    SY_CONFIG_CHECK(!cfg_.parallel.overlap,
+                    "{}: run.device = \"{}\" with parallel.overlap = true: the staged device dispatch moves one "
+                    "chunk; set parallel.overlap = false", cfg_.source, cfg_.run.device);
+    dispatch = DispatchKind::mpi;
+  }
   dispatch_note_ = grid_.ep_size() == 1                       ? std::string(", no dispatch")
+                   : on_device()                              ? std::string(", MPI dispatch staged through host memory")
                    : dispatch == DispatchKind::shm            ? std::string(", shared-memory dispatch")
                    : dispatch == DispatchKind::mpi_overlapped ? fmt::format(", MPI dispatch overlapped ({} chunks)",
                                                                             cfg_.parallel.dispatch_chunks)
@@ -204,14 +215,14 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const RowPayloads rows = row_payloads(cfg_.parallel);
   dispatch_note_ += payload_note(rows, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : nullptr);
   const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
+  // A device run packs its rows on the host (the staged transport), with the CPU backend.
   const PayloadCodec codec = make_payload_codec(
-      rows.out, rows.back, *ops_.be,
+      rows.out, rows.back, on_device() ? backend(Device::cpu) : *ops_.be,
       fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
-  // On a device (one rank): the one-rank dispatcher whose rows live in the
-  // device's memory; an MPI dispatcher's rows are host memory.
+  // On a device: rows in the device's memory, across ranks staged through the host (moe/dispatcher.h).
   MoeContext ctx{DpGroup(grid_.dp()),
-                 on_device() ? make_local_dispatcher(ops_.b().allocator())
+                 on_device() ? make_device_dispatcher(grid_.ep(), ops_.b(), codec)
                              : make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks),
                                                nodes, codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
@@ -279,14 +290,13 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
 void Trainer::check_device_run(const Comm& world) const {
   if (!on_device()) return;
   const std::string dev = fmt::format("run.device = \"{}\"", cfg_.run.device);
-  // Data parallelism is staged through host memory (Trainer::step); expert
-  // and pipeline parallelism move activations, which need the NCCL
-  // communicator in device memory.
-  SY_CONFIG_CHECK(grid_.ep_size() == 1 && grid_.pp_size() == 1,
-                  "{}: {} trains with data parallelism only for now, and this run has parallel.pp = {}, ep = {} "
-                  "({} ranks): expert and pipeline parallelism on devices need the NCCL communicator, which the "
-                  "trainer does not use yet; set parallel.ep = 1 and parallel.pp = 1, or run.device = \"cpu\"",
-                  cfg_.source, dev, grid_.pp_size(), grid_.ep_size(), world.size());
+  // Data and expert parallelism are staged through host memory (Trainer::step,
+  // make_device_dispatcher); pipeline parallelism moves activations between
+  // stages, which needs device send/recv (the NCCL communicator).
+  SY_CONFIG_CHECK(grid_.pp_size() == 1,
+                  "{}: {} trains with data and expert parallelism for now, and this run has parallel.pp = {} "
+                  "({} ranks): pipeline stages on devices need the NCCL communicator, which the trainer does not use "
+                  "yet; set parallel.pp = 1, or run.device = \"cpu\"", cfg_.source, dev, grid_.pp_size(), world.size());
   SY_CONFIG_CHECK(!cfg_.parallel.zero1,
                   "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard and its optimizer state are host "
                   "memory; set parallel.zero1 = false", cfg_.source, dev);

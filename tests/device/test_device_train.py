@@ -8,7 +8,7 @@ the same run on run.device = "cpu" bit for bit: losses, gradient norms,
 validation losses, router statistics, samples and checkpoint datasets. A
 checkpoint written on either device resumes on the other. The bf16 and FP8
 recipes too (FP8 codes and scales are host memory, staged to and from the
-device), and two ranks data parallel. What the device path does not do yet
+device), and two ranks data parallel or expert parallel. What the device path does not do yet
 is refused with exit 2 naming the key.
 
 usage: test_device_train.py BIN_DIR WORK_DIR CASE
@@ -149,20 +149,23 @@ def test_refusals():
     refused([], ["run.device", "tpu", '"cpu", "cuda"'], device="tpu", env=ENV)
     # No GPU here and no emulation: the missing device is named (exit 2), not a crash.
     refused([], ['run.device = "cuda"', "not available"], env=ENV)
-    # Expert and pipeline parallelism move activations between devices: they need the NCCL communicator.
-    refused(["parallel.ep=2"], ['run.device = "cuda"', "data parallelism only", "parallel.pp = 1, ep = 2",
-                                "(2 ranks)", "NCCL"], extra=MPI2)
-    refused(["parallel.pp=2", "parallel.ep=1"], ['run.device = "cuda"', "parallel.pp = 2, ep = 1", "NCCL"],
+    # Pipeline stages move activations between devices: they need the NCCL communicator.
+    refused(["parallel.pp=2", "parallel.ep=1"], ['run.device = "cuda"', "parallel.pp = 2", "(2 ranks)", "NCCL"],
             extra=MPI2)
+    # The staged device dispatch is flat MPI, one chunk.
+    refused(["parallel.ep=2", "parallel.transport=shm"], ['run.device = "cuda"', 'parallel.transport = "shm"',
+                                                          '"auto" or "mpi"'], extra=MPI2)
+    refused(["parallel.ep=2", "parallel.overlap=true"], ['run.device = "cuda"', "parallel.overlap = true"], extra=MPI2)
 
 
-def test_data_parallel():
-    # Two ranks, data parallel (ep = 1): the device gradients are reduced
-    # through host memory after backward; every number and every checkpoint
-    # dataset equals the same two-rank run on the CPU bit for bit (the sums
-    # are MPI's in both runs, over the same buckets in the same order).
-    d = fresh("dp2")
-    sets = ["parallel.ep=1", "parallel.dp=2"]
+def test_parallel(name, sets):
+    # Two ranks: data parallel (ep = 1) or expert parallel (ep = 2). The device
+    # gradients are reduced through host memory after backward, and the MoE
+    # rows cross ranks staged through host memory (each chunk copied down,
+    # moved by MPI, copied up); every number and every checkpoint dataset
+    # equals the same two-rank run on the CPU bit for bit (both move the rows
+    # by MPI: parallel.transport = "mpi" on the CPU too).
+    d = fresh(name)
     moe_train(d / "cpu", sets, "cpu", extra=MPI2)
     moe_train(d / "dev", sets, "cuda", extra=MPI2)
     a, b = steps(d / "cpu"), steps(d / "dev")
@@ -171,7 +174,8 @@ def test_data_parallel():
     for s in (3, STEPS):
         same_checkpoint(ckpt(d / "cpu", s), ckpt(d / "dev", s))
     # A rank that updated with its own gradients alone (no reduction, or the
-    # sums not sent back to the device) would diverge from the CPU run at step 2.
+    # sums not sent back to the device), or experts that read rows never
+    # copied up, would diverge from the CPU run at step 1 or 2.
 
 
 CASES = {
@@ -182,7 +186,11 @@ CASES = {
     "equal_fp8_delayed": lambda: test_equal(["precision.recipe=fp8-tensor-delayed"]),
     "resume": test_resume_across_devices,
     "refusals": test_refusals,
-    "dp2": test_data_parallel,
+    "dp2": lambda: test_parallel("dp2", ["parallel.ep=1", "parallel.dp=2"]),
+    "ep2": lambda: test_parallel("ep2", ["parallel.ep=2", "parallel.transport=mpi"]),
+    # FP8 rows to the experts (packed on the host) and BF16 back.
+    "ep2_fp8": lambda: test_parallel("ep2_fp8", ["parallel.ep=2", "parallel.transport=mpi", "precision.recipe=fp8-block",
+                                                 "parallel.dispatch_dtype=fp8"]),
 }
 
 if __name__ == "__main__":

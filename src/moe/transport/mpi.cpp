@@ -7,15 +7,36 @@
 
 namespace sy {
 
-MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem)
+MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem, const Backend* staging)
     : ep_(ep), codec_(payload), mem_(&mem) {
-  SY_CHECK(ep_.solo() || mem.device() == Device::cpu,
-           "the MPI MoE dispatch moves host memory; rows in {} memory across {} ranks need the NCCL transport",
-           device_name(mem.device()), ep_.size());
+  if (!ep_.solo() && mem.device() != Device::cpu) {
+    SY_CHECK(staging && staging->device() == mem.device(),
+             "the MPI MoE dispatch moves host memory: rows in {} memory across {} ranks need that device's backend "
+             "to stage them through the host", device_name(mem.device()), ep_.size());
+    SY_CHECK(!codec_.be || codec_.be->device() == Device::cpu,
+             "staged MoE rows are packed on the host: the payload codec must run on the CPU backend");
+    staging_ = staging;
+  }
+}
+
+void MpiDispatcher::down(float* host, const float* dev, int64_t b, int64_t n, int64_t C) const {
+  staging_->copy(host + b * C, dev + b * C, static_cast<size_t>(n * C) * sizeof(float), {});
+  staging_->synchronize({});
+}
+
+void MpiDispatcher::up(float* dev, const float* host, int64_t b, int64_t n, int64_t C) const {
+  staging_->copy(dev + b * C, host + b * C, static_cast<size_t>(n * C) * sizeof(float), {});
+  staging_->synchronize({});  // the host copy is reused by the next chunk or pass
 }
 
 // The packed rows of a pass (a smaller payload; not with a group of one).
 void MpiDispatcher::packed_rows(Rows& r, Pass pass, MpiScratch& S, int64_t Ms, int64_t Mr, int64_t C) const {
+  if (staging_) {  // the host copies of the device rows
+    S.h_send.ensure(static_cast<size_t>(Ms * C));
+    S.h_back.ensure(static_cast<size_t>(Ms * C));
+    S.h_recv.ensure(static_cast<size_t>(Mr * C));
+    S.h_reply.ensure(static_cast<size_t>(Mr * C));
+  }
   const Payload out = payload_out(), back = payload_back();
   if (out != Payload::fp32) {
     const auto Wo = static_cast<size_t>(payload_row_words(out, C));
@@ -37,12 +58,15 @@ Request MpiDispatcher::post_out(Pass pass, const EpDispatch& plan, int c, const 
   if (timers)
     for (int r = 0; r < ep_.size(); ++r)
       if (r != ep_.rank()) timers->out_rows += plan.send_count(c, r), timers->out_bytes += plan.send_count(c, r) * W * 4;
-  if (p == Payload::fp32) return plan.to_experts(ep_, c, rows.send.local, rows.recv, C, to_what(pass));
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t b = plan.send_begin(c), n = plan.send_end(c) - b;
+  const float* send = rows.send.local;
+  if (staging_) down(S.h_send.data(), send, b, n, C), send = S.h_send.data();
+  if (p == Payload::fp32)
+    return plan.to_experts(ep_, c, send, staging_ ? S.h_recv.data() : rows.recv, C, to_what(pass));
   {
     Timed t(timers, &MoeTimers::codec);
-    const QuantStats st = payload_encode(p, S.out_send.data() + b * W, rows.send.local + b * C, n, C,
+    const QuantStats st = payload_encode(p, S.out_send.data() + b * W, send + b * C, n, C,
                                          pass == Pass::forward ? codec_.act : codec_.grad, codec_.be);
     if (p == Payload::fp8 && steps.encoded) steps.encoded(st);
   }
@@ -52,11 +76,15 @@ Request MpiDispatcher::post_out(Pass pass, const EpDispatch& plan, int c, const 
 void MpiDispatcher::land_out(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
                              int64_t C, MoeTimers* timers) const {
   const Payload p = payload_out();
-  if (p == Payload::fp32) return;
+  if (p == Payload::fp32 && !staging_) return;
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t W = payload_row_words(p, C), b = plan.recv_begin(c), n = plan.recv_end(c) - b;
-  Timed t(timers, &MoeTimers::codec);
-  payload_decode(p, rows.recv + b * C, S.out_recv.data() + b * W, n, C, out_format(pass));
+  if (p != Payload::fp32) {
+    Timed t(timers, &MoeTimers::codec);
+    payload_decode(p, (staging_ ? S.h_recv.data() : rows.recv) + b * C, S.out_recv.data() + b * W, n, C,
+                   out_format(pass));
+  }
+  if (staging_) up(rows.recv, S.h_recv.data(), b, n, C);
 }
 
 Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
@@ -66,12 +94,15 @@ Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const
   if (timers)
     for (int r = 0; r < ep_.size(); ++r)
       if (r != ep_.rank()) timers->back_rows += plan.recv_count(c, r), timers->back_bytes += plan.recv_count(c, r) * W * 4;
-  if (p == Payload::fp32) return plan.from_experts(ep_, c, rows.reply, rows.back.local, C, back_what(pass));
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t b = plan.recv_begin(c), n = plan.recv_end(c) - b;
+  const float* reply = rows.reply;
+  if (staging_) down(S.h_reply.data(), reply, b, n, C), reply = S.h_reply.data();
+  if (p == Payload::fp32)
+    return plan.from_experts(ep_, c, reply, staging_ ? S.h_back.data() : rows.back.local, C, back_what(pass));
   {
     Timed t(timers, &MoeTimers::codec);
-    payload_encode(p, S.back_send.data() + b * W, rows.reply + b * C, n, C);
+    payload_encode(p, S.back_send.data() + b * W, reply + b * C, n, C);
   }
   return plan.from_experts(ep_, c, S.back_send.data(), S.back_recv.data(), W, back_what(pass));
 }
@@ -79,11 +110,14 @@ Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const
 void MpiDispatcher::land_back(const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
                               MoeTimers* timers) const {
   const Payload p = payload_back();
-  if (p == Payload::fp32) return;
+  if (p == Payload::fp32 && !staging_) return;
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t W = payload_row_words(p, C), b = plan.send_begin(c), n = plan.send_end(c) - b;
-  Timed t(timers, &MoeTimers::codec);
-  payload_decode(p, rows.back.local + b * C, S.back_recv.data() + b * W, n, C);
+  if (p != Payload::fp32) {
+    Timed t(timers, &MoeTimers::codec);
+    payload_decode(p, (staging_ ? S.h_back.data() : rows.back.local) + b * C, S.back_recv.data() + b * W, n, C);
+  }
+  if (staging_) up(rows.back.local, S.h_back.data(), b, n, C);
 }
 
 void MpiDispatcher::plan(EpDispatch& plan, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K,
