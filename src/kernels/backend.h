@@ -179,6 +179,12 @@ class Backend {
   virtual void moe_combine_backward(RowMap dy, float* dgates, const float* dout, RowMap y, const float* gates,
                                     const int32_t* pos, int64_t N, int64_t K, int64_t C, Stream s) const = 0;
 
+  // The squared L2 norm of each run x[offsets[r], + counts[r]) in double,
+  // into out[r] (host memory; offsets and counts are host arrays too); returns
+  // once out is filled. The gradient norm's terms (kernels/cpu/adamw.h).
+  virtual void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts,
+                           int64_t ranges, Stream s) const = 0;
+
   // AdamW on n parameters; moments in FP32 or BF16 (uint16 storage).
   virtual void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a,
                             Stream s) const = 0;

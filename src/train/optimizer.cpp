@@ -1,9 +1,9 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/dtype.h"
-#include "core/parallel.h"
 
 namespace sy {
 
@@ -15,24 +15,20 @@ double lr_at(const TrainSection& t, int64_t step) {
   return min_lr + 0.5 * (t.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-GradNormPart grad_norm_part(const float* grads, const std::vector<OptRange>& owned, const ParamLayout& layout) {
+GradNormPart grad_norm_part(const Backend& be, Stream stream, const float* grads, const std::vector<OptRange>& owned,
+                            const ParamLayout& layout) {
+  const size_t R = owned.size();
+  std::vector<int64_t> offsets(R), counts(R);
+  for (size_t i = 0; i < R; ++i) offsets[i] = owned[i].state, counts[i] = owned[i].end - owned[i].begin;
+  std::vector<double> sums(R, 0.0);
+  for (size_t b = 0; b < R; b += 65535)  // the most one call takes
+    be.sum_squares(sums.data() + b, grads, offsets.data() + b, counts.data() + b,
+                   static_cast<int64_t>(std::min<size_t>(65535, R - b)), stream);
   GradNormPart out;
-  for (const OptRange& r : owned) {
-    const float* g = grads + r.state;
-    int64_t n = r.end - r.begin;
-    int64_t chunks = chunk_count(n, 1 << 15);
-    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
-    parallel_chunks(n, chunks, [&](int64_t b, int64_t e, int64_t c) {
-      double s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = b; i < e; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-      part[static_cast<size_t>(c)] = s;
-    });
-    double s = 0;
-    for (double x : part) s += x;
-    int64_t index = layout.params()[static_cast<size_t>(r.param)].index;
-    if (!std::isfinite(s) && (out.nonfinite < 0 || index < out.nonfinite)) out.nonfinite = index;
-    out.sumsq += s;
+  for (size_t i = 0; i < R; ++i) {
+    const int64_t index = layout.params()[static_cast<size_t>(owned[i].param)].index;
+    if (!std::isfinite(sums[i]) && (out.nonfinite < 0 || index < out.nonfinite)) out.nonfinite = index;
+    out.sumsq += sums[i];
   }
   return out;
 }

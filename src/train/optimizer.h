@@ -23,9 +23,10 @@ struct GradNormPart {
   int64_t nonfinite = -1;      // smallest full-model index (ParamInfo::index) of a tensor with NaN/Inf, or -1
 };
 // Sums squares over `owned` (gradients found at their state offsets), in
-// double, per tensor, in a fixed order.
-GradNormPart grad_norm_part(const float* grads_by_state, const std::vector<OptRange>& owned,
-                            const ParamLayout& layout);
+// double, per tensor, in a fixed order, by the backend whose memory holds
+// the gradients (Backend::sum_squares: one call, the sums come back).
+GradNormPart grad_norm_part(const Backend& be, Stream s, const float* grads_by_state,
+                            const std::vector<OptRange>& owned, const ParamLayout& layout);
 
 // PyTorch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)); 1 when
 // max_norm <= 0 (clipping off). AdamW::update applies it.

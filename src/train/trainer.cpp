@@ -88,20 +88,18 @@ StepStats Trainer::step(int64_t step) {
   sync_->finish();
   const double to = now_seconds();
 
-  // Global gradient norm: every rank's owned share, summed. On a device the
-  // gradients come to the host first (one copy), so the sum is the CPU's.
-  // Several ranks on devices reduce them there, through MPI, and send the
-  // sums back for the update (staged: the NCCL communicator is to reduce
-  // them in device memory, overlapped with backward, as the CPU does).
-  if (on_device()) {
+  // Several ranks on devices reduce the gradients on the host, through MPI,
+  // and send the sums back for the update (staged: the NCCL communicator is
+  // to reduce them in device memory, overlapped with backward, as the CPU does).
+  if (staged_sync()) {
     ops_.b().copy(grads_.data(), dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
     ops_.b().synchronize(ops_.stream);
-    if (staged_sync()) {
-      sync_->reduce_all(grads_.data());
-      ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
-    }
+    sync_->reduce_all(grads_.data());
+    ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
   }
-  GradNormPart gn = grad_norm_part(sync_->reduced(grads_.data()), sync_->owned(), layout);
+  // Global gradient norm: every rank's owned share, summed; each tensor's
+  // squares summed where the gradients are (Backend::sum_squares).
+  GradNormPart gn = grad_norm_part(ops_.b(), ops_.stream, sync_->reduced(live_grads()), sync_->owned(), layout);
   double norm_in[2] = {gn.sumsq, 0}, bad = gn.nonfinite < 0 ? 1e300 : static_cast<double>(gn.nonfinite);
   grid_.world().allreduce_sum(norm_in, 1);
   grid_.world().allreduce_min(&bad, 1);

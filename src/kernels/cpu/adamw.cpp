@@ -1,5 +1,7 @@
 #include "kernels/cpu/adamw.h"
 
+#include <vector>
+
 #include "core/parallel.h"
 
 namespace sy {
@@ -35,6 +37,24 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const
 
 void adamw_update_bf16(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWParams& a) {
   adamw_loop(p, g, m, v, n, a, bf16_to_f32, f32_to_bf16);
+}
+
+void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges) {
+  for (int64_t r = 0; r < ranges; ++r) {
+    const float* g = x + offsets[r];
+    const int64_t n = counts[r];
+    const int64_t chunks = chunk_count(n, 1 << 15);
+    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+    parallel_chunks(n, chunks, [&](int64_t b, int64_t e, int64_t c) {
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = b; i < e; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+      part[static_cast<size_t>(c)] = s;
+    });
+    double s = 0;
+    for (double v : part) s += v;
+    out[r] = s;
+  }
 }
 
 }  // namespace sy

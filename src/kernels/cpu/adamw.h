@@ -21,6 +21,14 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const
 // weight step uses the FP32 values), stored rounded to nearest even.
 void adamw_update_bf16(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWParams& a);
 
+// The squared L2 norm of each of `ranges` runs of x (run r: x[offsets[r],
+// offsets[r] + counts[r])), in double, into out[r]: the gradient norm's
+// terms. Each run is cut into fixed chunks of about 2^15 (their number
+// depends on the run's length alone), summed per chunk and the chunks in
+// order, so the result does not depend on the thread count. A NaN or Inf in
+// a run makes its sum non-finite.
+void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges);
+
 template <class T>
 void adamw_update_ref(T* p, const T* g, T* m, T* v, int64_t n, const AdamWParams& a) {
   double bc1 = 1.0 - std::pow(double(a.beta1), double(a.step));

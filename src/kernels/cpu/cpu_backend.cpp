@@ -223,6 +223,10 @@ class CpuBackend final : public Backend {
     sy::moe_combine_backward(dy, dgates, dout, y, gates, pos, N, K, C);
   }
 
+  void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
+                   Stream) const override {
+    sy::sum_squares(out, x, offsets, counts, ranges);
+  }
   void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a,
                     Stream) const override {
     sy::adamw_update(p, g, m, v, n, a);

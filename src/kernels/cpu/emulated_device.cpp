@@ -448,6 +448,14 @@ class EmulatedCuda final : public Backend {
     Open open(*this);
     cpu_.moe_combine_backward(dy, dgates, dout, y, gates, pos, N, K, C, s);
   }
+  void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
+                   Stream s) const override {
+    on_device(x, "sum_squares", "x");
+    SY_CHECK(!mem_.contains(out) && !mem_.contains(offsets) && !mem_.contains(counts),
+             "emulated CUDA device: sum_squares's out, offsets and counts are host memory by contract");
+    Open open(*this);
+    cpu_.sum_squares(out, x, offsets, counts, ranges, s);
+  }
   void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a, Stream s) const override {
     on_device(p, "adamw_update", "p");
     on_device(g, "adamw_update", "g");

@@ -89,6 +89,29 @@ __global__ void rope_kernel(float* x, const float* cos_t, const float* sin_t, in
   }
 }
 
+// Squared sums of runs (the gradient norm's terms): block (b, r) sums a
+// grid-stride share of run r in double and writes partial[r * gridDim.x + b];
+// the host adds a run's partials in order (deterministic).
+constexpr int kSumParts = 32;
+__global__ void sum_squares_kernel(double* partial, const float* x, const int64_t* offsets, const int64_t* counts) {
+  const int64_t r = blockIdx.y, n = counts[r];
+  const float* g = x + offsets[r];
+  double s = 0;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double v = g[i];
+    s += v * v;
+  }
+  __shared__ double sh[kThreads];
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w >>= 1) {
+    if (static_cast<int>(threadIdx.x) < w) sh[threadIdx.x] += sh[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[r * gridDim.x + blockIdx.x] = sh[0];
+}
+
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, math::AdamWConsts k) {
   SY_GRID_LOOP(i, n) math::adamw(p + i, g[i], m + i, v + i, k);
 }
@@ -657,6 +680,29 @@ class CudaBackend final : public Backend {
     launched("moe_combine_backward");
   }
 
+  void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
+                   Stream s) const override {
+    if (ranges <= 0) return;
+    SY_CHECK(ranges <= 65535, "sum_squares on the CUDA backend: {} runs, at most 65535 per call", ranges);
+    std::lock_guard<std::mutex> lk(mu_);
+    const size_t R = static_cast<size_t>(ranges);
+    norm_scratch_.resize(2 * R * sizeof(int64_t) + R * kSumParts * sizeof(double));
+    auto* d_off = norm_scratch_.as<int64_t>();
+    int64_t* d_cnt = d_off + R;
+    auto* d_part = reinterpret_cast<double*>(d_cnt + R);
+    copy(d_off, offsets, R * sizeof(int64_t), s);
+    copy(d_cnt, counts, R * sizeof(int64_t), s);
+    sum_squares_kernel<<<dim3(kSumParts, static_cast<unsigned>(R)), kThreads, 0, cs(s)>>>(d_part, x, d_off, d_cnt);
+    launched("sum_squares");
+    std::vector<double> part(R * kSumParts);
+    copy(part.data(), d_part, part.size() * sizeof(double), s);
+    synchronize(s);
+    for (size_t r = 0; r < R; ++r) {
+      double t = 0;
+      for (int b = 0; b < kSumParts; ++b) t += part[r * kSumParts + static_cast<size_t>(b)];
+      out[r] = t;
+    }
+  }
   void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWParams& a,
                     Stream s) const override {
     adamw_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(p, g, m, v, n, consts(a));
@@ -719,6 +765,7 @@ class CudaBackend final : public Backend {
   mutable DeviceAllocator alloc_;
   mutable DeviceFp8 fp8_a_, fp8_b_;
   mutable DeviceBuffer router_scratch_;
+  mutable DeviceBuffer norm_scratch_;  // sum_squares: offsets, counts, partial sums
 };
 
 }  // namespace

@@ -392,5 +392,18 @@ TEST(CudaBackend, AdamwFp32AndBf16MomentsAreTheCpuUpdate) {
   EXPECT_LE(differ, n / 100);
 }
 
+// The gradient norm's terms. Both sides sum squares in double, in another
+// order: relative 1e-12 (the reordering of ~1e5 double additions).
+TEST(CudaBackend, SumSquaresMatchesTheCpu) {
+  SY_NEED_GPU();
+  const auto x = test::randn(250007, 12);
+  const std::vector<int64_t> off = {0, 5, 5, 70000, 100}, cnt = {5, 0, 180007, 1, 65536};
+  std::vector<double> want(off.size()), got(off.size());
+  C.sum_squares(want.data(), x.data(), off.data(), cnt.data(), 5, {});
+  Dev<float> gx(*G, x);
+  G->sum_squares(got.data(), gx.p, off.data(), cnt.data(), 5, {});
+  for (size_t r = 0; r < off.size(); ++r) EXPECT_NEAR(got[r], want[r], 1e-12 * std::max(1.0, want[r])) << r;
+}
+
 }  // namespace
 }  // namespace sy

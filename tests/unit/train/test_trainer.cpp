@@ -6,6 +6,7 @@
 #include "comm/comm.h"
 #include "data/batcher.h"
 #include "data/dataset.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "testing.h"
 #include "config/run.h"
 #include "train/grad_sync.h"
@@ -46,11 +47,11 @@ TEST(GradNorm, NamesTheFirstNonFiniteTensor) {
   ParamLayout layout(m);
   GradSync sync(layout, Grid(), false);
   std::vector<float> g(layout.total(), 1.f);
-  EXPECT_NEAR(grad_norm_part(g.data(), sync.owned(), layout).sumsq, double(layout.total()), 1e-9);
+  EXPECT_NEAR(grad_norm_part(cpu_backend(), {}, g.data(), sync.owned(), layout).sumsq, double(layout.total()), 1e-9);
   const ParamInfo& p = layout.find("layers.1.moe.experts.1.w2");
   g[p.offset + 3] = NAN;
   g[layout.find("lm_head.weight").offset] = INFINITY;
-  EXPECT_EQ(grad_norm_part(g.data(), sync.owned(), layout).nonfinite, p.index);
+  EXPECT_EQ(grad_norm_part(cpu_backend(), {}, g.data(), sync.owned(), layout).nonfinite, p.index);
 }
 
 TEST(GradSync, SingleRankBucketsCoverEveryParameterOnce) {
