@@ -4,18 +4,28 @@
 
 namespace sy {
 
-void WgradQueue::add(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O, bool bf16) {
-  const size_t at = store_.size();
-  store_.insert(store_.end(), dout, dout + N * O);
-  tasks_.push_back({dw, at, inp, N, I, O, bf16});
+void WgradQueue::add(const Backend& be, Stream s, float* dw, const float* dout, const float* inp, int64_t N,
+                     int64_t I, int64_t O, bool bf16) {
+  if (be.device() == Device::cpu) {
+    const size_t at = store_.size();
+    store_.insert(store_.end(), dout, dout + N * O);
+    tasks_.push_back({dw, at, inp, N, I, O, bf16, false});
+    return;
+  }
+  const size_t k = tasks_.size();  // the k-th task of a micro-batch reuses the k-th buffer
+  while (dev_.size() <= k) dev_.emplace_back();
+  float* copy = dev_[k].ensure(static_cast<size_t>(N * O), be.allocator());
+  be.copy(copy, dout, static_cast<size_t>(N * O) * sizeof(float), s);
+  tasks_.push_back({dw, k, inp, N, I, O, bf16, true});
 }
 
 void WgradQueue::run(const Backend& be, Stream s) {
   for (const Task& t : tasks_) {
+    const float* dout = t.device ? dev_[t.dout].data() : store_.data() + t.dout;
     if (t.bf16)
-      be.linear_wgrad_bf16(t.dw, store_.data() + t.dout, t.inp, t.N, t.I, t.O, s);
+      be.linear_wgrad_bf16(t.dw, dout, t.inp, t.N, t.I, t.O, s);
     else
-      be.linear_wgrad(t.dw, store_.data() + t.dout, t.inp, t.N, t.I, t.O, s);
+      be.linear_wgrad(t.dw, dout, t.inp, t.N, t.I, t.O, s);
   }
   tasks_.clear();
   store_.clear();  // keeps its capacity for the next micro-batch
@@ -36,7 +46,7 @@ void mm_forward(const Ops& ops, Fp8Group g, float* out, const float* inp, const 
 void linear_backward(const Ops& ops, float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                      int64_t N, int64_t I, int64_t O, bool accumulate_dinp) {
   if (dinp) ops.b().linear_dgrad(dinp, dout, w, N, I, O, accumulate_dinp, ops.stream);
-  if (ops.defer) return ops.defer->add(dw, dout, inp, N, I, O);
+  if (ops.defer) return ops.defer->add(ops.b(), ops.stream, dw, dout, inp, N, I, O);
   ops.b().linear_wgrad(dw, dout, inp, N, I, O, ops.stream);
 }
 
@@ -46,7 +56,7 @@ void mm_backward(const Ops& ops, Fp8Group g, float* dinp, float* dw, const float
   if (ops.bf16) {  // dx = bf16(dy) . bf16(W);  dW += bf16(dy)^T . bf16(x)
     SY_CHECK(inp && !saved, "activations saved in FP8 ({} layer) need an FP8 recipe, not bf16", to_string(g));
     if (dinp) ops.b().linear_dgrad_bf16(dinp, dout, w, N, I, O, accumulate_dinp, ops.stream);
-    if (ops.defer) return ops.defer->add(dw, dout, inp, N, I, O, true);
+    if (ops.defer) return ops.defer->add(ops.b(), ops.stream, dw, dout, inp, N, I, O, true);
     return ops.b().linear_wgrad_bf16(dw, dout, inp, N, I, O, ops.stream);
   }
   if (!ops.fp8) return linear_backward(ops, dinp, dw, dout, inp, w, N, I, O, accumulate_dinp);
@@ -85,7 +95,7 @@ void grouped_backward(const Ops& ops, float* dinp, float* const* dw, const float
     if (!ops.defer) return ops.b().grouped_linear_wgrad_bf16(dw, dout, inp, offsets, groups, I, O, ops.stream);
     for (int64_t e = 0; e < groups; ++e) {
       const int64_t n = offsets[e + 1] - offsets[e];
-      if (n > 0) ops.defer->add(dw[e], dout + offsets[e] * O, inp + offsets[e] * I, n, I, O, true);
+      if (n > 0) ops.defer->add(ops.b(), ops.stream, dw[e], dout + offsets[e] * O, inp + offsets[e] * I, n, I, O, true);
     }
     return;
   }
@@ -93,7 +103,7 @@ void grouped_backward(const Ops& ops, float* dinp, float* const* dw, const float
   if (!ops.defer) return ops.b().grouped_linear_wgrad(dw, dout, inp, offsets, groups, I, O, ops.stream);
   for (int64_t e = 0; e < groups; ++e) {
     const int64_t n = offsets[e + 1] - offsets[e];
-    if (n > 0) ops.defer->add(dw[e], dout + offsets[e] * O, inp + offsets[e] * I, n, I, O);
+    if (n > 0) ops.defer->add(ops.b(), ops.stream, dw[e], dout + offsets[e] * O, inp + offsets[e] * I, n, I, O);
   }
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fp8/linear.h"
+#include "core/arena.h"
 #include "kernels/backend.h"
 
 namespace sy {
@@ -30,21 +31,28 @@ class WgradQueue {
  public:
   // bf16: the bf16 recipe's GEMM (Backend::linear_wgrad_bf16, which rounds
   // both operands when the queue runs; dout is copied as given).
-  void add(float* dw, const float* dout, const float* inp, int64_t N, int64_t I, int64_t O, bool bf16 = false);
+  // dout is copied where `be` keeps memory (host memory on the CPU backend).
+  void add(const Backend& be, Stream s, float* dw, const float* dout, const float* inp, int64_t N, int64_t I,
+           int64_t O, bool bf16 = false);
   void run(const Backend& be, Stream s = {});
   bool empty() const { return tasks_.empty(); }
-  size_t capacity_bytes() const { return store_.capacity() * sizeof(float); }
+  size_t capacity_bytes() const {
+    size_t n = store_.capacity();
+    for (const auto& b : dev_) n += b.capacity();
+    return n * sizeof(float);
+  }
 
  private:
   struct Task {
     float* dw;
-    size_t dout;  // offset into store_
+    size_t dout;  // offset into store_, or (on a device) index into dev_
     const float* inp;
     int64_t N, I, O;
-    bool bf16;
+    bool bf16, device;
   };
   std::vector<Task> tasks_;
-  std::vector<float> store_;  // host copies of dout (the CPU backend's memory)
+  std::vector<float> store_;               // the CPU backend's copies of dout
+  std::vector<GrowBuffer<float>> dev_;     // a device's copies, one per task (kept for the next micro-batch)
 };
 
 struct Ops {

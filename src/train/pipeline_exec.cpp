@@ -66,6 +66,7 @@ void Trainer::setup_pipeline(const MoeContext& ctx, bool fp8_activations) {
     for (int64_t k = slots - 1; k >= 0; --k) P.free_slots[static_cast<size_t>(c)].push_back(k);
     P.defer[static_cast<size_t>(c)].resize(static_cast<size_t>(slots));
   }
+  P.be = ops_.be, P.stream = ops_.stream;
   P.tied = cfg_.model.tie_embeddings;
   const bool ends = r == 0 || r == pl.pp - 1;
   P.emb = grid_.world().split(ends ? static_cast<int>(grid_.dp_rank()) : static_cast<int>(grid_.dp_size() + grid_.world().rank()),
@@ -132,9 +133,13 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
         P.slot_of[ch][op.mb] = slot;
         P.peak = std::max(P.peak, ++P.held);
         if (st > 0) wait_msg(0, op.mb, op.chunk, T.input(slot));
-        if (P.recompute && st > 0) P.saved_in[ch][op.mb].assign(T.input(slot), T.input(slot) + N * C);
+        if (P.recompute && st > 0) {
+          auto& saved = P.saved_in[ch][op.mb];
+          saved.resize(static_cast<size_t>(N * C));
+          P.to_host(saved.data(), T.input(slot), N * C);
+        }
         t1 = now_seconds();
-        MicroBatchStats mb = T.forward(slot, params_.data(), expert_bias_.data(), in, tg, true, scale);
+        MicroBatchStats mb = T.forward(slot, live_params(), live_bias(), in, tg, true, scale);
         SY_CHECK(std::isfinite(mb.loss_sum), "the loss is {} at step {} (micro-batch {}, rank {}): training diverged; "
                  "lower train.lr or check the data", mb.loss_sum, step, op.mb, grid_.world().rank());
         sums[0] += mb.loss_sum;
@@ -161,11 +166,11 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
         if (st < stages - 1) wait_msg(1, op.mb, op.chunk, T.grad_output(slot));
         t1 = now_seconds();
         if (P.recompute) {  // the forward again, from the saved stage input (it leaves grad_output alone)
-          if (st > 0) std::copy_n(P.saved_in[ch].at(op.mb).data(), N * C, T.input(slot));
-          T.forward(slot, params_.data(), expert_bias_.data(), in, tg, true, scale);
+          if (st > 0) P.from_host(T.input(slot), P.saved_in[ch].at(op.mb).data(), N * C);
+          T.forward(slot, live_params(), live_bias(), in, tg, true, scale);
         }
         // backward_input: the weight-gradient GEMMs wait in this slot's queue for backward_weight.
-        T.backward(slot, params_.data(), grads_.data(), {},
+        T.backward(slot, live_params(), live_grads(), {},
                    op.kind == OpKind::backward_input ? &P.defer[ch][static_cast<size_t>(slot)] : nullptr);
         P.sum_b[ch] += now_seconds() - t1, ++P.n_b[ch];
         if (op.kind == OpKind::backward && st == 0) free_slot(op.chunk, op.mb);
@@ -198,16 +203,15 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
   SY_CHECK(P.recvs.empty() && P.held == 0, "pipeline rank {}: {} receives and {} micro-batches left after the schedule",
            r, P.recvs.size(), P.held);
 
-  // Gradients: the tied embedding's two copies summed, then every bucket over its group.
-  watchdog::set_phase("gradient reduction");
-  if (P.tied && layout_->stage().embed != layout_->stage().head && !P.emb.solo()) {
-    const int64_t n = cfg_.model.vocab_size * cfg_.model.d_model;
-    Request req = P.emb.iallreduce_sum(grads_.data() + layout_->embed(), n, "tied embedding gradient");
-    req.wait();
+  // Gradients: the tied embedding's two copies summed, then every bucket over
+  // its group (on a device: Trainer::step, with the gradients on the host).
+  if (!staged_sync()) {
+    watchdog::set_phase("gradient reduction");
+    reduce_tied_embedding(grads_.data());
+    int64_t last_key = -2;
+    for (const Bucket& b : layout_->buckets())
+      if (b.ready != last_key) sync_->ready(last_key = b.ready, grads_.data());
   }
-  int64_t last_key = -2;
-  for (const Bucket& b : layout_->buckets())
-    if (b.ready != last_key) sync_->ready(last_key = b.ready, grads_.data());
   // Every stage's share of the statistics: loads and router terms by MoE layer.
   pp.allreduce_sum(sums, 5);
   pp.allreduce_sum(load.data(), load.size());
@@ -227,6 +231,16 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
 // Per pipeline rank of data-parallel rank 0: bubble measured from op
 // timestamps and simulated on the measured op costs, peak micro-batches and
 // activation memory held.
+void Trainer::reduce_tied_embedding(float* grads) {
+  if (!pipelined()) return;
+  PipeState& P = *pipe_;
+  if (P.tied && layout_->stage().embed != layout_->stage().head && !P.emb.solo()) {
+    const int64_t n = cfg_.model.vocab_size * cfg_.model.d_model;
+    Request req = P.emb.iallreduce_sum(grads + layout_->embed(), n, "tied embedding gradient");
+    req.wait();
+  }
+}
+
 void Trainer::pipeline_stats(StepStats& s) {
   PipeState& P = *pipe_;
   const PipelinePlan& pl = P.plan;
@@ -286,7 +300,7 @@ double Trainer::validate_pipeline() {
       case OpKind::forward: {
         if (st > 0) P.receive(0, op.mb, op.chunk, T.input(0), r);
         if (st == 0 || st == stages - 1) batcher_->val_batch(op.mb, grid_.dp_rank(), in.data(), tg.data());
-        MicroBatchStats mb = T.evaluate(0, params_.data(), expert_bias_.data(), in.data(), tg.data());
+        MicroBatchStats mb = T.evaluate(0, live_params(), live_bias(), in.data(), tg.data());
         sums[0] += mb.loss_sum;
         sums[1] += static_cast<double>(mb.tokens);
         break;

@@ -37,6 +37,23 @@ struct PipeState {
   std::map<std::tuple<int, int, int>, Msg> recvs;
   std::deque<Msg> sends;
   std::vector<std::vector<float>> pool;  // spare (N, C) buffers
+  // The backend whose memory the stage buffers are in: on a device, messages
+  // are staged through these host buffers (copied down before a send, up
+  // after a receive).
+  const Backend* be = nullptr;
+  Stream stream{};
+  bool on_device() const { return be && be->device() != Device::cpu; }
+  // n floats between host and stage memory, complete on return.
+  void to_host(float* host, const float* src, int64_t n) const {
+    if (!on_device()) return void(std::copy_n(src, n, host));
+    be->copy(host, src, static_cast<size_t>(n) * sizeof(float), stream);
+    be->synchronize(stream);
+  }
+  void from_host(float* dst, const float* host, int64_t n) const {
+    if (!on_device()) return void(std::copy_n(host, n, dst));
+    be->copy(dst, host, static_cast<size_t>(n) * sizeof(float), stream);
+    be->synchronize(stream);
+  }
   std::vector<int32_t> inputs, targets;  // (m, N) this step's batch
   int64_t held = 0, peak = 0;            // micro-batches of activations held now / at most this step
   // Timings of this step's compute ops.
@@ -63,14 +80,14 @@ struct PipeState {
     SY_CHECK(it != recvs.end(), "pipeline rank {}: no receive posted for the {} of micro-batch {} chunk {}", rank,
              is_grad ? "gradient" : "activation", mb, chunk);
     it->second.req.wait();
-    std::copy_n(it->second.buf.data(), N * C, dst);
+    from_host(dst, it->second.buf.data(), N * C);
     give(std::move(it->second.buf));
     recvs.erase(it);
   }
   // Starts sending a copy of src (N, C), so src may change at once.
   void send(const Comm& pp, const float* src, int peer, int tag) {
     Msg msg{take(), {}};
-    std::copy_n(src, N * C, msg.buf.data());
+    to_host(msg.buf.data(), src, N * C);
     msg.req = pp.isend(msg.buf.data(), N * C, peer, tag, "pipeline send");
     sends.push_back(std::move(msg));
   }

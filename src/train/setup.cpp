@@ -123,7 +123,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   // run.device: the backend every op runs on (the CUDA module loaded at run
   // time, or the emulated device under SY_EMULATE_CUDA=guarded in tests).
   ops_.be = &open_backend(*parse_device(cfg_.run.device));
-  check_device_run(world);
+  check_device_run();
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
   cfg_.resolve_batch(grid_.dp_size());
@@ -287,16 +287,12 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   state_to_device();  // the initial parameters, zero moments and bias (train() does it again after a resume)
 }
 
-void Trainer::check_device_run(const Comm& world) const {
+void Trainer::check_device_run() const {
   if (!on_device()) return;
   const std::string dev = fmt::format("run.device = \"{}\"", cfg_.run.device);
-  // Data and expert parallelism are staged through host memory (Trainer::step,
-  // make_device_dispatcher); pipeline parallelism moves activations between
-  // stages, which needs device send/recv (the NCCL communicator).
-  SY_CONFIG_CHECK(grid_.pp_size() == 1,
-                  "{}: {} trains with data and expert parallelism for now, and this run has parallel.pp = {} "
-                  "({} ranks): pipeline stages on devices need the NCCL communicator, which the trainer does not use "
-                  "yet; set parallel.pp = 1, or run.device = \"cpu\"", cfg_.source, dev, grid_.pp_size(), world.size());
+  // Data, expert and pipeline parallelism are staged through host memory
+  // (Trainer::step, make_device_dispatcher, PipeState): correct on any
+  // device, not yet the NCCL communicator's device-to-device traffic.
   SY_CONFIG_CHECK(!cfg_.parallel.zero1,
                   "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard and its optimizer state are host "
                   "memory; set parallel.zero1 = false", cfg_.source, dev);

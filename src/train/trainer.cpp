@@ -94,6 +94,7 @@ StepStats Trainer::step(int64_t step) {
   if (staged_sync()) {
     ops_.b().copy(grads_.data(), dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
     ops_.b().synchronize(ops_.stream);
+    reduce_tied_embedding(grads_.data());
     sync_->reduce_all(grads_.data());
     ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
   }

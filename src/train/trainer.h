@@ -135,11 +135,14 @@ class Trainer {
   void update_bias(const std::vector<std::vector<int64_t>>& load);
   // run.device = "cuda" (setup.cpp): what the device path refuses (exit 2),
   // and the copies between the live device state and its host copies.
-  void check_device_run(const Comm& world) const;
+  void check_device_run() const;
   float* live_params() { return on_device() ? dparams_.data() : params_.data(); }
   float* live_grads() { return on_device() ? dgrads_.data() : grads_.data(); }
-  // Data parallelism on devices: gradients reduced on the host after backward.
-  bool staged_sync() const { return on_device() && grid_.dp_size() > 1; }
+  // Data parallelism and pipeline stages on devices: gradients reduced on the
+  // host after backward (the tied embedding's copies too).
+  bool staged_sync() const { return on_device() && (grid_.dp_size() > 1 || pipelined()); }
+  // Pipelines: sums the tied embedding's gradient over its first and last stage.
+  void reduce_tied_embedding(float* grads);
   const float* live_bias() const { return on_device() ? dbias_.data() : expert_bias_.data(); }
   void params_to_host();   // device parameters -> params_ (after any background save has staged)
   void bias_to_device();   // expert_bias_ -> the device's copy

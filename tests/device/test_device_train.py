@@ -8,7 +8,8 @@ the same run on run.device = "cpu" bit for bit: losses, gradient norms,
 validation losses, router statistics, samples and checkpoint datasets. A
 checkpoint written on either device resumes on the other. The bf16 and FP8
 recipes too (FP8 codes and scales are host memory, staged to and from the
-device), and two ranks data parallel or expert parallel. What the device path does not do yet
+device), and two ranks data parallel, expert parallel or as two pipeline
+stages. What the device path does not do yet
 is refused with exit 2 naming the key.
 
 usage: test_device_train.py BIN_DIR WORK_DIR CASE
@@ -30,6 +31,8 @@ ENV = mpi_env(OMP_NUM_THREADS="1")
 EMU = dict(ENV, SY_EMULATE_CUDA="guarded")
 STEPS = 6
 MPI2 = ["mpiexec", "-n", "2", "--bind-to", "none"]
+PP2 = ["parallel.pp=2", "parallel.ep=1", "model.tie_embeddings=true", "train.global_batch=4", "train.grad_accum=4",
+       "train.sample_every=0"]
 # Tiny and short (the emulation changes page protections around every op):
 # 6 steps of 2 sequences of 32 bytes, one thread. The balancing bias, an lr
 # group, validation and samples are on so that each of the device path's
@@ -149,9 +152,6 @@ def test_refusals():
     refused([], ["run.device", "tpu", '"cpu", "cuda"'], device="tpu", env=ENV)
     # No GPU here and no emulation: the missing device is named (exit 2), not a crash.
     refused([], ['run.device = "cuda"', "not available"], env=ENV)
-    # Pipeline stages move activations between devices: they need the NCCL communicator.
-    refused(["parallel.pp=2", "parallel.ep=1"], ['run.device = "cuda"', "parallel.pp = 2", "(2 ranks)", "NCCL"],
-            extra=MPI2)
     # The staged device dispatch is flat MPI, one chunk.
     refused(["parallel.ep=2", "parallel.transport=shm"], ['run.device = "cuda"', 'parallel.transport = "shm"',
                                                           '"auto" or "mpi"'], extra=MPI2)
@@ -170,7 +170,8 @@ def test_parallel(name, sets):
     moe_train(d / "dev", sets, "cuda", extra=MPI2)
     a, b = steps(d / "cpu"), steps(d / "dev")
     same_steps(a, b, list(range(1, STEPS + 1)))
-    assert (d / "cpu" / "samples.txt").read_bytes() == (d / "dev" / "samples.txt").read_bytes()
+    if (d / "cpu" / "samples.txt").exists() or (d / "dev" / "samples.txt").exists():
+        assert (d / "cpu" / "samples.txt").read_bytes() == (d / "dev" / "samples.txt").read_bytes()
     for s in (3, STEPS):
         same_checkpoint(ckpt(d / "cpu", s), ckpt(d / "dev", s))
     # A rank that updated with its own gradients alone (no reduction, or the
@@ -187,6 +188,12 @@ CASES = {
     "resume": test_resume_across_devices,
     "refusals": test_refusals,
     "dp2": lambda: test_parallel("dp2", ["parallel.ep=1", "parallel.dp=2"]),
+    # Two pipeline stages (no samples with pp): activations and their gradients
+    # staged through host memory between stages, the tied embedding's
+    # gradient summed over both; zero-bubble's deferred weight gradients keep
+    # their output gradients in device memory (WgradQueue).
+    "pp2_1f1b": lambda: test_parallel("pp2_1f1b", PP2 + ["parallel.schedule=1f1b", "parallel.recompute=full"]),
+    "pp2_zb_bf16": lambda: test_parallel("pp2_zb_bf16", PP2 + ["parallel.schedule=zb", "precision.recipe=bf16"]),
     "ep2": lambda: test_parallel("ep2", ["parallel.ep=2", "parallel.transport=mpi"]),
     # FP8 rows to the experts (packed on the host) and BF16 back.
     "ep2_fp8": lambda: test_parallel("ep2_fp8", ["parallel.ep=2", "parallel.transport=mpi", "precision.recipe=fp8-block",
