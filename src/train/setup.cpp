@@ -123,7 +123,9 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   // run.device: the backend every op runs on (the CUDA module loaded at run
   // time, or the emulated device under SY_EMULATE_CUDA=guarded in tests).
   ops_.be = &open_backend(*parse_device(cfg_.run.device));
-  check_device_run();
+  // Every layout runs on a device: data, expert and pipeline parallelism and ZeRO-1 are
+  // staged through host memory there (step(), make_device_dispatcher, PipeState), correct
+  // on any device; the NCCL communicator is to move them device to device.
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
   cfg_.resolve_batch(grid_.dp_size());
@@ -285,17 +287,6 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   inputs_.resize(static_cast<size_t>(N));
   targets_.resize(static_cast<size_t>(N));
   state_to_device();  // the initial parameters, zero moments and bias (train() does it again after a resume)
-}
-
-void Trainer::check_device_run() const {
-  if (!on_device()) return;
-  const std::string dev = fmt::format("run.device = \"{}\"", cfg_.run.device);
-  // Data, expert and pipeline parallelism are staged through host memory
-  // (Trainer::step, make_device_dispatcher, PipeState): correct on any
-  // device, not yet the NCCL communicator's device-to-device traffic.
-  SY_CONFIG_CHECK(!cfg_.parallel.zero1,
-                  "{}: {} with parallel.zero1 = true: the ZeRO-1 gradient shard and its optimizer state are host "
-                  "memory; set parallel.zero1 = false", cfg_.source, dev);
 }
 
 void Trainer::params_to_host() {

@@ -96,11 +96,18 @@ StepStats Trainer::step(int64_t step) {
     ops_.b().synchronize(ops_.stream);
     reduce_tied_embedding(grads_.data());
     sync_->reduce_all(grads_.data());
-    ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
+    if (sync_->zero1())  // this rank's reduced part (the shard), for its share of the update
+      ops_.b().copy(dshard_.ensure(static_cast<size_t>(sync_->state_size()), ops_.b().allocator()),
+                    sync_->reduced(grads_.data()), static_cast<size_t>(sync_->state_size()) * sizeof(float),
+                    ops_.stream);
+    else
+      ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
   }
+  // The reduced gradients the update reads, where the ops run.
+  const float* reduced = on_device() && sync_->zero1() ? dshard_.data() : sync_->reduced(live_grads());
   // Global gradient norm: every rank's owned share, summed; each tensor's
   // squares summed where the gradients are (Backend::sum_squares).
-  GradNormPart gn = grad_norm_part(ops_.b(), ops_.stream, sync_->reduced(live_grads()), sync_->owned(), layout);
+  GradNormPart gn = grad_norm_part(ops_.b(), ops_.stream, reduced, sync_->owned(), layout);
   double norm_in[2] = {gn.sumsq, 0}, bad = gn.nonfinite < 0 ? 1e300 : static_cast<double>(gn.nonfinite);
   grid_.world().allreduce_sum(norm_in, 1);
   grid_.world().allreduce_min(&bad, 1);
@@ -109,8 +116,14 @@ StepStats Trainer::step(int64_t step) {
   s.grad_norm = std::sqrt(norm_in[0]);
   s.lr = lr_at(cfg_.train, step);
   ckpt_->wait_staged();  // a background save may still be copying the weights and moments
-  opt_->update(live_params(), sync_->reduced(live_grads()), step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
-  sync_->gather_params(live_params());
+  opt_->update(live_params(), reduced, step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
+  if (on_device() && sync_->zero1()) {  // ZeRO-1's all-gather of the updated parts, staged through host memory
+    params_to_host();
+    sync_->gather_params(params_.data());
+    ops_.b().copy(dparams_.data(), params_.data(), params_.size() * sizeof(float), ops_.stream);
+  } else {
+    sync_->gather_params(live_params());
+  }
   const double t_opt = now_seconds() - to;
   update_bias(s.load);
 

@@ -133,14 +133,13 @@ class Trainer {
 
  private:
   void update_bias(const std::vector<std::vector<int64_t>>& load);
-  // run.device = "cuda" (setup.cpp): what the device path refuses (exit 2),
-  // and the copies between the live device state and its host copies.
-  void check_device_run() const;
+  // run.device = "cuda" (setup.cpp): the copies between the live device
+  // state and its host copies.
   float* live_params() { return on_device() ? dparams_.data() : params_.data(); }
   float* live_grads() { return on_device() ? dgrads_.data() : grads_.data(); }
-  // Data parallelism and pipeline stages on devices: gradients reduced on the
-  // host after backward (the tied embedding's copies too).
-  bool staged_sync() const { return on_device() && (grid_.dp_size() > 1 || pipelined()); }
+  // Data parallelism, pipeline stages and ZeRO-1 on devices: gradients
+  // reduced on the host after backward (the tied embedding's copies too).
+  bool staged_sync() const { return on_device() && (grid_.dp_size() > 1 || pipelined() || cfg_.parallel.zero1); }
   // Pipelines: sums the tied embedding's gradient over its first and last stage.
   void reduce_tied_embedding(float* grads);
   const float* live_bias() const { return on_device() ? dbias_.data() : expert_bias_.data(); }
@@ -178,6 +177,7 @@ class Trainer {
   // copies (initialisation and loads, checkpoint saves, the gradient norm
   // and its finiteness check, samples).
   GrowBuffer<float> dparams_, dgrads_, dbias_;
+  GrowBuffer<float> dshard_;  // ZeRO-1 on a device: this rank's reduced gradient part
   std::unique_ptr<GradSync> sync_;
   MoeTimers moe_timers_;               // the MoE layers time into it (StepStats::times)
   std::unique_ptr<AdamW> opt_;

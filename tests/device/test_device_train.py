@@ -8,8 +8,8 @@ the same run on run.device = "cpu" bit for bit: losses, gradient norms,
 validation losses, router statistics, samples and checkpoint datasets. A
 checkpoint written on either device resumes on the other. The bf16 and FP8
 recipes too (FP8 codes and scales are host memory, staged to and from the
-device), and two ranks data parallel, expert parallel or as two pipeline
-stages. What the device path does not do yet
+device), and two ranks data parallel, expert parallel (with ZeRO-1 too) or
+as two pipeline stages. What the device path does not do yet
 is refused with exit 2 naming the key.
 
 usage: test_device_train.py BIN_DIR WORK_DIR CASE
@@ -148,10 +148,10 @@ def test_refusals():
             assert n in p.stderr, (sets, n, p.stderr[-2000:])
         assert not (d / "r" / "checkpoints").exists(), sets
 
-    refused(["parallel.zero1=true"], ['run.device = "cuda"', "parallel.zero1"])
     refused([], ["run.device", "tpu", '"cpu", "cuda"'], device="tpu", env=ENV)
-    # No GPU here and no emulation: the missing device is named (exit 2), not a crash.
-    refused([], ['run.device = "cuda"', "not available"], env=ENV)
+    # No GPU here and no emulation: the missing device is named (exit 2), not a crash, with the
+    # module the run loaded (or the file it looked for).
+    refused([], ['run.device = "cuda"', "not available", "libswitchyard_cuda.so"], env=ENV)
     # The staged device dispatch is flat MPI, one chunk.
     refused(["parallel.ep=2", "parallel.transport=shm"], ['run.device = "cuda"', 'parallel.transport = "shm"',
                                                           '"auto" or "mpi"'], extra=MPI2)
@@ -194,6 +194,10 @@ CASES = {
     # their output gradients in device memory (WgradQueue).
     "pp2_1f1b": lambda: test_parallel("pp2_1f1b", PP2 + ["parallel.schedule=1f1b", "parallel.recompute=full"]),
     "pp2_zb_bf16": lambda: test_parallel("pp2_zb_bf16", PP2 + ["parallel.schedule=zb", "precision.recipe=bf16"]),
+    # ZeRO-1: the reduced shard goes to the device for this rank's share of the
+    # update, the updated parts are all-gathered on the host.
+    "zero1_ep2": lambda: test_parallel("zero1_ep2", ["parallel.ep=2", "parallel.transport=mpi", "parallel.zero1=true",
+                                                     "precision.moments=bf16"]),
     "ep2": lambda: test_parallel("ep2", ["parallel.ep=2", "parallel.transport=mpi"]),
     # FP8 rows to the experts (packed on the host) and BF16 back.
     "ep2_fp8": lambda: test_parallel("ep2_fp8", ["parallel.ep=2", "parallel.transport=mpi", "precision.recipe=fp8-block",
