@@ -333,7 +333,7 @@ const std::vector<Key>& schema() {
       check_run_name(c.run.name, w);
     };
     k.push_back(string("run", "dir", SY_REF(std::string, run.dir), {}, "run directory; \"\" = runs/<name>"));
-    k.push_back(string("run", "device", SY_REF(std::string, run.device), {}, "what trains: \"cpu\" (the reference) or \"cuda\" (one GPU per rank, the CUDA module loaded at run time: parameters, gradients, optimizer state and activations in device memory; several ranks data parallel, gradients reduced through host memory; FP8 recipes with their codes and scales staged through host memory; not yet expert or pipeline parallelism or parallel.zero1)"));
+    k.push_back(string("run", "device", SY_REF(std::string, run.device), {}, "what trains: \"cpu\" (the reference) or \"cuda\" (one GPU per rank, the CUDA module loaded at run time: parameters, gradients, optimizer state and activations in device memory; every recipe and layout, with gradients, MoE rows, pipeline messages, ZeRO-1 gathers and FP8 operands staged through host memory for now)"));
     k.back().set = [base = k.back().set](RunConfig& c, const toml::node& v, const Where& w) {
       base(c, v, w);
       SY_CONFIG_CHECK(parse_device(c.run.device).has_value(), "{}: run.device = {}: one of \"cpu\", \"cuda\"", w.str(),
