@@ -209,9 +209,11 @@ void preflight(Plan& p) {
     SY_CONFIG_CHECK(data.val().windows(len) > 0, "{}: validation is on but the validation data ({}) has no window "
                     "of {} tokens", cfg.source, data.val().describe(), len);
   // Memory: with every rank on this machine (no hostfile, no Slurm) the
-  // estimate can be held against what it has; elsewhere each moe-train
-  // checks its own node before it allocates.
-  if (p.hosts.empty() && !p.slurm) check_memory(cfg, p.memory, available_memory(), p.np);
+  // estimate can be held against what it has (a device run's host share: its
+  // activations are device memory, which each moe-train checks); elsewhere
+  // each moe-train checks its own node before it allocates.
+  if (p.hosts.empty() && !p.slurm)
+    check_memory(cfg, cfg.run.device == "cpu" ? p.memory : on_device_host(p.memory), available_memory(), p.np);
   // A writable run directory (logs, heartbeats, metrics) and checkpoint directory.
   for (const std::string& dir : {cfg.run_dir(), p.ckpt_dir}) {
     std::error_code ec;

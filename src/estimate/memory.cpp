@@ -210,11 +210,16 @@ std::string format_bytes(double b) {
   return u == 0 ? fmt::format("{:.0f} {}", b, unit[u]) : fmt::format("{:.1f} {}", b, unit[u]);
 }
 
-void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const MemoryAvailable& avail,
-                  int64_t ranks_on_node) {
-  if (avail.bytes < 0) return;  // nothing known to compare with
-  const double per_rank = avail.bytes / static_cast<double>(std::max<int64_t>(ranks_on_node, 1));
-  if (need.total() <= per_rank || memory_check_skipped()) return;
+namespace {
+
+struct Term {
+  const char* name;
+  double bytes;
+  std::string keys;
+};
+
+// The parts of `need` with the keys that drive each; the largest first is the one to name.
+std::vector<Term> memory_terms(const RunConfig& cfg, const MemoryEstimate& need) {
   const ModelConfig& m = cfg.model;
   const TrainSection& t = cfg.train;
   // The keys behind the weights: whichever part of the rank's parameters is largest.
@@ -231,12 +236,7 @@ void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const Memory
           ? fmt::format("model.seq_len = {}, train.micro_batch = {} (of train.global_batch = {})", m.seq_len,
                         t.micro_batch, t.global_batch)
           : fmt::format("model.seq_len = {}, train.micro_batch = train.global_batch = {}", m.seq_len, t.micro_batch);
-  struct Term {
-    const char* name;
-    double bytes;
-    std::string keys;
-  };
-  const Term terms[] = {
+  return {
       {"weights", need.params, weights_keys},
       {"gradients", need.grads, weights_keys},
       {"AdamW moments", need.optimizer,
@@ -252,8 +252,21 @@ void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const Memory
        fmt::format("checkpoint.async = {}, checkpoint.staging_mb = {}", cfg.checkpoint.async ? "true" : "false",
                    cfg.checkpoint.staging_mb)},
   };
-  const Term& top = *std::max_element(std::begin(terms), std::end(terms),
-                                      [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
+}
+
+const Term& largest(const std::vector<Term>& terms) {
+  return *std::max_element(terms.begin(), terms.end(), [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
+}
+
+}  // namespace
+
+void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const MemoryAvailable& avail,
+                  int64_t ranks_on_node) {
+  if (avail.bytes < 0) return;  // nothing known to compare with
+  const double per_rank = avail.bytes / static_cast<double>(std::max<int64_t>(ranks_on_node, 1));
+  if (need.total() <= per_rank || memory_check_skipped()) return;
+  const std::vector<Term> terms = memory_terms(cfg, need);
+  const Term& top = largest(terms);
   SY_CONFIG_FAIL("{}: not enough memory: {} need {} per rank ({}); {} per rank in all (weights {}, gradients {}, "
                  "AdamW moments {}, activations {}, expert rows {}, checkpoint staging {}){}; this node has {} "
                  "available ({}), {} for each of its {} rank{}. Lower those keys or spread the run over more ranks "
@@ -264,6 +277,31 @@ void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const Memory
                  cfg.parallel.pp > 1 ? fmt::format(" on pipeline rank {}", need.pp_rank) : std::string(),
                  format_bytes(avail.bytes), avail.source, format_bytes(per_rank), ranks_on_node,
                  ranks_on_node == 1 ? "" : "s");
+}
+
+MemoryEstimate on_device_host(MemoryEstimate need) {
+  need.activations = 0, need.expert_rows = 0, need.logits = 0;
+  return need;
+}
+
+void check_device_memory(const RunConfig& cfg, const MemoryEstimate& need, double device_free, double device_total,
+                         int64_t ranks_per_device) {
+  MemoryEstimate dev = need;
+  dev.staging = 0;  // checkpoint staging is host memory
+  const double per_rank = device_free / static_cast<double>(std::max<int64_t>(ranks_per_device, 1));
+  if (dev.total() <= per_rank || memory_check_skipped()) return;
+  const std::vector<Term> terms = memory_terms(cfg, dev);
+  const Term& top = largest(terms);
+  SY_CONFIG_FAIL("{}: run.device = \"{}\": not enough device memory: {} need {} per rank ({}); {} per rank on the "
+                 "device in all (weights {}, gradients {}, AdamW moments {}, activations {}, expert rows {}){}; the "
+                 "device has {} free of {}, {} for each of the {} rank{} that share it. Lower those keys or spread "
+                 "the run over more devices (SY_SKIP_MEMORY_CHECK=1 runs it anyway)",
+                 cfg.source, cfg.run.device, top.name, format_bytes(top.bytes), top.keys, format_bytes(dev.total()),
+                 format_bytes(dev.params), format_bytes(dev.grads), format_bytes(dev.optimizer),
+                 format_bytes(dev.activations), format_bytes(dev.expert_rows),
+                 cfg.parallel.pp > 1 ? fmt::format(" on pipeline rank {}", dev.pp_rank) : std::string(),
+                 format_bytes(device_free), format_bytes(device_total), format_bytes(per_rank), ranks_per_device,
+                 ranks_per_device == 1 ? "" : "s");
 }
 
 }  // namespace sy

@@ -49,6 +49,17 @@ bool memory_check_skipped();
 void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const MemoryAvailable& avail,
                   int64_t ranks_on_node);
 
+// A device run (run.device): the device holds weights, gradients, AdamW
+// moments, activations and expert rows; the host keeps copies of the first
+// three and the checkpoint staging (checked by check_memory with what
+// on_device_host() leaves). Throws ConfigError, naming the largest part, its
+// keys and the device's free memory, when `need` exceeds the free memory of
+// one device shared by `ranks_per_device` ranks.
+void check_device_memory(const RunConfig& cfg, const MemoryEstimate& need, double device_free, double device_total,
+                         int64_t ranks_per_device);
+// What the host holds of a device run: the estimate without activations and expert rows.
+MemoryEstimate on_device_host(MemoryEstimate need);
+
 // "1.5 GiB"
 std::string format_bytes(double b);
 

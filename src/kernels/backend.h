@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "core/device.h"
@@ -58,6 +59,14 @@ class Backend {
   // Memory of this backend's device (arenas take it), copies within and to
   // or from it, and waiting for a stream.
   virtual Allocator& allocator() const = 0;
+  // What the device's memory holds now, for the preflight (estimate/memory.h):
+  // bytes free and in all, and how many such devices this process sees. The
+  // CPU's memory is the node's (available_memory): nullopt.
+  struct DeviceMemory {
+    double free = 0, total = 0;
+    int devices = 1;
+  };
+  virtual std::optional<DeviceMemory> device_memory() const = 0;
   virtual void copy(void* dst, const void* src, size_t bytes, Stream s) const = 0;
   virtual void zero(void* dst, size_t bytes, Stream s) const = 0;
   virtual void synchronize(Stream s) const = 0;

@@ -134,9 +134,16 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   // Before anything that grows with the model: does this rank's share fit
   // the memory its node has left? Every rank of the node measures before
   // any of them allocates (the barrier), so none counts another's buffers.
+  // On a device, activations and expert rows are its memory, and the rest is
+  // there and on the host (the host copies); each rank of the node has its
+  // device, or shares one when there are more ranks than devices.
   const MemoryEstimate need = estimate_memory(cfg_, {grid_.pp_size(), grid_.dp_size(), grid_.ep_size()});
   const int64_t on_node = node_ranks(world);
-  check_memory(cfg_, need, available_memory(), on_node);
+  check_memory(cfg_, on_device() ? on_device_host(need) : need, available_memory(), on_node);
+  if (const auto dev = ops_.b().device_memory()) {
+    const int64_t devices = std::max(1, dev->devices);
+    check_device_memory(cfg_, need, dev->free, dev->total, (on_node + devices - 1) / devices);
+  }
   world.barrier();
 
   // The tokenizer's vocabulary fits the model: checked before the data is read.

@@ -152,6 +152,10 @@ def test_refusals():
     # No GPU here and no emulation: the missing device is named (exit 2), not a crash, with the
     # module the run loaded (or the file it looked for).
     refused([], ['run.device = "cuda"', "not available", "libswitchyard_cuda.so"], env=ENV)
+    # A device too small for the run (the emulated one with 1 GiB): its activations are named.
+    refused(["model.seq_len=4096", "train.global_batch=8"],
+            ['run.device = "cuda": not enough device memory: activations need', "model.seq_len = 4096",
+             "the device has 1.0 GiB free of 1.0 GiB"], env=dict(EMU, SY_EMULATE_CUDA_GIB="1"))
     # The staged device dispatch is flat MPI, one chunk.
     refused(["parallel.ep=2", "parallel.transport=shm"], ['run.device = "cuda"', 'parallel.transport = "shm"',
                                                           '"auto" or "mpi"'], extra=MPI2)

@@ -223,6 +223,7 @@ class CpuBackend final : public Backend {
     sy::moe_combine_backward(dy, dgates, dout, y, gates, pos, N, K, C);
   }
 
+  std::optional<DeviceMemory> device_memory() const override { return std::nullopt; }
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream) const override {
     sy::sum_squares(out, x, offsets, counts, ranges);

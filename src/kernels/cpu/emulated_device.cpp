@@ -90,6 +90,7 @@ class GuardedMemory final : public Allocator {
   }
   size_t offset(const void* p) const { return static_cast<size_t>(static_cast<const std::byte*>(p) - base_); }
   size_t in_use() const { return in_use_; }
+  size_t reserved() const { return reserved_; }
   size_t peak() const { return peak_; }
 
  private:
@@ -447,6 +448,9 @@ class EmulatedCuda final : public Backend {
     on_device(pos, "moe_combine_backward", "pos");
     Open open(*this);
     cpu_.moe_combine_backward(dy, dgates, dout, y, gates, pos, N, K, C, s);
+  }
+  std::optional<DeviceMemory> device_memory() const override {  // its reserved range (SY_EMULATE_CUDA_GIB)
+    return DeviceMemory{static_cast<double>(mem_.reserved() - mem_.in_use()), static_cast<double>(mem_.reserved()), 1};
   }
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream s) const override {

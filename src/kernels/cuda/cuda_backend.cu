@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -680,6 +681,13 @@ class CudaBackend final : public Backend {
     launched("moe_combine_backward");
   }
 
+  std::optional<DeviceMemory> device_memory() const override {
+    size_t free = 0, total = 0;
+    int n = 0;
+    check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    check_cuda(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+    return DeviceMemory{static_cast<double>(free), static_cast<double>(total), n};
+  }
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream s) const override {
     if (ranges <= 0) return;

@@ -241,6 +241,39 @@ TEST(Memory, TooBigIsRefusedNamingTheLargestPartAndItsKeys) {
   }
 }
 
+TEST(Memory, ADeviceRunHoldsActivationsOnTheDeviceAndTheRestOnBoth) {
+  RunConfig cfg = parse_config(default_config_text(), "cfg.toml", {"model.seq_len=4096", "train.global_batch=8",
+                                                                     "run.device=cuda"});
+  cfg.resolve_batch(1);
+  const MemoryEstimate e = estimate_memory(cfg, {1, 1, 1});
+  const double gib = 1 << 30;
+  // The host keeps the weights, gradients, moments and checkpoint staging, not the activations.
+  const MemoryEstimate host = on_device_host(e);
+  EXPECT_EQ(host.activations, 0);
+  EXPECT_EQ(host.expert_rows, 0);
+  EXPECT_EQ(host.params, e.params);
+  EXPECT_EQ(host.staging, e.staging);
+  EXPECT_GT(e.activations + e.expert_rows, 1.5 * gib);  // what the device must hold
+  EXPECT_LT(host.total(), 0.5 * gib);
+  EXPECT_NO_THROW(check_memory(cfg, host, MemoryAvailable{1.0 * gib, "MemAvailable"}, 1));
+  // A device with 1 GiB free cannot; one with 80 GiB can, for one rank, not for 64 sharing it.
+  try {
+    check_device_memory(cfg, e, 1.0 * gib, 1.0 * gib, 1);
+    ADD_FAILURE() << "1.7 GiB fit a 1 GiB device?";
+  } catch (const ConfigError& err) {
+    const std::string msg = err.what();
+    EXPECT_TRUE(has(msg, "cfg.toml: run.device = \"cuda\": not enough device memory: activations need") &&
+                has(msg, "model.seq_len = 4096") && has(msg, "the device has 1.0 GiB free of 1.0 GiB") &&
+                !has(msg, "checkpoint staging"))
+        << msg;
+  }
+  EXPECT_NO_THROW(check_device_memory(cfg, e, 80 * gib, 80 * gib, 1));
+  EXPECT_THROW(check_device_memory(cfg, e, 80 * gib, 80 * gib, 64), ConfigError);
+  ::setenv("SY_SKIP_MEMORY_CHECK", "1", 1);
+  EXPECT_NO_THROW(check_device_memory(cfg, e, 1.0 * gib, 1.0 * gib, 1));
+  ::unsetenv("SY_SKIP_MEMORY_CHECK");
+}
+
 TEST(Memory, TheTrainerRefusesBeforeAllocating) {
   // 16M-token vocabulary: 128 GiB of logits. Without the check this is a
   // std::bad_alloc (or the OOM killer) in the Transformer's arena.
