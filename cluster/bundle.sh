@@ -37,6 +37,7 @@ mkdir -p "$out/bin" "$out/lib"
 # CUDA's and glibc's core, copied into lib/; a library ldd cannot find fails.
 copy_deps() {
   local f=$1 missing
+  ldd "$f" > /dev/null 2>&1 || { echo "cluster/bundle.sh: ldd cannot read $f (not a dynamic ELF file?)" >&2; return 1; }
   missing=$(ldd "$f" 2>/dev/null | awk '$2 == "=>" && $3 == "not" {print $1}')
   case "$f" in */mpi/*) missing=$(echo "$missing" | grep -v -E '^(libcuda|libcudart|libnvidia|libcublas)' || true) ;; esac
   if [ -n "$missing" ]; then

@@ -60,13 +60,19 @@ class Backend {
   // or from it, and waiting for a stream.
   virtual Allocator& allocator() const = 0;
   // What the device's memory holds now, for the preflight (estimate/memory.h):
-  // bytes free and in all, and how many such devices this process sees. The
-  // CPU's memory is the node's (available_memory): nullopt.
+  // bytes free and in all, and which device it is. The CPU's memory is the
+  // node's (available_memory): nullopt.
   struct DeviceMemory {
     double free = 0, total = 0;
-    int devices = 1;
+    std::string id;  // which device of the node this process uses (its PCI bus id), to count who shares it
   };
   virtual std::optional<DeviceMemory> device_memory() const = 0;
+  // Page-locks host memory that copies to and from the device use often (the
+  // trainer's host copies of the weights and gradients), so they run at the
+  // link's rate; false where it could not (the copies still work, slower).
+  // unpin before the memory is freed. The CPU has nothing to pin: true.
+  virtual bool pin(void* host, size_t bytes) const = 0;
+  virtual void unpin(void* host) const = 0;
   virtual void copy(void* dst, const void* src, size_t bytes, Stream s) const = 0;
   virtual void zero(void* dst, size_t bytes, Stream s) const = 0;
   virtual void synchronize(Stream s) const = 0;

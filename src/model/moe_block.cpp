@@ -72,6 +72,7 @@ void segment_operand(const Ops& ops, Fp8Role role, const Rows& r, int64_t b, int
   host.resize(static_cast<size_t>(n * K));
   fp8_dequantize_rows(host.data(), t_rows);
   ops.b().copy(r.recv + b * K, host.data(), host.size() * sizeof(float), ops.stream);
+  ops.b().synchronize(ops.stream);  // `host` is reused by the next segment
 }
 
 // Where the experts' SwiGLU output goes: kept per layer in FP32, or (FP8

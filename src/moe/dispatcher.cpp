@@ -61,9 +61,10 @@ std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem) {
   return std::make_shared<MpiDispatcher>(Comm{}, PayloadCodec{}, mem);
 }
 
-std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Backend& be, const PayloadCodec& payload) {
+std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Backend& be, const PayloadCodec& payload,
+                                                         Stream stream) {
   if (ep.solo()) return make_local_dispatcher(be.allocator());
-  return std::make_shared<MpiDispatcher>(ep, payload, be.allocator(), &be);
+  return std::make_shared<MpiDispatcher>(ep, payload, be.allocator(), &be, stream);
 }
 
 }  // namespace sy

@@ -183,6 +183,6 @@ std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem = host_al
 // payload packed on the host, so payload.be is the CPU backend): correct on
 // any device, and slower than the NCCL transport that is to replace it.
 std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Backend& be,
-                                                         const PayloadCodec& payload = {});
+                                                         const PayloadCodec& payload = {}, Stream stream = {});
 
 }  // namespace sy

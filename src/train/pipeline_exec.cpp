@@ -24,7 +24,12 @@ namespace sy {
 using pipe::Op;
 using pipe::OpKind;
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (on_device() && params_.data()) {  // page-locked in the constructor (a failed pin is undone as a no-op)
+    ops_.b().unpin(params_.data());
+    ops_.b().unpin(grads_.data());
+  }
+}
 
 const PipelinePlan* Trainer::pipeline() const { return pipe_ ? &pipe_->plan : nullptr; }
 

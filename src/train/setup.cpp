@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 
 #include "comm/shm.h"
 #include "core/check.h"
@@ -141,8 +142,16 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const int64_t on_node = node_ranks(world);
   check_memory(cfg_, on_device() ? on_device_host(need) : need, available_memory(), on_node);
   if (const auto dev = ops_.b().device_memory()) {
-    const int64_t devices = std::max(1, dev->devices);
-    check_device_memory(cfg_, need, dev->free, dev->total, (on_node + devices - 1) / devices);
+    // Ranks that share this device: the same host and device id (each rank
+    // may see every GPU of the node, or only its own).
+    constexpr size_t kId = 192;
+    std::vector<char> mine(kId, '\0'), all(kId * static_cast<size_t>(world.size()));
+    const std::string key = host_name() + "/" + dev->id;
+    std::copy_n(key.begin(), std::min(key.size(), kId - 1), mine.begin());
+    world.allgather(mine.data(), kId, all.data());
+    int64_t sharing = 0;
+    for (int r = 0; r < world.size(); ++r) sharing += std::equal(mine.begin(), mine.end(), all.begin() + r * static_cast<std::ptrdiff_t>(kId));
+    check_device_memory(cfg_, need, dev->free, dev->total, sharing);
   }
   world.barrier();
 
@@ -231,7 +240,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
   // On a device: rows in the device's memory, across ranks staged through the host (moe/dispatcher.h).
   MoeContext ctx{DpGroup(grid_.dp()),
-                 on_device() ? make_device_dispatcher(grid_.ep(), ops_.b(), codec)
+                 on_device() ? make_device_dispatcher(grid_.ep(), ops_.b(), codec, ops_.stream)
                              : make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks),
                                                nodes, codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
@@ -266,6 +275,13 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const ParamLayout& layout = model_->layout();
   params_.resize(static_cast<size_t>(layout.total()));
   grads_.resize(static_cast<size_t>(layout.total()));
+  if (on_device()) {  // the host copies the device copies to and from: page-locked where the device allows
+    const size_t bytes = params_.size() * sizeof(float);
+    pinned_ = ops_.b().pin(params_.data(), bytes) && ops_.b().pin(grads_.data(), bytes);
+    if (!pinned_ && rank0_)
+      std::cerr << "note: the host copies of the weights and gradients could not be page-locked; copies to and "
+                   "from the device run from pageable memory (slower)\n";
+  }
   init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
   sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
   opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train,

@@ -178,6 +178,7 @@ class Trainer {
   // and its finiteness check, samples).
   GrowBuffer<float> dparams_, dgrads_, dbias_;
   GrowBuffer<float> dshard_;  // ZeRO-1 on a device: this rank's reduced gradient part
+  bool pinned_ = false;       // params_ and grads_ page-locked for the device's copies
   std::unique_ptr<GradSync> sync_;
   MoeTimers moe_timers_;               // the MoE layers time into it (StepStats::times)
   std::unique_ptr<AdamW> opt_;

@@ -66,7 +66,9 @@ SY_EMULATE_CUDA=guarded OMP_NUM_THREADS=1 hidden "$work/b/bin/moe-train" "${sets
 echo "1. bundled moe-train on the emulated device: $(losses "$work/dev" | wc -l) losses equal the build's"
 
 # 2. The bundle's CUDA module, loaded by the bundled tool.
-if [ -f "$work/b/lib/libswitchyard_cuda.so" ]; then
+if [ ! -f "$work/b/lib/libswitchyard_cuda.so" ]; then
+  echo "2. skipped: this build has no CUDA module (nvcc not found)"
+else
   hidden "$work/b/bin/moe-train" "${sets[@]}" --set run.device=cuda --set run.dir="$work/gpu" > "$work/gpu.log" 2>&1
   rc=$?
   if [ $rc -eq 0 ]; then
@@ -82,6 +84,8 @@ fi
 # 3. Without OPAL_PREFIX Open MPI finds no components: the bundle's are the ones used.
 OMP_NUM_THREADS=1 hidden env -u OPAL_PREFIX "$work/b/bin/moe-train" "${sets[@]}" --set run.dir="$work/noprefix" \
   > "$work/noprefix.log" 2>&1 && fail "moe-train ran without OPAL_PREFIX: Open MPI's system files were not hidden"
+grep -q -E "MPI_INIT|MPI_Init|opal_init|orte_init|ompi_mpi_init" "$work/noprefix.log" ||
+  fail "without OPAL_PREFIX moe-train failed, but not in MPI_Init: $(tail -3 "$work/noprefix.log")"
 echo "3. without OPAL_PREFIX: MPI_Init fails, as it must with Open MPI's directories empty"
 rm -rf "$work/b"  # 84 MB
 echo "ok"

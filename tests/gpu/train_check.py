@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOL = 1e-4
 STEPS = 10
+RESERVE = 15  # seconds of the budget kept for writing the results after the last run
 # Dense tensor-core BF16 peaks, TFLOP/s (NVIDIA data sheets, SXM parts), as bench/torch_moe_step.py.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 TINY = ["train.val_every=0", "train.sample_every=0", "checkpoint.interval=5", "model.seq_len=64",
@@ -99,7 +100,7 @@ class Runner:
             env["SY_EMULATE_CUDA"] = "guarded"
         if self.bundle:
             cmd = ["bash", "-c", f'source "{self.bundle}/env.sh" && exec "$@"', "moe-train", *cmd]
-        timeout = max(5, min(timeout, self.left()))
+        timeout = max(1, min(timeout, self.left() - RESERVE))
         self.log.write(f"===== {' '.join(cmd)}\n")
         self.log.flush()
         t0 = time.monotonic()
@@ -186,7 +187,7 @@ def gpu_name():
         return ""
 
 
-def bench(r, work, data, n_steps, recipe, timeout):
+def bench(r, work, data, n_steps, recipe, timeout, name):
     config = ROOT / "configs" / "moe_1b.toml"
     small = ["model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.n_kv_heads=2", "model.seq_len=128",
              "model.dense_hidden=256", "moe.expert_hidden=64", "model.vocab_size=512", "train.global_batch=2"] \
@@ -212,7 +213,6 @@ def bench(r, work, data, n_steps, recipe, timeout):
     tok_s = statistics.median(x["tokens_per_s"] for x in timed)
     # moe-train's gflops: 3 x the forward FLOPs it counted for the step's routing / the step's time.
     tflops = statistics.median(x["gflops"] for x in timed) / 1e3
-    name = gpu_name()
     peak = next((v for k, v in PEAKS.items() if k in name), 0.0)
     res.update(tokens_per_s=tok_s, step_seconds=statistics.median(x["step_seconds"] for x in timed),
                gpu=name or None, peak_tflops=peak or None, achieved_tflops=tflops,
@@ -246,14 +246,23 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     r = Runner(a)
+    name = "" if a.emulate else gpu_name()
     data = corpus(work)
     threads = min(os.cpu_count() or 1, 16)
-    results = [check_equal(r, work, data, threads), check_resume(r, work, data, threads)]
+    results = []
+
+    def record(x):  # the JSON after every check: a kill later keeps what ran
+        results.append(x)
+        doc = {"emulated": a.emulate, "results": results, "ok": all(y["ok"] for y in results)}
+        Path(a.json).write_text(json.dumps(doc, indent=1))
+        return doc
+
+    record(check_equal(r, work, data, threads))
+    record(check_resume(r, work, data, threads))
     for recipe, share in (("bf16", 0.55), ("fp8-block", 1.0)):  # BF16 first, with a bit over half what is left
-        results.append(bench(r, work, data, a.bench_steps, recipe, share * r.left()) if r.left() > 20 else
-                       {"check": f"bench_{recipe}", "ok": False, "why": "no time left in the budget"})
-    doc = {"emulated": a.emulate, "results": results, "ok": all(x["ok"] for x in results)}
-    Path(a.json).write_text(json.dumps(doc, indent=1))
+        doc = record(bench(r, work, data, a.bench_steps, recipe, share * r.left(), name)
+                     if r.left() > RESERVE + 10 else
+                     {"check": f"bench_{recipe}", "ok": False, "why": "no time left in the budget"})
     for x in results:
         print(f"train_check: {x['check']}: {'ok' if x['ok'] else 'FAILED'}"
               f"{' (' + x['why'] + ')' if x.get('why') else ''}")

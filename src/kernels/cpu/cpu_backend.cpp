@@ -224,6 +224,8 @@ class CpuBackend final : public Backend {
   }
 
   std::optional<DeviceMemory> device_memory() const override { return std::nullopt; }
+  bool pin(void*, size_t) const override { return true; }
+  void unpin(void*) const override {}
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream) const override {
     sy::sum_squares(out, x, offsets, counts, ranges);
@@ -262,13 +264,19 @@ void register_backend(Device d, const Backend* b) { registry()[static_cast<size_
 
 const Backend& open_backend(Device d) {
   std::string why = "no backend registered";
-  if (d == Device::cuda && !registry()[static_cast<size_t>(d)]) {
-    if (const char* e = std::getenv(kEmulateCudaEnv)) {
+  if (d == Device::cuda) {
+    static bool emulated = false;  // whether the registered CUDA backend is the emulation
+    if (const char* e = std::getenv(kEmulateCudaEnv)) {  // the emulation, when asked for, wins (tests)
       SY_CONFIG_CHECK(std::string_view(e) == "guarded", "{}='{}': the one emulation is 'guarded' (unset it to use a "
                       "real GPU)", kEmulateCudaEnv, e);
       register_backend(d, &emulated_cuda_backend());
-    } else if (const Backend* b = load_cuda_module(&why)) {
+      emulated = true;
+    } else if (const Backend* b = load_cuda_module(&why)) {  // the module's backend (loaded once)
       register_backend(d, b);
+      emulated = false;
+    } else if (emulated) {
+      register_backend(d, nullptr);  // the emulation is no longer asked for, and no GPU is there
+      emulated = false;
     }
   }
   const Backend* b = registry()[static_cast<size_t>(d)];

@@ -27,7 +27,7 @@ namespace {
 // same backend or the same reason without loading anything again.
 const Backend* load_once(const std::filesystem::path& path, std::string* why) {
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
+  if (path.has_parent_path() && !std::filesystem::exists(path, ec)) {  // a bare name: the loader's search path
     *why = fmt::format("no CUDA module at {} (it is built wherever CMake finds nvcc, e.g. /usr/local/cuda/bin/nvcc; "
                        "{} names another file)", path.string(), kCudaModuleEnv);
     return nullptr;

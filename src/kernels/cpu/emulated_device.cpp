@@ -449,8 +449,17 @@ class EmulatedCuda final : public Backend {
     Open open(*this);
     cpu_.moe_combine_backward(dy, dgates, dout, y, gates, pos, N, K, C, s);
   }
+  bool pin(void* host, size_t) const override {  // host memory only; nothing to lock in an emulation
+    SY_CHECK(!mem_.contains(host), "emulated CUDA device: pin is for host memory, got device memory");
+    return true;
+  }
+  void unpin(void* host) const override {
+    SY_CHECK(!mem_.contains(host), "emulated CUDA device: unpin is for host memory, got device memory");
+  }
   std::optional<DeviceMemory> device_memory() const override {  // its reserved range (SY_EMULATE_CUDA_GIB)
-    return DeviceMemory{static_cast<double>(mem_.reserved() - mem_.in_use()), static_cast<double>(mem_.reserved()), 1};
+    // Each process emulates a device of its own.
+    return DeviceMemory{static_cast<double>(mem_.reserved() - mem_.in_use()), static_cast<double>(mem_.reserved()),
+                        "emulated:" + std::to_string(::getpid())};
   }
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream s) const override {

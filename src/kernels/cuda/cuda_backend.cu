@@ -681,12 +681,25 @@ class CudaBackend final : public Backend {
     launched("moe_combine_backward");
   }
 
+  bool pin(void* host, size_t bytes) const override {
+    if (!host || bytes == 0) return true;
+    if (cudaHostRegister(host, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: clear it, the copies run from pageable memory
+      return false;
+    }
+    return true;
+  }
+  void unpin(void* host) const override {
+    if (host && cudaHostUnregister(host) != cudaSuccess) cudaGetLastError();
+  }
   std::optional<DeviceMemory> device_memory() const override {
     size_t free = 0, total = 0;
-    int n = 0;
+    int dev = 0;
+    char bus[64] = {};
     check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    check_cuda(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
-    return DeviceMemory{static_cast<double>(free), static_cast<double>(total), n};
+    check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+    check_cuda(cudaDeviceGetPCIBusId(bus, sizeof bus, dev), "cudaDeviceGetPCIBusId");
+    return DeviceMemory{static_cast<double>(free), static_cast<double>(total), bus};
   }
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream s) const override {

@@ -7,8 +7,9 @@
 
 namespace sy {
 
-MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem, const Backend* staging)
-    : ep_(ep), codec_(payload), mem_(&mem) {
+MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem, const Backend* staging,
+                             Stream stream)
+    : ep_(ep), codec_(payload), mem_(&mem), stream_(stream) {
   if (!ep_.solo() && mem.device() != Device::cpu) {
     SY_CHECK(staging && staging->device() == mem.device(),
              "the MPI MoE dispatch moves host memory: rows in {} memory across {} ranks need that device's backend "
@@ -20,13 +21,13 @@ MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Alloca
 }
 
 void MpiDispatcher::down(float* host, const float* dev, int64_t b, int64_t n, int64_t C) const {
-  staging_->copy(host + b * C, dev + b * C, static_cast<size_t>(n * C) * sizeof(float), {});
-  staging_->synchronize({});
+  staging_->copy(host + b * C, dev + b * C, static_cast<size_t>(n * C) * sizeof(float), stream_);
+  staging_->synchronize(stream_);
 }
 
 void MpiDispatcher::up(float* dev, const float* host, int64_t b, int64_t n, int64_t C) const {
-  staging_->copy(dev + b * C, host + b * C, static_cast<size_t>(n * C) * sizeof(float), {});
-  staging_->synchronize({});  // the host copy is reused by the next chunk or pass
+  staging_->copy(dev + b * C, host + b * C, static_cast<size_t>(n * C) * sizeof(float), stream_);
+  staging_->synchronize(stream_);  // the host copy is reused by the next chunk or pass
 }
 
 // The packed rows of a pass (a smaller payload; not with a group of one).

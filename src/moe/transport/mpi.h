@@ -55,7 +55,7 @@ class MpiDispatcher : public Dispatcher {
   // and copied back (correct on any device, not fast: the NCCL transport is
   // to move device rows directly; see dispatcher.h).
   explicit MpiDispatcher(const Comm& ep, const PayloadCodec& payload = {}, Allocator& mem = host_allocator(),
-                         const Backend* staging = nullptr);
+                         const Backend* staging = nullptr, Stream stream = {});
   const char* name() const override { return "mpi"; }
   int ep_size() const override { return ep_.size(); }
   int ep_rank() const override { return ep_.rank(); }
@@ -97,6 +97,7 @@ class MpiDispatcher : public Dispatcher {
   PayloadCodec codec_;
   Allocator* mem_;
   const Backend* staging_ = nullptr;  // set when device rows cross ranks
+  Stream stream_{};                   // the ops' stream, which the staging copies follow
 };
 
 }  // namespace sy

@@ -392,6 +392,22 @@ TEST(CudaBackend, AdamwFp32AndBf16MomentsAreTheCpuUpdate) {
   EXPECT_LE(differ, n / 100);
 }
 
+// Page-locked host copies: pinned, copied both ways, unpinned (twice is harmless).
+TEST(CudaBackend, PinnedHostMemoryCopiesBothWays) {
+  SY_NEED_GPU();
+  (void)C;
+  std::vector<float> h = test::randn(1 << 20, 13), back(h.size());
+  EXPECT_TRUE(G->pin(h.data(), h.size() * sizeof(float)));
+  EXPECT_TRUE(G->pin(back.data(), back.size() * sizeof(float)));
+  Dev<float> d(*G, h);
+  G->copy(back.data(), d.p, h.size() * sizeof(float), {});
+  G->synchronize({});
+  EXPECT_EQ(back, h);
+  G->unpin(h.data());
+  G->unpin(back.data());
+  G->unpin(back.data());
+}
+
 // The gradient norm's terms. Both sides sum squares in double, in another
 // order: relative 1e-12 (the reordering of ~1e5 double additions).
 TEST(CudaBackend, SumSquaresMatchesTheCpu) {
