@@ -258,6 +258,20 @@ const Term& largest(const std::vector<Term>& terms) {
   return *std::max_element(terms.begin(), terms.end(), [](const Term& a, const Term& b) { return a.bytes < b.bytes; });
 }
 
+// "activations need 1.0 GiB per rank (keys); 1.7 GiB per rank in all (weights ..., expert rows ...)": the
+// largest part of `need`, its keys and every part (checkpoint staging too when it is counted).
+std::string shortfall(const RunConfig& cfg, const MemoryEstimate& need, bool with_staging) {
+  const std::vector<Term> terms = memory_terms(cfg, need);
+  const Term& top = largest(terms);
+  return fmt::format("{} need {} per rank ({}); {} per rank in all (weights {}, gradients {}, AdamW moments {}, "
+                     "activations {}, expert rows {}{}){}",
+                     top.name, format_bytes(top.bytes), top.keys, format_bytes(need.total()), format_bytes(need.params),
+                     format_bytes(need.grads), format_bytes(need.optimizer), format_bytes(need.activations),
+                     format_bytes(need.expert_rows),
+                     with_staging ? ", checkpoint staging " + format_bytes(need.staging) : std::string(),
+                     cfg.parallel.pp > 1 ? fmt::format(" on pipeline rank {}", need.pp_rank) : std::string());
+}
+
 }  // namespace
 
 void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const MemoryAvailable& avail,
@@ -265,18 +279,10 @@ void check_memory(const RunConfig& cfg, const MemoryEstimate& need, const Memory
   if (avail.bytes < 0) return;  // nothing known to compare with
   const double per_rank = avail.bytes / static_cast<double>(std::max<int64_t>(ranks_on_node, 1));
   if (need.total() <= per_rank || memory_check_skipped()) return;
-  const std::vector<Term> terms = memory_terms(cfg, need);
-  const Term& top = largest(terms);
-  SY_CONFIG_FAIL("{}: not enough memory: {} need {} per rank ({}); {} per rank in all (weights {}, gradients {}, "
-                 "AdamW moments {}, activations {}, expert rows {}, checkpoint staging {}){}; this node has {} "
-                 "available ({}), {} for each of its {} rank{}. Lower those keys or spread the run over more ranks "
-                 "(SY_SKIP_MEMORY_CHECK=1 runs it anyway)",
-                 cfg.source, top.name, format_bytes(top.bytes), top.keys, format_bytes(need.total()),
-                 format_bytes(need.params), format_bytes(need.grads), format_bytes(need.optimizer),
-                 format_bytes(need.activations), format_bytes(need.expert_rows), format_bytes(need.staging),
-                 cfg.parallel.pp > 1 ? fmt::format(" on pipeline rank {}", need.pp_rank) : std::string(),
-                 format_bytes(avail.bytes), avail.source, format_bytes(per_rank), ranks_on_node,
-                 ranks_on_node == 1 ? "" : "s");
+  SY_CONFIG_FAIL("{}: not enough memory: {}; this node has {} available ({}), {} for each of its {} rank{}. Lower "
+                 "those keys or spread the run over more ranks (SY_SKIP_MEMORY_CHECK=1 runs it anyway)",
+                 cfg.source, shortfall(cfg, need, true), format_bytes(avail.bytes), avail.source,
+                 format_bytes(per_rank), ranks_on_node, ranks_on_node == 1 ? "" : "s");
 }
 
 MemoryEstimate on_device_host(MemoryEstimate need) {
@@ -290,18 +296,11 @@ void check_device_memory(const RunConfig& cfg, const MemoryEstimate& need, doubl
   dev.staging = 0;  // checkpoint staging is host memory
   const double per_rank = device_free / static_cast<double>(std::max<int64_t>(ranks_per_device, 1));
   if (dev.total() <= per_rank || memory_check_skipped()) return;
-  const std::vector<Term> terms = memory_terms(cfg, dev);
-  const Term& top = largest(terms);
-  SY_CONFIG_FAIL("{}: run.device = \"{}\": not enough device memory: {} need {} per rank ({}); {} per rank on the "
-                 "device in all (weights {}, gradients {}, AdamW moments {}, activations {}, expert rows {}){}; the "
-                 "device has {} free of {}, {} for each of the {} rank{} that share it. Lower those keys or spread "
-                 "the run over more devices (SY_SKIP_MEMORY_CHECK=1 runs it anyway)",
-                 cfg.source, cfg.run.device, top.name, format_bytes(top.bytes), top.keys, format_bytes(dev.total()),
-                 format_bytes(dev.params), format_bytes(dev.grads), format_bytes(dev.optimizer),
-                 format_bytes(dev.activations), format_bytes(dev.expert_rows),
-                 cfg.parallel.pp > 1 ? fmt::format(" on pipeline rank {}", dev.pp_rank) : std::string(),
-                 format_bytes(device_free), format_bytes(device_total), format_bytes(per_rank), ranks_per_device,
-                 ranks_per_device == 1 ? "" : "s");
+  SY_CONFIG_FAIL("{}: run.device = \"{}\": not enough device memory: {}; the device has {} free of {}, {} for "
+                 "each of the {} rank{} that share it. Lower those keys or spread the run over more devices "
+                 "(SY_SKIP_MEMORY_CHECK=1 runs it anyway)",
+                 cfg.source, cfg.run.device, shortfall(cfg, dev, false), format_bytes(device_free),
+                 format_bytes(device_total), format_bytes(per_rank), ranks_per_device, ranks_per_device == 1 ? "" : "s");
 }
 
 }  // namespace sy
