@@ -1,6 +1,7 @@
 // The transport behind a Comm: what a communicator library must provide.
-// comm/mpi/ implements it over MPI; a NCCL backend (comm/nccl/, with the
-// CUDA issue) implements the same calls on device buffers and a stream.
+// comm/mpi/ implements it over MPI; the NCCL backend (comm/nccl/) and the
+// staged device communicator (comm/staged.h) implement the same calls on
+// device buffers.
 //
 // The Comm facade (comm.h) does everything common to every backend before
 // it calls in: the group of one (no backend), the watchdog scope of each
@@ -9,13 +10,15 @@
 // Counts are int64 here; a backend whose library takes int counts checks
 // the range and names the operation when one does not fit.
 //
-// How NCCL will join: ncclGetUniqueId on rank 0 of a group, broadcast with
-// that group's MPI backend (Comm::bcast_bytes), ncclCommInitRank on every
-// member; split() creates the child's MPI communicator first and repeats
-// that. Its requests are CUDA events recorded on the communication stream:
-// test() is cudaEventQuery, wait() cudaEventSynchronize under the same
-// watchdog scope, so a silent peer is named exactly as with MPI (the
-// watchdog aborts through the MPI world communicator, which stays alive).
+// How NCCL joins (comm/nccl/): ncclGetUniqueId on rank 0 of a group,
+// broadcast with that group's MPI backend, ncclCommInitRank on every member;
+// split() creates the child's MPI communicator first and repeats that. Its
+// requests are CUDA events recorded on the communication stream: test() is
+// cudaEventQuery, wait() cudaEventSynchronize under the same watchdog scope,
+// so a silent peer is named exactly as with MPI (the watchdog aborts through
+// the MPI world communicator, which stays alive). A device run makes each of
+// its groups' twin this way, or as the staged device communicator
+// (comm/staged.h) where NCCL cannot run (train/device_comm.h).
 #pragma once
 
 #include <cstdint>
@@ -52,6 +55,9 @@ class CommBackend {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Whether the float traffic (the i* calls below) takes device buffers
+  // (NCCL, the staged device communicator) rather than host memory (MPI).
+  virtual bool device_buffers() const { return false; }
   virtual std::vector<int> world_ranks() const = 0;  // members' world ranks, in group order
   // Members with the same color form a new group, ordered by key (collective).
   virtual std::shared_ptr<const CommBackend> split(int color, int key) const = 0;

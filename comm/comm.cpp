@@ -91,6 +91,13 @@ Comm Comm::split(int color, int key, const std::string& name) const {
   return Comm(backend_->split(color, key), name);
 }
 
+bool Comm::device_buffers() const { return backend_ && backend_->device_buffers(); }
+
+Comm Comm::over(const Remake& make) const {
+  if (solo()) return Comm();
+  return Comm(make(backend_), name_);
+}
+
 void Comm::barrier() const { barrier_as("barrier"); }
 
 void Comm::barrier_as(const char* what) const {

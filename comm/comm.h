@@ -1,7 +1,8 @@
 // The communicator: moves typed buffers between ranks and knows nothing of
 // the model. `Comm` is the typed face every caller uses; the transport is a
-// CommBackend behind it (comm/backend.h): MPI today (comm/mpi/), NCCL next
-// (comm/nccl/, see comm/backend.h for how it will be created). No MPI type
+// CommBackend behind it (comm/backend.h): MPI (comm/mpi/) for host buffers;
+// for a device run's device buffers NCCL (comm/nccl/) or the staged device
+// communicator (comm/staged.h), made from a host group by Comm::over. No MPI type
 // appears here, so nothing outside comm/ sees <mpi.h>.
 //
 // A default-constructed Comm is a group of one (no backend at all): every
@@ -15,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -85,12 +87,20 @@ class Comm {
   const std::vector<int>& world_ranks() const { return world_ranks_; }
   std::string describe() const;  // "ep[1] (world ranks 4-7)"
   bool solo() const { return backend_ == nullptr; }
+  // Whether the float traffic (rows, isend/irecv, i*reduce, iallgatherv)
+  // takes device buffers: a device run's twin (over()) of a host group.
+  bool device_buffers() const;
   // The transport (null when solo): for code inside comm/ that needs more
   // than the typed calls below (shared windows, a backend's native handle).
   const CommBackend* backend() const { return backend_.get(); }
 
   // Members with the same color form a new group, ordered by key.
   Comm split(int color, int key, const std::string& name) const;
+  // The same group, same name, over a transport made from this one's (a
+  // group of one stays one): a device run's twin of a host group, whose
+  // float traffic takes device buffers (comm/staged.h, comm/nccl/).
+  using Remake = std::function<std::shared_ptr<const CommBackend>(std::shared_ptr<const CommBackend>)>;
+  Comm over(const Remake& make) const;
 
   void barrier() const;
   void barrier_as(const char* what) const;  // a barrier the watchdog names `what`

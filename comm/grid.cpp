@@ -19,6 +19,13 @@ Grid::Grid(const Comm& world, GridShape shape, int64_t experts, const std::strin
   pp_ = world.split(i(dp_rank_), i(pp_rank_), fmt::format("pp[{}]", dp_rank_));
 }
 
+Grid Grid::over(const Comm::Remake& make) const {
+  Grid g = *this;
+  g.world_ = world_.over(make), g.dp_ = dp_.over(make), g.ep_ = ep_.over(make);
+  g.edp_ = edp_.over(make), g.pp_ = pp_.over(make);
+  return g;
+}
+
 std::string Grid::describe(int64_t experts) const {
   const std::string per = experts <= 0 ? std::string()
                           : fmt::format(" ({} expert{} per rank)", experts / shape_.ep, experts / shape_.ep == 1 ? "" : "s");

@@ -39,6 +39,9 @@ class Grid {
   int64_t ep_rank() const { return dp_rank_ % shape_.ep; }
   int64_t edp_rank() const { return dp_rank_ / shape_.ep; }
   std::string describe(int64_t experts) const;
+  // The same grid, every group over a transport made from its own
+  // (Comm::over): a device run's groups for device buffers.
+  Grid over(const Comm::Remake& make) const;
 
  private:
   GridShape shape_{1, 1, 1};

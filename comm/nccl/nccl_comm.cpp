@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "comm/host_values.h"
 #include "core/check.h"
 
 namespace sy::nccl {
@@ -54,53 +55,30 @@ class EventRequest final : public RequestImpl {
   cudaEvent_t ev_ = nullptr;
 };
 
-class NcclBackend final : public CommBackend {
+class NcclBackend final : public HostValuesOf {
  public:
-  explicit NcclBackend(std::shared_ptr<const CommBackend> mpi) : mpi_(std::move(mpi)) {
+  NcclBackend(std::shared_ptr<const CommBackend> mpi, cudaStream_t after) : HostValuesOf(std::move(mpi)), after_(after) {
     ncclUniqueId id{};
-    if (mpi_->rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    mpi_->bcast(&id, sizeof(id), 0);
+    if (host_->rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    host_->bcast(&id, sizeof(id), 0);
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check_nccl(ncclCommInitRank(&comm_, mpi_->size(), id, mpi_->rank()), "ncclCommInitRank");
+    check_cuda(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
+    check_nccl(ncclCommInitRank(&comm_, host_->size(), id, host_->rank()), "ncclCommInitRank");
   }
   ~NcclBackend() override {
     if (comm_) ncclCommDestroy(comm_);
+    if (ready_) cudaEventDestroy(ready_);
     if (stream_) cudaStreamDestroy(stream_);
   }
   NcclBackend(const NcclBackend&) = delete;
   NcclBackend& operator=(const NcclBackend&) = delete;
 
-  int rank() const override { return mpi_->rank(); }
-  int size() const override { return mpi_->size(); }
-  std::vector<int> world_ranks() const override { return mpi_->world_ranks(); }
   std::shared_ptr<const CommBackend> split(int color, int key) const override {
-    return std::make_shared<NcclBackend>(mpi_->split(color, key));
-  }
-  int node_size() const override { return mpi_->node_size(); }
-  int node_leader() const override { return mpi_->node_leader(); }
-
-  // Host values: MPI.
-  void barrier() const override { mpi_->barrier(); }
-  void allreduce(void* data, size_t n, DType t, ReduceOp op) const override { mpi_->allreduce(data, n, t, op); }
-  void bcast(void* data, size_t bytes, int root) const override { mpi_->bcast(data, bytes, root); }
-  void allgather(const void* send, size_t bytes, void* recv) const override { mpi_->allgather(send, bytes, recv); }
-  void allgatherv(const void* send, int64_t n, void* recv, const Counts& counts, const Counts& displs,
-                  DType t) const override {
-    mpi_->allgatherv(send, n, recv, counts, displs, t);
-  }
-  void alltoall(const void* send, size_t bytes_per_rank, void* recv) const override {
-    mpi_->alltoall(send, bytes_per_rank, recv);
-  }
-  void alltoallv(const void* send, const Counts& scount, const Counts& sdispl, void* recv, const Counts& rcount,
-                 const Counts& rdispl, DType t) const override {
-    mpi_->alltoallv(send, scount, sdispl, recv, rcount, rdispl, t);
-  }
-  std::unique_ptr<SharedSegmentsImpl> allocate_shared(int64_t floats) const override {
-    return mpi_->allocate_shared(floats);
+    return std::make_shared<NcclBackend>(host_->split(color, key), after_);
   }
   [[noreturn]] void abort(int code) const override {
     ncclCommAbort(comm_);
-    mpi_->abort(code);
+    host_->abort(code);
     std::abort();  // (the MPI backend's abort does not return)
   }
 
@@ -109,6 +87,7 @@ class NcclBackend final : public CommBackend {
                                                float* recv, const Counts& rcount, const Counts& rdispl, int64_t row,
                                                const char* what) const override {
     check_device(send, what), check_device(recv, what);
+    order();
     check_nccl(ncclGroupStart(), what);
     for (int r = 0; r < size(); ++r) {
       const size_t ri = static_cast<size_t>(r);
@@ -124,16 +103,19 @@ class NcclBackend final : public CommBackend {
   }
   std::unique_ptr<RequestImpl> isend(const float* data, int64_t n, int peer, int, const char* what) const override {
     check_device(data, what);
+    order();
     check_nccl(ncclSend(data, static_cast<size_t>(n), ncclFloat, peer, comm_, stream_), what);
     return std::make_unique<EventRequest>(stream_);
   }
   std::unique_ptr<RequestImpl> irecv(float* data, int64_t n, int peer, int, const char* what) const override {
     check_device(data, what);
+    order();
     check_nccl(ncclRecv(data, static_cast<size_t>(n), ncclFloat, peer, comm_, stream_), what);
     return std::make_unique<EventRequest>(stream_);
   }
   std::unique_ptr<RequestImpl> iallreduce_sum(float* data, int64_t n, const char* what) const override {
     check_device(data, what);
+    order();
     check_nccl(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat, ncclSum, comm_, stream_), what);
     return std::make_unique<EventRequest>(stream_);
   }
@@ -141,6 +123,7 @@ class NcclBackend final : public CommBackend {
   std::unique_ptr<RequestImpl> ireduce_scatter_sum(const float* data, float* recv, const Counts& counts,
                                                    const char* what) const override {
     check_device(data, what), check_device(recv, what);
+    order();
     check_nccl(ncclGroupStart(), what);
     int64_t off = 0;
     for (int r = 0; r < size(); ++r) {
@@ -156,6 +139,7 @@ class NcclBackend final : public CommBackend {
   std::unique_ptr<RequestImpl> iallgatherv(float* data, const Counts& counts, const Counts& displs,
                                            const char* what) const override {
     check_device(data, what);
+    order();
     check_nccl(ncclGroupStart(), what);
     for (int r = 0; r < size(); ++r) {
       const size_t ri = static_cast<size_t>(r);
@@ -168,9 +152,17 @@ class NcclBackend final : public CommBackend {
   }
 
  private:
-  std::shared_ptr<const CommBackend> mpi_;
+  // The communication stream waits for the work queued on `after` so far: a
+  // buffer the ops wrote is complete before NCCL reads it. (The other way,
+  // a request's wait() synchronises the host before the ops read a result.)
+  void order() const {
+    check_cuda(cudaEventRecord(ready_, after_), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
+  }
+  cudaStream_t after_ = nullptr;  // the ops' stream (null: the legacy default stream)
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr;
 };
 
 }  // namespace
@@ -183,12 +175,12 @@ bool available(std::string* why) {
   return false;
 }
 
-std::shared_ptr<const CommBackend> create(std::shared_ptr<const CommBackend> mpi) {
+std::shared_ptr<const CommBackend> create(std::shared_ptr<const CommBackend> mpi, void* after) {
   SY_CHECK(mpi, "NCCL: a communicator is made from an MPI group, and this one has no backend (a group of one "
            "needs none)");
   std::string why;
   SY_CHECK(available(&why), "NCCL: {}", why);
-  return std::make_shared<NcclBackend>(std::move(mpi));
+  return std::make_shared<NcclBackend>(std::move(mpi), static_cast<cudaStream_t>(after));
 }
 
 }  // namespace sy::nccl

@@ -19,7 +19,8 @@
 // order they are posted (the pipeline executor posts them in schedule
 // order on both sides).
 //
-// Built when NCCL and CUDA are found; not yet run on a GPU.
+// Built when NCCL and CUDA are found; the tools load it as a module
+// (comm/nccl_module.h). Not yet run on a GPU.
 #pragma once
 
 #include <memory>
@@ -29,9 +30,11 @@
 
 namespace sy::nccl {
 
-// A NCCL communicator over the members of `mpi` (collective over them).
-// Throws, naming the reason, when there is no usable GPU or NCCL fails.
-std::shared_ptr<const CommBackend> create(std::shared_ptr<const CommBackend> mpi);
+// A NCCL communicator over the members of `mpi` (collective over them),
+// whose operations follow the work queued on the CUDA stream `after` (the
+// ops' stream; null: the legacy default stream). Throws, naming the reason,
+// when there is no usable GPU or NCCL fails.
+std::shared_ptr<const CommBackend> create(std::shared_ptr<const CommBackend> mpi, void* after = nullptr);
 
 // Whether this process can use NCCL at all (a CUDA device); why not in *why.
 bool available(std::string* why = nullptr);

@@ -37,6 +37,7 @@ struct BackendInfo {
   std::string kernels;    // e.g. OpenBLAS's kernel family "Haswell", or "cuBLAS"
   std::string threading;  // e.g. "openmp", "pthreads", "sequential", "cuda"
   int max_threads = 0;    // host threads the op library was built for at most (0: no limit)
+  bool emulated = false;  // a device emulated on the CPU (tests): its memory is host memory to any library
 };
 
 // GEMM time and work since the last reset (the step line's GEMM rate).
@@ -73,6 +74,9 @@ class Backend {
   // unpin before the memory is freed. The CPU has nothing to pin: true.
   virtual bool pin(void* host, size_t bytes) const = 0;
   virtual void unpin(void* host) const = 0;
+  // Whether p is this backend's memory (the CPU's: any pointer); a staged
+  // device communicator refuses other buffers, as NCCL does (comm/staged.h).
+  virtual bool holds(const void* p) const = 0;
   virtual void copy(void* dst, const void* src, size_t bytes, Stream s) const = 0;
   virtual void zero(void* dst, size_t bytes, Stream s) const = 0;
   virtual void synchronize(Stream s) const = 0;

@@ -61,9 +61,15 @@ std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem) {
   return std::make_shared<MpiDispatcher>(Comm{}, PayloadCodec{}, mem);
 }
 
-std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Backend& be, const PayloadCodec& payload,
-                                                         Stream stream) {
+std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Comm& device_ep, const Backend& be,
+                                                         const PayloadCodec& payload, Stream stream) {
   if (ep.solo()) return make_local_dispatcher(be.allocator());
+  if (!payload.any()) {
+    SY_CHECK(device_ep.device_buffers() && device_ep.size() == ep.size(),
+             "a device run's FP32 MoE rows move over the ep group's device communicator; {} is not one",
+             device_ep.describe());
+    return std::make_shared<MpiDispatcher>(device_ep, payload, be.allocator());
+  }
   return std::make_shared<MpiDispatcher>(ep, payload, be.allocator(), &be, stream);
 }
 

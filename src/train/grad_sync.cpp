@@ -19,7 +19,8 @@ void add_ranges(std::vector<OptRange>& out, const ParamLayout& layout, int64_t b
 }
 }  // namespace
 
-GradSync::GradSync(const ParamLayout& layout, const Grid& grid, bool zero1) : layout_(layout), zero1_(zero1) {
+GradSync::GradSync(const ParamLayout& layout, const Grid& grid, bool zero1, Allocator& mem)
+    : layout_(layout), zero1_(zero1), shard_(mem) {
   for (const Bucket& b : layout.buckets()) {
     Part p;
     p.bucket = &b;
@@ -39,7 +40,7 @@ GradSync::GradSync(const ParamLayout& layout, const Grid& grid, bool zero1) : la
     parts_.push_back(std::move(p));
   }
   if (zero1)
-    shard_.resize(static_cast<size_t>(state_size_));
+    shard_.ensure(static_cast<size_t>(std::max<int64_t>(state_size_, 1)));
   else
     add_ranges(ranges_, layout, 0, layout.total(), 0), state_size_ = layout.total();
 }
@@ -58,14 +59,6 @@ void GradSync::ready(int64_t key, float* grads) {
 }
 
 void GradSync::finish() { wait_all(pending_); }
-
-void GradSync::reduce_all(float* grads) {
-  std::vector<int64_t> keys;  // each readiness key once, in bucket order
-  for (const Part& p : parts_)
-    if (std::find(keys.begin(), keys.end(), p.bucket->ready) == keys.end()) keys.push_back(p.bucket->ready);
-  for (int64_t k : keys) ready(k, grads);
-  finish();
-}
 
 void GradSync::gather_params(float* params) {
   if (!zero1_) return;

@@ -32,7 +32,10 @@ struct OptRange {
 
 class GradSync {
  public:
-  GradSync(const ParamLayout& layout, const Grid& grid, bool zero1);
+  // grid: its groups move the gradients where they are (a device run's
+  // groups for device buffers, Grid::over); mem: where the ZeRO-1 shard of
+  // reduced gradients lives (the gradients' memory).
+  GradSync(const ParamLayout& layout, const Grid& grid, bool zero1, Allocator& mem = host_allocator());
 
   bool zero1() const { return zero1_; }
   // Ranges this rank updates, cut at tensor boundaries (per-tensor decay).
@@ -49,9 +52,6 @@ class GradSync {
   void ready(int64_t key, float* grads);
   // Waits until every bucket is reduced.
   void finish();
-  // Starts every bucket and waits: the reduction of gradients a device
-  // produced, staged through host memory after backward (no overlap).
-  void reduce_all(float* grads);
   // ZeRO-1: all-gathers the updated parts into params (no-op otherwise).
   void gather_params(float* params);
 
@@ -67,7 +67,7 @@ class GradSync {
   std::vector<Part> parts_;  // one per bucket, in layout bucket order
   std::vector<OptRange> ranges_, owned_;
   int64_t state_size_ = 0;
-  FloatBuffer shard_;
+  GrowBuffer<float> shard_;
   std::vector<Request> pending_;
 };
 

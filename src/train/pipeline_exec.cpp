@@ -74,8 +74,9 @@ void Trainer::setup_pipeline(const MoeContext& ctx, bool fp8_activations) {
   P.be = ops_.be, P.stream = ops_.stream;
   P.tied = cfg_.model.tie_embeddings;
   const bool ends = r == 0 || r == pl.pp - 1;
-  P.emb = grid_.world().split(ends ? static_cast<int>(grid_.dp_rank()) : static_cast<int>(grid_.dp_size() + grid_.world().rank()),
-                              static_cast<int>(r), fmt::format("emb[{}]", grid_.dp_rank()));
+  // The tied embedding's pair moves the gradients where they are (dgrid_'s world: device buffers on a device).
+  P.emb = dgrid_.world().split(ends ? static_cast<int>(grid_.dp_rank()) : static_cast<int>(grid_.dp_size() + grid_.world().rank()),
+                               static_cast<int>(r), fmt::format("emb[{}]", grid_.dp_rank()));
 }
 
 namespace {
@@ -89,7 +90,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
   const int r = static_cast<int>(grid_.pp_rank());
   const int stages = S.stages();
   const int64_t N = P.N, C = P.C, m = pl.m;
-  const Comm& pp = grid_.pp();
+  const Comm& pp = dgrid_.pp();  // activations and their gradients, where the stages keep them
   const int64_t moe_layers = cfg_.model.moe_layers(), E = cfg_.model.moe.experts;
   // This step's batch: the first stage reads the inputs, the last the targets.
   P.inputs.resize(static_cast<size_t>(m * N));
@@ -141,7 +142,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
         if (P.recompute && st > 0) {
           auto& saved = P.saved_in[ch][op.mb];
           saved.resize(static_cast<size_t>(N * C));
-          P.to_host(saved.data(), T.input(slot), N * C);
+          P.copy(saved.data(), T.input(slot), N * C);
         }
         t1 = now_seconds();
         MicroBatchStats mb = T.forward(slot, live_params(), live_bias(), in, tg, true, scale);
@@ -171,7 +172,7 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
         if (st < stages - 1) wait_msg(1, op.mb, op.chunk, T.grad_output(slot));
         t1 = now_seconds();
         if (P.recompute) {  // the forward again, from the saved stage input (it leaves grad_output alone)
-          if (st > 0) P.from_host(T.input(slot), P.saved_in[ch].at(op.mb).data(), N * C);
+          if (st > 0) P.copy(T.input(slot), P.saved_in[ch].at(op.mb).data(), N * C);
           T.forward(slot, live_params(), live_bias(), in, tg, true, scale);
         }
         // backward_input: the weight-gradient GEMMs wait in this slot's queue for backward_weight.
@@ -209,14 +210,12 @@ void Trainer::run_pipeline(int64_t step, StepStats& s, double* sums) {
            r, P.recvs.size(), P.held);
 
   // Gradients: the tied embedding's two copies summed, then every bucket over
-  // its group (on a device: Trainer::step, with the gradients on the host).
-  if (!staged_sync()) {
-    watchdog::set_phase("gradient reduction");
-    reduce_tied_embedding(grads_.data());
-    int64_t last_key = -2;
-    for (const Bucket& b : layout_->buckets())
-      if (b.ready != last_key) sync_->ready(last_key = b.ready, grads_.data());
-  }
+  // its group, where the gradients are (a device run's groups move device buffers).
+  watchdog::set_phase("gradient reduction");
+  reduce_tied_embedding(live_grads());
+  int64_t last_key = -2;
+  for (const Bucket& b : layout_->buckets())
+    if (b.ready != last_key) sync_->ready(last_key = b.ready, live_grads());
   // Every stage's share of the statistics: loads and router terms by MoE layer.
   pp.allreduce_sum(sums, 5);
   pp.allreduce_sum(load.data(), load.size());
@@ -292,7 +291,7 @@ double Trainer::validate_pipeline() {
   const int r = static_cast<int>(grid_.pp_rank());
   const int stages = S.stages();
   const int64_t N = P.N;
-  const Comm& pp = grid_.pp();
+  const Comm& pp = dgrid_.pp();  // activations and their gradients, where the stages keep them
   double sums[2] = {0, 0};
   std::vector<int32_t> in(static_cast<size_t>(N)), tg(static_cast<size_t>(N));
   for (const Op& op : S.ranks[static_cast<size_t>(r)]) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "comm/comm.h"
+#include "core/arena.h"
 #include "core/check.h"
 #include "model/ops.h"
 #include "pipeline/schedule.h"
@@ -29,29 +30,25 @@ struct PipeState {
   std::vector<std::vector<WgradQueue>> defer;  // [chunk][slot]
   // recompute: each micro-batch's stage input while it is in flight, per chunk
   std::vector<std::map<int, std::vector<float>>> saved_in;
-  // Messages: receives by (is_grad, mb, chunk), sends in flight.
+  // Messages: receives by (is_grad, mb, chunk), sends in flight. Their
+  // buffers are in the stages' memory (the backend's: a device run's pp
+  // group moves device buffers, Trainer::dgrid_).
   struct Msg {
-    std::vector<float> buf;
+    GrowBuffer<float> buf;
     Request req;
   };
   std::map<std::tuple<int, int, int>, Msg> recvs;
   std::deque<Msg> sends;
-  std::vector<std::vector<float>> pool;  // spare (N, C) buffers
-  // The backend whose memory the stage buffers are in: on a device, messages
-  // are staged through these host buffers (copied down before a send, up
-  // after a receive).
+  std::vector<GrowBuffer<float>> pool;  // spare (N, C) buffers
+  // The backend whose memory the stage buffers are in.
   const Backend* be = nullptr;
   Stream stream{};
   bool on_device() const { return be && be->device() != Device::cpu; }
-  // n floats between host and stage memory, complete on return.
-  void to_host(float* host, const float* src, int64_t n) const {
-    if (!on_device()) return void(std::copy_n(src, n, host));
-    be->copy(host, src, static_cast<size_t>(n) * sizeof(float), stream);
-    be->synchronize(stream);
-  }
-  void from_host(float* dst, const float* host, int64_t n) const {
-    if (!on_device()) return void(std::copy_n(host, n, dst));
-    be->copy(dst, host, static_cast<size_t>(n) * sizeof(float), stream);
+  // n floats from src to dst, in either memory (host or the stages'),
+  // complete on return.
+  void copy(float* dst, const float* src, int64_t n) const {
+    if (!on_device()) return void(std::copy_n(src, n, dst));
+    be->copy(dst, src, static_cast<size_t>(n) * sizeof(float), stream);
     be->synchronize(stream);
   }
   std::vector<int32_t> inputs, targets;  // (m, N) this step's batch
@@ -61,13 +58,17 @@ struct PipeState {
   std::vector<double> sum_f, sum_b, sum_w;  // per chunk
   std::vector<int64_t> n_f, n_b, n_w;
 
-  std::vector<float> take() {
-    if (pool.empty()) return std::vector<float>(static_cast<size_t>(N * C));
-    std::vector<float> b = std::move(pool.back());
+  GrowBuffer<float> take() {
+    if (pool.empty()) {
+      GrowBuffer<float> b(be ? be->allocator() : host_allocator());
+      b.ensure(static_cast<size_t>(N * C));
+      return b;
+    }
+    GrowBuffer<float> b = std::move(pool.back());
     pool.pop_back();
     return b;
   }
-  void give(std::vector<float>&& b) { pool.push_back(std::move(b)); }
+  void give(GrowBuffer<float>&& b) { pool.push_back(std::move(b)); }
   // Posts the receive of (is_grad, mb, chunk) from pipeline rank `peer`.
   void post(const Comm& pp, int is_grad, int mb, int chunk, int peer, int tag) {
     Msg msg{take(), {}};
@@ -80,14 +81,14 @@ struct PipeState {
     SY_CHECK(it != recvs.end(), "pipeline rank {}: no receive posted for the {} of micro-batch {} chunk {}", rank,
              is_grad ? "gradient" : "activation", mb, chunk);
     it->second.req.wait();
-    from_host(dst, it->second.buf.data(), N * C);
+    copy(dst, it->second.buf.data(), N * C);
     give(std::move(it->second.buf));
     recvs.erase(it);
   }
   // Starts sending a copy of src (N, C), so src may change at once.
   void send(const Comm& pp, const float* src, int peer, int tag) {
     Msg msg{take(), {}};
-    to_host(msg.buf.data(), src, N * C);
+    copy(msg.buf.data(), src, N * C);
     msg.req = pp.isend(msg.buf.data(), N * C, peer, tag, "pipeline send");
     sends.push_back(std::move(msg));
   }

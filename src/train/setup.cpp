@@ -18,6 +18,7 @@
 #include "estimate/model_size.h"
 #include "moe/dispatcher.h"
 #include "moe/dp_group.h"
+#include "train/device_comm.h"
 #include "train/pipeline_state.h"
 #include "train/metrics.h"
 
@@ -83,6 +84,7 @@ std::string describe_group_nodes(const ModelConfig& m, const Comm& ep, const Com
 // back (parallel.combine_dtype; "auto": BF16 with a bf16 or fp8 dispatch).
 struct RowPayloads {
   Payload out, back;
+  bool any() const { return out != Payload::fp32 || back != Payload::fp32; }
 };
 RowPayloads row_payloads(const ParallelSection& p) {
   const Payload out = p.dispatch_dtype == DispatchDtype::fp8    ? Payload::fp8
@@ -124,9 +126,6 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   // run.device: the backend every op runs on (the CUDA module loaded at run
   // time, or the emulated device under SY_EMULATE_CUDA=guarded in tests).
   ops_.be = &open_backend(*parse_device(cfg_.run.device));
-  // Every layout runs on a device: data, expert and pipeline parallelism and ZeRO-1 are
-  // staged through host memory there (step(), make_device_dispatcher, PipeState), correct
-  // on any device; the NCCL communicator is to move them device to device.
   cfg_.parallel.dp = grid_.dp_size();
   cfg_.parallel.ep = grid_.ep_size();
   cfg_.resolve_batch(grid_.dp_size());
@@ -141,6 +140,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const MemoryEstimate need = estimate_memory(cfg_, {grid_.pp_size(), grid_.dp_size(), grid_.ep_size()});
   const int64_t on_node = node_ranks(world);
   check_memory(cfg_, on_device() ? on_device_host(need) : need, available_memory(), on_node);
+  int64_t sharing = 1;  // ranks of this node on this rank's device
   if (const auto dev = ops_.b().device_memory()) {
     // Ranks that share this device: the same host and device id (each rank
     // may see every GPU of the node, or only its own).
@@ -149,11 +149,14 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
     const std::string key = host_name() + "/" + dev->id;
     std::copy_n(key.begin(), std::min(key.size(), kId - 1), mine.begin());
     world.allgather(mine.data(), kId, all.data());
-    int64_t sharing = 0;
+    sharing = 0;
     for (int r = 0; r < world.size(); ++r) sharing += std::equal(mine.begin(), mine.end(), all.begin() + r * static_cast<std::ptrdiff_t>(kId));
     check_device_memory(cfg_, need, dev->free, dev->total, sharing);
   }
   world.barrier();
+  // Every layout runs on a device: the float traffic of data, expert and pipeline
+  // parallelism and ZeRO-1 moves device buffers over the groups' device twins.
+  dgrid_ = on_device() ? grid_.over(device_comms(ops_.b(), ops_.stream, world, sharing, &device_comm_)) : grid_;
 
   // The tokenizer's vocabulary fits the model: checked before the data is read.
   std::string tokenizer_model = cfg_.data.tokenizer.empty() ? std::string() : load_tokenizer().serialized();
@@ -212,15 +215,19 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   if (on_device() && grid_.ep_size() > 1) {
     SY_CONFIG_CHECK(transport == Transport::automatic || transport == Transport::mpi,
                     "{}: run.device = \"{}\" with parallel.transport = \"{}\": on a device the MoE rows cross ranks "
-                    "through host memory by MPI (staged) for now; set parallel.transport = \"auto\" or \"mpi\"",
+                    "by the flat transport over the device communicator for now; set parallel.transport = \"auto\" "
+                    "or \"mpi\"",
                     cfg_.source, cfg_.run.device, option_name(transport));
     SY_CONFIG_CHECK(!cfg_.parallel.overlap,
-                    "{}: run.device = \"{}\" with parallel.overlap = true: the staged device dispatch moves one "
-                    "chunk; set parallel.overlap = false", cfg_.source, cfg_.run.device);
+                    "{}: run.device = \"{}\" with parallel.overlap = true: the device dispatch moves one chunk; "
+                    "set parallel.overlap = false", cfg_.source, cfg_.run.device);
     dispatch = DispatchKind::mpi;
   }
   dispatch_note_ = grid_.ep_size() == 1                       ? std::string(", no dispatch")
-                   : on_device()                              ? std::string(", MPI dispatch staged through host memory")
+                   : on_device() && row_payloads(cfg_.parallel).any()
+                       ? std::string(", MPI dispatch of rows packed on the host (staged through host memory)")
+                   : on_device()                              ? fmt::format(", MPI dispatch of device rows ({})",
+                                                                            device_comm_.starts_with("NCCL") ? "NCCL" : "staged through host memory")
                    : dispatch == DispatchKind::shm            ? std::string(", shared-memory dispatch")
                    : dispatch == DispatchKind::mpi_overlapped ? fmt::format(", MPI dispatch overlapped ({} chunks)",
                                                                             cfg_.parallel.dispatch_chunks)
@@ -233,14 +240,15 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const RowPayloads rows = row_payloads(cfg_.parallel);
   dispatch_note_ += payload_note(rows, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : nullptr);
   const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
-  // A device run packs its rows on the host (the staged transport), with the CPU backend.
+  // A device run packs smaller payloads on the host (staged through it), with the CPU backend.
   const PayloadCodec codec = make_payload_codec(
       rows.out, rows.back, on_device() ? backend(Device::cpu) : *ops_.be,
       fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
-  // On a device: rows in the device's memory, across ranks staged through the host (moe/dispatcher.h).
+  // On a device: rows in the device's memory; FP32 rows cross ranks over the ep group's device
+  // twin, packed rows through the host (moe/dispatcher.h).
   MoeContext ctx{DpGroup(grid_.dp()),
-                 on_device() ? make_device_dispatcher(grid_.ep(), ops_.b(), codec, ops_.stream)
+                 on_device() ? make_device_dispatcher(grid_.ep(), dgrid_.ep(), ops_.b(), codec, ops_.stream)
                              : make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks),
                                                nodes, codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};
@@ -283,7 +291,7 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                    "from the device run from pageable memory (slower)\n";
   }
   init_params(params_.data(), layout, static_cast<uint64_t>(cfg_.train.seed));
-  sync_ = std::make_unique<GradSync>(layout, grid_, cfg_.parallel.zero1);
+  sync_ = std::make_unique<GradSync>(layout, dgrid_, cfg_.parallel.zero1, ops_.b().allocator());
   opt_ = std::make_unique<AdamW>(sync_->ranges(), sync_->state_size(), cfg_.train,
                                  cfg_.precision.moments == Moments::bf16, *ops_.be, ops_.stream);
   if (!cfg_.train.lr_groups.empty()) {
@@ -394,7 +402,8 @@ std::string Trainer::describe() const {
                        pl->describe());
   if (!pipe.empty() && pipe.back() == '\n') pipe.pop_back();
   if (!group_nodes_.empty()) pipe += "\n" + group_nodes_;
-  if (on_device()) pipe += fmt::format("\ndevice : {} (run.device): parameters, gradients, moments, activations", ops_.b().name());
+  if (on_device()) pipe += fmt::format("\ndevice : {} (run.device): parameters, gradients, moments, activations{}", ops_.b().name(),
+                                       device_comm_.empty() ? std::string() : "; between ranks " + device_comm_);
   for (size_t g = 0; g < lr_use_.size(); ++g)
     pipe += fmt::format("\nlr     : \"{}\" x {}: {} tensor{}, {} params", cfg_.train.lr_groups[g].match,
                         cfg_.train.lr_groups[g].scale, lr_use_[g].tensors, lr_use_[g].tensors == 1 ? "" : "s",

@@ -56,7 +56,7 @@ StepStats Trainer::step(int64_t step) {
     const double tb = now_seconds();
     t_fwd += tb - tf;
     model_->backward(live_params(), live_grads(), [&](int64_t key) {
-      if (last && !staged_sync()) sync_->ready(key, live_grads());
+      if (last) sync_->ready(key, live_grads());
     });
     t_bwd += now_seconds() - tb;
     sums[0] += mb.loss_sum;
@@ -88,23 +88,9 @@ StepStats Trainer::step(int64_t step) {
   sync_->finish();
   const double to = now_seconds();
 
-  // Several ranks on devices reduce the gradients on the host, through MPI,
-  // and send the sums back for the update (staged: the NCCL communicator is
-  // to reduce them in device memory, overlapped with backward, as the CPU does).
-  if (staged_sync()) {
-    ops_.b().copy(grads_.data(), dgrads_.data(), grads_.size() * sizeof(float), ops_.stream);
-    ops_.b().synchronize(ops_.stream);
-    reduce_tied_embedding(grads_.data());
-    sync_->reduce_all(grads_.data());
-    if (sync_->zero1())  // this rank's reduced part (the shard), for its share of the update
-      ops_.b().copy(dshard_.ensure(static_cast<size_t>(sync_->state_size()), ops_.b().allocator()),
-                    sync_->reduced(grads_.data()), static_cast<size_t>(sync_->state_size()) * sizeof(float),
-                    ops_.stream);
-    else
-      ops_.b().copy(dgrads_.data(), grads_.data(), grads_.size() * sizeof(float), ops_.stream);
-  }
-  // The reduced gradients the update reads, where the ops run.
-  const float* reduced = on_device() && sync_->zero1() ? dshard_.data() : sync_->reduced(live_grads());
+  // The reduced gradients the update reads, where the ops run (with ZeRO-1,
+  // this rank's shard, in the same memory).
+  const float* reduced = sync_->reduced(live_grads());
   // Global gradient norm: every rank's owned share, summed; each tensor's
   // squares summed where the gradients are (Backend::sum_squares).
   GradNormPart gn = grad_norm_part(ops_.b(), ops_.stream, reduced, sync_->owned(), layout);
@@ -117,13 +103,7 @@ StepStats Trainer::step(int64_t step) {
   s.lr = lr_at(cfg_.train, step);
   ckpt_->wait_staged();  // a background save may still be copying the weights and moments
   opt_->update(live_params(), reduced, step, s.lr, clip_coef(s.grad_norm, cfg_.train.grad_clip));
-  if (on_device() && sync_->zero1()) {  // ZeRO-1's all-gather of the updated parts, staged through host memory
-    params_to_host();
-    sync_->gather_params(params_.data());
-    ops_.b().copy(dparams_.data(), params_.data(), params_.size() * sizeof(float), ops_.stream);
-  } else {
-    sync_->gather_params(live_params());
-  }
+  sync_->gather_params(live_params());  // ZeRO-1: the updated parts, to every member
   const double t_opt = now_seconds() - to;
   update_bias(s.load);
 

@@ -137,9 +137,6 @@ class Trainer {
   // state and its host copies.
   float* live_params() { return on_device() ? dparams_.data() : params_.data(); }
   float* live_grads() { return on_device() ? dgrads_.data() : grads_.data(); }
-  // Data parallelism, pipeline stages and ZeRO-1 on devices: gradients
-  // reduced on the host after backward (the tied embedding's copies too).
-  bool staged_sync() const { return on_device() && (grid_.dp_size() > 1 || pipelined() || cfg_.parallel.zero1); }
   // Pipelines: sums the tied embedding's gradient over its first and last stage.
   void reduce_tied_embedding(float* grads);
   const float* live_bias() const { return on_device() ? dbias_.data() : expert_bias_.data(); }
@@ -160,6 +157,12 @@ class Trainer {
 
   RunConfig cfg_;
   Grid grid_;
+  // The groups that move float traffic (gradients, MoE rows, pipeline
+  // messages): grid_ itself on the CPU; on a device, its twins for device
+  // buffers (NCCL where the CUDA module provides it, else the staged device
+  // communicator: device_comm.h).
+  Grid dgrid_;
+  std::string device_comm_;  // which, for the banner
   bool rank0_ = true;
   std::string dispatch_note_;  // the MoE dispatch transport, for the banner
   std::string group_nodes_;  // moe.expert_groups > 1: whether each group's experts live on one node (banner line)
@@ -177,7 +180,6 @@ class Trainer {
   // copies (initialisation and loads, checkpoint saves, the gradient norm
   // and its finiteness check, samples).
   GrowBuffer<float> dparams_, dgrads_, dbias_;
-  GrowBuffer<float> dshard_;  // ZeRO-1 on a device: this rank's reduced gradient part
   bool pinned_ = false;       // params_ and grads_ page-locked for the device's copies
   std::unique_ptr<GradSync> sync_;
   MoeTimers moe_timers_;               // the MoE layers time into it (StepStats::times)

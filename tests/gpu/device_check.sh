@@ -49,7 +49,7 @@ if [ "${1:-}" = "--bundle" ]; then
   done
   [ -f "$build/CMakeCache.txt" ] || { echo "device_check: $build is not a configured build (cmake -S . -B build first)" >&2; exit 1; }
   # The gpu test programs known today, plus any other program behind a ctest labelled gpu.
-  want="test_cuda_backend test_fp8_cuda test_nccl sy-bench-gemm-cuda moe-train switchyard_cuda_module"
+  want="test_cuda_backend test_fp8_cuda test_nccl sy-bench-gemm-cuda moe-train switchyard_cuda_module switchyard_nccl_module"
   more=$(ctest --test-dir "$build" -L gpu --show-only=json-v1 2>/dev/null | python3 -c '
 import json, os, sys
 try:
@@ -71,7 +71,11 @@ print(" ".join(sorted(names)))' 2>/dev/null)
   cmake --build "$build" -j2 --target "${targets[@]}" || { echo "device_check: building ${targets[*]} failed" >&2; exit 1; }
   bins=()
   for t in "${targets[@]}"; do
-    if [ "$t" = switchyard_cuda_module ]; then bins+=("$build/lib/libswitchyard_cuda.so"); else bins+=("$build/bin/$t"); fi
+    case "$t" in
+      switchyard_cuda_module) bins+=("$build/lib/libswitchyard_cuda.so") ;;
+      switchyard_nccl_module) bins+=("$build/lib/libswitchyard_nccl.so") ;;
+      *) bins+=("$build/bin/$t") ;;
+    esac
   done
   rm -rf "$root/gpu-bundle" "$root/gpu-bundle.tar.xz"
   "$root/cluster/bundle.sh" --mpi "$root/gpu-bundle" "${bins[@]}" || exit 1

@@ -226,6 +226,7 @@ class CpuBackend final : public Backend {
   std::optional<DeviceMemory> device_memory() const override { return std::nullopt; }
   bool pin(void*, size_t) const override { return true; }
   void unpin(void*) const override {}
+  bool holds(const void*) const override { return true; }
   void sum_squares(double* out, const float* x, const int64_t* offsets, const int64_t* counts, int64_t ranges,
                    Stream) const override {
     sy::sum_squares(out, x, offsets, counts, ranges);

@@ -1,7 +1,5 @@
 #include "kernels/cpu/cuda_module.h"
 
-#include <dlfcn.h>
-
 #include <array>
 #include <cstdlib>
 #include <mutex>
@@ -9,41 +7,24 @@
 
 #include <fmt/format.h>
 
+#include "core/module.h"
 #include "core/version.h"
 
 namespace sy {
 
-std::filesystem::path cuda_module_path() {
-  if (const char* e = std::getenv(kCudaModuleEnv); e && *e) return e;
-  std::error_code ec;
-  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) return kCudaModuleFile;  // the dynamic loader's search path
-  return exe.parent_path().parent_path() / "lib" / kCudaModuleFile;
-}
+std::filesystem::path cuda_module_path() { return module_path(kCudaModuleEnv, kCudaModuleFile); }
 
 namespace {
 
 // One attempt per path and process: a second open_backend(cuda) gets the
 // same backend or the same reason without loading anything again.
 const Backend* load_once(const std::filesystem::path& path, std::string* why) {
-  std::error_code ec;
-  if (path.has_parent_path() && !std::filesystem::exists(path, ec)) {  // a bare name: the loader's search path
-    *why = fmt::format("no CUDA module at {} (it is built wherever CMake finds nvcc, e.g. /usr/local/cuda/bin/nvcc; "
-                       "{} names another file)", path.string(), kCudaModuleEnv);
-    return nullptr;
-  }
-  // RTLD_LOCAL: the module's own copies of core and kernels_cpu stay its own.
-  void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    const char* err = ::dlerror();
-    *why = fmt::format("{} does not load: {}", path.string(), err ? err : "unknown dlopen error");
-    return nullptr;
-  }
-  auto* entry = reinterpret_cast<CudaModuleEntry>(::dlsym(h, kCudaModuleEntry));
-  if (!entry) {
-    *why = fmt::format("{} is not a Switchyard CUDA module (no symbol {})", path.string(), kCudaModuleEntry);
-    return nullptr;  // left loaded: unloading a library whose constructors ran is not safe in general
-  }
+  auto* entry = reinterpret_cast<CudaModuleEntry>(module_entry(
+      path, kCudaModuleEntry, "CUDA module",
+      fmt::format("it is built wherever CMake finds nvcc, e.g. /usr/local/cuda/bin/nvcc; {} names another file",
+                  kCudaModuleEnv),
+      why));
+  if (!entry) return nullptr;
   std::array<char, 1024> buf{};
   const Backend* b = entry(version(), buf.data(), buf.size());
   if (!b) *why = fmt::format("{}: {}", path.string(), buf.data());

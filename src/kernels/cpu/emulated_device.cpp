@@ -143,6 +143,7 @@ class EmulatedCuda final : public Backend {
   BackendInfo info() const override {
     BackendInfo i = cpu_.info();
     i.kernels = "emulated CUDA device over " + i.kernels;
+    i.emulated = true;
     return i;
   }
   void set_threads(int n) const override { cpu_.set_threads(n); }
@@ -456,6 +457,7 @@ class EmulatedCuda final : public Backend {
   void unpin(void* host) const override {
     SY_CHECK(!mem_.contains(host), "emulated CUDA device: unpin is for host memory, got device memory");
   }
+  bool holds(const void* p) const override { return p && mem_.contains(p); }
   std::optional<DeviceMemory> device_memory() const override {  // its reserved range (SY_EMULATE_CUDA_GIB)
     // Each process emulates a device of its own.
     return DeviceMemory{static_cast<double>(mem_.reserved() - mem_.in_use()), static_cast<double>(mem_.reserved()),

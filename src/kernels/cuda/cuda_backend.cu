@@ -692,6 +692,11 @@ class CudaBackend final : public Backend {
   void unpin(void* host) const override {
     if (host && cudaHostUnregister(host) != cudaSuccess) cudaGetLastError();
   }
+  bool holds(const void* p) const override {
+    cudaPointerAttributes a{};
+    if (!p || cudaPointerGetAttributes(&a, p) != cudaSuccess) return cudaGetLastError(), false;
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+  }
   std::optional<DeviceMemory> device_memory() const override {
     size_t free = 0, total = 0;
     int dev = 0;

@@ -10,7 +10,7 @@ namespace sy {
 MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem, const Backend* staging,
                              Stream stream)
     : ep_(ep), codec_(payload), mem_(&mem), stream_(stream) {
-  if (!ep_.solo() && mem.device() != Device::cpu) {
+  if (!ep_.solo() && mem.device() != Device::cpu && !ep_.device_buffers()) {
     SY_CHECK(staging && staging->device() == mem.device(),
              "the MPI MoE dispatch moves host memory: rows in {} memory across {} ranks need that device's backend "
              "to stage them through the host", device_name(mem.device()), ep_.size());

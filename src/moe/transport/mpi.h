@@ -50,10 +50,11 @@ struct MpiScratch final : DispatchScratch {
 
 class MpiDispatcher : public Dispatcher {
  public:
-  // mem: where the rows live. Device memory across ranks needs `staging`,
-  // the device's backend: each chunk is copied to host memory, moved by MPI
-  // and copied back (correct on any device, not fast: the NCCL transport is
-  // to move device rows directly; see dispatcher.h).
+  // mem: where the rows live. Device memory across ranks moves over an ep
+  // communicator for device buffers (Comm::device_buffers: NCCL or the
+  // staged one), or over a host one with `staging`, the device's backend:
+  // each chunk is copied to host memory, moved by MPI and copied back (the
+  // packed payloads, which the host packs; see dispatcher.h).
   explicit MpiDispatcher(const Comm& ep, const PayloadCodec& payload = {}, Allocator& mem = host_allocator(),
                          const Backend* staging = nullptr, Stream stream = {});
   const char* name() const override { return "mpi"; }
