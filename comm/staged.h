@@ -13,6 +13,10 @@
 // device run gives the communicator is device memory: a host buffer is
 // refused by name, as NCCL refuses it).
 //
+// A group of one moves nothing between ranks: its all-reduce and all-gather
+// leave the buffer as it is, its reduce-scatter and all-to-all copy within
+// the device, so a one-rank device run pays no host copies for them.
+//
 // A request owns its host copies: the data is copied down when the
 // operation is posted (after the device's work on it: DeviceAccess orders
 // that), and up when test() first sees it finished or wait() returns.
@@ -32,6 +36,9 @@ class DeviceAccess {
   virtual ~DeviceAccess() = default;
   virtual void to_host(void* host, const void* device, size_t bytes) const = 0;
   virtual void to_device(void* device, const void* host, size_t bytes) const = 0;
+  // Device to device, queued after the device's work (a group of one's
+  // reduce-scatter and all-to-all: nothing leaves the device).
+  virtual void within(void* dst, const void* src, size_t bytes) const = 0;
   // Whether p is this device's memory (a staged call refuses other memory).
   virtual bool holds(const void* p) const = 0;
   virtual const char* device_name() const = 0;

@@ -25,6 +25,7 @@ class BackendAccess final : public DeviceAccess {
     be_.copy(device, host, bytes, s_);
     be_.synchronize(s_);  // the host copy may go as soon as this returns
   }
+  void within(void* dst, const void* src, size_t bytes) const override { be_.copy(dst, src, bytes, s_); }
   bool holds(const void* p) const override { return be_.holds(p); }
   const char* device_name() const override { return sy::device_name(be_.device()).data(); }
 
@@ -39,7 +40,7 @@ Comm::Remake device_comms(const Backend& be, Stream stream, const Comm& world, i
                           std::string* what) {
   std::string why;
   Comm::Remake nccl;
-  if (world.size() == 1)  // groups of one: the staged twins copy within the device (ZeRO-1's shard)
+  if (world.size() == 1)  // groups of one: the staged twins copy within the device, nothing through the host
     why = "one rank";
   else if (be.device() != Device::cuda)
     why = fmt::format("NCCL moves CUDA memory, not {}", device_name(be.device()));

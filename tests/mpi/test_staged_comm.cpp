@@ -47,13 +47,17 @@ class FakeDevice final : public DeviceAccess {
     EXPECT_TRUE(holds(device)) << "to_device into memory that is not the device's";
     std::memcpy(device, host, bytes), up += bytes;
   }
+  void within(void* dst, const void* src, size_t bytes) const override {
+    EXPECT_TRUE(holds(dst) && holds(src)) << "within() outside the device";
+    std::memcpy(dst, src, bytes), inside += bytes;
+  }
   bool holds(const void* p) const override {
     for (const auto& b : blocks_)
       if (p >= static_cast<const void*>(b->data()) && p < static_cast<const void*>(b->data() + b->size())) return true;
     return false;
   }
   const char* device_name() const override { return "fake"; }
-  mutable size_t down = 0, up = 0;
+  mutable size_t down = 0, up = 0, inside = 0;
 
  private:
   std::vector<std::unique_ptr<std::vector<float>>> blocks_;
@@ -148,6 +152,29 @@ TEST(StagedComm, SendReceiveLandsOnTestWaitAndDestruction) {
     f.staged->isend(src, n, next, 8, "pipeline send")->wait();
   }  // destroyed while pending: it finishes and lands
   EXPECT_EQ(f.dev->read(dst2, n), pattern(prev, n));
+}
+
+// A group of one (each rank alone): nothing goes through the host.
+TEST(StagedComm, AGroupOfOneStaysOnTheDevice) {
+  Fixture f;
+  Comm alone = Comm(f.staged, "world").split(f.r, 0, "alone");
+  ASSERT_EQ(alone.size(), 1);
+  const std::vector<float> v = pattern(f.r, 6, 0.5f);
+  float* a = f.dev->alloc(v);
+  float* b = f.dev->alloc(std::vector<float>(6, 0.f));
+  alone.iallreduce_sum(a, 6, "gradient reduction").wait();
+  EXPECT_EQ(f.dev->read(a, 6), v);
+  alone.ireduce_scatter_sum(a, b, {6}, "gradient reduction").wait();
+  EXPECT_EQ(f.dev->read(b, 6), v);
+  float* c = f.dev->alloc(std::vector<float>(8, -1.f));
+  alone.ialltoallv_rows(a, {2}, {1}, c, {2}, {2}, 2, "moe dispatch").wait();  // rows 1-2 of a to rows 2-3 of c
+  EXPECT_EQ(f.dev->read(c, 8), (std::vector<float>{-1, -1, -1, -1, v[2], v[3], v[4], v[5]}));
+  alone.iallgatherv(b, {6}, {0}, "parameter all-gather").wait();
+  EXPECT_EQ(f.dev->read(b, 6), v);
+  EXPECT_EQ(f.dev->down + f.dev->up, 0u);
+  EXPECT_EQ(f.dev->inside, (6 + 4) * sizeof(float));
+  std::vector<float> host(6);  // still device buffers only
+  EXPECT_THROW(alone.iallreduce_sum(host.data(), 6, "gradient reduction"), std::exception);
 }
 
 TEST(StagedComm, RefusesHostBuffersNamingTheOperation) {
