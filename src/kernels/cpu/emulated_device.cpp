@@ -22,6 +22,8 @@ namespace sy {
 namespace {
 
 // One reserved range (address space only until used), handed out first-fit.
+std::atomic<size_t> g_host_copy_bytes{0};  // bytes copied between host and device memory
+
 class GuardedMemory final : public Allocator {
  public:
   GuardedMemory() {
@@ -152,6 +154,7 @@ class EmulatedCuda final : public Backend {
   Allocator& allocator() const override { return mem_; }
 
   void copy(void* dst, const void* src, size_t bytes, Stream s) const override {
+    if (mem_.contains(dst) != mem_.contains(src)) g_host_copy_bytes += bytes;  // between host and device
     Open open(*this);
     cpu_.copy(dst, src, bytes, s);
   }
@@ -523,6 +526,7 @@ EmulatedCuda& instance() {
 
 const Backend& emulated_cuda_backend() { return instance(); }
 size_t emulated_device_bytes() { return g_memory ? g_memory->in_use() : 0; }
+size_t emulated_device_host_copy_bytes() { return g_host_copy_bytes; }
 size_t emulated_device_peak_bytes() { return g_memory ? g_memory->peak() : 0; }
 
 }  // namespace sy

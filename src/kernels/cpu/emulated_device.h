@@ -23,5 +23,8 @@ const Backend& emulated_cuda_backend();
 // Bytes of emulated device memory in use, and the most ever in use.
 size_t emulated_device_bytes();
 size_t emulated_device_peak_bytes();
+// Bytes Backend::copy moved between host memory and the emulated device's,
+// either way, since the process started (what a GPU would send over PCIe).
+size_t emulated_device_host_copy_bytes();
 
 }  // namespace sy

@@ -7,6 +7,7 @@
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/emulated_device.h"
 #include "testing.h"
 #include "config/run.h"
 #include "train/grad_sync.h"
@@ -117,6 +118,32 @@ TEST(Trainer, LossFallsOnARepetitiveCorpus) {
   double first = t.step(0).loss, last = 0;
   for (int s = 1; s < 40; ++s) last = t.step(s).loss;
   EXPECT_LT(last, 0.6 * first) << first << " -> " << last;
+}
+
+// One rank on a device: the gradients, and with ZeRO-1 the reduced shard,
+// stay in device memory (its groups of one copy within the device), so a
+// step moves only the batch, the losses, the router's choices and the
+// statistics between host and device. Staging the gradients (each bucket's
+// all-reduce through the host, as a size-one MPI group would need) moves at
+// least twice their bytes a step.
+TEST(Trainer, OneRankOnADeviceKeepsItsGradientsThere) {
+  ::setenv(kEmulateCudaEnv, "guarded", 1);
+  TempDir dir;
+  for (bool zero1 : {false, true}) {
+    RunConfig c = small_config(dir);
+    c.run.device = "cuda";
+    c.parallel.zero1 = zero1;
+    Trainer t(c, Comm::world());
+    t.step(0);
+    const size_t before = emulated_device_host_copy_bytes();
+    t.step(1);
+    const size_t moved = emulated_device_host_copy_bytes() - before;
+    const size_t grads = static_cast<size_t>(t.model().layout().total()) * sizeof(float);
+    std::cout << "zero1 " << zero1 << ": " << moved << " bytes between host and device in a step; gradients "
+              << grads << "\n";
+    EXPECT_LT(moved, grads / 4) << "zero1 " << zero1;
+  }
+  ::unsetenv(kEmulateCudaEnv);
 }
 
 }  // namespace
