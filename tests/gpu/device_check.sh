@@ -213,6 +213,18 @@ if [ ! -f "$b/env.sh" ] && [ -f "$root/gpu-bundle.tar.xz" ]; then
     failures+=("gpu-bundle.tar.xz does not unpack (bench.log)")
   fi
 fi
+# NCCL (test_nccl, the NCCL module) is not carried: too large to travel. The
+# machine's, else the CUDA toolkit's, else PyTorch's wheel's copy.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib \
+           "$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)"; do
+    if [ -n "$d" ] && [ -f "$d/libnccl.so.2" ]; then
+      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      steps+=("nccl: libnccl.so.2 from $d")
+      break
+    fi
+  done
+fi
 if [ -f "$b/env.sh" ]; then
   (
     source "$b/env.sh"

@@ -266,6 +266,8 @@ TEST(NcclModule, LoadsOrNamesWhyNot) {
   EXPECT_TRUE(has(buf, "the program is 0.0.0 (git 0000000)") && has(buf, version())) << buf;
   EXPECT_EQ(::dlsym(h, "_ZN2sy7versionEv"), nullptr) << "sy::version() is exported by the module";
   Comm::Remake nccl = nccl_module::load(nullptr, &why);
+  if (!nccl && has(why, "does not load") && has(why, "libnccl"))  // a machine without the NCCL library
+    GTEST_SKIP() << "NCCL is not installed here: " << why;
   if (!nccl) {
     EXPECT_TRUE(has(why, path.string() + ": ") && has(why, "CUDA")) << why;  // no driver / no device
     std::cout << "no GPU: " << why << "\n";
