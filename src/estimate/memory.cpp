@@ -50,6 +50,13 @@ MemoryEstimate estimate_memory(const RunConfig& cfg, const GridShape& shape) {
   RowOptions rows;
   rows.ep = ep, rows.dp = dp, rows.shm = ep > 1 && cfg.parallel.transport == Transport::shm;
   rows.fp8_activations = fp8, rows.fp8_block = cfg.precision.recipe == Recipe::fp8_block;
+  const DispatchDtype out = cfg.parallel.dispatch_dtype;
+  rows.out_packed = out == DispatchDtype::fp8    ? 1.0 + 4.0 / 128  // codes and a scale per 128
+                    : out == DispatchDtype::bf16 ? 2.0
+                                                 : 0.0;
+  const bool back16 = cfg.parallel.combine_dtype == CombineDtype::bf16 ||
+                      (cfg.parallel.combine_dtype == CombineDtype::automatic && out != DispatchDtype::fp32);
+  rows.back_packed = back16 ? 2.0 : 0.0;
   const ParamCount full = count_params(m);
 
   std::unique_ptr<PipelinePlan> plan;

@@ -181,6 +181,8 @@ ActivationBytes estimate_activations(const ModelConfig& m, int64_t micro_batch, 
                             : solo ? Ms * C + Mr * C            // send (dy), recv2 (dx)
                                    : 2 * Ms * C + 2 * Mr * C;   // send, recv, send2, recv2
     a.moe_scratch = f4 * (transfer + Mr * F + Mr * 2 * F);      // + dact, dup
+    // Packed rows (MpiScratch out_send, out_recv, back_send, back_recv): across ranks only.
+    if (o.ep > 1 && !o.shm) a.moe_scratch += (Ms + Mr) * C * (o.out_packed + o.back_packed);
   }
   if (fp8) {
     // Saved in FP8 per layer and slot: attention's normed input (N, C);

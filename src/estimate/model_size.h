@@ -44,6 +44,10 @@ struct RowOptions {
                                   // groups are MPI communicators, even of one rank.
   bool fp8_activations = false;   // experts' inputs and SwiGLU outputs kept in FP8
   bool fp8_block = false;         // FP8 block scales (1 x 128) rather than per tensor
+  // Bytes a value of the packed rows to the experts and back take
+  // (parallel.dispatch_dtype / combine_dtype; moe/payload.h), 0 where rows
+  // travel as FP32 (not packed): the packed copies live beside the rows.
+  double out_packed = 0, back_packed = 0;
 };
 
 // The part of the model one Transformer runs (model/transformer.h's

@@ -14,33 +14,40 @@ thread_local Fp8Matrix t_a, t_b;
 }  // namespace
 
 namespace {
-// Grows v to hold n, by a quarter at a time once it holds anything: after the
-// first steps a pool stops growing, a little above the largest step's need.
+// Grows pool v (`used` elements kept) to hold n, by a quarter at a time once
+// it holds anything: after the first steps a pool stops growing, a little
+// above the largest step's need.
 template <class T>
-void pool_fit(std::vector<T>& v, size_t n) {
-  if (n > v.capacity()) v.reserve(std::max(n, v.capacity() + v.capacity() / 4));
-  if (n > v.size()) v.resize(n);
+void pool_fit(GrowBuffer<T>& v, size_t used, size_t n, const Backend& be, Stream s) {
+  if (n <= v.capacity()) return;
+  GrowBuffer<T> bigger(be.allocator());
+  bigger.ensure(std::max(n, v.capacity() + v.capacity() / 4));
+  if (used > 0) be.copy(bigger.data(), v.data(), used * sizeof(T), s);
+  be.synchronize(s);  // the old pool goes now
+  v = std::move(bigger);
 }
 }  // namespace
 
-void Fp8Saved::add(int64_t row, const Fp8Matrix& m) {
-  Part p{row, m.rows, m.cols, m.fmt, m.mode, q_used_, s_used_, m.scale_inv.size()};
-  pool_fit(q_, q_used_ + m.q.size());
-  pool_fit(s_, s_used_ + m.scale_inv.size());
-  std::copy(m.q.begin(), m.q.end(), q_.begin() + static_cast<std::ptrdiff_t>(q_used_));
-  std::copy(m.scale_inv.begin(), m.scale_inv.end(), s_.begin() + static_cast<std::ptrdiff_t>(s_used_));
-  q_used_ += m.q.size(), s_used_ += m.scale_inv.size();
+void Fp8Saved::add(int64_t row, const Fp8Matrix& m, const Backend& be, Stream s) {
+  const size_t nq = m.code_count(), ns = m.scale_count();
+  Part p{row, m.rows, m.cols, m.fmt, m.mode, q_used_, s_used_, ns};
+  if (q_.device() != be.device()) q_ = GrowBuffer<uint8_t>(be.allocator()), s_ = GrowBuffer<float>(be.allocator());
+  pool_fit(q_, q_used_, q_used_ + nq, be, s);
+  pool_fit(s_, s_used_, s_used_ + ns, be, s);
+  be.copy(q_.data() + q_used_, m.q.data(), nq, s);
+  be.copy(s_.data() + s_used_, m.scale_inv.data(), ns * sizeof(float), s);
+  q_used_ += nq, s_used_ += ns;
   parts_.push_back(p);
 }
 
-void Fp8Saved::get(int64_t row, Fp8Matrix& m) const {
+void Fp8Saved::get(int64_t row, Fp8Matrix& m, const Backend& be, Stream s) const {
   for (const Part& p : parts_) {
     if (p.row != row) continue;
-    m.rows = p.rows, m.cols = p.cols, m.fmt = p.fmt, m.mode = p.mode;
-    const auto q0 = q_.begin() + static_cast<std::ptrdiff_t>(p.q);
-    m.q.assign(q0, q0 + p.rows * p.cols);
-    const auto s0 = s_.begin() + static_cast<std::ptrdiff_t>(p.s);
-    m.scale_inv.assign(s0, s0 + static_cast<std::ptrdiff_t>(p.ns));
+    m.shape(p.rows, p.cols, p.fmt, p.mode, be.allocator());
+    SY_CHECK(m.scale_count() == p.ns, "FP8-saved part at row {}: {} scales saved, its shape has {}", row, p.ns,
+             m.scale_count());
+    be.copy(m.q.data(), q_.data() + p.q, m.code_count(), s);
+    be.copy(m.scale_inv.data(), s_.data() + p.s, p.ns * sizeof(float), s);
     return;
   }
   SY_CHECK(false, "no FP8-saved activation starting at row {} ({} parts saved): forward and backward disagree", row,
@@ -54,7 +61,7 @@ void Fp8Linear::forward(Fp8Group g, float* out, const float* inp, const float* w
   be_.fp8_gemm(out, t_a, t_b, false, stream_);
   if (save) {
     quantize(t_b, inp, N, I, scaler_.wgrad_options(Fp8Role::act, Fp8Format::e4m3, w), true);
-    save->add(save_row, t_b);
+    save->add(save_row, t_b, be_, stream_);
   }
 }
 
@@ -78,7 +85,7 @@ void Fp8Linear::wgrad(Fp8Group, float* dw, const float* dout, const float* inp, 
   // dW (O, I) += dy^T (O, N) . x (N, I): K = N, both quantized along the tokens.
   quantize(t_a, dout, N, O, scaler_.wgrad_options(Fp8Role::grad, gf, w), true);
   if (saved) {
-    saved->get(save_row, t_b);
+    saved->get(save_row, t_b, be_, stream_);
     SY_CHECK(t_b.rows == I && t_b.cols == N, "FP8-saved input is {}x{}, the weight gradient needs {}x{}", t_b.rows,
              t_b.cols, I, N);
   } else {
@@ -107,7 +114,7 @@ void Fp8Linear::forward_quantized(Fp8Group g, float* out, const Fp8Matrix& x_q, 
   be_.fp8_gemm(out, x_q, t_b, false, stream_);
   if (save) {
     quantize(t_b, inp, N, I, scaler_.wgrad_options(Fp8Role::act, Fp8Format::e4m3, w), true);
-    save->add(save_row, t_b);
+    save->add(save_row, t_b, be_, stream_);
   }
 }
 

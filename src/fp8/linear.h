@@ -26,11 +26,13 @@ namespace sy {
 // the wgrad GEMM reads (so the gradients are bit-identical to quantizing
 // the FP32 copy in backward). One part per GEMM call (a grouped GEMM saves
 // one per expert segment, found again by its first row).
+// The pools are the memory of the backend that quantized the parts (device
+// memory on a GPU), copied within it.
 struct Fp8Saved {
-  // Appends a part (copied from m) saved for the GEMM call at `row`.
-  void add(int64_t row, const Fp8Matrix& m);
+  // Appends a part (copied from m, be's memory, on stream s) saved for the GEMM call at `row`.
+  void add(int64_t row, const Fp8Matrix& m, const Backend& be, Stream s);
   // The part saved at `row`, into m.
-  void get(int64_t row, Fp8Matrix& m) const;
+  void get(int64_t row, Fp8Matrix& m, const Backend& be, Stream s) const;
   void reset() { parts_.clear(), q_used_ = 0, s_used_ = 0; }
   size_t bytes() const { return q_.capacity() + s_.capacity() * sizeof(float); }  // held
 
@@ -42,8 +44,8 @@ struct Fp8Saved {
     size_t q, s, ns;  // offsets into q_ and s_, scale count
   };
   std::vector<Part> parts_;
-  std::vector<uint8_t> q_;  // all parts' codes, one pool: held memory follows the
-  std::vector<float> s_;    // total saved per step, not the sum of each part's maximum
+  GrowBuffer<uint8_t> q_;  // all parts' codes, one pool: held memory follows the
+  GrowBuffer<float> s_;    // total saved per step, not the sum of each part's maximum
   size_t q_used_ = 0, s_used_ = 0;
 };
 

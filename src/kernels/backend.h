@@ -133,9 +133,29 @@ class Backend {
                                          Stream s) const = 0;
 
   // FP8: quantize x (rows, cols) (or x^T with transpose) into out; C (+)= A . B^T.
+  // out's codes and scales are this backend's memory (Fp8Matrix::shape).
   virtual QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols,
                                   const QuantOptions& o, bool transpose, Stream s) const = 0;
   virtual void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, Stream s) const = 0;
+  // x (rows, cols) = decode(q) * scale_inv: the values the FP8 GEMM computes with.
+  virtual void fp8_dequantize(float* x, const Fp8Matrix& m, Stream s) const = 0;
+
+  // Packed rows, the MoE payloads between ranks (moe/payload.h): n rows of C
+  // values, row r at packed + r * row_words 4-byte words (kernels/cpu/pack.h).
+  //   bf16: C BF16 values (nearest even, as round_bf16), zero-padded to a word.
+  //   fp8:  a 1 x 128-scaled matrix's C codes, zero-padded to a word, then
+  //         its ceil(C / 128) inverse scales.
+  virtual void pack_bf16_rows(void* packed, int64_t row_words, const float* x, int64_t n, int64_t C,
+                              Stream s) const = 0;
+  virtual void unpack_bf16_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C,
+                                Stream s) const = 0;
+  virtual void fp8_pack_rows(void* packed, int64_t row_words, const Fp8Matrix& m, Stream s) const = 0;
+  // m (n, C, fmt, 1 x 128 scales) from packed rows, in this backend's memory.
+  virtual void fp8_unpack_rows(Fp8Matrix& m, const void* packed, int64_t row_words, int64_t n, int64_t C,
+                               Fp8Format fmt, Stream s) const = 0;
+  // x (n, C) = the values of packed FP8 rows (decode(code) * scale_inv), as fp8_dequantize of them.
+  virtual void fp8_decode_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C,
+                               Fp8Format fmt, Stream s) const = 0;
 
   // Causal attention over packed qkv (N, (H + 2 Hkv) D), grouped-query heads.
   virtual void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H,

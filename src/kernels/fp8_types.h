@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/arena.h"  // GrowBuffer: codes and scales in a backend's memory
+
 namespace sy {
 
 enum class Fp8Format : uint8_t { e4m3, e5m2 };
@@ -52,22 +54,56 @@ inline std::string to_string(ScaleMode m) {
   }
 }
 
+// A scaled FP8 matrix in one backend's memory (the backend that quantized
+// into it: host memory on the CPU, device memory on a GPU; nothing here
+// assumes the host can read it). Scales are laid out as cuBLASLt reads
+// them, on every backend, so a matrix means the same bytes everywhere:
+//   tensor:          scale_inv[0];
+//   rows_1x128:      scale_inv[kb * scale_ld + r]          (VEC128_32F);
+//   blocks_128x128:  scale_inv[kb * scale_ld + r / 128]    (BLK128x128_32F);
+// scale_ld is the scaled rows rounded up to a multiple of 4 (16-byte
+// aligned columns); the padding holds zeros.
 struct Fp8Matrix {
   int64_t rows = 0, cols = 0;
   Fp8Format fmt = Fp8Format::e4m3;
   ScaleMode mode = ScaleMode::tensor;
-  std::vector<uint8_t> q;          // (rows, cols)
-  std::vector<float> scale_inv;    // tensor: 1; rows: rows x kb; blocks: ceil(rows/128) x kb
+  int64_t scale_ld = 1;
+  GrowBuffer<uint8_t> q;         // (rows, cols) codes, row-major
+  GrowBuffer<float> scale_inv;   // scale_count() inverse scales
+
   int64_t kblocks() const { return (cols + kFp8Block - 1) / kFp8Block; }
+  // Rows of scales: one (tensor), one per row (1 x 128), one per 128 rows (128 x 128).
+  int64_t scaled_rows() const {
+    return mode == ScaleMode::tensor ? 1 : mode == ScaleMode::rows_1x128 ? rows : (rows + kFp8Block - 1) / kFp8Block;
+  }
+  size_t code_count() const { return static_cast<size_t>(rows * cols); }
+  size_t scale_count() const { return mode == ScaleMode::tensor ? 1 : static_cast<size_t>(scale_ld * kblocks()); }
+  size_t bytes() const { return code_count() + scale_count() * sizeof(float); }
+  // Gives the matrix this shape, its codes and scales room in `mem` (contents not kept).
+  void shape(int64_t r, int64_t c, Fp8Format f, ScaleMode m, Allocator& mem) {
+    rows = r, cols = c, fmt = f, mode = m;
+    scale_ld = m == ScaleMode::tensor ? 1 : (scaled_rows() + 3) / 4 * 4;
+    q.ensure(std::max<size_t>(code_count(), 1), mem);
+    scale_inv.ensure(scale_count(), mem);
+  }
+  // Host memory only (the CPU backend, tests): code (r, k) and the inverse
+  // scale of row r's K block kb.
+  uint8_t code(int64_t r, int64_t k) const { return q.data()[r * cols + k]; }
   float sinv(int64_t r, int64_t kb) const {
     switch (mode) {
-      case ScaleMode::tensor: return scale_inv[0];
-      case ScaleMode::rows_1x128: return scale_inv[static_cast<size_t>(r * kblocks() + kb)];
-      default: return scale_inv[static_cast<size_t>((r / kFp8Block) * kblocks() + kb)];
+      case ScaleMode::tensor: return scale_inv.data()[0];
+      case ScaleMode::rows_1x128: return scale_inv.data()[kb * scale_ld + r];
+      default: return scale_inv.data()[kb * scale_ld + r / kFp8Block];
     }
   }
-  size_t bytes() const { return q.size() + scale_inv.size() * sizeof(float); }
 };
+
+// Words (4 bytes) of one packed row of C values (Backend::pack_bf16_rows,
+// fp8_pack_rows; kernels/cpu/pack.h): BF16 values; FP8 codes, then the
+// row's 1 x 128 inverse scales.
+inline int64_t bf16_row_words(int64_t C) { return (C + 1) / 2; }
+inline int64_t fp8_code_words(int64_t C) { return (C + 3) / 4; }
+inline int64_t fp8_row_words(int64_t C) { return fp8_code_words(C) + (C + kFp8Block - 1) / kFp8Block; }
 
 struct QuantOptions {
   Fp8Format fmt = Fp8Format::e4m3;

@@ -66,6 +66,23 @@ SY_HD float bf16_value(uint16_t h) {
 // x rounded to the nearest BF16 value, held in an FP32.
 SY_HD float bf16_rounded(float x) { return bf16_value(bf16_round(x)); }
 
+// The value of an OCP FP8 code (E4M3: e4; else E5M2), exact in FP32: the
+// CPU's table (kernels/cpu/fp8.h fp8_table) computed per code on a device.
+SY_HD float fp8_value(uint8_t c, bool e4) {
+  const int mant = e4 ? 3 : 2, bias = e4 ? 7 : 15;
+  const int e = (c & 0x7F) >> mant, m = c & ((1 << mant) - 1);
+  float v;
+  if (e4 && (c & 0x7F) == 0x7F)
+    v = NAN;
+  else if (!e4 && e == 31)
+    v = m == 0 ? INFINITY : NAN;
+  else if (e == 0)
+    v = ldexpf(static_cast<float>(m), 1 - bias - mant);
+  else
+    v = ldexpf(1.f + static_cast<float>(m) / static_cast<float>(1 << mant), e - bias);
+  return (c & 0x80) ? -v : v;
+}
+
 // Online softmax (attention without a T x T matrix): a running max m, a
 // running sum l of exp(s - m), and the weight `rescale` the accumulated
 // output is multiplied by when score s arrives; `w` is s's own weight.

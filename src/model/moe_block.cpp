@@ -57,22 +57,12 @@ void segment_operand(const Ops& ops, Fp8Role role, const Rows& r, int64_t b, int
     SY_CHECK(r.fp8_format == want, "MoE FP8 payload rows are {}, the FP8 recipe's expert GEMM quantizes them as {}",
              to_string(r.fp8_format), to_string(want));
     const auto* packed = static_cast<const unsigned char*>(r.recv_fp8);
-    payload_fp8_matrix(t_rows, packed + b * payload_row_words(Payload::fp8, K) * 4, n, K, want);
+    const int64_t W = payload_row_words(Payload::fp8, K);
+    ops.b().fp8_unpack_rows(t_rows, packed + b * W * 4, W, n, K, want, ops.stream);
     return;  // r.recv holds their values already (decoded as they landed)
   }
   ops.fp8->quantize_operand(Fp8Group::experts, role, t_rows, r.recv + b * K, n, K, w);
-  if (ops.b().device() == Device::cpu) {
-    fp8_dequantize_rows(r.recv + b * K, t_rows);
-    return;
-  }
-  // On a device the codes are host memory (Fp8Matrix), so the values are
-  // decoded here and copied to the device rows (staged, as the FP8 GEMM's
-  // operands are on a device today: kernels/cuda/cuda_backend.cu).
-  thread_local std::vector<float> host;
-  host.resize(static_cast<size_t>(n * K));
-  fp8_dequantize_rows(host.data(), t_rows);
-  ops.b().copy(r.recv + b * K, host.data(), host.size() * sizeof(float), ops.stream);
-  ops.b().synchronize(ops.stream);  // `host` is reused by the next segment
+  ops.b().fp8_dequantize(r.recv + b * K, t_rows, ops.stream);
 }
 
 // Where the experts' SwiGLU output goes: kept per layer in FP32, or (FP8

@@ -62,15 +62,15 @@ std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem) {
 }
 
 std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Comm& device_ep, const Backend& be,
-                                                         const PayloadCodec& payload, Stream stream) {
+                                                         const PayloadCodec& payload, Stream stream, int chunks) {
   if (ep.solo()) return make_local_dispatcher(be.allocator());
-  if (!payload.any()) {
-    SY_CHECK(device_ep.device_buffers() && device_ep.size() == ep.size(),
-             "a device run's FP32 MoE rows move over the ep group's device communicator; {} is not one",
-             device_ep.describe());
-    return std::make_shared<MpiDispatcher>(device_ep, payload, be.allocator());
-  }
-  return std::make_shared<MpiDispatcher>(ep, payload, be.allocator(), &be, stream);
+  SY_CHECK(device_ep.device_buffers() && device_ep.size() == ep.size(),
+           "a device run's MoE rows move over the ep group's device communicator; {} is not one",
+           device_ep.describe());
+  SY_CHECK(!payload.any() || payload.be == &be, "a device run's MoE rows are packed on the device: the payload "
+           "codec must use the device's backend");
+  if (chunks > 0) return std::make_shared<MpiOverlapDispatcher>(device_ep, chunks, payload, be.allocator(), stream);
+  return std::make_shared<MpiDispatcher>(device_ep, payload, be.allocator(), stream);
 }
 
 }  // namespace sy

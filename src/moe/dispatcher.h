@@ -178,13 +178,14 @@ std::shared_ptr<const Dispatcher> make_dispatcher(DispatchKind kind, const Comm&
 // its rows in `mem` (a device backend's allocator for a device run).
 std::shared_ptr<const Dispatcher> make_local_dispatcher(Allocator& mem = host_allocator());
 // A device run's dispatcher: rows in `be`'s memory. For a group of one, as
-// make_local_dispatcher. Across ranks, the mpi transport: FP32 rows go
-// device to device over `device_ep`, the ep group's communicator for device
-// buffers (NCCL, or the staged one: Comm::over, comm/staged.h); smaller
-// payloads are packed on the host (payload.be is the CPU backend), so each
-// chunk is copied to the host, moved over the host group `ep` by MPI and
-// copied back.
+// make_local_dispatcher. Across ranks, the mpi transport: rows go device to
+// device over `device_ep`, the ep group's communicator for device buffers
+// (NCCL, or the staged one: Comm::over, comm/staged.h); smaller payloads
+// are packed and unpacked on the device (payload.be is `be`). chunks > 0:
+// mpi_overlapped in that many chunks (every chunk posted at once, each
+// chunk's experts run as it lands).
 std::shared_ptr<const Dispatcher> make_device_dispatcher(const Comm& ep, const Comm& device_ep, const Backend& be,
-                                                         const PayloadCodec& payload = {}, Stream stream = {});
+                                                         const PayloadCodec& payload = {}, Stream stream = {},
+                                                         int chunks = 0);
 
 }  // namespace sy

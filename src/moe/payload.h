@@ -42,7 +42,7 @@ struct PayloadCodec {
   // fp8: how the forward rows (act, E4M3) and the backward rows (grad) are
   // quantized; mode rows_1x128. From the FP8 recipe when there is one.
   QuantOptions act, grad;
-  const Backend* be = nullptr;   // its fp8_quantize encodes FP8 rows (the expert GEMM's backend)
+  const Backend* be = nullptr;   // packs and unpacks the rows, in its memory (the expert GEMM's backend)
   bool any() const { return out != Payload::fp32 || back != Payload::fp32; }
 };
 
@@ -51,18 +51,14 @@ struct PayloadCodec {
 PayloadCodec make_payload_codec(Payload p, Payload back, const Backend& be, Fp8Format grad_format = Fp8Format::e4m3,
                                 bool pow2 = false, bool saturate = true);
 
-// Packs rows x (n, C) into packed (n, payload_row_words(p, C) words).
-// fp8 quantizes with o (through be); returns the quantization's statistics
-// (amax of the rows), zero for the other payloads.
+// Packs rows x (n, C) into packed (n, payload_row_words(p, C) words) by
+// be's ops on stream s (x and packed in be's memory; null: the CPU's).
+// fp8 quantizes with o (be's fp8_quantize, rows_1x128); returns the
+// quantization's statistics (amax of the rows), zero for the other payloads.
 QuantStats payload_encode(Payload p, void* packed, const float* x, int64_t n, int64_t C, const QuantOptions& o = {},
-                          const Backend* be = nullptr);
+                          const Backend* be = nullptr, Stream s = {});
 // Unpacks packed rows into x (n, C) floats. fmt: the FP8 format they were encoded in.
-void payload_decode(Payload p, float* x, const void* packed, int64_t n, int64_t C,
-                    Fp8Format fmt = Fp8Format::e4m3);
-
-// FP8 packed rows as the FP8 GEMM's operand (codes and 1x128 inverse scales).
-void payload_fp8_matrix(Fp8Matrix& m, const void* packed, int64_t n, int64_t C, Fp8Format fmt);
-// x (rows, cols) = decode(q) * scale_inv of a 1x128-scaled matrix: the values the FP8 GEMM computes with.
-void fp8_dequantize_rows(float* x, const Fp8Matrix& m);
+void payload_decode(Payload p, float* x, const void* packed, int64_t n, int64_t C, Fp8Format fmt = Fp8Format::e4m3,
+                    const Backend* be = nullptr, Stream s = {});
 
 }  // namespace sy

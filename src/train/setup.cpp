@@ -218,16 +218,14 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
                     "by the flat transport over the device communicator for now; set parallel.transport = \"auto\" "
                     "or \"mpi\"",
                     cfg_.source, cfg_.run.device, option_name(transport));
-    SY_CONFIG_CHECK(!cfg_.parallel.overlap,
-                    "{}: run.device = \"{}\" with parallel.overlap = true: the device dispatch moves one chunk; "
-                    "set parallel.overlap = false", cfg_.source, cfg_.run.device);
-    dispatch = DispatchKind::mpi;
+    dispatch = cfg_.parallel.overlap ? DispatchKind::mpi_overlapped : DispatchKind::mpi;
   }
   dispatch_note_ = grid_.ep_size() == 1                       ? std::string(", no dispatch")
-                   : on_device() && row_payloads(cfg_.parallel).any()
-                       ? std::string(", MPI dispatch of rows packed on the host (staged through host memory)")
-                   : on_device()                              ? fmt::format(", MPI dispatch of device rows ({})",
-                                                                            device_comm_.starts_with("NCCL") ? "NCCL" : "staged through host memory")
+                   : on_device()                              ? fmt::format(", MPI dispatch of device rows ({}{})",
+                                                                            device_comm_.starts_with("NCCL") ? "NCCL" : "staged through host memory",
+                                                                            dispatch == DispatchKind::mpi_overlapped
+                                                                                ? fmt::format(", overlapped in {} chunks", cfg_.parallel.dispatch_chunks)
+                                                                                : std::string())
                    : dispatch == DispatchKind::shm            ? std::string(", shared-memory dispatch")
                    : dispatch == DispatchKind::mpi_overlapped ? fmt::format(", MPI dispatch overlapped ({} chunks)",
                                                                             cfg_.parallel.dispatch_chunks)
@@ -240,15 +238,18 @@ Trainer::Trainer(RunConfig cfg, const Comm& world)
   const RowPayloads rows = row_payloads(cfg_.parallel);
   dispatch_note_ += payload_note(rows, grid_.ep_size(), dispatch == DispatchKind::shm ? "shm" : nullptr);
   const bool fp8_recipe = is_fp8(cfg_.precision.recipe);
-  // A device run packs smaller payloads on the host (staged through it), with the CPU backend.
+  // Packed where the rows are: on a device run, on the device.
   const PayloadCodec codec = make_payload_codec(
-      rows.out, rows.back, on_device() ? backend(Device::cpu) : *ops_.be,
+      rows.out, rows.back, *ops_.be,
       fp8_recipe && cfg_.precision.grad_format == GradFormat::e5m2 ? Fp8Format::e5m2 : Fp8Format::e4m3,
       fp8_recipe && cfg_.precision.pow2_scales, !fp8_recipe || cfg_.precision.saturate);
-  // On a device: rows in the device's memory; FP32 rows cross ranks over the ep group's device
-  // twin, packed rows through the host (moe/dispatcher.h).
+  // On a device: rows in the device's memory, packed there, crossing ranks over the ep group's
+  // device twin (moe/dispatcher.h).
   MoeContext ctx{DpGroup(grid_.dp()),
-                 on_device() ? make_device_dispatcher(grid_.ep(), dgrid_.ep(), ops_.b(), codec, ops_.stream)
+                 on_device() ? make_device_dispatcher(grid_.ep(), dgrid_.ep(), ops_.b(), codec, ops_.stream,
+                                                      dispatch == DispatchKind::mpi_overlapped
+                                                          ? static_cast<int>(cfg_.parallel.dispatch_chunks)
+                                                          : 0)
                              : make_dispatcher(dispatch, grid_.ep(), static_cast<int>(cfg_.parallel.dispatch_chunks),
                                                nodes, codec),
                  grid_.dp_rank() * cfg_.train.micro_batch * cfg_.model.seq_len};

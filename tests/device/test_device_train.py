@@ -156,19 +156,19 @@ def test_refusals():
     refused(["model.seq_len=4096", "train.global_batch=8"],
             ['run.device = "cuda": not enough device memory: activations need', "model.seq_len = 4096",
              "the device has 1.0 GiB free of 1.0 GiB"], env=dict(EMU, SY_EMULATE_CUDA_GIB="1"))
-    # The staged device dispatch is flat MPI, one chunk.
+    # The device dispatch is the flat MPI transport (overlapped or not), not shm or hierarchical.
     refused(["parallel.ep=2", "parallel.transport=shm"], ['run.device = "cuda"', 'parallel.transport = "shm"',
                                                           '"auto" or "mpi"'], extra=MPI2)
-    refused(["parallel.ep=2", "parallel.overlap=true"], ['run.device = "cuda"', "parallel.overlap = true"], extra=MPI2)
 
 
 def test_parallel(name, sets):
     # Two ranks: data parallel (ep = 1) or expert parallel (ep = 2). The device
-    # gradients are reduced through host memory after backward, and the MoE
-    # rows cross ranks staged through host memory (each chunk copied down,
-    # moved by MPI, copied up); every number and every checkpoint dataset
-    # equals the same two-rank run on the CPU bit for bit (both move the rows
-    # by MPI: parallel.transport = "mpi" on the CPU too).
+    # gradients are reduced over the device communicator during backward
+    # (staged through host memory: the device is emulated), and the MoE rows
+    # cross ranks device to device (packed on the device for a smaller
+    # payload); every number and every checkpoint dataset equals the same
+    # two-rank run on the CPU bit for bit (both move the rows by MPI:
+    # parallel.transport = "mpi" on the CPU too).
     d = fresh(name)
     moe_train(d / "cpu", sets, "cpu", extra=MPI2)
     moe_train(d / "dev", sets, "cuda", extra=MPI2)
@@ -186,7 +186,7 @@ def test_parallel(name, sets):
 CASES = {
     "equal": lambda: test_equal([]),
     "equal_bf16": lambda: test_equal(["precision.recipe=bf16", "precision.moments=bf16"]),
-    # FP8 recipes: the codes and scales (Fp8Matrix) are host memory, staged to and from the device.
+    # FP8 recipes: the codes and scales (Fp8Matrix) are device memory; a host read of them faults.
     "equal_fp8_block": lambda: test_equal(["precision.recipe=fp8-block"]),
     "equal_fp8_delayed": lambda: test_equal(["precision.recipe=fp8-tensor-delayed"]),
     "resume": test_resume_across_devices,
@@ -203,7 +203,13 @@ CASES = {
     "zero1_ep2": lambda: test_parallel("zero1_ep2", ["parallel.ep=2", "parallel.transport=mpi", "parallel.zero1=true",
                                                      "precision.moments=bf16"]),
     "ep2": lambda: test_parallel("ep2", ["parallel.ep=2", "parallel.transport=mpi"]),
-    # FP8 rows to the experts (packed on the host) and BF16 back.
+    # FP8 rows to the experts and BF16 back, packed and unpacked on the device,
+    # in 3 chunks all posted at once (parallel.overlap), each chunk's experts
+    # running as it lands.
+    "ep2_fp8_overlap": lambda: test_parallel("ep2_fp8_overlap", ["parallel.ep=2", "parallel.transport=mpi",
+                                                                 "precision.recipe=fp8-block",
+                                                                 "parallel.dispatch_dtype=fp8", "parallel.overlap=true",
+                                                                 "parallel.dispatch_chunks=3"]),
     "ep2_fp8": lambda: test_parallel("ep2_fp8", ["parallel.ep=2", "parallel.transport=mpi", "precision.recipe=fp8-block",
                                                  "parallel.dispatch_dtype=fp8"]),
 }

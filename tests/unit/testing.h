@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "kernels/fp8_types.h"
 
 namespace sy::test {
 
@@ -30,6 +31,13 @@ struct Tol {
   static constexpr double f32_long = 5e-5;  // float, softmax/exp chains (attention, router)
   static constexpr double fd = 1e-6;        // double analytic vs double central difference
 };
+
+// An FP8 matrix's codes and scales (scale_count(), the padding included)
+// as host vectors, to compare; m must be host memory.
+inline std::vector<uint8_t> codes(const Fp8Matrix& m) { return {m.q.data(), m.q.data() + m.code_count()}; }
+inline std::vector<float> scales(const Fp8Matrix& m) {
+  return {m.scale_inv.data(), m.scale_inv.data() + m.scale_count()};
+}
 
 inline std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.f) {
   std::vector<float> v(n);

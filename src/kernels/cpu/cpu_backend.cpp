@@ -20,6 +20,7 @@
 #include "kernels/cpu/grouped_gemm.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/linear_bf16.h"
+#include "kernels/cpu/pack.h"
 #include "kernels/cpu/permute.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -123,6 +124,25 @@ class CpuBackend final : public Backend {
   }
   void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, Stream) const override {
     sy::fp8_gemm(C, A, B, accumulate);
+  }
+  void fp8_dequantize(float* x, const Fp8Matrix& m, Stream) const override { dequantize_matrix(x, m); }
+  void pack_bf16_rows(void* packed, int64_t row_words, const float* x, int64_t n, int64_t C, Stream) const override {
+    sy::pack_bf16_rows(packed, row_words, x, n, C);
+  }
+  void unpack_bf16_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C,
+                        Stream) const override {
+    sy::unpack_bf16_rows(x, packed, row_words, n, C);
+  }
+  void fp8_pack_rows(void* packed, int64_t row_words, const Fp8Matrix& m, Stream) const override {
+    sy::fp8_pack_rows(packed, row_words, m);
+  }
+  void fp8_unpack_rows(Fp8Matrix& m, const void* packed, int64_t row_words, int64_t n, int64_t C, Fp8Format fmt,
+                       Stream) const override {
+    sy::fp8_unpack_rows(m, packed, row_words, n, C, fmt);
+  }
+  void fp8_decode_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C, Fp8Format fmt,
+                       Stream) const override {
+    sy::fp8_decode_rows(x, packed, row_words, n, C, fmt);
   }
 
   void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,

@@ -16,6 +16,8 @@
 
 #include "core/check.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/fp8_gemm.h"
+#include "kernels/cpu/pack.h"
 
 namespace sy {
 
@@ -270,15 +272,54 @@ class EmulatedCuda final : public Backend {
     Open open(*this);
     cpu_.grouped_linear_wgrad_bf16(dw, dout, inp, offsets, groups, I, O, s);
   }
-  QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o, bool transpose, Stream s) const override {
+  // FP8 codes and scales are device memory, as on a GPU: host code that
+  // reads them outside an op faults.
+  QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o, bool transpose, Stream) const override {
     on_device(x, "fp8_quantize", "x");
     Open open(*this);
-    return cpu_.fp8_quantize(out, x, rows, cols, o, transpose, s);
+    return quantize_matrix(out, x, rows, cols, o, transpose, mem_);
   }
   void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, Stream s) const override {
     on_device(C, "fp8_gemm", "C");
+    on_device(A, "fp8_gemm", "A");
+    on_device(B, "fp8_gemm", "B");
     Open open(*this);
     cpu_.fp8_gemm(C, A, B, accumulate, s);
+  }
+  void fp8_dequantize(float* x, const Fp8Matrix& m, Stream s) const override {
+    on_device(x, "fp8_dequantize", "x");
+    on_device(m, "fp8_dequantize", "m");
+    Open open(*this);
+    cpu_.fp8_dequantize(x, m, s);
+  }
+  void pack_bf16_rows(void* packed, int64_t row_words, const float* x, int64_t n, int64_t C, Stream s) const override {
+    on_device(packed, "pack_bf16_rows", "packed");
+    on_device(x, "pack_bf16_rows", "x");
+    Open open(*this);
+    cpu_.pack_bf16_rows(packed, row_words, x, n, C, s);
+  }
+  void unpack_bf16_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C, Stream s) const override {
+    on_device(x, "unpack_bf16_rows", "x");
+    on_device(packed, "unpack_bf16_rows", "packed");
+    Open open(*this);
+    cpu_.unpack_bf16_rows(x, packed, row_words, n, C, s);
+  }
+  void fp8_pack_rows(void* packed, int64_t row_words, const Fp8Matrix& m, Stream s) const override {
+    on_device(packed, "fp8_pack_rows", "packed");
+    on_device(m, "fp8_pack_rows", "m");
+    Open open(*this);
+    cpu_.fp8_pack_rows(packed, row_words, m, s);
+  }
+  void fp8_unpack_rows(Fp8Matrix& m, const void* packed, int64_t row_words, int64_t n, int64_t C, Fp8Format fmt, Stream) const override {
+    on_device(packed, "fp8_unpack_rows", "packed");
+    Open open(*this);
+    sy::fp8_unpack_rows(m, packed, row_words, n, C, fmt, mem_);
+  }
+  void fp8_decode_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C, Fp8Format fmt, Stream s) const override {
+    on_device(x, "fp8_decode_rows", "x");
+    on_device(packed, "fp8_decode_rows", "packed");
+    Open open(*this);
+    cpu_.fp8_decode_rows(x, packed, row_words, n, C, fmt, s);
   }
   void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, Stream s) const override {
     on_device(out, "attention_forward", "out");
@@ -508,6 +549,12 @@ class EmulatedCuda final : public Backend {
     SY_CHECK(m.local || !m.base, "emulated CUDA device: {}'s argument '{}' is a scattered row map (shared memory "
              "across ranks), which a device does not have", op, arg);
     on_device(m.local, op, arg);
+  }
+  void on_device(const Fp8Matrix& m, const char* op, const char* arg) const {
+    if (m.rows == 0 || m.cols == 0) return;
+    SY_CHECK(mem_.contains(m.q.data()) && mem_.contains(m.scale_inv.data()), "emulated CUDA device: {}'s FP8 "
+             "matrix '{}' ({}x{}) is host memory, not device memory (quantized by another backend)", op, arg, m.rows,
+             m.cols);
   }
   template <class T>
   void on_device(T* const* ps, int64_t n, const char* op, const char* arg) const {

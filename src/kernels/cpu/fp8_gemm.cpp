@@ -60,30 +60,31 @@ thread_local std::vector<float> t_transposed;
 }  // namespace
 
 QuantStats quantize_matrix(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
-                           bool transpose_input) {
+                           bool transpose_input, Allocator& mem) {
   if (transpose_input) {  // quantize x^T: transpose into a scratch buffer first (contiguous runs along K)
     if (t_transposed.size() < static_cast<size_t>(rows * cols)) t_transposed.resize(static_cast<size_t>(rows * cols));
     transpose(t_transposed.data(), x, rows, cols);
-    return quantize_matrix(out, t_transposed.data(), cols, rows, o, false);
+    return quantize_matrix(out, t_transposed.data(), cols, rows, o, false, mem);
   }
   const int64_t R = rows, K = cols;
-  out.rows = R, out.cols = K, out.fmt = o.fmt, out.mode = o.mode;
-  out.q.resize(static_cast<size_t>(R * K));
+  out.shape(R, K, o.fmt, o.mode, mem);
+  uint8_t* q = out.q.data();
+  float* sinv = out.scale_inv.data();
   const int64_t kb = out.kblocks();
   if (o.mode == ScaleMode::tensor) {
     float amax = 0;
 #pragma omp parallel for reduction(max : amax) schedule(static)
     for (int64_t r = 0; r < R; ++r) amax = std::max(amax, run_amax(x + r * K, K));
     const float s = o.scale > 0 ? o.scale : fp8_scale_for(amax, o.fmt, o.pow2);
-    out.scale_inv.assign(1, 1.f / s);
+    sinv[0] = 1.f / s;
     int64_t sat = 0;
 #pragma omp parallel for reduction(+ : sat) schedule(static)
-    for (int64_t r = 0; r < R; ++r) sat += encode(out.q.data() + r * K, x + r * K, K, s, o.fmt, o.saturate);
+    for (int64_t r = 0; r < R; ++r) sat += encode(q + r * K, x + r * K, K, s, o.fmt, o.saturate);
     return {amax, sat};
   }
   const int64_t rb = o.mode == ScaleMode::rows_1x128 ? 1 : kFp8Block;  // rows per scale
-  const int64_t groups = (R + rb - 1) / rb;
-  out.scale_inv.assign(static_cast<size_t>(groups * kb), 1.f);
+  const int64_t groups = (R + rb - 1) / rb, ld = out.scale_ld;
+  std::fill(sinv, sinv + out.scale_count(), 0.f);  // the padding rows of each column
   float amax_all = 0;
 #pragma omp parallel for collapse(2) reduction(max : amax_all) schedule(static)
   for (int64_t g = 0; g < groups; ++g)
@@ -93,8 +94,8 @@ QuantStats quantize_matrix(Fp8Matrix& out, const float* x, int64_t rows, int64_t
       for (int64_t r = g * rb; r < r1; ++r) amax = std::max(amax, run_amax(x + r * K + k0, w));
       amax_all = std::max(amax_all, amax);
       const float s = fp8_scale_for(amax, o.fmt, o.pow2);
-      out.scale_inv[static_cast<size_t>(g * kb + b)] = 1.f / s;
-      for (int64_t r = g * rb; r < r1; ++r) encode(out.q.data() + r * K + k0, x + r * K + k0, w, s, o.fmt, o.saturate);
+      sinv[b * ld + g] = 1.f / s;
+      for (int64_t r = g * rb; r < r1; ++r) encode(q + r * K + k0, x + r * K + k0, w, s, o.fmt, o.saturate);
     }
   QuantStats st;
   st.amax = amax_all;  // block scales come from each block's own amax: nothing saturates
@@ -105,7 +106,7 @@ void dequantize_matrix(float* out, const Fp8Matrix& m) {
   const float* t = fp8_table(m.fmt);
   parallel_for(m.rows, [&](int64_t r) {
     for (int64_t k = 0; k < m.cols; ++k)
-      out[r * m.cols + k] = t[m.q[static_cast<size_t>(r * m.cols + k)]] * m.sinv(r, k / kFp8Block);
+      out[r * m.cols + k] = t[m.code(r, k)] * m.sinv(r, k / kFp8Block);
   });
 }
 
@@ -130,7 +131,7 @@ void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate)
     float* b = a + M * K;
     decode_cols(a, A, 0, K);
     decode_cols(b, B, 0, K);
-    sgemm(false, true, M, N, K, A.scale_inv[0] * B.scale_inv[0], a, K, b, K, accumulate ? 1.f : 0.f, C, N);
+    sgemm(false, true, M, N, K, A.sinv(0, 0) * B.sinv(0, 0), a, K, b, K, accumulate ? 1.f : 0.f, C, N);
     return;
   }
   const int64_t w = std::min(K, kFp8Block);
@@ -149,7 +150,7 @@ void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate)
       const float* p = part + m * N;
       float* c = C + m * N;
       if (B.mode == ScaleMode::tensor) {
-        const float s = sa * B.scale_inv[0];
+        const float s = sa * B.sinv(0, 0);
 #pragma omp simd
         for (int64_t n = 0; n < N; ++n) c[n] += p[n] * s;
       } else {
@@ -169,7 +170,7 @@ void fp8_gemm_ref(double* C, const Fp8Matrix& A, const Fp8Matrix& B) {
       for (int64_t kb = 0; kb * kFp8Block < K; ++kb) {
         double s = 0;
         for (int64_t k = kb * kFp8Block; k < std::min(K, (kb + 1) * kFp8Block); ++k)
-          s += double(ta[A.q[static_cast<size_t>(m * K + k)]]) * double(tb[B.q[static_cast<size_t>(n * K + k)]]);
+          s += double(ta[A.code(m, k)]) * double(tb[B.code(n, k)]);
         c += s * double(A.sinv(m, kb)) * double(B.sinv(n, kb));
       }
       C[m * N + n] = c;

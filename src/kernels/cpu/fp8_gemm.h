@@ -28,8 +28,9 @@ namespace sy {
 
 // Quantizes x (rows, cols) row-major. With `transpose`, quantizes x^T (cols,
 // rows) instead (the K dimension of the GEMM that reads it is `rows`).
+// The codes and scales go to `mem` (host memory: the CPU writes them).
 QuantStats quantize_matrix(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
-                           bool transpose = false);
+                           bool transpose = false, Allocator& mem = host_allocator());
 // out (rows, cols) = decode(q) * scale_inv.
 void dequantize_matrix(float* out, const Fp8Matrix& m);
 

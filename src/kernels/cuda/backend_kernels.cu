@@ -21,6 +21,68 @@ __global__ void round_bf16_kernel(float* dst, const float* src, int64_t n) {
   SY_GRID_LOOP(i, n) dst[i] = math::bf16_rounded(src[i]);
 }
 
+// ---- packed rows (kernels/cpu/pack.h) ---------------------------------------------
+__global__ void pack_bf16_kernel(uint32_t* packed, int64_t W, const float* x, int64_t n, int64_t C) {
+  SY_GRID_LOOP(i, n * W) {
+    const int64_t r = i / W, w = i % W, k = 2 * w;
+    const uint32_t lo = k < C ? math::bf16_round(x[r * C + k]) : 0u;
+    const uint32_t hi = k + 1 < C ? math::bf16_round(x[r * C + k + 1]) : 0u;
+    packed[i] = lo | (hi << 16);  // little-endian: value k at the lower address
+  }
+}
+__global__ void unpack_bf16_kernel(float* x, const uint32_t* packed, int64_t W, int64_t n, int64_t C) {
+  SY_GRID_LOOP(i, n * C) {
+    const int64_t r = i / C, k = i % C;
+    const uint32_t word = packed[r * W + k / 2];
+    x[i] = math::bf16_value(static_cast<uint16_t>(k % 2 ? word >> 16 : word & 0xffffu));
+  }
+}
+__global__ void fp8_pack_kernel(uint32_t* packed, int64_t W, const uint8_t* q, const float* sinv, int64_t ld,
+                                int64_t n, int64_t C) {
+  const int64_t cw = (C + 3) / 4, kb = (C + 127) / 128;
+  SY_GRID_LOOP(i, n * W) {
+    const int64_t r = i / W, w = i % W;
+    uint32_t word = 0;
+    if (w < cw) {
+      for (int j = 0; j < 4; ++j)
+        if (4 * w + j < C) word |= uint32_t{q[r * C + 4 * w + j]} << (8 * j);
+    } else if (w < cw + kb) {
+      word = __float_as_uint(sinv[(w - cw) * ld + r]);
+    }
+    packed[i] = word;
+  }
+}
+__global__ void fp8_unpack_kernel(uint8_t* q, float* sinv, int64_t ld, const uint32_t* packed, int64_t W, int64_t n,
+                                  int64_t C) {
+  const int64_t cw = (C + 3) / 4, kb = (C + 127) / 128;
+  SY_GRID_LOOP(i, n * (cw + kb)) {
+    const int64_t r = i / (cw + kb), w = i % (cw + kb);
+    const uint32_t word = packed[r * W + w];
+    if (w < cw) {
+      for (int j = 0; j < 4; ++j)
+        if (4 * w + j < C) q[r * C + 4 * w + j] = static_cast<uint8_t>(word >> (8 * j));
+    } else {
+      sinv[(w - cw) * ld + r] = __uint_as_float(word);
+    }
+  }
+}
+__global__ void fp8_decode_rows_kernel(float* x, const uint32_t* packed, int64_t W, int64_t n, int64_t C, bool e4) {
+  const int64_t cw = (C + 3) / 4;
+  SY_GRID_LOOP(i, n * C) {
+    const int64_t r = i / C, k = i % C;
+    const uint32_t* row = packed + r * W;
+    const uint8_t code = static_cast<uint8_t>(row[k / 4] >> (8 * (k % 4)));
+    x[i] = math::fp8_value(code, e4) * __uint_as_float(row[cw + k / 128]);
+  }
+}
+__global__ void fp8_dequantize_kernel(float* x, const uint8_t* q, const float* sinv, int64_t ld,
+                                      int64_t rows_per_scale, int64_t rows, int64_t cols, bool e4) {
+  SY_GRID_LOOP(i, rows * cols) {
+    const int64_t r = i / cols, k = i % cols;
+    x[i] = math::fp8_value(q[i], e4) * sinv[(k / 128) * ld + r / rows_per_scale];
+  }
+}
+
 __global__ void embedding_fwd_kernel(float* out, const int32_t* tok, const float* wte, int64_t N, int64_t C) {
   SY_GRID_LOOP(i, N * C) out[i] = wte[int64_t{tok[i / C]} * C + i % C];
 }

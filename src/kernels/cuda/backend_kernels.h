@@ -23,6 +23,19 @@ constexpr int64_t kMaxHead = 256;   // head size the attention kernels' per-thre
 
 __global__ void add_kernel(float* z, const float* x, const float* y, int64_t n);
 __global__ void round_bf16_kernel(float* dst, const float* src, int64_t n);
+// Packed rows (kernels/cpu/pack.h): one thread per 4-byte word of the packed rows.
+__global__ void pack_bf16_kernel(uint32_t* packed, int64_t W, const float* x, int64_t n, int64_t C);
+__global__ void unpack_bf16_kernel(float* x, const uint32_t* packed, int64_t W, int64_t n, int64_t C);
+// m's codes q (n, C) and 1 x 128 scales sinv[kb * ld + r].
+__global__ void fp8_pack_kernel(uint32_t* packed, int64_t W, const uint8_t* q, const float* sinv, int64_t ld,
+    int64_t n, int64_t C);
+__global__ void fp8_unpack_kernel(uint8_t* q, float* sinv, int64_t ld, const uint32_t* packed, int64_t W, int64_t n,
+    int64_t C);
+// One thread per value: x (n, C) = decode(code) * scale_inv, from packed rows or from a matrix (any mode:
+// the scale of row r's block kb is sinv[kb * ld + r / rows_per_scale], ld 0 for one tensor scale).
+__global__ void fp8_decode_rows_kernel(float* x, const uint32_t* packed, int64_t W, int64_t n, int64_t C, bool e4);
+__global__ void fp8_dequantize_kernel(float* x, const uint8_t* q, const float* sinv, int64_t ld,
+    int64_t rows_per_scale, int64_t rows, int64_t cols, bool e4);
 __global__ void embedding_fwd_kernel(float* out, const int32_t* tok, const float* wte, int64_t N, int64_t C);
 __global__ void embedding_bwd_kernel(float* dwte, const float* dout, const int32_t* tok, int64_t N, int64_t C);
 __global__ void swiglu_fwd_kernel(float* out, const float* inp, int64_t N, int64_t F);

@@ -45,17 +45,6 @@ float* contiguous(RowMap m, const char* op) {
 }
 
 // ---- the backend ---------------------------------------------------------------
-class DeviceAllocator final : public Allocator {
- public:
-  Device device() const override { return Device::cuda; }
-  void* allocate(size_t bytes, size_t) override {  // cudaMalloc aligns to 256 bytes
-    void* p = nullptr;
-    check_cuda(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc");
-    return p;
-  }
-  void deallocate(void* p, size_t, size_t) override { cudaFree(p); }
-};
-
 // Host copies of small device arrays (router statistics), pinned-free: the
 // sizes are N x E.
 template <class T>
@@ -75,7 +64,7 @@ class CudaBackend final : public Backend {
   void set_threads(int) const override {}  // host threads do not run its ops
   OpCounters counters() const override { return {}; }  // GEMMs are asynchronous: not timed per call
   void reset_counters() const override {}
-  Allocator& allocator() const override { return alloc_; }
+  Allocator& allocator() const override { return cuda::device_memory(); }  // kernels/cuda/fp8_cuda.h
   void copy(void* dst, const void* src, size_t bytes, Stream s) const override {
     if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cs(s)), "cudaMemcpyAsync");
   }
@@ -151,22 +140,58 @@ class CudaBackend final : public Backend {
     grouped_wgrad(dw, dout, inp, offsets, groups, I, O, true, s);
   }
 
-  // FP8 through kernels/cuda/fp8_cuda.h (default stream, synchronised). The
-  // interface's Fp8Matrix is host storage: the codes and scales travel.
+  // FP8 through kernels/cuda/fp8_cuda.h, on the op's stream: the codes and
+  // scales are device memory and stay there. A quantization returns once its
+  // statistics (amax) are on the host; the GEMM is only enqueued.
   QuantStats fp8_quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
                           bool transpose, Stream s) const override {
-    synchronize(s);
     std::lock_guard<std::mutex> lk(mu_);
-    QuantStats st = quantize(fp8_a_, x, rows, cols, o, transpose);
-    out = to_host(fp8_a_);
-    return st;
+    return quantize(out, x, rows, cols, o, transpose, cuda::device_memory(), s.handle);
   }
   void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, Stream s) const override {
-    synchronize(s);
     std::lock_guard<std::mutex> lk(mu_);
-    from_host(fp8_a_, A);
-    from_host(fp8_b_, B);
-    cuda::fp8_gemm(C, fp8_a_, fp8_b_, accumulate);
+    cuda::fp8_gemm(C, A, B, accumulate, s.handle);
+  }
+  void fp8_dequantize(float* x, const Fp8Matrix& m, Stream s) const override {
+    const int64_t n = static_cast<int64_t>(m.code_count());
+    const bool tensor = m.mode == ScaleMode::tensor;
+    fp8_dequantize_kernel<<<blocks_for(n), kThreads, 0, cs(s)>>>(
+        x, m.q.data(), m.scale_inv.data(), tensor ? 0 : m.scale_ld,
+        m.mode == ScaleMode::blocks_128x128 ? kFp8Block : 1, m.rows, m.cols, m.fmt == Fp8Format::e4m3);
+    launched("fp8_dequantize");
+  }
+  void pack_bf16_rows(void* packed, int64_t W, const float* x, int64_t n, int64_t C, Stream s) const override {
+    SY_CHECK(W >= bf16_row_words(C), "pack_bf16_rows: rows of {} words cannot hold {} values", W, C);
+    pack_bf16_kernel<<<blocks_for(n * W), kThreads, 0, cs(s)>>>(static_cast<uint32_t*>(packed), W, x, n, C);
+    launched("pack_bf16_rows");
+  }
+  void unpack_bf16_rows(float* x, const void* packed, int64_t W, int64_t n, int64_t C, Stream s) const override {
+    SY_CHECK(W >= bf16_row_words(C), "unpack_bf16_rows: rows of {} words cannot hold {} values", W, C);
+    unpack_bf16_kernel<<<blocks_for(n * C), kThreads, 0, cs(s)>>>(x, static_cast<const uint32_t*>(packed), W, n, C);
+    launched("unpack_bf16_rows");
+  }
+  void fp8_pack_rows(void* packed, int64_t W, const Fp8Matrix& m, Stream s) const override {
+    SY_CHECK(m.mode == ScaleMode::rows_1x128, "fp8_pack_rows: the rows need 1x128 scales, got {}", to_string(m.mode));
+    SY_CHECK(W >= fp8_row_words(m.cols), "fp8_pack_rows: rows of {} words cannot hold {} values", W, m.cols);
+    fp8_pack_kernel<<<blocks_for(m.rows * W), kThreads, 0, cs(s)>>>(static_cast<uint32_t*>(packed), W, m.q.data(),
+                                                                    m.scale_inv.data(), m.scale_ld, m.rows, m.cols);
+    launched("fp8_pack_rows");
+  }
+  void fp8_unpack_rows(Fp8Matrix& m, const void* packed, int64_t W, int64_t n, int64_t C, Fp8Format fmt,
+                       Stream s) const override {
+    SY_CHECK(W >= fp8_row_words(C), "fp8_unpack_rows: rows of {} words cannot hold {} values", W, C);
+    m.shape(n, C, fmt, ScaleMode::rows_1x128, cuda::device_memory());
+    zero(m.scale_inv.data(), m.scale_count() * sizeof(float), s);  // the padding rows
+    fp8_unpack_kernel<<<blocks_for(n * fp8_row_words(C)), kThreads, 0, cs(s)>>>(
+        m.q.data(), m.scale_inv.data(), m.scale_ld, static_cast<const uint32_t*>(packed), W, n, C);
+    launched("fp8_unpack_rows");
+  }
+  void fp8_decode_rows(float* x, const void* packed, int64_t W, int64_t n, int64_t C, Fp8Format fmt,
+                       Stream s) const override {
+    SY_CHECK(W >= fp8_row_words(C), "fp8_decode_rows: rows of {} words cannot hold {} values", W, C);
+    fp8_decode_rows_kernel<<<blocks_for(n * C), kThreads, 0, cs(s)>>>(x, static_cast<const uint32_t*>(packed), W, n,
+                                                                      C, fmt == Fp8Format::e4m3);
+    launched("fp8_decode_rows");
   }
 
   void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H, int64_t Hkv,
@@ -422,9 +447,7 @@ class CudaBackend final : public Backend {
   }
 
   mutable Gemms gemms_;
-  mutable std::mutex mu_;  // the scratch below
-  mutable DeviceAllocator alloc_;
-  mutable DeviceFp8 fp8_a_, fp8_b_;
+  mutable std::mutex mu_;  // the scratch below, and the FP8 library's (kernels/cuda/fp8_cuda.cpp)
   mutable DeviceBuffer router_scratch_;
   mutable DeviceBuffer norm_scratch_;  // sum_squares: offsets, counts, partial sums
 };

@@ -17,20 +17,30 @@ namespace {
 void check_cuda(cudaError_t e, const char* what) {
   SY_CHECK(e == cudaSuccess, "CUDA: {} failed: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
-void check_launch(const char* what) {
-  check_cuda(cudaGetLastError(), what);
-  check_cuda(cudaDeviceSynchronize(), what);
+void check_launch(const char* what) { check_cuda(cudaGetLastError(), what); }
+cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
+// A device value into host memory, once the stream has computed it.
+template <class T>
+T fetch(const DeviceBuffer& b, void* stream, const char* what) {
+  T v{};
+  check_cuda(cudaMemcpyAsync(&v, b.as<T>(), sizeof(T), cudaMemcpyDeviceToHost, cs(stream)), what);
+  check_cuda(cudaStreamSynchronize(cs(stream)), what);
+  return v;
 }
 void check_lt(cublasStatus_t s, const char* what) {
   SY_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLASLt: {} failed with status {}", what, static_cast<int>(s));
 }
 
-int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
-
-// Rows of scales: one per row (1 x 128 tiles), one per 128 rows (blocks).
-int64_t scaled_rows(const DeviceFp8& m) {
-  return m.mode == ScaleMode::rows_1x128 ? m.rows : (m.rows + kFp8Block - 1) / kFp8Block;
-}
+class CudaMemory final : public Allocator {
+ public:
+  Device device() const override { return Device::cuda; }
+  void* allocate(size_t bytes, size_t) override {  // cudaMalloc aligns to 256 bytes
+    void* p = nullptr;
+    check_cuda(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc");
+    return p;
+  }
+  void deallocate(void* p, size_t, size_t) override { cudaFree(p); }  // at exit the runtime may be gone: no check
+};
 
 struct Lt {
   cublasLtHandle_t handle = nullptr;
@@ -144,93 +154,62 @@ void DeviceBuffer::download(void* host, size_t bytes) const {
   check_cuda(cudaMemcpy(host, p_, bytes, cudaMemcpyDeviceToHost), "download");
 }
 
-QuantStats quantize(DeviceFp8& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
-                    bool transpose) {
+Allocator& device_memory() {
+  static CudaMemory m;
+  return m;
+}
+
+QuantStats quantize(Fp8Matrix& out, const float* x, int64_t rows, int64_t cols, const QuantOptions& o,
+                    bool transpose, Allocator& mem, void* stream) {
   if (transpose) {  // quantize x^T: transpose first, as the CPU does
     t_transposed.resize(static_cast<size_t>(rows * cols) * sizeof(float));
-    detail::transpose(t_transposed.as<float>(), x, rows, cols);
+    detail::transpose(t_transposed.as<float>(), x, rows, cols, stream);
     check_launch("transpose");
-    return quantize(out, t_transposed.as<float>(), cols, rows, o, false);
+    return quantize(out, t_transposed.as<float>(), cols, rows, o, false, mem, stream);
   }
-  out.rows = rows, out.cols = cols, out.fmt = o.fmt, out.mode = o.mode;
-  out.q.resize(static_cast<size_t>(rows * cols));
+  SY_CHECK(mem.device() == Device::cuda, "FP8 quantize on the GPU into {} memory", device_name(mem.device()));
+  out.shape(rows, cols, o.fmt, o.mode, mem);
   const bool e4 = o.fmt == Fp8Format::e4m3;
   t_amax.resize(sizeof(float));
-  check_cuda(cudaMemset(t_amax.as<float>(), 0, sizeof(float)), "memset");
+  check_cuda(cudaMemsetAsync(t_amax.as<float>(), 0, sizeof(float), cs(stream)), "memset");
   QuantStats st;
   if (o.mode == ScaleMode::tensor) {
-    detail::amax(x, rows * cols, t_amax.as<float>());
+    detail::amax(x, rows * cols, t_amax.as<float>(), stream);
     check_launch("amax");
-    t_amax.download(&st.amax, sizeof(float));
+    st.amax = fetch<float>(t_amax, stream, "amax");
     const float s = o.scale > 0 ? o.scale : fp8_scale_for(st.amax, o.fmt, o.pow2);
-    const float sinv = 1.f / s;
-    out.scale_ld = 1;
-    out.scale_inv.upload(&sinv, sizeof(float));
+    const float sinv = 1.f / s;  // pageable: copied out before the call returns
+    check_cuda(cudaMemcpyAsync(out.scale_inv.data(), &sinv, sizeof(float), cudaMemcpyHostToDevice, cs(stream)),
+               "scale upload");
     t_sat.resize(sizeof(unsigned long long));
-    check_cuda(cudaMemset(t_sat.as<void>(), 0, sizeof(unsigned long long)), "memset");
-    detail::quantize_tensor(out.q.as<uint8_t>(), x, rows * cols, s, e4, o.saturate, t_sat.as<unsigned long long>());
+    check_cuda(cudaMemsetAsync(t_sat.as<void>(), 0, sizeof(unsigned long long), cs(stream)), "memset");
+    detail::quantize_tensor(out.q.data(), x, rows * cols, s, e4, o.saturate, t_sat.as<unsigned long long>(), stream);
     check_launch("quantize (tensor)");
-    unsigned long long sat = 0;
-    t_sat.download(&sat, sizeof(sat));
-    st.saturated = static_cast<int64_t>(sat);
+    st.saturated = static_cast<int64_t>(fetch<unsigned long long>(t_sat, stream, "saturation count"));
     return st;
   }
-  out.scale_ld = round_up4(scaled_rows(out));
-  const size_t scale_bytes = static_cast<size_t>(out.scale_ld * out.kblocks()) * sizeof(float);
-  out.scale_inv.resize(scale_bytes);
-  check_cuda(cudaMemset(out.scale_inv.as<void>(), 0, scale_bytes), "memset");
+  check_cuda(cudaMemsetAsync(out.scale_inv.data(), 0, out.scale_count() * sizeof(float), cs(stream)), "memset");
   if (o.mode == ScaleMode::rows_1x128)
-    detail::quantize_rows(out.q.as<uint8_t>(), out.scale_inv.as<float>(), out.scale_ld, x, rows, cols, e4, o.pow2,
-                          o.saturate, t_amax.as<float>());
+    detail::quantize_rows(out.q.data(), out.scale_inv.data(), out.scale_ld, x, rows, cols, e4, o.pow2, o.saturate,
+                          t_amax.as<float>(), stream);
   else
-    detail::quantize_blocks(out.q.as<uint8_t>(), out.scale_inv.as<float>(), out.scale_ld, x, rows, cols, e4, o.pow2,
-                            o.saturate, t_amax.as<float>());
+    detail::quantize_blocks(out.q.data(), out.scale_inv.data(), out.scale_ld, x, rows, cols, e4, o.pow2, o.saturate,
+                            t_amax.as<float>(), stream);
   check_launch("quantize (block scales)");
-  t_amax.download(&st.amax, sizeof(float));
+  st.amax = fetch<float>(t_amax, stream, "amax");
   return st;  // block scales come from each block's own amax: nothing saturates
 }
 
-Fp8Matrix to_host(const DeviceFp8& m) {
+Fp8Matrix to_host(const Fp8Matrix& m) {
   Fp8Matrix h;
-  h.rows = m.rows, h.cols = m.cols, h.fmt = m.fmt, h.mode = m.mode;
-  h.q.resize(static_cast<size_t>(m.rows * m.cols));
-  m.q.download(h.q.data(), h.q.size());
-  if (m.mode == ScaleMode::tensor) {
-    h.scale_inv.resize(1);
-    m.scale_inv.download(h.scale_inv.data(), sizeof(float));
-    return h;
-  }
-  const int64_t sr = scaled_rows(m), kb = m.kblocks();
-  std::vector<float> dev(static_cast<size_t>(m.scale_ld * kb));
-  m.scale_inv.download(dev.data(), dev.size() * sizeof(float));
-  h.scale_inv.resize(static_cast<size_t>(sr * kb));
-  for (int64_t r = 0; r < sr; ++r)
-    for (int64_t b = 0; b < kb; ++b) h.scale_inv[static_cast<size_t>(r * kb + b)] = dev[static_cast<size_t>(b * m.scale_ld + r)];
+  h.shape(m.rows, m.cols, m.fmt, m.mode, host_allocator());
+  check_cuda(cudaMemcpy(h.q.data(), m.q.data(), m.code_count(), cudaMemcpyDeviceToHost), "codes to the host");
+  check_cuda(cudaMemcpy(h.scale_inv.data(), m.scale_inv.data(), m.scale_count() * sizeof(float),
+                        cudaMemcpyDeviceToHost), "scales to the host");
   return h;
 }
 
-void from_host(DeviceFp8& m, const Fp8Matrix& h) {
-  m.rows = h.rows, m.cols = h.cols, m.fmt = h.fmt, m.mode = h.mode;
-  m.q.resize(h.q.size());
-  m.q.upload(h.q.data(), h.q.size());
-  if (h.mode == ScaleMode::tensor) {
-    m.scale_ld = 1;
-    m.scale_inv.resize(sizeof(float));
-    m.scale_inv.upload(h.scale_inv.data(), sizeof(float));
-    return;
-  }
-  const int64_t sr = scaled_rows(m), kb = m.kblocks();
-  SY_CHECK(static_cast<int64_t>(h.scale_inv.size()) == sr * kb, "FP8 matrix {}x{} ({}) carries {} scales, not {}",
-           h.rows, h.cols, to_string(h.mode), h.scale_inv.size(), sr * kb);
-  m.scale_ld = round_up4(sr);
-  std::vector<float> dev(static_cast<size_t>(m.scale_ld * kb), 0.f);
-  for (int64_t r = 0; r < sr; ++r)
-    for (int64_t b = 0; b < kb; ++b) dev[static_cast<size_t>(b * m.scale_ld + r)] = h.scale_inv[static_cast<size_t>(r * kb + b)];
-  m.scale_inv.resize(dev.size() * sizeof(float));
-  m.scale_inv.upload(dev.data(), dev.size() * sizeof(float));
-}
-
-void fp8_gemm(float* C, const DeviceFp8& A, const DeviceFp8& B, bool accumulate) {
+void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate, void* stream) {
   const int64_t M = A.rows, N = B.rows, K = A.cols;
   SY_CHECK(A.cols == B.cols, "FP8 GEMM: A is {}x{}, B is {}x{}: K differs", A.rows, A.cols, B.rows, B.cols);
   SY_CHECK(K % 16 == 0, "FP8 GEMM: K = {} must be a multiple of 16 for cuBLASLt FP8", K);
@@ -252,8 +231,8 @@ void fp8_gemm(float* C, const DeviceFp8& A, const DeviceFp8& B, bool accumulate)
   check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
   check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
   // cuBLAS A is our B, cuBLAS B is our A.
-  const void* sa = B.scale_inv.as<void>();
-  const void* sb = A.scale_inv.as<void>();
+  const void* sa = B.scale_inv.data();
+  const void* sb = A.scale_inv.data();
   check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa)), "A scale");
   check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb)), "B scale");
   if (block) {
@@ -280,10 +259,9 @@ void fp8_gemm(float* C, const DeviceFp8& A, const DeviceFp8& B, bool accumulate)
   SY_CHECK(found > 0, "cuBLASLt has no FP8 kernel for {}x{}x{} with {} / {} scales ({} x {})", M, N, K,
            to_string(A.mode), to_string(B.mode), to_string(A.fmt), to_string(B.fmt));
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  check_lt(cublasLtMatmul(l.handle, desc, &alpha, B.q.as<void>(), la, A.q.as<void>(), lb, &beta, C, lc, C, lc,
-                          &heur.algo, l.workspace.as<void>(), ws, nullptr),
+  check_lt(cublasLtMatmul(l.handle, desc, &alpha, B.q.data(), la, A.q.data(), lb, &beta, C, lc, C, lc,
+                          &heur.algo, l.workspace.as<void>(), ws, cs(stream)),
            "cublasLtMatmul");
-  check_cuda(cudaDeviceSynchronize(), "FP8 GEMM");
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(lc);
   cublasLtMatrixLayoutDestroy(lb);

@@ -49,31 +49,26 @@ class DeviceBuffer {
   size_t n_ = 0;
 };
 
-// A scaled FP8 matrix on the device. Scales are stored as cuBLASLt reads
-// them: tensor: one float; rows_1x128 (VEC128): scale_inv[kb * ld + r];
-// blocks_128x128 (BLK128x128): scale_inv[kb * ld + r / 128]; ld is the
-// scaled rows rounded up to a multiple of 4 (16-byte aligned columns).
-struct DeviceFp8 {
-  int64_t rows = 0, cols = 0;
-  Fp8Format fmt = Fp8Format::e4m3;
-  ScaleMode mode = ScaleMode::tensor;
-  int64_t scale_ld = 1;
-  DeviceBuffer q, scale_inv;
-  int64_t kblocks() const { return (cols + kFp8Block - 1) / kFp8Block; }
-};
+// cudaMalloc / cudaFree as an Allocator: where a matrix quantized outside a
+// backend keeps its codes (tests, benchmarks); the CUDA backend hands in its own.
+Allocator& device_memory();
 
 // Quantizes x (device, rows x cols, row-major), or with `transpose` x^T,
-// exactly as quantize_matrix does on the CPU. Returns amax and saturation.
-QuantStats quantize(DeviceFp8& out, const float* x_dev, int64_t rows, int64_t cols, const QuantOptions& o,
-                    bool transpose = false);
+// exactly as quantize_matrix does on the CPU: the same codes and scales in
+// the same layout (kernels/fp8_types.h), in device memory from `mem`, on
+// `stream` (a cudaStream_t; null: the default stream). Returns amax and
+// saturation, so it returns once the stream has done the quantization.
+QuantStats quantize(Fp8Matrix& out, const float* x_dev, int64_t rows, int64_t cols, const QuantOptions& o,
+                    bool transpose = false, Allocator& mem = device_memory(), void* stream = nullptr);
 
-// The CPU layout of a device matrix (codes and scale_inv), for comparison.
-Fp8Matrix to_host(const DeviceFp8& m);
-// The inverse: a host matrix in the device layout (into out, grown as needed).
-void from_host(DeviceFp8& out, const Fp8Matrix& h);
+// A device matrix's codes and scales copied into host memory, for comparison.
+Fp8Matrix to_host(const Fp8Matrix& m);
 
-// C (device, M x N row-major) (+)= A * B^T through cuBLASLt. A.cols == B.cols == K,
-// K a multiple of 16; E5M2 x E5M2 is not a tensor-core combination.
-void fp8_gemm(float* C_dev, const DeviceFp8& A, const DeviceFp8& B, bool accumulate = false);
+// C (device, M x N row-major) (+)= A * B^T through cuBLASLt, A and B in
+// device memory. A.cols == B.cols == K, K a multiple of 16; E5M2 x E5M2 is
+// not a tensor-core combination. Enqueued on `stream` (not waited for); the
+// process's one cuBLASLt workspace serves it, so callers on several streams
+// take turns (the CUDA backend holds its lock).
+void fp8_gemm(float* C_dev, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate = false, void* stream = nullptr);
 
 }  // namespace sy::cuda

@@ -135,29 +135,35 @@ unsigned grid_for(int64_t n, int threads) {
 
 }  // namespace
 
-void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {
+namespace {
+cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
+}  // namespace
+
+void transpose(float* dst, const float* src, int64_t rows, int64_t cols, void* stream) {
   dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>((rows + 31) / 32)), block(32, 8);
-  transpose_kernel<<<grid, block>>>(dst, src, rows, cols);
+  transpose_kernel<<<grid, block, 0, cs(stream)>>>(dst, src, rows, cols);
 }
 
-void amax(const float* x, int64_t n, float* amax_dev) { amax_kernel<<<grid_for(n, 256), 256>>>(x, n, amax_dev); }
+void amax(const float* x, int64_t n, float* amax_dev, void* stream) {
+  amax_kernel<<<grid_for(n, 256), 256, 0, cs(stream)>>>(x, n, amax_dev);
+}
 
 void quantize_tensor(uint8_t* q, const float* x, int64_t n, float scale, bool e4, bool saturate,
-                     unsigned long long* sat_dev) {
-  tensor_kernel<<<grid_for(n, 256), 256>>>(q, x, n, scale, e4, saturate, sat_dev);
+                     unsigned long long* sat_dev, void* stream) {
+  tensor_kernel<<<grid_for(n, 256), 256, 0, cs(stream)>>>(q, x, n, scale, e4, saturate, sat_dev);
 }
 
 void quantize_rows(uint8_t* q, float* sinv, int64_t ld, const float* x, int64_t rows, int64_t cols, bool e4,
-                   bool pow2, bool saturate, float* amax_dev) {
+                   bool pow2, bool saturate, float* amax_dev, void* stream) {
   const int64_t tiles = rows * ((cols + 127) / 128);
-  rows_kernel<<<static_cast<unsigned>((tiles + 7) / 8), 256>>>(q, sinv, ld, x, rows, cols, e4, pow2, saturate,
-                                                                amax_dev);
+  rows_kernel<<<static_cast<unsigned>((tiles + 7) / 8), 256, 0, cs(stream)>>>(q, sinv, ld, x, rows, cols, e4, pow2,
+                                                                              saturate, amax_dev);
 }
 
 void quantize_blocks(uint8_t* q, float* sinv, int64_t ld, const float* x, int64_t rows, int64_t cols, bool e4,
-                     bool pow2, bool saturate, float* amax_dev) {
+                     bool pow2, bool saturate, float* amax_dev, void* stream) {
   dim3 grid(static_cast<unsigned>((cols + 127) / 128), static_cast<unsigned>((rows + 127) / 128));
-  blocks_kernel<<<grid, 256>>>(q, sinv, ld, x, rows, cols, e4, pow2, saturate, amax_dev);
+  blocks_kernel<<<grid, 256, 0, cs(stream)>>>(q, sinv, ld, x, rows, cols, e4, pow2, saturate, amax_dev);
 }
 
 }  // namespace sy::cuda::detail

@@ -7,37 +7,19 @@
 
 namespace sy {
 
-MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem, const Backend* staging,
-                             Stream stream)
+MpiDispatcher::MpiDispatcher(const Comm& ep, const PayloadCodec& payload, Allocator& mem, Stream stream)
     : ep_(ep), codec_(payload), mem_(&mem), stream_(stream) {
-  if (!ep_.solo() && mem.device() != Device::cpu && !ep_.device_buffers()) {
-    SY_CHECK(staging && staging->device() == mem.device(),
-             "the MPI MoE dispatch moves host memory: rows in {} memory across {} ranks need that device's backend "
-             "to stage them through the host", device_name(mem.device()), ep_.size());
-    SY_CHECK(!codec_.be || codec_.be->device() == Device::cpu,
-             "staged MoE rows are packed on the host: the payload codec must run on the CPU backend");
-    staging_ = staging;
-  }
-}
-
-void MpiDispatcher::down(float* host, const float* dev, int64_t b, int64_t n, int64_t C) const {
-  staging_->copy(host + b * C, dev + b * C, static_cast<size_t>(n * C) * sizeof(float), stream_);
-  staging_->synchronize(stream_);
-}
-
-void MpiDispatcher::up(float* dev, const float* host, int64_t b, int64_t n, int64_t C) const {
-  staging_->copy(dev + b * C, host + b * C, static_cast<size_t>(n * C) * sizeof(float), stream_);
-  staging_->synchronize(stream_);  // the host copy is reused by the next chunk or pass
+  if (ep_.solo() || mem.device() == Device::cpu) return;
+  SY_CHECK(ep_.device_buffers(), "the MPI MoE dispatch of rows in {} memory across {} ranks needs the ep group's "
+           "communicator for device buffers (NCCL or staged: comm/staged.h), not {}", device_name(mem.device()),
+           ep_.size(), ep_.describe());
+  SY_CHECK(!codec_.any() || (codec_.be && codec_.be->device() == mem.device()),
+           "MoE rows in {} memory are packed where they are: the payload codec must run on that device's backend",
+           device_name(mem.device()));
 }
 
 // The packed rows of a pass (a smaller payload; not with a group of one).
 void MpiDispatcher::packed_rows(Rows& r, Pass pass, MpiScratch& S, int64_t Ms, int64_t Mr, int64_t C) const {
-  if (staging_) {  // the host copies of the device rows
-    S.h_send.ensure(static_cast<size_t>(Ms * C));
-    S.h_back.ensure(static_cast<size_t>(Ms * C));
-    S.h_recv.ensure(static_cast<size_t>(Mr * C));
-    S.h_reply.ensure(static_cast<size_t>(Mr * C));
-  }
   const Payload out = payload_out(), back = payload_back();
   if (out != Payload::fp32) {
     const auto Wo = static_cast<size_t>(payload_row_words(out, C));
@@ -62,13 +44,11 @@ Request MpiDispatcher::post_out(Pass pass, const EpDispatch& plan, int c, const 
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t b = plan.send_begin(c), n = plan.send_end(c) - b;
   const float* send = rows.send.local;
-  if (staging_) down(S.h_send.data(), send, b, n, C), send = S.h_send.data();
-  if (p == Payload::fp32)
-    return plan.to_experts(ep_, c, send, staging_ ? S.h_recv.data() : rows.recv, C, to_what(pass));
+  if (p == Payload::fp32) return plan.to_experts(ep_, c, send, rows.recv, C, to_what(pass));
   {
     Timed t(timers, &MoeTimers::codec);
     const QuantStats st = payload_encode(p, S.out_send.data() + b * W, send + b * C, n, C,
-                                         pass == Pass::forward ? codec_.act : codec_.grad, codec_.be);
+                                         pass == Pass::forward ? codec_.act : codec_.grad, codec_.be, stream_);
     if (p == Payload::fp8 && steps.encoded) steps.encoded(st);
   }
   return plan.to_experts(ep_, c, S.out_send.data(), S.out_recv.data(), W, to_what(pass));
@@ -77,15 +57,11 @@ Request MpiDispatcher::post_out(Pass pass, const EpDispatch& plan, int c, const 
 void MpiDispatcher::land_out(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
                              int64_t C, MoeTimers* timers) const {
   const Payload p = payload_out();
-  if (p == Payload::fp32 && !staging_) return;
+  if (p == Payload::fp32) return;
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t W = payload_row_words(p, C), b = plan.recv_begin(c), n = plan.recv_end(c) - b;
-  if (p != Payload::fp32) {
-    Timed t(timers, &MoeTimers::codec);
-    payload_decode(p, (staging_ ? S.h_recv.data() : rows.recv) + b * C, S.out_recv.data() + b * W, n, C,
-                   out_format(pass));
-  }
-  if (staging_) up(rows.recv, S.h_recv.data(), b, n, C);
+  Timed t(timers, &MoeTimers::codec);
+  payload_decode(p, rows.recv + b * C, S.out_recv.data() + b * W, n, C, out_format(pass), codec_.be, stream_);
 }
 
 Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch,
@@ -98,12 +74,10 @@ Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t b = plan.recv_begin(c), n = plan.recv_end(c) - b;
   const float* reply = rows.reply;
-  if (staging_) down(S.h_reply.data(), reply, b, n, C), reply = S.h_reply.data();
-  if (p == Payload::fp32)
-    return plan.from_experts(ep_, c, reply, staging_ ? S.h_back.data() : rows.back.local, C, back_what(pass));
+  if (p == Payload::fp32) return plan.from_experts(ep_, c, reply, rows.back.local, C, back_what(pass));
   {
     Timed t(timers, &MoeTimers::codec);
-    payload_encode(p, S.back_send.data() + b * W, reply + b * C, n, C);
+    payload_encode(p, S.back_send.data() + b * W, reply + b * C, n, C, {}, codec_.be, stream_);
   }
   return plan.from_experts(ep_, c, S.back_send.data(), S.back_recv.data(), W, back_what(pass));
 }
@@ -111,14 +85,11 @@ Request MpiDispatcher::post_back(Pass pass, const EpDispatch& plan, int c, const
 void MpiDispatcher::land_back(const EpDispatch& plan, int c, const Rows& rows, DispatchScratch& scratch, int64_t C,
                               MoeTimers* timers) const {
   const Payload p = payload_back();
-  if (p == Payload::fp32 && !staging_) return;
+  if (p == Payload::fp32) return;
   MpiScratch& S = state_as<MpiScratch>(scratch, name());
   const int64_t W = payload_row_words(p, C), b = plan.send_begin(c), n = plan.send_end(c) - b;
-  if (p != Payload::fp32) {
-    Timed t(timers, &MoeTimers::codec);
-    payload_decode(p, (staging_ ? S.h_back.data() : rows.back.local) + b * C, S.back_recv.data() + b * W, n, C);
-  }
-  if (staging_) up(rows.back.local, S.h_back.data(), b, n, C);
+  Timed t(timers, &MoeTimers::codec);
+  payload_decode(p, rows.back.local + b * C, S.back_recv.data() + b * W, n, C, Fp8Format::e4m3, codec_.be, stream_);
 }
 
 void MpiDispatcher::plan(EpDispatch& plan, const int32_t* idx, const uint8_t* keep, int64_t N, int64_t K,

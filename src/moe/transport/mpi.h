@@ -29,21 +29,18 @@ struct MpiLayer final : DispatchLayer {
 
 struct MpiScratch final : DispatchScratch {
   explicit MpiScratch(Allocator& mem)
-      : send(mem), recv(mem), send2(mem), recv2(mem), x_recv(mem) {}
+      : send(mem), recv(mem), send2(mem), recv2(mem), x_recv(mem), out_send(mem), out_recv(mem), back_send(mem),
+        back_recv(mem) {}
   GrowBuffer<float> send, recv;    // (M, C) rows in flight
   GrowBuffer<float> send2, recv2;  // (M, C) the second direction in backward
   GrowBuffer<float> x_recv;        // (M_recv, C) experts' inputs when shared by the layers (FP8 storage)
   // Packed rows (moe/payload.h), payload_row_words floats a row: to the
-  // experts (sent, received) and back (sent by the experts, received).
-  // Host memory always: MPI moves them, and staged rows are packed on the host.
+  // experts (sent, received) and back (sent by the experts, received). In
+  // the rows' memory: packed and unpacked there by the codec's backend.
   GrowBuffer<float> out_send, out_recv, back_send, back_recv;
-  // Staged (device rows across ranks): the host copies MPI moves, in the
-  // layouts of send, recv, reply and back.
-  GrowBuffer<float> h_send, h_recv, h_reply, h_back;
   size_t transfer_bytes() const override {
     return (send.capacity() + recv.capacity() + send2.capacity() + recv2.capacity() + out_send.capacity() +
-            out_recv.capacity() + back_send.capacity() + back_recv.capacity() + h_send.capacity() +
-            h_recv.capacity() + h_reply.capacity() + h_back.capacity()) * sizeof(float);
+            out_recv.capacity() + back_send.capacity() + back_recv.capacity()) * sizeof(float);
   }
   size_t input_bytes() const override { return x_recv.capacity() * sizeof(float); }
 };
@@ -52,11 +49,10 @@ class MpiDispatcher : public Dispatcher {
  public:
   // mem: where the rows live. Device memory across ranks moves over an ep
   // communicator for device buffers (Comm::device_buffers: NCCL or the
-  // staged one), or over a host one with `staging`, the device's backend:
-  // each chunk is copied to host memory, moved by MPI and copied back (the
-  // packed payloads, which the host packs; see dispatcher.h).
+  // staged one), packed (a smaller payload) on the device by the codec's
+  // backend, on `stream`, the ops' stream.
   explicit MpiDispatcher(const Comm& ep, const PayloadCodec& payload = {}, Allocator& mem = host_allocator(),
-                         const Backend* staging = nullptr, Stream stream = {});
+                         Stream stream = {});
   const char* name() const override { return "mpi"; }
   int ep_size() const override { return ep_.size(); }
   int ep_rank() const override { return ep_.rank(); }
@@ -91,14 +87,10 @@ class MpiDispatcher : public Dispatcher {
                  MoeTimers* timers) const;
   void packed_rows(Rows& r, Pass pass, MpiScratch& S, int64_t Ms, int64_t Mr, int64_t C) const;
   Fp8Format out_format(Pass p) const { return p == Pass::forward ? codec_.act.fmt : codec_.grad.fmt; }
-  // Staged: rows [b, b + n) of width C between the device rows and their host copies.
-  void down(float* host, const float* dev, int64_t b, int64_t n, int64_t C) const;
-  void up(float* dev, const float* host, int64_t b, int64_t n, int64_t C) const;
   Comm ep_;
   PayloadCodec codec_;
   Allocator* mem_;
-  const Backend* staging_ = nullptr;  // set when device rows cross ranks
-  Stream stream_{};                   // the ops' stream, which the staging copies follow
+  Stream stream_{};  // the ops' stream: the codec's ops run on it
 };
 
 }  // namespace sy

@@ -10,8 +10,10 @@ namespace sy {
 
 class MpiOverlapDispatcher final : public MpiDispatcher {
  public:
-  MpiOverlapDispatcher(const Comm& ep, int chunks, const PayloadCodec& payload = {})
-      : MpiDispatcher(ep, payload), chunks_(chunks) {}
+  // mem, stream: as MpiDispatcher's (device rows over a device communicator).
+  MpiOverlapDispatcher(const Comm& ep, int chunks, const PayloadCodec& payload = {},
+                       Allocator& mem = host_allocator(), Stream stream = {})
+      : MpiDispatcher(ep, payload, mem, stream), chunks_(chunks) {}
   const char* name() const override { return "mpi-overlapped"; }
   void exchange(Pass pass, const EpDispatch& plan, const Rows& rows, DispatchLayer& layer, DispatchScratch& scratch,
                 int64_t C, const ExpertSteps& steps, MoeTimers* timers) const override;

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstring>
 #include <cmath>
 #include <memory>
 #include <numeric>
@@ -22,6 +23,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/fp8_cuda.h"
 #include "testing.h"
 
 namespace sy {
@@ -211,6 +213,74 @@ TEST(CudaBackend, ElementwiseOps) {
   Dev<float> gz(*G, z);
   G->add(gz.p, go.p, dd.p, N * F, {});
   EXPECT_LT(rel_to_max(gz.host(), z), kElementTol);
+}
+
+// Packed MoE rows (BF16, FP8 codes + 1 x 128 scales) and FP8 matrices: the
+// same bytes as the CPU's, bit for bit (no arithmetic but the decode, whose
+// product of two floats is exact-rounded on both).
+TEST(CudaBackend, PackedRowsAndFp8MatricesAreTheCpuBytes) {
+  SY_NEED_GPU();
+  const int64_t n = 9;
+  for (int64_t Cw : {300, 5, 257}) {
+    SCOPED_TRACE(Cw);
+    auto x = test::randn(static_cast<size_t>(n * Cw), 21, 3.f);
+    for (int64_t k = 0; k < Cw; ++k) x[static_cast<size_t>(3 * Cw + k)] = 0.f;  // an all-zero row
+    Dev<float> dx(*G, x);
+    const int64_t Wb = bf16_row_words(Cw) + 1;  // a spare word a row: its padding must be written too
+    std::vector<float> hb(static_cast<size_t>(n * Wb), -1.f), back(x.size());
+    C.pack_bf16_rows(hb.data(), Wb, x.data(), n, Cw, {});
+    C.unpack_bf16_rows(back.data(), hb.data(), Wb, n, Cw, {});
+    Dev<float> db(*G, std::vector<float>(hb.size(), -1.f)), dback(*G, back);
+    G->pack_bf16_rows(db.p, Wb, dx.p, n, Cw, {});
+    G->unpack_bf16_rows(dback.p, db.p, Wb, n, Cw, {});
+    const auto gb = db.host(), gback = dback.host();
+    EXPECT_EQ(0, std::memcmp(gb.data(), hb.data(), hb.size() * sizeof(float))) << "bf16 packed";
+    EXPECT_EQ(0, std::memcmp(gback.data(), back.data(), back.size() * sizeof(float))) << "bf16 unpacked";
+
+    for (Fp8Format fmt : {Fp8Format::e4m3, Fp8Format::e5m2}) {
+      SCOPED_TRACE(to_string(fmt));
+      const QuantOptions o{fmt, ScaleMode::rows_1x128, false, true, 0};
+      const int64_t W = fp8_row_words(Cw) + 1;
+      Fp8Matrix hq, gq, hu, gu;
+      C.fp8_quantize(hq, x.data(), n, Cw, o, false, {});
+      G->fp8_quantize(gq, dx.p, n, Cw, o, false, {});
+      std::vector<float> hp(static_cast<size_t>(n * W), -1.f), hdec(x.size()), hdeq(x.size());
+      C.fp8_pack_rows(hp.data(), W, hq, {});
+      C.fp8_unpack_rows(hu, hp.data(), W, n, Cw, fmt, {});
+      C.fp8_decode_rows(hdec.data(), hp.data(), W, n, Cw, fmt, {});
+      C.fp8_dequantize(hdeq.data(), hu, {});
+      Dev<float> gp(*G, std::vector<float>(hp.size(), -1.f)), gdec(*G, hdec), gdeq(*G, hdeq);
+      G->fp8_pack_rows(gp.p, W, gq, {});
+      G->fp8_unpack_rows(gu, gp.p, W, n, Cw, fmt, {});
+      G->fp8_decode_rows(gdec.p, gp.p, W, n, Cw, fmt, {});
+      G->fp8_dequantize(gdeq.p, gu, {});
+      G->synchronize({});
+      const auto gph = gp.host(), gdech = gdec.host(), gdeqh = gdeq.host();
+      EXPECT_EQ(0, std::memcmp(gph.data(), hp.data(), hp.size() * sizeof(float))) << "fp8 packed";
+      const Fp8Matrix gu_host = cuda::to_host(gu);
+      EXPECT_EQ(test::codes(gu_host), test::codes(hu));
+      EXPECT_EQ(test::scales(gu_host), test::scales(hu));
+      EXPECT_EQ(0, std::memcmp(gdech.data(), hdec.data(), hdec.size() * sizeof(float))) << "fp8 decoded";
+      EXPECT_EQ(0, std::memcmp(gdeqh.data(), hdeq.data(), hdeq.size() * sizeof(float))) << "fp8 dequantized";
+      EXPECT_EQ(0, std::memcmp(hdec.data(), hdeq.data(), hdeq.size() * sizeof(float))) << "decode != dequantize";
+    }
+  }
+  // Dequantizing the other modes (tensor, 128 x 128 blocks).
+  const int64_t R = 200, K = 300;
+  const auto x = test::randn(static_cast<size_t>(R * K), 22, 5.f);
+  Dev<float> dx(*G, x);
+  for (ScaleMode mode : {ScaleMode::tensor, ScaleMode::blocks_128x128}) {
+    SCOPED_TRACE(to_string(mode));
+    Fp8Matrix hq, gq;
+    C.fp8_quantize(hq, x.data(), R, K, {Fp8Format::e4m3, mode}, false, {});
+    G->fp8_quantize(gq, dx.p, R, K, {Fp8Format::e4m3, mode}, false, {});
+    std::vector<float> h(x.size());
+    C.fp8_dequantize(h.data(), hq, {});
+    Dev<float> g(*G, h);
+    G->fp8_dequantize(g.p, gq, {});
+    const auto gh = g.host();
+    EXPECT_EQ(0, std::memcmp(gh.data(), h.data(), h.size() * sizeof(float)));
+  }
 }
 
 TEST(CudaBackend, NormRopeEmbeddingCrossEntropy) {

@@ -72,11 +72,23 @@ TEST(Fp8Quant, ScalesBlocksAndTransposes) {
   for (bool pow2 : {false, true}) {
     Fp8Matrix q;
     quantize_matrix(q, x.data(), R, C, {Fp8Format::e4m3, ScaleMode::rows_1x128, pow2});
-    ASSERT_EQ(q.scale_inv.size(), static_cast<size_t>(R * 3));
-    EXPECT_NEAR(q.sinv(0, 0), 1000.f / 448.f, pow2 ? 1000.f / 448.f : 1e-3);
-    EXPECT_LT(q.sinv(0, 1), 1.f);  // the outlier's row, next block: a much smaller range
+    // cuBLASLt's VEC128 layout: a column of 132 (130 rounded up to 4) per K block, padded with zeros.
+    ASSERT_EQ(q.scale_ld, 132);
+    ASSERT_EQ(q.scale_count(), static_cast<size_t>(132 * 3));
+    const std::vector<float> all = test::scales(q);
+    for (int64_t b = 0; b < 3; ++b) {
+      EXPECT_EQ(all[static_cast<size_t>(b * 132 + 130)], 0.f);
+      EXPECT_EQ(all[static_cast<size_t>(b * 132 + 131)], 0.f);
+    }
+    EXPECT_NEAR(all[0], 1000.f / 448.f, pow2 ? 1000.f / 448.f : 1e-3);  // row 0, block 0
+    EXPECT_LT(all[132], 1.f);  // the outlier's row, next block: a much smaller range
+    EXPECT_EQ(q.sinv(0, 1), all[132]);
     if (pow2) {
-      for (float s : q.scale_inv) EXPECT_EQ(std::exp2(std::round(std::log2(s))), s);
+      for (int64_t b = 0; b < 3; ++b)
+        for (int64_t r = 0; r < R; ++r) {
+          const float v = q.sinv(r, b);
+          EXPECT_EQ(std::exp2(std::round(std::log2(v))), v);
+        }
     }
     std::vector<float> back(R * C);
     dequantize_matrix(back.data(), q);
@@ -100,13 +112,13 @@ TEST(Fp8Quant, ScalesBlocksAndTransposes) {
     quantize_matrix(a, x.data(), R, C, {Fp8Format::e5m2, mode}, true);
     quantize_matrix(b, xt.data(), C, R, {Fp8Format::e5m2, mode});
     EXPECT_EQ(a.rows, C);
-    EXPECT_EQ(a.q, b.q) << to_string(mode);
-    EXPECT_EQ(a.scale_inv, b.scale_inv) << to_string(mode);
+    EXPECT_EQ(test::codes(a), test::codes(b)) << to_string(mode);
+    EXPECT_EQ(test::scales(a), test::scales(b)) << to_string(mode);
   }
   // A given tensor scale (delayed scaling) is used as is and saturation counted.
   Fp8Matrix d;
   QuantStats st = quantize_matrix(d, x.data(), R, C, {Fp8Format::e4m3, ScaleMode::tensor, false, true, 1.f});
-  EXPECT_EQ(d.scale_inv[0], 1.f);
+  EXPECT_EQ(d.sinv(0, 0), 1.f);
   EXPECT_EQ(st.saturated, 1);  // 1000 > 448
   EXPECT_EQ(st.amax, 1000.f);
 }

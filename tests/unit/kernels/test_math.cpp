@@ -1,6 +1,7 @@
 // The per-element arithmetic the CUDA kernels run (kernels/math.h), on the
 // host, against the CPU backend's naive references: the GPU's math is
 // checked in every CI run, without a GPU.
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
+#include "kernels/cpu/fp8.h"
 #include "kernels/math.h"
 #include "testing.h"
 
@@ -116,6 +118,23 @@ TEST(DeviceMath, Bf16RoundIsNearestEvenOverEveryExponent) {
 
 // Attention by the online softmax (one query at a time, no T x T matrix)
 // against the reference's softmax over the whole row.
+// The FP8 decode the CUDA kernels run per code (packed MoE rows,
+// dequantize): every code of both formats, bit for bit the CPU's table
+// (NaN where the table has NaN, signed zeros and infinities kept).
+TEST(DeviceMath, Fp8ValueIsTheCpuTableForEveryCode) {
+  for (Fp8Format f : {Fp8Format::e4m3, Fp8Format::e5m2}) {
+    const float* t = fp8_table(f);
+    for (int c = 0; c < 256; ++c) {
+      const float v = math::fp8_value(static_cast<uint8_t>(c), f == Fp8Format::e4m3);
+      if (std::isnan(t[c])) {
+        EXPECT_TRUE(std::isnan(v)) << to_string(f) << " code " << c;
+      } else {
+        EXPECT_EQ(std::bit_cast<uint32_t>(v), std::bit_cast<uint32_t>(t[c])) << to_string(f) << " code " << c;
+      }
+    }
+  }
+}
+
 TEST(DeviceMath, OnlineSoftmaxAttentionIsTheReference) {
   const int64_t B = 2, T = 9, H = 4, Hkv = 2, D = 8, R = (H + 2 * Hkv) * D, group = H / Hkv;
   auto qkv = test::randn(B * T * R, 7, 2.f);

@@ -17,6 +17,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/fp8.h"
 #include "kernels/cpu/fp8_gemm.h"
+#include "testing.h"
 #include "moe/payload.h"
 
 namespace sy {
@@ -137,13 +138,15 @@ TEST_P(PayloadFp8, RowsAreWhatTheGemmQuantizerMakesBitForBit) {
   const QuantStats want_st = be.fp8_quantize(gemm, x.data(), n, C, o, false, Stream{});
   EXPECT_EQ(st.amax, want_st.amax);
   Fp8Matrix got;
-  payload_fp8_matrix(got, packed.data(), n, C, fmt);
+  be.fp8_unpack_rows(got, packed.data(), payload_row_words(Payload::fp8, C), n, C, fmt, Stream{});
   EXPECT_EQ(got.rows, n);
   EXPECT_EQ(got.cols, C);
   EXPECT_EQ(got.mode, ScaleMode::rows_1x128);
-  EXPECT_EQ(got.q, gemm.q);
-  ASSERT_EQ(got.scale_inv.size(), static_cast<size_t>(n * kb));
-  EXPECT_EQ(0, std::memcmp(got.scale_inv.data(), gemm.scale_inv.data(), got.scale_inv.size() * sizeof(float)));
+  EXPECT_EQ(test::codes(got), test::codes(gemm));
+  ASSERT_EQ(got.scale_count(), static_cast<size_t>(12 * kb));  // 9 rows, padded to 12 per block's column
+  const std::vector<float> gs = test::scales(got), ws = test::scales(gemm);
+  ASSERT_EQ(gs.size(), ws.size());
+  EXPECT_EQ(0, std::memcmp(gs.data(), ws.data(), gs.size() * sizeof(float)));
 
   // Naive: per 1x128 block, scale = max / amax (pow2: rounded down), each value the nearest code.
   for (int64_t r = 0; r < n; ++r)
@@ -153,9 +156,9 @@ TEST_P(PayloadFp8, RowsAreWhatTheGemmQuantizerMakesBitForBit) {
       float s = amax > 0 ? fp8_max(fmt) / amax : 1.f;
       if (pow2 && amax > 0) s = std::exp2(std::floor(std::log2(static_cast<double>(s))));
       if (!std::isfinite(s)) s = 0x1p126f;
-      EXPECT_EQ(got.scale_inv[static_cast<size_t>(r * kb + b)], 1.f / s) << r << " " << b;
+      EXPECT_EQ(got.sinv(r, b), 1.f / s) << r << " " << b;
       for (int64_t k = b * 128; k < std::min(C, b * 128 + 128); ++k)
-        ASSERT_EQ(got.q[static_cast<size_t>(r * C + k)], fp8_naive(x[r * C + k] * s, fmt)) << r << " " << k;
+        ASSERT_EQ(got.code(r, k), fp8_naive(x[r * C + k] * s, fmt)) << r << " " << k;
     }
 
   // Decoded: decode(q) * scale_inv, bit for bit as the GEMM side dequantizes.
@@ -163,8 +166,12 @@ TEST_P(PayloadFp8, RowsAreWhatTheGemmQuantizerMakesBitForBit) {
   payload_decode(Payload::fp8, y.data(), packed.data(), n, C, fmt);
   dequantize_matrix(want.data(), gemm);
   EXPECT_EQ(0, std::memcmp(y.data(), want.data(), y.size() * sizeof(float)));
-  fp8_dequantize_rows(z.data(), got);
+  be.fp8_dequantize(z.data(), got, Stream{});
   EXPECT_EQ(0, std::memcmp(z.data(), want.data(), z.size() * sizeof(float)));
+  // Packed again from the unpacked matrix: the same bytes (the padding words zero).
+  std::vector<float> again(packed.size(), -1.f);
+  be.fp8_pack_rows(again.data(), payload_row_words(Payload::fp8, C), got, Stream{});
+  EXPECT_EQ(0, std::memcmp(again.data(), packed.data(), packed.size() * sizeof(float)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PayloadFp8,

@@ -120,6 +120,20 @@ TEST(Trainer, LossFallsOnARepetitiveCorpus) {
   EXPECT_LT(last, 0.6 * first) << first << " -> " << last;
 }
 
+// One rank's second step on the emulated device, run as c says: the bytes
+// it moved between host and device against the gradients' bytes (printed).
+void expect_step_stays_on_device(RunConfig c, const std::string& what) {
+  c.run.device = "cuda";
+  Trainer t(c, Comm::world());
+  t.step(0);
+  const size_t before = emulated_device_host_copy_bytes();
+  t.step(1);
+  const size_t moved = emulated_device_host_copy_bytes() - before;
+  const size_t grads = static_cast<size_t>(t.model().layout().total()) * sizeof(float);
+  std::cout << what << ": " << moved << " bytes between host and device in a step; gradients " << grads << "\n";
+  EXPECT_LT(moved, grads / 4) << what;
+}
+
 // One rank on a device: the gradients, and with ZeRO-1 the reduced shard,
 // stay in device memory (its groups of one copy within the device), so a
 // step moves only the batch, the losses, the router's choices and the
@@ -131,17 +145,27 @@ TEST(Trainer, OneRankOnADeviceKeepsItsGradientsThere) {
   TempDir dir;
   for (bool zero1 : {false, true}) {
     RunConfig c = small_config(dir);
-    c.run.device = "cuda";
     c.parallel.zero1 = zero1;
-    Trainer t(c, Comm::world());
-    t.step(0);
-    const size_t before = emulated_device_host_copy_bytes();
-    t.step(1);
-    const size_t moved = emulated_device_host_copy_bytes() - before;
-    const size_t grads = static_cast<size_t>(t.model().layout().total()) * sizeof(float);
-    std::cout << "zero1 " << zero1 << ": " << moved << " bytes between host and device in a step; gradients "
-              << grads << "\n";
-    EXPECT_LT(moved, grads / 4) << "zero1 " << zero1;
+    expect_step_stays_on_device(c, zero1 ? "zero1" : "fp32");
+  }
+  ::unsetenv(kEmulateCudaEnv);
+}
+
+// The FP8 recipes on a device: codes and scales are quantized into device
+// memory, saved there for backward and read there by the FP8 GEMM, so a
+// step moves no more between host and device than an FP32 step does. When
+// the codes lived on the host (before), every FP8 GEMM moved both operands'
+// codes across and back: at least 6 bytes per weight a step (3 GEMMs, two
+// ways), 1.5 times the FP32 gradients' bytes. The emulated device faults
+// where host code reads device memory, and its FP8 GEMM refuses a matrix
+// quantized into host memory, so either would also fail here.
+TEST(Trainer, Fp8StepOnADeviceKeepsItsCodesThere) {
+  ::setenv(kEmulateCudaEnv, "guarded", 1);
+  TempDir dir;
+  for (Recipe r : {Recipe::fp8_block, Recipe::fp8_tensor_delayed}) {
+    RunConfig c = small_config(dir);
+    c.precision.recipe = r;
+    expect_step_stays_on_device(c, option_name(r));
   }
   ::unsetenv(kEmulateCudaEnv);
 }
