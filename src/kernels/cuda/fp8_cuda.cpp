@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -42,9 +44,24 @@ class CudaMemory final : public Allocator {
   void deallocate(void* p, size_t, size_t) override { cudaFree(p); }  // at exit the runtime may be gone: no check
 };
 
+// A GEMM shape's cuBLASLt descriptor, layouts and algorithm, found once and
+// reused: the heuristic query costs more than a small GEMM. Only the scale
+// pointers change per call. Kept for the process (its handles are not
+// destroyed at exit, when the CUDA runtime may be gone already).
+struct LtPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+// M, N, K, the formats and scale modes of A and B, and the alignments of A, B
+// and C (an algorithm is chosen for the alignment the pointers have).
+using LtKey = std::array<int64_t, 10>;
+
 struct Lt {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer workspace;
+  std::mutex mu;  // the plans, and a plan's descriptor while its scale pointers are set and the GEMM enqueued
+  std::map<LtKey, LtPlan> plans;
   Lt() {
     check_lt(cublasLtCreate(&handle), "cublasLtCreate");
     workspace.resize(32u << 20);
@@ -58,6 +75,13 @@ Lt& lt() {
 thread_local DeviceBuffer t_transposed, t_amax, t_sat;
 
 cudaDataType_t data_type(Fp8Format f) { return f == Fp8Format::e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2; }
+
+// The alignment of a device pointer that cuBLASLt asks about: its lowest set
+// bit, at most 256 (cudaMalloc's; cuBLASLt's default assumption).
+uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return a == 0 ? 256u : static_cast<uint32_t>(std::min<uintptr_t>(256, a & (~a + 1)));
+}
 
 int32_t lt_scale_mode(ScaleMode m) {
   switch (m) {
@@ -223,50 +247,71 @@ void fp8_gemm(float* C, const Fp8Matrix& A, const Fp8Matrix& B, bool accumulate,
     SY_CHECK(fp8_block_scaling_supported(&why), "FP8 GEMM with block scales: {}", why);
   }
   Lt& l = lt();
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  check_lt(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
-  check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
-  // cuBLAS A is our B, cuBLAS B is our A.
+  // cuBLAS A is our B, cuBLAS B is our A; D = C.
+  const uint32_t align_a = alignment(B.q.data()), align_b = alignment(A.q.data()), align_c = alignment(C);
+  const LtKey key{M, N, K, static_cast<int64_t>(A.fmt), static_cast<int64_t>(B.fmt), static_cast<int64_t>(A.mode),
+                  static_cast<int64_t>(B.mode), align_a, align_b, align_c};
+  std::lock_guard<std::mutex> lk(l.mu);
+  auto it = l.plans.find(key);
+  if (it == l.plans.end()) {
+    LtPlan p;
+    check_lt(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
+    check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
+    if (block) {
+      const int32_t ma = lt_scale_mode(B.mode), mb = lt_scale_mode(A.mode);
+      check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof(ma)),
+               "A scale mode");
+      check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof(mb)),
+               "B scale mode");
+    } else {
+      const int8_t fast = 0;  // keep cuBLASLt's promotion of partial sums to FP32
+      check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)),
+               "FAST_ACCUM");
+    }
+    check_lt(cublasLtMatrixLayoutCreate(&p.la, data_type(B.fmt), static_cast<uint64_t>(K), static_cast<uint64_t>(N), K),
+             "layout A");
+    check_lt(cublasLtMatrixLayoutCreate(&p.lb, data_type(A.fmt), static_cast<uint64_t>(K), static_cast<uint64_t>(M), K),
+             "layout B");
+    check_lt(cublasLtMatrixLayoutCreate(&p.lc, CUDA_R_32F, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N),
+             "layout C");
+    cublasLtMatmulPreference_t pref = nullptr;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
+    const size_t ws = l.workspace.bytes();
+    check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+             "workspace");
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}};
+    for (const auto& [attr, v] : aligns)
+      check_lt(cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(v)), "alignment");
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    check_lt(cublasLtMatmulAlgoGetHeuristic(l.handle, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &heur, &found),
+             "heuristic");
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (found == 0) {
+      cublasLtMatrixLayoutDestroy(p.lc);
+      cublasLtMatrixLayoutDestroy(p.lb);
+      cublasLtMatrixLayoutDestroy(p.la);
+      cublasLtMatmulDescDestroy(p.desc);
+      SY_FAIL("cuBLASLt has no FP8 kernel for {}x{}x{} with {} / {} scales ({} x {}), operands aligned to {} / {} / "
+              "{} bytes", M, N, K, to_string(A.mode), to_string(B.mode), to_string(A.fmt), to_string(B.fmt), align_b,
+              align_a, align_c);
+    }
+    p.algo = heur.algo;
+    it = l.plans.emplace(key, p).first;
+  }
+  const LtPlan& p = it->second;
   const void* sa = B.scale_inv.data();
   const void* sb = A.scale_inv.data();
-  check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa)), "A scale");
-  check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb)), "B scale");
-  if (block) {
-    const int32_t ma = lt_scale_mode(B.mode), mb = lt_scale_mode(A.mode);
-    check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof(ma)), "A scale mode");
-    check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof(mb)), "B scale mode");
-  } else {
-    const int8_t fast = 0;  // keep cuBLASLt's promotion of partial sums to FP32
-    check_lt(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)), "FAST_ACCUM");
-  }
-  check_lt(cublasLtMatrixLayoutCreate(&la, data_type(B.fmt), static_cast<uint64_t>(K), static_cast<uint64_t>(N), K),
-           "layout A");
-  check_lt(cublasLtMatrixLayoutCreate(&lb, data_type(A.fmt), static_cast<uint64_t>(K), static_cast<uint64_t>(M), K),
-           "layout B");
-  check_lt(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N),
-           "layout C");
-  check_lt(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
-  const size_t ws = l.workspace.bytes();
-  check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
-           "workspace");
-  cublasLtMatmulHeuristicResult_t heur{};
-  int found = 0;
-  check_lt(cublasLtMatmulAlgoGetHeuristic(l.handle, desc, la, lb, lc, lc, pref, 1, &heur, &found), "heuristic");
-  SY_CHECK(found > 0, "cuBLASLt has no FP8 kernel for {}x{}x{} with {} / {} scales ({} x {})", M, N, K,
-           to_string(A.mode), to_string(B.mode), to_string(A.fmt), to_string(B.fmt));
+  check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa)), "A scale");
+  check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb)), "B scale");
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  check_lt(cublasLtMatmul(l.handle, desc, &alpha, B.q.data(), la, A.q.data(), lb, &beta, C, lc, C, lc,
-                          &heur.algo, l.workspace.as<void>(), ws, cs(stream)),
+  check_lt(cublasLtMatmul(l.handle, p.desc, &alpha, B.q.data(), p.la, A.q.data(), p.lb, &beta, C, p.lc, C, p.lc,
+                          &p.algo, l.workspace.as<void>(), l.workspace.bytes(), cs(stream)),
            "cublasLtMatmul");
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatmulDescDestroy(desc);
 }
 
 }  // namespace sy::cuda

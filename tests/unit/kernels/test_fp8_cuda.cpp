@@ -6,6 +6,7 @@
 // scale layout cannot pass. Label gpu: skips with the reason where no GPU is.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -82,7 +83,9 @@ TEST(Fp8Cuda, GivenScaleSaturatesAndCountsLikeTheCpu) {
   }
 }
 
-void check_gemm(int64_t M, int64_t N, int64_t K, QuantOptions oa, QuantOptions ob) {
+// c_offset: C starts that many floats into its buffer (an expert segment's
+// rows: cuBLASLt must be asked for an algorithm that takes that alignment).
+void check_gemm(int64_t M, int64_t N, int64_t K, QuantOptions oa, QuantOptions ob, int64_t c_offset = 0) {
   const std::vector<float> a = uneven(M, K, 11), b = uneven(N, K, 12);
   Fp8Matrix qa, qb;
   quantize_matrix(qa, a.data(), M, K, oa);
@@ -93,12 +96,15 @@ void check_gemm(int64_t M, int64_t N, int64_t K, QuantOptions oa, QuantOptions o
   Fp8Matrix ga, gb;
   cuda::quantize(ga, da.ptr(), M, K, oa);
   cuda::quantize(gb, db.ptr(), N, K, ob);
-  cuda::DeviceBuffer c(static_cast<size_t>(M * N) * sizeof(float));
-  std::vector<float> ones(static_cast<size_t>(M * N), 1.f), got(ones.size());
+  cuda::DeviceBuffer c(static_cast<size_t>(M * N + c_offset) * sizeof(float));
+  std::vector<float> ones(static_cast<size_t>(M * N + c_offset), 1.f), all(ones.size());
+  std::vector<float> got(static_cast<size_t>(M * N));
   for (bool accumulate : {false, true}) {
     c.upload(ones.data(), ones.size() * sizeof(float));
-    cuda::fp8_gemm(c.as<float>(), ga, gb, accumulate);
-    c.download(got.data(), got.size() * sizeof(float));
+    cuda::fp8_gemm(c.as<float>() + c_offset, ga, gb, accumulate);
+    c.download(all.data(), all.size() * sizeof(float));
+    for (int64_t i = 0; i < c_offset; ++i) EXPECT_EQ(all[static_cast<size_t>(i)], 1.f) << "written before C";
+    std::copy(all.begin() + c_offset, all.end(), got.begin());
     double mx = 0, err = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
       mx = std::max(mx, std::fabs(ref[i]));
@@ -115,6 +121,9 @@ TEST(Fp8Cuda, PerTensorGemmMatchesTheReference) {
     check_gemm(256, 384, K, {Fp8Format::e4m3, ScaleMode::tensor}, {Fp8Format::e4m3, ScaleMode::tensor});
     check_gemm(256, 384, K, {Fp8Format::e5m2, ScaleMode::tensor}, {Fp8Format::e4m3, ScaleMode::tensor});  // dgrad
   }
+  // The same shape again into C 16 bytes past an allocation's start (cuBLASLt FP8's least alignment, as an
+  // expert segment's rows may be): the cached plan of the 256-byte aligned call must not be reused for it.
+  check_gemm(256, 384, 512, {Fp8Format::e4m3, ScaleMode::tensor}, {Fp8Format::e4m3, ScaleMode::tensor}, 4);
 }
 
 TEST(Fp8Cuda, BlockScaledGemmMatchesTheReference) {
