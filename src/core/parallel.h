@@ -33,9 +33,16 @@ void parallel_chunks(int64_t n, int64_t chunks, F&& f) {
 }
 
 // Calls f(i) for i in [0, n) on all threads (no cross-item reduction).
+// One item runs here, without entering OpenMP: even a parallel region that
+// its `if` turns off costs a team (allocated and cleared) when it is nested,
+// and callers inside a parallel loop call this per row.
 template <class F>
 void parallel_for(int64_t n, F&& f) {
-#pragma omp parallel for schedule(static) if (n > 1)
+  if (n <= 1) {
+    if (n == 1) f(int64_t{0});
+    return;
+  }
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) f(i);
 }
 

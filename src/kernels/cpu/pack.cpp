@@ -14,6 +14,32 @@ namespace {
 void check_words(int64_t row_words, int64_t need, const char* what, int64_t C) {
   SY_CHECK(row_words >= need, "{}: packed rows of {} words cannot hold {} values ({} words)", what, row_words, C, need);
 }
+
+// One row each, on pointers that do not overlap (byte stores through an
+// alias of the floats, or of the captured sizes, would keep the compiler
+// from vectorizing the loop).
+void pack_bf16_row(unsigned char* __restrict row, const float* __restrict x, int64_t C) {
+  for (int64_t k = 0; k < C; ++k) {
+    const uint16_t h = math::bf16_round(x[k]);
+    std::memcpy(row + 2 * k, &h, 2);
+  }
+}
+void unpack_bf16_row(float* __restrict x, const unsigned char* __restrict row, int64_t C) {
+  for (int64_t k = 0; k < C; ++k) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * k, 2);
+    x[k] = math::bf16_value(h);
+  }
+}
+void fp8_decode_row(float* __restrict x, const unsigned char* __restrict row, const float* __restrict t, int64_t C,
+                    int64_t cw) {
+  for (int64_t b = 0; b * kFp8Block < C; ++b) {
+    float sinv;
+    std::memcpy(&sinv, row + (cw + b) * 4, sizeof(float));
+    const int64_t k1 = std::min(C, (b + 1) * kFp8Block);
+    for (int64_t k = b * kFp8Block; k < k1; ++k) x[k] = t[row[k]] * sinv;
+  }
+}
 }  // namespace
 
 void pack_bf16_rows(void* packed, int64_t row_words, const float* x, int64_t n, int64_t C) {
@@ -21,10 +47,7 @@ void pack_bf16_rows(void* packed, int64_t row_words, const float* x, int64_t n, 
   auto* out = static_cast<unsigned char*>(packed);
   parallel_for(n, [&](int64_t r) {
     unsigned char* row = out + r * row_words * 4;
-    for (int64_t k = 0; k < C; ++k) {
-      const uint16_t h = math::bf16_round(x[r * C + k]);
-      std::memcpy(row + 2 * k, &h, 2);
-    }
+    pack_bf16_row(row, x + r * C, C);
     std::memset(row + 2 * C, 0, static_cast<size_t>(row_words * 4 - 2 * C));
   });
 }
@@ -32,14 +55,7 @@ void pack_bf16_rows(void* packed, int64_t row_words, const float* x, int64_t n, 
 void unpack_bf16_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C) {
   check_words(row_words, bf16_row_words(C), "unpack_bf16_rows", C);
   const auto* in = static_cast<const unsigned char*>(packed);
-  parallel_for(n, [&](int64_t r) {
-    const unsigned char* row = in + r * row_words * 4;
-    for (int64_t k = 0; k < C; ++k) {
-      uint16_t h;
-      std::memcpy(&h, row + 2 * k, 2);
-      x[r * C + k] = math::bf16_value(h);
-    }
-  });
+  parallel_for(n, [&](int64_t r) { unpack_bf16_row(x + r * C, in + r * row_words * 4, C); });
 }
 
 void fp8_pack_rows(void* packed, int64_t row_words, const Fp8Matrix& m) {
@@ -78,16 +94,9 @@ void fp8_unpack_rows(Fp8Matrix& m, const void* packed, int64_t row_words, int64_
 void fp8_decode_rows(float* x, const void* packed, int64_t row_words, int64_t n, int64_t C, Fp8Format fmt) {
   check_words(row_words, fp8_row_words(C), "fp8_decode_rows", C);
   const float* t = fp8_table(fmt);
-  const int64_t kb = (C + kFp8Block - 1) / kFp8Block, cw = fp8_code_words(C);
+  const int64_t cw = fp8_code_words(C);
   const auto* in = static_cast<const unsigned char*>(packed);
-  parallel_for(n, [&](int64_t r) {
-    const unsigned char* row = in + r * row_words * 4;
-    for (int64_t b = 0; b < kb; ++b) {
-      float sinv;
-      std::memcpy(&sinv, row + (cw + b) * 4, sizeof(float));
-      for (int64_t k = b * kFp8Block; k < std::min(C, (b + 1) * kFp8Block); ++k) x[r * C + k] = t[row[k]] * sinv;
-    }
-  });
+  parallel_for(n, [&](int64_t r) { fp8_decode_row(x + r * C, in + r * row_words * 4, t, C, cw); });
 }
 
 }  // namespace sy
