@@ -70,6 +70,25 @@ def wait_for_step(run_dir, rank, step, proc, timeout=600):
     raise AssertionError(f"rank {rank} did not reach step {step} in {timeout} s")
 
 
+def attempt_step(run_dir):
+    """The last step the current attempt logged in metrics.jsonl (0 before its first)."""
+    step = 0
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in lines:
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if d.get("event") == "start":
+            step = 0
+        elif isinstance(d.get("step"), int):
+            step = d["step"]
+    return step
+
+
 def reference():
     # Only its own run: the cases without the fixture may be writing beside it (ctest -j).
     shutil.rmtree(WORK / "ref", ignore_errors=True)
@@ -171,7 +190,7 @@ def kill_rank_during_run(run_dir, sets, at_step, sig, every_attempt=False):
     signalled = []
     while proc.poll() is None:
         try:
-            hb = wait_for_step(run_dir, 1, at_step, proc)
+            hb = wait_for_step(run_dir, 1, 0, proc)  # rank 1's pid, from its first beat
         except AssertionError:
             if proc.poll() is not None:
                 break
@@ -179,6 +198,12 @@ def kill_rank_during_run(run_dir, sets, at_step, sig, every_attempt=False):
         if hb["pid"] in [x[0] for x in signalled]:
             time.sleep(0.05)
             continue
+        # The step from metrics.jsonl, a line per step, not from the heartbeat (one a second): a
+        # fast machine trains past at_step, even to the end, between two beats.
+        while proc.poll() is None and attempt_step(run_dir) < at_step:
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            break
         os.kill(hb["pid"], sig)
         when = time.time()
         last_beat = None
