@@ -1,7 +1,8 @@
 // Packed rows: the MoE payloads that travel between expert-parallel ranks
 // (moe/payload.h says which and why). n rows of C values; packed row r
 // starts at word r * row_words (4-byte words, the unit the all-to-all-v
-// moves; row_words is at least the format's need, below).
+// moves; row_words is at least the format's need: bf16_row_words,
+// fp8_row_words in kernels/fp8_types.h).
 //   bf16: C BF16 values, nearest even (kernels/math.h bf16_round), the
 //         last half-word zero when C is odd: (C + 1) / 2 words.
 //   fp8:  the C codes of a 1 x 128-scaled Fp8Matrix, zero-padded to whole
